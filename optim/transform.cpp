@@ -1,0 +1,178 @@
+#include "optim/transform.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "framework/error.h"
+#include "framework/init.h"
+#include "framework/state.h"
+
+namespace nnx::optim {
+
+ClipByGlobalNorm::ClipByGlobalNorm(double max_norm) : max_norm_(max_norm) {
+  NNX_CHECK(max_norm > 0, "clip_by_global_norm: max_norm must be > 0, got ", max_norm);
+}
+
+void ClipByGlobalNorm::apply(UpdateContext& ctx) {
+  if (ctx.grads.empty()) return;
+  auto norms = at::_foreach_norm(ctx.grads, 2);
+  at::Tensor total = at::stack(norms).to(at::kFloat).norm(2);
+  last_norm_ = total.item<double>();
+  // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1.
+  at::Tensor coef = at::clamp_max(max_norm_ / (total + 1e-6), 1.0);
+  at::_foreach_mul_(ctx.grads, coef.item<double>());
+}
+
+nlohmann::json ClipByGlobalNorm::to_json() const {
+  return {{"type", "clip_by_global_norm"}, {"max_norm", max_norm_}};
+}
+
+void AdamOptions::validate() const {
+  NNX_CHECK(learning_rate(0) >= 0, "invalid learning_rate: ", learning_rate(0));
+  NNX_CHECK(beta1 >= 0 && beta1 < 1, "invalid beta1: ", beta1, " (expected [0, 1))");
+  NNX_CHECK(beta2 >= 0 && beta2 < 1, "invalid beta2: ", beta2, " (expected [0, 1))");
+  NNX_CHECK(eps >= 0, "invalid eps: ", eps);
+  NNX_CHECK(weight_decay >= 0, "invalid weight_decay: ", weight_decay);
+}
+
+ScaleByAdam::ScaleByAdam(AdamOptions options) : options_(std::move(options)) { options_.validate(); }
+
+namespace {
+bool low_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+at::Tensor zeros_like_fp32(const at::Tensor& p, bool fp32) {
+  auto dtype = fp32 ? at::kFloat : p.scalar_type();
+  at::Tensor z = init::zeros(p.sizes(), dtype);
+  return z.is_meta() ? z : z.to(p.device());
+}
+}  // namespace
+
+void ScaleByAdam::init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
+                       Module& state) {
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const at::Tensor& p = params[i];
+    bool master = options_.master_weights && low_precision(p);
+    insert_variable(state, "mu/" + paths[i], OptState(zeros_like_fp32(p, master)));
+    insert_variable(state, "nu/" + paths[i], OptState(zeros_like_fp32(p, master)));
+    if (options_.amsgrad)
+      insert_variable(state, "nu_max/" + paths[i], OptState(zeros_like_fp32(p, master)));
+    if (master) {
+      at::Tensor m = p.is_meta() ? at::empty(p.sizes(), p.options().dtype(at::kFloat))
+                                 : p.detach().to(at::kFloat).clone();
+      insert_variable(state, "master/" + paths[i], OptState(m));
+    }
+  }
+}
+
+namespace {
+// The variable at `path` below `root` (through ModuleDicts).
+Variable& state_var(Module& root, const std::string& path) {
+  auto parts = split_path(path);
+  Module* node = &root;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) node = node->child_ptr(parts[i]).get();
+  return node->variable(parts.back());
+}
+}  // namespace
+
+void ScaleByAdam::apply(UpdateContext& ctx) {
+  const auto& o = options_;
+  const size_t n = ctx.paths.size();
+  if (n == 0) return;
+  const int64_t t = ctx.step + 1;  // PyTorch increments step before using it
+  const double lr = o.learning_rate(ctx.step);
+  const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(t));
+  const double step_size = lr / bc1;
+  const double bc2_sqrt = std::sqrt(bc2);
+
+  std::vector<at::Tensor> params, grads, mu, nu, nu_max, masters, low_params;
+  std::vector<bool> decay(n);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& path = ctx.paths[i];
+    at::Tensor p = ctx.params[i];
+    at::Tensor g = ctx.grads[i];
+    bool master = o.master_weights && low_precision(p);
+    if (master) {
+      low_params.push_back(p);
+      p = state_var(ctx.state, "master/" + path).value();
+      g = g.to(at::kFloat);
+    }
+    params.push_back(p);
+    grads.push_back(g);
+    mu.push_back(state_var(ctx.state, "mu/" + path).value());
+    nu.push_back(state_var(ctx.state, "nu/" + path).value());
+    if (o.amsgrad) nu_max.push_back(state_var(ctx.state, "nu_max/" + path).value());
+    decay[i] = o.weight_decay != 0 && o.weight_decay_mask(path, Param);
+  }
+
+  if (o.weight_decay != 0) {
+    std::vector<at::Tensor> dp, dg;
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < n; ++i)
+      if (decay[i]) {
+        dp.push_back(params[i]);
+        idx.push_back(i);
+      }
+    if (!dp.empty()) {
+      if (o.decoupled_weight_decay) {
+        at::_foreach_mul_(dp, 1.0 - lr * o.weight_decay);  // torch.optim.AdamW
+      } else {
+        for (size_t k = 0; k < idx.size(); ++k) dg.push_back(grads[idx[k]]);
+        auto decayed = at::_foreach_add(dg, dp, o.weight_decay);  // grad + wd * param (Adam)
+        for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
+      }
+    }
+  }
+
+  // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
+  at::_foreach_mul_(mu, o.beta1);
+  at::_foreach_add_(mu, grads, 1.0 - o.beta1);
+  at::_foreach_mul_(nu, o.beta2);
+  at::_foreach_addcmul_(nu, grads, grads, 1.0 - o.beta2);
+
+  std::vector<at::Tensor> denom;
+  if (o.amsgrad) {
+    for (size_t i = 0; i < n; ++i) at::maximum_out(nu_max[i], nu_max[i], nu[i]);
+    denom = at::_foreach_sqrt(nu_max);
+  } else {
+    denom = at::_foreach_sqrt(nu);
+  }
+  // denom = sqrt(v) / sqrt(bias_correction2) + eps; p -= step_size * m / denom
+  at::_foreach_div_(denom, bc2_sqrt);
+  at::_foreach_add_(denom, o.eps);
+  at::_foreach_addcdiv_(params, mu, denom, -step_size);
+
+  for (size_t i = 0, k = 0; i < n; ++i) {
+    if (o.master_weights && low_precision(ctx.params[i])) low_params[k++].copy_(params[i]);
+  }
+}
+
+nlohmann::json ScaleByAdam::to_json() const {
+  const auto& o = options_;
+  return {{"type", o.decoupled_weight_decay ? "adamw" : "adam"},
+          {"learning_rate", o.learning_rate.to_json()},
+          {"beta1", o.beta1},
+          {"beta2", o.beta2},
+          {"eps", o.eps},
+          {"weight_decay", o.weight_decay},
+          {"amsgrad", o.amsgrad},
+          {"weight_decay_mask", o.weight_decay_mask.description()}};
+}
+
+std::shared_ptr<Transform> adam(AdamOptions options) {
+  options.decoupled_weight_decay = false;
+  return std::make_shared<ScaleByAdam>(std::move(options));
+}
+
+std::shared_ptr<Transform> adamw(AdamOptions options) {
+  options.decoupled_weight_decay = true;
+  return std::make_shared<ScaleByAdam>(std::move(options));
+}
+
+std::shared_ptr<Transform> clip_by_global_norm(double max_norm) {
+  return std::make_shared<ClipByGlobalNorm>(max_norm);
+}
+
+}  // namespace nnx::optim

@@ -1,0 +1,101 @@
+// Gradient transformations composed into an optimizer (optax-style chain).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "framework/filter.h"
+#include "framework/module.h"
+#include "optim/schedule.h"
+
+namespace nnx::optim {
+
+/// What a transformation sees during one update.
+struct UpdateContext {
+  const std::vector<std::string>& paths;  ///< the selected Param paths, in model order
+  std::vector<at::Tensor>& params;        ///< their tensors (updated in place by the last stage)
+  std::vector<at::Tensor>& grads;         ///< gradients, transformed in place stage by stage
+  int64_t step;                           ///< updates applied before this one
+  Module& state;                          ///< the optimizer: transformations keep OptState here
+};
+
+/// One stage of an optimizer. State lives in OptState variables registered on the optimizer
+/// under this stage's own names (e.g. "mu/<param path>"), so it is checkpointed by path.
+class Transform {
+ public:
+  virtual ~Transform() = default;
+  /// Registers this stage's state for the selected params (abstract-aware: use init::zeros).
+  virtual void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
+                    Module& state) {}
+  /// Applies the stage. Runs under no-grad.
+  virtual void apply(UpdateContext& ctx) = 0;
+  /// A JSON description (type and hyper-parameters).
+  virtual nlohmann::json to_json() const = 0;
+};
+
+/// Scales all gradients by min(1, max_norm / (total_norm + 1e-6)) where total_norm is the L2
+/// norm of all gradients together (torch.nn.utils.clip_grad_norm_, optax.clip_by_global_norm).
+/// The norm before clipping is readable through last_norm() (not state).
+class ClipByGlobalNorm : public Transform {
+ public:
+  /// Throws nnx::Error when max_norm <= 0.
+  explicit ClipByGlobalNorm(double max_norm);
+  void apply(UpdateContext& ctx) override;
+  nlohmann::json to_json() const override;
+  double last_norm() const { return last_norm_; }
+
+ private:
+  double max_norm_;
+  double last_norm_ = 0.0;
+};
+
+/// Options of Adam / AdamW (torch.optim.Adam / AdamW's hyper-parameters).
+struct AdamOptions {
+  Schedule learning_rate = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  /// AdamW's decoupled decay p *= 1 - lr * wd (Loshchilov & Hutter, 2019) instead of Adam's L2
+  /// term added to the gradient.
+  bool decoupled_weight_decay = false;
+  bool amsgrad = false;
+  /// Which params get weight decay (default all); e.g. Not(Any({PathContains("bias"), ...})).
+  Filter weight_decay_mask = Everything();
+  /// For bf16/fp16 params: keep fp32 master weights ("master/<path>") and fp32 moments, step
+  /// them in fp32 and copy the rounded result into the params.
+  bool master_weights = true;
+
+  /// Throws nnx::Error naming the bad value (lr < 0 at step 0, betas outside [0, 1), eps < 0,
+  /// weight_decay < 0).
+  void validate() const;
+};
+
+/// Adam's update with bias correction and eps placement exactly as torch.optim.Adam
+/// (Kingma & Ba, 2015) / torch.optim.AdamW, on libtorch's multi-tensor _foreach_ ops.
+/// State per param path: "mu/<path>", "nu/<path>" (fp32 for low-precision params), and
+/// "nu_max/<path>" with amsgrad, "master/<path>" for bf16/fp16 params with master_weights.
+class ScaleByAdam : public Transform {
+ public:
+  explicit ScaleByAdam(AdamOptions options);
+  void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
+            Module& state) override;
+  void apply(UpdateContext& ctx) override;
+  nlohmann::json to_json() const override;
+  const AdamOptions& options() const { return options_; }
+
+ private:
+  AdamOptions options_;
+};
+
+/// torch.optim.Adam as a transformation.
+std::shared_ptr<Transform> adam(AdamOptions options = {});
+/// torch.optim.AdamW (decoupled weight decay, default 0.01 as in PyTorch).
+std::shared_ptr<Transform> adamw(AdamOptions options = {});
+/// Global-norm gradient clipping.
+std::shared_ptr<Transform> clip_by_global_norm(double max_norm);
+
+}  // namespace nnx::optim
