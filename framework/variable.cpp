@@ -24,7 +24,7 @@ Kind Kind::define(const std::string& name, const Kind* parent) {
   const detail::KindInfo* parent_info = parent ? parent->info_ : nullptr;
   auto it = t.kinds.find(name);
   if (it != t.kinds.end()) {
-    NNX_CHECK(it->second->parent == parent_info, "variable kind '", name,
+    NNX_CHECK(parent_info == nullptr || it->second->parent == parent_info, "variable kind '", name,
               "' defined twice with different parents");
     return Kind(it->second.get());
   }

@@ -26,8 +26,9 @@ struct KindInfo {
 /// and a filter on the parent matches the children. Declare your own with NNX_DEFINE_KIND.
 class Kind {
  public:
-  /// Returns the kind named `name`, defining it (with `parent`) on first use.
-  /// Throws nnx::Error if `name` is empty or was defined before with another parent.
+  /// Returns the kind named `name`, defining it (with `parent`) on first use; without a parent,
+  /// an existing kind is returned as it is. Throws nnx::Error if `name` is empty or was defined
+  /// before with another parent.
   static Kind define(const std::string& name, const Kind* parent = nullptr);
   /// The kind named `name`; throws nnx::Error naming it when no such kind was defined.
   static Kind from_name(const std::string& name);

@@ -1,0 +1,95 @@
+// Checkpointers: atomic writes of one checkpoint directory (Orbax's Checkpointer layer).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "checkpoint/args.h"
+
+namespace nnx::checkpoint {
+
+/// Name of the composite HDF5 file inside a checkpoint directory.
+inline constexpr const char* kCheckpointFile = "checkpoint.h5";
+/// Name of the metadata file, written last: its presence marks a complete checkpoint.
+inline constexpr const char* kMetadataFile = "_CHECKPOINT_METADATA";
+
+/// Reads and validates <directory>/_CHECKPOINT_METADATA: format version (an unknown version is
+/// an error naming it), sizes of the files it lists. Throws nnx::Error naming the file.
+nlohmann::json read_metadata(const std::filesystem::path& directory);
+
+/// Result of verify().
+struct VerifyReport {
+  bool ok = true;
+  std::vector<std::string> problems;  ///< one line per failure: file, dataset, expected vs found
+  int64_t datasets_checked = 0;
+  int64_t bytes_checked = 0;
+};
+/// Checks a committed checkpoint: metadata, each file's size and checksum, and every dataset's
+/// checksum. Never throws for corruption; reports it.
+VerifyReport verify(const std::filesystem::path& directory);
+
+/// Synchronous checkpointer (ocp.Checkpointer): save() writes <path>.tmp-<unique>/, fsyncs,
+/// writes _CHECKPOINT_METADATA last, renames to <path> and fsyncs the parent. An existing <path>
+/// is never overwritten (nnx::Error). A failed save removes its temporary directory.
+class Checkpointer {
+ public:
+  Checkpointer() = default;
+  virtual ~Checkpointer() = default;
+  /// Saves the StandardSave/JsonSave items of `args`; `metadata` is merged into
+  /// _CHECKPOINT_METADATA (e.g. step, metrics). Throws nnx::Error / nnx::IOError.
+  virtual void save(const std::filesystem::path& path, const Composite& args,
+                    const nlohmann::json& metadata = nlohmann::json::object());
+  /// Restores the StandardRestore/JsonRestore items of `args` (a subset of the saved items).
+  Restored restore(const std::filesystem::path& path, const Composite& args) const;
+  /// Options for the HDF5 writer (slab size).
+  WriteOptions write_options;
+};
+
+/// Saves and restores one State without a manager (ocp.StandardCheckpointer).
+class StandardCheckpointer {
+ public:
+  /// Writes `state` as item "state" of a new checkpoint at `path`.
+  void save(const std::filesystem::path& path, const State& state);
+  /// Restores against `templ` (see StandardRestore).
+  State restore(const std::filesystem::path& path, const State& templ, ReadOptions options = {}) const;
+
+ private:
+  Checkpointer checkpointer_;
+};
+
+/// Asynchronous checkpointer (ocp.AsyncCheckpointer): save() copies every tensor to host memory
+/// (the caller may change its tensors as soon as save() returns), then writes and commits on a
+/// background thread. One save is in flight at a time: save() first waits for the previous one.
+/// A failed background save is rethrown by the next save() or wait_until_finished().
+class AsyncCheckpointer : public Checkpointer {
+ public:
+  AsyncCheckpointer() = default;
+  /// Waits for the save in flight; errors are swallowed here (call wait_until_finished first).
+  ~AsyncCheckpointer() override;
+  void save(const std::filesystem::path& path, const Composite& args,
+            const nlohmann::json& metadata = nlohmann::json::object()) override;
+  /// Like save(); `on_commit` runs on the background thread after the commit succeeded.
+  void save_async(const std::filesystem::path& path, const Composite& args,
+                  const nlohmann::json& metadata, std::function<void()> on_commit);
+  /// Blocks until no save is in flight; rethrows a background failure (once).
+  void wait_until_finished();
+  bool in_progress() const;
+
+ private:
+  std::thread worker_;
+  std::exception_ptr error_;
+  mutable std::mutex mu_;
+};
+
+/// Copies the tensors of every StandardSave item to contiguous host memory (an async snapshot).
+Composite snapshot_to_host(const Composite& args);
+
+}  // namespace nnx::checkpoint

@@ -1,0 +1,39 @@
+// File-system primitives of the commit protocol: fsync, no-replace rename, locks, unique names.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace nnx::checkpoint::fs {
+
+namespace stdfs = std::filesystem;
+
+/// fsync(2) of a file or directory; throws nnx::IOError naming it.
+void fsync_path(const stdfs::path& path);
+/// Renames `from` to `to`, failing (nnx::IOError naming both) if `to` exists (renameat2
+/// RENAME_NOREPLACE), then fsyncs the parent of `to`.
+void rename_no_replace(const stdfs::path& from, const stdfs::path& to);
+/// "<pid>-<random hex>": unique among concurrent writers.
+std::string unique_suffix();
+/// Size in bytes and "xxh3_64:<hex>" of a file, read in 8 MiB blocks. Throws nnx::Error naming it.
+std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path);
+/// Writes `text` to `path` (must not exist) and fsyncs it. Throws nnx::IOError.
+void write_file_synced(const stdfs::path& path, const std::string& text);
+/// Reads a whole file. Throws nnx::Error naming it.
+std::string read_file(const stdfs::path& path);
+
+/// An exclusive advisory lock (flock) on <directory>/.nnx-writer.lock, held while alive.
+class DirectoryLock {
+ public:
+  /// Throws nnx::Error naming the directory and the holder's pid when another writer holds it.
+  explicit DirectoryLock(const stdfs::path& directory);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace nnx::checkpoint::fs

@@ -1,0 +1,505 @@
+#include "checkpoint/hdf5_io.h"
+
+#include <ATen/ATen.h>
+#include <hdf5.h>
+#include <xxhash.h>
+
+#include <cstdio>
+#include <mutex>
+#include <unordered_set>
+
+#include "framework/error.h"
+
+namespace nnx::checkpoint {
+
+namespace {
+
+void silence_hdf5() {
+  static std::once_flag once;
+  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+// RAII for any hid_t.
+struct Hid {
+  hid_t id = -1;
+  herr_t (*close)(hid_t) = nullptr;
+  Hid() = default;
+  Hid(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
+  Hid(const Hid&) = delete;
+  Hid& operator=(const Hid&) = delete;
+  Hid(Hid&& o) noexcept : id(o.id), close(o.close) { o.id = -1; }
+  ~Hid() {
+    if (id >= 0 && close) close(id);
+  }
+  operator hid_t() const { return id; }
+  bool ok() const { return id >= 0; }
+};
+
+hid_t float16_type() {
+  // IEEE half precision as h5py defines it: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  H5Tset_fields(t, 15, 10, 5, 0, 10);
+  H5Tset_size(t, 2);
+  H5Tset_ebias(t, 15);
+  return t;
+}
+
+// The HDF5 type a tensor of `t` is stored as (a new handle).
+Hid storage_type(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return Hid(H5Tcopy(H5T_IEEE_F64LE), H5Tclose);
+    case at::kFloat: return Hid(H5Tcopy(H5T_IEEE_F32LE), H5Tclose);
+    case at::kHalf: return Hid(float16_type(), H5Tclose);
+    case at::kBFloat16: return Hid(H5Tcopy(H5T_STD_U16LE), H5Tclose);
+    case at::kLong: return Hid(H5Tcopy(H5T_STD_I64LE), H5Tclose);
+    case at::kInt: return Hid(H5Tcopy(H5T_STD_I32LE), H5Tclose);
+    case at::kShort: return Hid(H5Tcopy(H5T_STD_I16LE), H5Tclose);
+    case at::kChar: return Hid(H5Tcopy(H5T_STD_I8LE), H5Tclose);
+    case at::kByte: return Hid(H5Tcopy(H5T_STD_U8LE), H5Tclose);
+    case at::kBool: return Hid(H5Tcopy(H5T_STD_U8LE), H5Tclose);
+    default: NNX_CHECK(false, "dtype ", t, " cannot be checkpointed");
+  }
+  return {};
+}
+
+Hid vlen_string_type() {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_cset(t, H5T_CSET_UTF8);
+  return Hid(t, H5Tclose);
+}
+
+void write_string_attr(hid_t obj, const char* name, const std::string& value, const std::string& where) {
+  Hid type = vlen_string_type();
+  Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+  Hid attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  NNX_CHECK_IO(attr.ok(), "cannot create attribute '", name, "' on ", where);
+  const char* p = value.c_str();
+  NNX_CHECK_IO(H5Awrite(attr, type, &p) >= 0, "cannot write attribute '", name, "' on ", where);
+}
+
+std::optional<std::string> read_string_attr(hid_t obj, const char* name, const std::string& where) {
+  if (H5Aexists(obj, name) <= 0) return std::nullopt;
+  Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  NNX_CHECK(attr.ok(), "cannot open attribute '", name, "' of ", where);
+  Hid ftype(H5Aget_type(attr), H5Tclose);
+  NNX_CHECK(H5Tget_class(ftype) == H5T_STRING, "attribute '", name, "' of ", where, " is not a string");
+  Hid type = vlen_string_type();
+  if (H5Tis_variable_str(ftype) > 0) {
+    char* p = nullptr;
+    NNX_CHECK(H5Aread(attr, type, &p) >= 0, "cannot read attribute '", name, "' of ", where);
+    std::string out = p ? p : "";
+    if (p) H5free_memory(p);
+    return out;
+  }
+  size_t n = H5Tget_size(ftype);
+  std::string out(n, '\0');
+  NNX_CHECK(H5Aread(attr, ftype, out.data()) >= 0, "cannot read attribute '", name, "' of ", where);
+  out.resize(strnlen(out.data(), n));
+  return out;
+}
+
+void write_i64_array_attr(hid_t obj, const char* name, const std::vector<int64_t>& v, const std::string& where) {
+  hsize_t n = v.size();
+  Hid space(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid attr(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  NNX_CHECK_IO(attr.ok(), "cannot create attribute '", name, "' on ", where);
+  if (n > 0) NNX_CHECK_IO(H5Awrite(attr, H5T_NATIVE_INT64, v.data()) >= 0, "cannot write attribute '", name, "' on ", where);
+}
+
+std::optional<std::vector<int64_t>> read_i64_array_attr(hid_t obj, const char* name, const std::string& where) {
+  if (H5Aexists(obj, name) <= 0) return std::nullopt;
+  Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  Hid space(H5Aget_space(attr), H5Sclose);
+  hssize_t n = H5Sget_simple_extent_npoints(space);
+  NNX_CHECK(n >= 0 && n <= 64, "attribute '", name, "' of ", where, " is malformed");
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  if (n > 0) NNX_CHECK(H5Aread(attr, H5T_NATIVE_INT64, v.data()) >= 0, "cannot read attribute '", name, "' of ", where);
+  return v;
+}
+
+std::string where_of(const H5File& f, const std::string& item, const std::string& path) {
+  return "'" + f.path() + "' dataset /" + item + "/" + path;
+}
+
+bool link_exists(hid_t loc, const std::string& path) {
+  // H5Lexists fails on missing intermediate groups; check each prefix.
+  size_t pos = 0;
+  while (true) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (pos == std::string::npos) return true;
+  }
+}
+
+// Rows per slab so one I/O call moves at most max_bytes.
+int64_t rows_per_slab(const at::Tensor& t, int64_t max_bytes) {
+  int64_t row_bytes = t.dim() == 0 ? t.element_size() : t.numel() / std::max<int64_t>(t.size(0), 1) * t.element_size();
+  return std::max<int64_t>(1, max_bytes / std::max<int64_t>(row_bytes, 1));
+}
+
+void dataset_io(bool write, hid_t dset, hid_t type, const at::Tensor& t, int64_t max_bytes, const std::string& where) {
+  const int64_t nbytes = t.numel() * t.element_size();
+  if (nbytes == 0) return;
+  void* base = t.data_ptr();
+  if (t.dim() == 0 || nbytes <= max_bytes) {
+    herr_t r = write ? H5Dwrite(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, base)
+                     : H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, base);
+    if (write) NNX_CHECK_IO(r >= 0, "cannot write ", where, " (", nbytes, " bytes; disk full?)");
+    else NNX_CHECK(r >= 0, "cannot read ", where, " (file truncated or corrupt?)");
+    return;
+  }
+  const int64_t rows = t.size(0), per = rows_per_slab(t, max_bytes);
+  const int64_t row_bytes = nbytes / rows;
+  std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+  Hid fspace(H5Dget_space(dset), H5Sclose);
+  for (int64_t r0 = 0; r0 < rows; r0 += per) {
+    int64_t r1 = std::min(rows, r0 + per);
+    std::vector<hsize_t> start(dims.size(), 0), count = dims;
+    start[0] = static_cast<hsize_t>(r0);
+    count[0] = static_cast<hsize_t>(r1 - r0);
+    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+    Hid mspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), H5Sclose);
+    char* p = static_cast<char*>(base) + r0 * row_bytes;
+    herr_t r = write ? H5Dwrite(dset, type, mspace, fspace, H5P_DEFAULT, p)
+                     : H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, p);
+    if (write) NNX_CHECK_IO(r >= 0, "cannot write rows [", r0, ", ", r1, ") of ", where, " (disk full?)");
+    else NNX_CHECK(r >= 0, "cannot read rows [", r0, ", ", r1, ") of ", where, " (file truncated or corrupt?)");
+  }
+}
+
+std::string metadata_json(const Metadata& m) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : m) j[k] = v;
+  return j.dump();
+}
+
+}  // namespace
+
+std::string checksum_bytes(const void* data, size_t n) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits(data, n)));
+  return buf;
+}
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return "float64";
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: NNX_CHECK(false, "dtype ", t, " cannot be checkpointed");
+  }
+  return "";
+}
+
+at::ScalarType dtype_from_name(const std::string& n) {
+  static const std::pair<const char*, at::ScalarType> table[] = {
+      {"float64", at::kDouble}, {"float32", at::kFloat}, {"float16", at::kHalf},
+      {"bfloat16", at::kBFloat16}, {"int64", at::kLong}, {"int32", at::kInt},
+      {"int16", at::kShort}, {"int8", at::kChar}, {"uint8", at::kByte}, {"bool", at::kBool}};
+  for (const auto& [name, t] : table)
+    if (n == name) return t;
+  NNX_CHECK(false, "unknown dtype '", n, "'");
+  return at::kFloat;
+}
+
+H5File H5File::create(const std::string& path) {
+  silence_hdf5();
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  // v1.8+ object headers carry checksums of HDF5's own metadata.
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+  NNX_CHECK_IO(id >= 0, "cannot create HDF5 file '", path, "'");
+  return H5File(id, path);
+}
+
+H5File H5File::open(const std::string& path) {
+  silence_hdf5();
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  NNX_CHECK(id >= 0, "cannot open '", path, "' as HDF5 (missing, truncated or not a checkpoint)");
+  return H5File(id, path);
+}
+
+H5File::H5File(H5File&& o) noexcept : id_(o.id_), path_(std::move(o.path_)) { o.id_ = -1; }
+H5File& H5File::operator=(H5File&& o) noexcept {
+  if (this != &o) {
+    if (id_ >= 0) H5Fclose(id_);
+    id_ = o.id_;
+    path_ = std::move(o.path_);
+    o.id_ = -1;
+  }
+  return *this;
+}
+H5File::~H5File() {
+  if (id_ >= 0) H5Fclose(id_);
+}
+void H5File::close() {
+  if (id_ < 0) return;
+  hid_t id = id_;
+  id_ = -1;
+  herr_t r1 = H5Fflush(id, H5F_SCOPE_LOCAL);
+  herr_t r2 = H5Fclose(id);
+  NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
+}
+
+void write_state(H5File& file, const std::string& item, const State& state, const WriteOptions& options) {
+  NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
+            "invalid checkpoint item name '", item, "'");
+  Hid lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  Hid group(H5Gcreate2(file.id(), ("/" + item).c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+  NNX_CHECK_IO(group.ok(), "cannot create group /", item, " in '", file.path(), "'");
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every byte is written; no fill pass
+
+  nlohmann::json paths = nlohmann::json::array();
+  for (const auto& [path, vs] : state) {
+    const std::string where = where_of(file, item, path);
+    NNX_CHECK(vs.value.defined() && !vs.value.is_meta(), "cannot save ", where,
+              ": the tensor is ", vs.value.defined() ? "abstract (meta)" : "undefined");
+    at::Tensor t = vs.value.detach();
+    if (!t.device().is_cpu()) t = t.cpu();
+    t = t.contiguous();  // a view writes only its own elements
+    Hid type = storage_type(t.scalar_type());
+    std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
+    Hid space(t.dim() == 0 ? H5Screate(H5S_SCALAR)
+                           : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+              H5Sclose);
+    Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
+    NNX_CHECK_IO(dset.ok(), "cannot create ", where);
+    dataset_io(true, dset, type, t, options.max_write_bytes, where);
+    const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
+    write_string_attr(dset, "nnx_kind", vs.kind.name(), where);
+    write_string_attr(dset, "dtype", dtype_name(t.scalar_type()), where);
+    write_i64_array_attr(dset, "shape", t.sizes().vec(), where);
+    auto sh = vs.metadata.find("sharding");
+    write_string_attr(dset, "sharding", sh == vs.metadata.end() ? "" : sh->second, where);
+    write_string_attr(dset, "metadata", metadata_json(vs.metadata), where);
+    write_string_attr(dset, "checksum", checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes), where);
+    paths.push_back(path);
+  }
+  write_string_attr(group, "nnx_paths", paths.dump(), "'" + file.path() + "' group /" + item);
+}
+
+namespace {
+
+struct StoredInfo {
+  std::string kind, dtype, checksum, sharding;
+  std::vector<int64_t> shape;
+  Metadata metadata;
+};
+
+StoredInfo read_info(hid_t dset, const std::string& where) {
+  StoredInfo s;
+  auto need = [&](const char* name) {
+    auto v = read_string_attr(dset, name, where);
+    NNX_CHECK(v.has_value(), where, " lacks the attribute '", name, "' (not written by nnx-cpp?)");
+    return *v;
+  };
+  s.kind = need("nnx_kind");
+  s.dtype = need("dtype");
+  s.checksum = need("checksum");
+  s.sharding = read_string_attr(dset, "sharding", where).value_or("");
+  auto shape = read_i64_array_attr(dset, "shape", where);
+  NNX_CHECK(shape.has_value(), where, " lacks the attribute 'shape'");
+  s.shape = *shape;
+  auto meta = read_string_attr(dset, "metadata", where);
+  if (meta) {
+    auto j = nlohmann::json::parse(*meta, nullptr, false);
+    NNX_CHECK(!j.is_discarded() && j.is_object(), where, " has malformed 'metadata' JSON");
+    for (auto it = j.begin(); it != j.end(); ++it)
+      s.metadata[it.key()] = it.value().is_string() ? it.value().get<std::string>() : it.value().dump();
+  }
+  return s;
+}
+
+at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& where, bool verify) {
+  at::ScalarType dt = dtype_from_name(info.dtype);
+  // The dataspace and type must agree with the attributes before any byte is read.
+  Hid space(H5Dget_space(dset), H5Sclose);
+  int rank = H5Sget_simple_extent_ndims(space);
+  NNX_CHECK(rank == static_cast<int>(info.shape.size()), where, ": dataspace has rank ", rank,
+            ", attribute 'shape' has ", info.shape.size());
+  std::vector<hsize_t> dims(static_cast<size_t>(std::max(rank, 0)));
+  if (rank > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  for (int i = 0; i < rank; ++i)
+    NNX_CHECK(static_cast<int64_t>(dims[i]) == info.shape[i], where, ": dataspace dims differ from attribute 'shape'");
+  Hid ftype(H5Dget_type(dset), H5Tclose);
+  Hid mtype = storage_type(dt);
+  NNX_CHECK(H5Tget_size(ftype) == H5Tget_size(mtype) && H5Tget_class(ftype) == H5Tget_class(mtype),
+            where, ": stored HDF5 type does not match dtype '", info.dtype, "'");
+  at::Tensor t = at::empty(info.shape, at::TensorOptions().dtype(dt));
+  dataset_io(false, dset, mtype, t, int64_t(1) << 30, where);
+  if (verify) {
+    size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
+    std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
+    NNX_CHECK(sum == info.checksum, where, ": checksum mismatch (stored ", info.checksum, ", data ",
+              sum, "); the checkpoint is corrupt");
+  }
+  return t;
+}
+
+std::vector<std::string> stored_paths(const H5File& file, hid_t group, const std::string& item) {
+  auto s = read_string_attr(group, "nnx_paths", "'" + file.path() + "' group /" + item);
+  NNX_CHECK(s.has_value(), "'", file.path(), "' group /", item, " lacks its 'nnx_paths' attribute");
+  auto j = nlohmann::json::parse(*s, nullptr, false);
+  NNX_CHECK(!j.is_discarded() && j.is_array(), "'", file.path(), "' group /", item, " has malformed 'nnx_paths'");
+  return j.get<std::vector<std::string>>();
+}
+
+Hid open_item(const H5File& file, const std::string& item) {
+  NNX_CHECK(H5Lexists(file.id(), ("/" + item).c_str(), H5P_DEFAULT) > 0, "'", file.path(),
+            "' has no item '", item, "'");
+  Hid group(H5Gopen2(file.id(), ("/" + item).c_str(), H5P_DEFAULT), H5Gclose);
+  NNX_CHECK(group.ok(), "cannot open item '", item, "' in '", file.path(), "'");
+  return group;
+}
+
+}  // namespace
+
+State read_state(const H5File& file, const std::string& item, const State& templ, const ReadOptions& options) {
+  Hid group = open_item(file, item);
+  auto in_file = stored_paths(file, group, item);
+  std::unordered_set<std::string> file_set(in_file.begin(), in_file.end());
+  State out;
+  for (const auto& [path, tv] : templ) {
+    if (!options.filter(path, tv.kind)) continue;
+    const std::string where = where_of(file, item, path);
+    NNX_CHECK(file_set.count(path) && link_exists(group, path), "checkpoint '", file.path(), "' item '",
+              item, "' has no '", path, "' (template expects ", format_shape(tv.value.sizes()), " ",
+              dtype_name(tv.value.scalar_type()), ")");
+    Hid dset(H5Dopen2(group, path.c_str(), H5P_DEFAULT), H5Dclose);
+    NNX_CHECK(dset.ok(), "cannot open ", where);
+    StoredInfo info = read_info(dset, where);
+    NNX_CHECK(info.shape == tv.value.sizes().vec(), "shape mismatch at '", path, "': checkpoint ",
+              format_shape(info.shape), ", template ", format_shape(tv.value.sizes()), " (", where, ")");
+    at::ScalarType want = tv.value.scalar_type();
+    at::ScalarType have = dtype_from_name(info.dtype);
+    NNX_CHECK(have == want || options.cast, "dtype mismatch at '", path, "': checkpoint ", info.dtype,
+              ", template ", dtype_name(want), " (", where, "; pass cast=true to convert)");
+    at::Tensor t = read_dataset(dset, info, where, options.verify_checksums);
+    if (have != want) t = t.to(want);
+    c10::Device dev = options.device ? *options.device
+                                     : (tv.value.is_meta() ? c10::Device(c10::kCPU) : tv.value.device());
+    if (!dev.is_cpu()) t = t.to(dev);
+    out.insert(path, VariableState{Kind::from_name(info.kind), t, info.metadata});
+  }
+  if (!options.allow_extra) {
+    for (const auto& p : in_file) {
+      if (templ.contains(p)) continue;
+      // Partial restores ignore what their filter excludes; the kind is read for the filter.
+      Hid dset(H5Dopen2(group, p.c_str(), H5P_DEFAULT), H5Dclose);
+      auto kind = dset.ok() ? read_string_attr(dset, "nnx_kind", p) : std::nullopt;
+      bool selected = !kind || options.filter(p, Kind::define(*kind));
+      NNX_CHECK(!selected, "checkpoint '", file.path(), "' item '", item, "' has '", p,
+                "' which the template lacks (unexpected path; restore with allow_extra to ignore it)");
+    }
+  }
+  return out;
+}
+
+State read_state_untemplated(const H5File& file, const std::string& item, bool verify) {
+  Hid group = open_item(file, item);
+  State out;
+  for (const auto& path : stored_paths(file, group, item)) {
+    const std::string where = where_of(file, item, path);
+    NNX_CHECK(link_exists(group, path), where, " is listed but missing");
+    Hid dset(H5Dopen2(group, path.c_str(), H5P_DEFAULT), H5Dclose);
+    NNX_CHECK(dset.ok(), "cannot open ", where);
+    StoredInfo info = read_info(dset, where);
+    out.insert(path, VariableState{Kind::define(info.kind), read_dataset(dset, info, where, verify), info.metadata});
+  }
+  return out;
+}
+
+std::vector<DatasetInfo> list_item(const H5File& file, const std::string& item) {
+  Hid group = open_item(file, item);
+  std::vector<DatasetInfo> out;
+  for (const auto& path : stored_paths(file, group, item)) {
+    const std::string where = where_of(file, item, path);
+    NNX_CHECK(link_exists(group, path), where, " is listed but missing");
+    Hid dset(H5Dopen2(group, path.c_str(), H5P_DEFAULT), H5Dclose);
+    StoredInfo info = read_info(dset, where);
+    DatasetInfo d;
+    d.path = path;
+    d.kind = info.kind;
+    d.dtype = info.dtype;
+    d.shape = info.shape;
+    d.sharding = info.sharding;
+    d.checksum = info.checksum;
+    int64_t n = 1;
+    for (auto s : info.shape) n *= s;
+    d.nbytes = n * static_cast<int64_t>(c10::elementSize(dtype_from_name(info.dtype)));
+    out.push_back(d);
+  }
+  return out;
+}
+
+namespace {
+std::vector<std::string> group_children(hid_t loc) {
+  std::vector<std::string> names;
+  H5Literate(loc, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+              [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+                static_cast<std::vector<std::string>*>(data)->push_back(name);
+                return 0;
+              },
+              &names);
+  return names;
+}
+}  // namespace
+
+std::vector<std::string> list_items(const H5File& file) {
+  std::vector<std::string> out;
+  for (auto& n : group_children(file.id()))
+    if (n != "json") out.push_back(n);
+  return out;
+}
+
+std::vector<std::string> list_json_items(const H5File& file) {
+  if (H5Lexists(file.id(), "/json", H5P_DEFAULT) <= 0) return {};
+  Hid g(H5Gopen2(file.id(), "/json", H5P_DEFAULT), H5Gclose);
+  return group_children(g);
+}
+
+void write_json(H5File& file, const std::string& item, const nlohmann::json& value) {
+  Hid lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  Hid type = vlen_string_type();
+  Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+  const std::string name = "/json/" + item;
+  Hid dset(H5Dcreate2(file.id(), name.c_str(), type, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  NNX_CHECK_IO(dset.ok(), "cannot create ", name, " in '", file.path(), "'");
+  std::string s = value.dump();
+  const char* p = s.c_str();
+  NNX_CHECK_IO(H5Dwrite(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p) >= 0, "cannot write ", name,
+               " in '", file.path(), "'");
+  write_string_attr(dset, "checksum", checksum_bytes(s.data(), s.size()), name);
+}
+
+nlohmann::json read_json(const H5File& file, const std::string& item) {
+  const std::string name = "/json/" + item;
+  NNX_CHECK(link_exists(file.id(), name.substr(1)), "'", file.path(), "' has no JSON item '", item, "'");
+  Hid dset(H5Dopen2(file.id(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  Hid type = vlen_string_type();
+  char* p = nullptr;
+  NNX_CHECK(H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p) >= 0, "cannot read ", name, " in '",
+            file.path(), "'");
+  std::string s = p ? p : "";
+  if (p) H5free_memory(p);
+  auto sum = read_string_attr(dset, "checksum", name);
+  NNX_CHECK(!sum || *sum == checksum_bytes(s.data(), s.size()), "'", file.path(), "' ", name,
+            ": checksum mismatch; the checkpoint is corrupt");
+  auto j = nlohmann::json::parse(s, nullptr, false);
+  NNX_CHECK(!j.is_discarded(), "'", file.path(), "' ", name, " is not valid JSON");
+  return j;
+}
+
+}  // namespace nnx::checkpoint

@@ -1,0 +1,108 @@
+// State <-> HDF5 group (the per-item handler) and JSON items, on HDF5's C API.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "framework/filter.h"
+#include "framework/state.h"
+
+namespace nnx::checkpoint {
+
+/// The format version written to /nnx_format_version and _CHECKPOINT_METADATA.
+constexpr int kFormatVersion = 1;
+
+/// An open HDF5 file (RAII). Errors name the file.
+class H5File {
+ public:
+  /// Creates `path` (must not exist) for writing; throws nnx::IOError naming it on failure.
+  static H5File create(const std::string& path);
+  /// Opens `path` read-only; throws nnx::Error naming it when it is missing or not HDF5.
+  static H5File open(const std::string& path);
+  H5File(H5File&& o) noexcept;
+  H5File& operator=(H5File&& o) noexcept;
+  ~H5File();
+  /// Flushes and closes; throws nnx::IOError naming the file on failure (full disk, ...).
+  void close();
+  int64_t id() const { return id_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  H5File(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  int64_t id_ = -1;
+  std::string path_;
+};
+
+/// Options of write_state.
+struct WriteOptions {
+  /// Largest single H5Dwrite, in bytes; bigger tensors are written in slabs along dim 0
+  /// (so tensors over 4 GiB never need one huge I/O call).
+  int64_t max_write_bytes = int64_t(1) << 30;
+};
+
+/// Writes every tensor of `state` as a dataset /<item>/<path> with attributes nnx_kind, dtype
+/// (logical: bfloat16 is stored as uint16, bool as uint8), shape, sharding, metadata (JSON) and
+/// checksum ("xxh3_64:<16 hex digits>" of the stored bytes, C order, little-endian). CUDA tensors
+/// are copied to the host, views written as their elements only. Throws nnx::IOError naming the
+/// file and dataset on failure.
+void write_state(H5File& file, const std::string& item, const State& state,
+                 const WriteOptions& options = {});
+
+/// Options of read_state.
+struct ReadOptions {
+  /// Only template paths matching this filter are read (partial restore).
+  Filter filter = Everything();
+  /// Cast to the template's dtype when the stored dtype differs (else a mismatch is an error).
+  bool cast = false;
+  /// Allow the file to hold paths the template lacks (they are ignored).
+  bool allow_extra = false;
+  /// Target device; default: the template tensor's device (CPU for meta templates).
+  std::optional<c10::Device> device;
+  /// Verify each dataset's checksum (default on).
+  bool verify_checksums = true;
+};
+
+/// Reads /<item> validated against `templ` (an abstract State from eval_shape, or a real one):
+/// a missing path, an unexpected path, a shape or dtype mismatch, a bad checksum is an nnx::Error
+/// naming the file, the path and both values. Returns a State in the template's order with the
+/// stored kinds and metadata.
+State read_state(const H5File& file, const std::string& item, const State& templ,
+                 const ReadOptions& options = {});
+
+/// Reads every dataset under /<item> without a template (tools, conversions).
+State read_state_untemplated(const H5File& file, const std::string& item, bool verify_checksums = true);
+
+/// One dataset's description, for tools.
+struct DatasetInfo {
+  std::string path;  ///< path inside the item
+  std::string kind;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string sharding;
+  std::string checksum;
+  int64_t nbytes = 0;
+};
+/// Lists the datasets under /<item> in file order. Throws nnx::Error when the item is absent.
+std::vector<DatasetInfo> list_item(const H5File& file, const std::string& item);
+/// Names of the top-level items (groups other than "json") and JSON items.
+std::vector<std::string> list_items(const H5File& file);
+std::vector<std::string> list_json_items(const H5File& file);
+
+/// Stores `value` as a UTF-8 string dataset /json/<item>.
+void write_json(H5File& file, const std::string& item, const nlohmann::json& value);
+/// Reads /json/<item>; throws nnx::Error naming the file and item when absent or not JSON.
+nlohmann::json read_json(const H5File& file, const std::string& item);
+
+/// Logical dtype name ("float32", "bfloat16", ...) of a torch dtype; throws for unsupported.
+std::string dtype_name(at::ScalarType t);
+/// Inverse of dtype_name; throws nnx::Error naming the value.
+at::ScalarType dtype_from_name(const std::string& name);
+
+/// "xxh3_64:<16 hex digits>" of `n` bytes.
+std::string checksum_bytes(const void* data, size_t n);
+
+}  // namespace nnx::checkpoint

@@ -1,0 +1,168 @@
+#include "checkpoint/hdf5_io.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "framework/error.h"
+#include "test_util.h"
+
+using namespace nnx;
+using namespace nnx::checkpoint;
+
+namespace {
+State every_dtype() {
+  State s;
+  s.insert("f64", {Param, at::randn({3, 2}, at::kDouble), {}});
+  s.insert("f32", {Param, at::randn({4}), {{"sharding", "data:0"}, {"note", "x"}}});
+  s.insert("f16", {Param, at::randn({5}).to(at::kHalf), {}});
+  s.insert("bf16", {Param, at::randn({2, 3}).to(at::kBFloat16), {}});
+  s.insert("i64", {RngCount, at::scalar_tensor(int64_t(1) << 40, at::kLong), {}});
+  s.insert("i32", {Cache, at::arange(6, at::kInt), {}});
+  s.insert("i16", {Cache, at::arange(6, at::kShort), {}});
+  s.insert("i8", {Cache, at::arange(-3, 3, at::kChar), {}});
+  s.insert("u8", {Cache, at::arange(250, 256).to(at::kByte), {}});
+  s.insert("bool", {Cache, at::tensor({1, 0, 1}).to(at::kBool), {}});
+  s.insert("empty", {Param, at::empty({0, 3}), {}});
+  s.insert("scalar", {Param, at::scalar_tensor(2.5), {}});
+  s.insert("deep/nested/path/x", {BatchStat, at::ones({2, 2, 2}), {}});
+  return s;
+}
+}  // namespace
+
+TEST(Hdf5Io, RoundTripsEveryDtypeAndShapeClass) {
+  test::TempDir dir;
+  State s = every_dtype();
+  {
+    H5File f = H5File::create((dir / "a.h5").string());
+    write_state(f, "params", s);
+    f.close();
+  }
+  H5File f = H5File::open((dir / "a.h5").string());
+  State back = read_state(f, "params", s);
+  EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
+  EXPECT_EQ(back.at("f32").metadata.at("sharding"), "data:0");
+  EXPECT_EQ(back.at("f32").metadata.at("note"), "x");
+  EXPECT_EQ(back.at("i64").kind, RngCount);
+  State untemplated = read_state_untemplated(f, "params");
+  EXPECT_TRUE(untemplated.equal(s));
+  auto infos = list_item(f, "params");
+  EXPECT_EQ(infos.size(), s.size());
+  EXPECT_EQ(infos[3].dtype, "bfloat16");
+  EXPECT_EQ(infos[3].nbytes, 12);
+}
+
+TEST(Hdf5Io, ViewsWriteOnlyTheirElementsAndSlabsSplitLargeTensors) {
+  test::TempDir dir;
+  at::Tensor base = at::arange(1000, at::kFloat).reshape({100, 10});
+  State s;
+  s.insert("view", {Param, base.slice(0, 10, 20).t(), {}});  // non-contiguous [10, 10]
+  s.insert("big", {Param, at::randn({64, 33}), {}});
+  WriteOptions wo;
+  wo.max_write_bytes = 1000;  // forces many slabs
+  {
+    H5File f = H5File::create((dir / "v.h5").string());
+    write_state(f, "p", s, wo);
+    f.close();
+  }
+  H5File f = H5File::open((dir / "v.h5").string());
+  auto infos = list_item(f, "p");
+  EXPECT_EQ(infos[0].nbytes, 400);  // the view's 100 elements, not the base's 1000
+  EXPECT_TRUE(read_state(f, "p", s).equal(s));
+}
+
+TEST(Hdf5Io, TemplateMismatchesNamePathAndBothValues) {
+  test::TempDir dir;
+  State s;
+  s.insert("fc/kernel", {Param, at::zeros({2, 3}), {}});
+  s.insert("fc/bias", {Param, at::zeros({3}), {}});
+  {
+    H5File f = H5File::create((dir / "t.h5").string());
+    write_state(f, "params", s);
+    f.close();
+  }
+  H5File f = H5File::open((dir / "t.h5").string());
+  auto expect_error = [&](const State& templ, std::vector<std::string> needles, ReadOptions o = {}) {
+    try {
+      read_state(f, "params", templ, o);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      for (auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what() << " / " << n;
+    }
+  };
+  State shape = s;
+  shape.at("fc/kernel").value = at::zeros({3, 2});
+  expect_error(shape, {"fc/kernel", "[2, 3]", "[3, 2]"});
+  State dtype = s;
+  dtype.at("fc/bias").value = at::zeros({3}, at::kDouble);
+  expect_error(dtype, {"fc/bias", "float32", "float64"});
+  ReadOptions cast;
+  cast.cast = true;
+  EXPECT_EQ(read_state(f, "params", dtype, cast).at("fc/bias").value.scalar_type(), at::kDouble);
+  State missing = s;
+  missing.insert("fc/scale", {Param, at::zeros({3}), {}});
+  expect_error(missing, {"fc/scale", "has no"});
+  State fewer;
+  fewer.insert("fc/kernel", {Param, at::zeros({2, 3}), {}});
+  expect_error(fewer, {"fc/bias", "unexpected"});
+  // Partial restore by filter, or tolerating extras.
+  ReadOptions partial;
+  partial.filter = PathContains("kernel");
+  EXPECT_EQ(read_state(f, "params", s, partial).paths(), (std::vector<std::string>{"fc/kernel"}));
+  EXPECT_EQ(read_state(f, "params", fewer, partial).size(), 1u);
+  try {
+    read_state(f, "opt", s);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no item 'opt'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Hdf5Io, ChecksumDetectsFlippedBytes) {
+  test::TempDir dir;
+  State s;
+  s.insert("w", {Param, at::full({4096}, 1.0f), {}});
+  const auto path = (dir / "c.h5").string();
+  {
+    H5File f = H5File::create(path);
+    write_state(f, "params", s);
+    f.close();
+  }
+  // Flip one byte inside the data (find the run of 1.0f = 0x3f800000).
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string pattern("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8);
+  size_t pos = bytes.find(pattern);
+  ASSERT_NE(pos, std::string::npos);
+  bytes[pos + 2000] ^= 0x01;
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  H5File f = H5File::open(path);
+  try {
+    read_state(f, "params", s);
+    FAIL();
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("checksum mismatch"), std::string::npos) << m;
+    EXPECT_NE(m.find("/params/w"), std::string::npos) << m;
+  }
+}
+
+TEST(Hdf5Io, JsonItemsRoundTrip) {
+  test::TempDir dir;
+  nlohmann::json j = {{"model", {{"width", 3}}}, {"name", "ünïcode"}};
+  {
+    H5File f = H5File::create((dir / "j.h5").string());
+    write_json(f, "config", j);
+    f.close();
+  }
+  H5File f = H5File::open((dir / "j.h5").string());
+  EXPECT_EQ(read_json(f, "config"), j);
+  EXPECT_EQ(list_json_items(f), (std::vector<std::string>{"config"}));
+  EXPECT_THROW(read_json(f, "other"), Error);
+  EXPECT_THROW(H5File::open((dir / "none.h5").string()), Error);
+}

@@ -1,0 +1,32 @@
+#include "framework/variable.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "framework/error.h"
+
+NNX_DEFINE_KIND(LoraParam, &nnx::Param);
+NNX_DEFINE_KIND(MyStat);
+
+TEST(Variable, KindsAndUserKinds) {
+  EXPECT_EQ(nnx::Param.name(), "Param");
+  EXPECT_TRUE(nnx::RngKey.is_a(nnx::RngState));
+  EXPECT_FALSE(nnx::RngState.is_a(nnx::RngKey));
+  EXPECT_TRUE(LoraParam.is_a(nnx::Param));
+  EXPECT_FALSE(MyStat.is_a(nnx::Param));
+  EXPECT_EQ(nnx::Kind::from_name("MyStat"), MyStat);
+  EXPECT_THROW(nnx::Kind::from_name("NoSuchKind"), nnx::Error);
+  EXPECT_THROW(nnx::Kind::define("MyStat", &nnx::Param), nnx::Error);
+  EXPECT_EQ(nnx::Kind::define("LoraParam"), LoraParam);  // lookup keeps the parent
+}
+
+TEST(Variable, SharedHandleSeesReplacement) {
+  nnx::Variable a = nnx::Param(at::zeros({2}), {{"sharding", "data:0"}});
+  nnx::Variable b = a;  // weight tying: same slot
+  b.set_value(at::ones({3}));
+  EXPECT_TRUE(a.is(b));
+  EXPECT_EQ(a.value().size(0), 3);
+  EXPECT_EQ(a.metadata().at("sharding"), "data:0");
+  nnx::Variable c = nnx::Param(at::ones({3}));
+  EXPECT_FALSE(a.is(c));
+}
