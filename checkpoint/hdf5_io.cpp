@@ -255,10 +255,14 @@ void write_state(H5File& file, const std::string& item, const State& state, cons
             "invalid checkpoint item name '", item, "'");
   Hid lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl, 1);
-  Hid group(H5Gcreate2(file.id(), ("/" + item).c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+  // No modification times in object headers: the same state gives the same bytes.
+  Hid gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+  H5Pset_obj_track_times(gcpl, 0);
+  Hid group(H5Gcreate2(file.id(), ("/" + item).c_str(), lcpl, gcpl, H5P_DEFAULT), H5Gclose);
   NNX_CHECK_IO(group.ok(), "cannot create group /", item, " in '", file.path(), "'");
   Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every byte is written; no fill pass
+  H5Pset_obj_track_times(dcpl, 0);
 
   nlohmann::json paths = nlohmann::json::array();
   for (const auto& [path, vs] : state) {
@@ -475,7 +479,9 @@ void write_json(H5File& file, const std::string& item, const nlohmann::json& val
   Hid type = vlen_string_type();
   Hid space(H5Screate(H5S_SCALAR), H5Sclose);
   const std::string name = "/json/" + item;
-  Hid dset(H5Dcreate2(file.id(), name.c_str(), type, space, lcpl, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_obj_track_times(dcpl, 0);
+  Hid dset(H5Dcreate2(file.id(), name.c_str(), type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
   NNX_CHECK_IO(dset.ok(), "cannot create ", name, " in '", file.path(), "'");
   std::string s = value.dump();
   const char* p = s.c_str();

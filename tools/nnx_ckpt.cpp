@@ -1,0 +1,234 @@
+// nnx-ckpt: inspect, verify and compare nnx-cpp checkpoints.
+//   nnx-ckpt list DIR              steps, time, bytes, metrics; latest and best
+//   nnx-ckpt show DIR [STEP]       items and paths with kind, shape, dtype, bytes; JSON items
+//   nnx-ckpt verify DIR [STEP]     checksums and sizes (exit 0 ok, 1 failures named)
+//   nnx-ckpt diff A[/STEP] B[/STEP]  paths that differ and the max abs difference
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/hdf5_io.h"
+#include "checkpoint/manager.h"
+#include "framework/error.h"
+
+namespace stdfs = std::filesystem;
+using namespace nnx;
+using namespace nnx::checkpoint;
+
+namespace {
+
+// DIR may be a run dir (with checkpoints/), a checkpoints dir, or one step's dir.
+stdfs::path resolve(const std::string& arg, const std::optional<int64_t>& step) {
+  stdfs::path p(arg);
+  NNX_CHECK(stdfs::exists(p), "'", arg, "' does not exist");
+  if (stdfs::exists(p / kMetadataFile) && !step) return p;
+  if (stdfs::exists(p / "checkpoints") && stdfs::is_directory(p / "checkpoints")) p /= "checkpoints";
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  o.create = false;
+  CheckpointManager m(p, o);
+  if (step) {
+    NNX_CHECK(stdfs::exists(m.step_path(*step) / kMetadataFile), "no committed step ", *step, " in '", p.string(), "'");
+    return m.step_path(*step);
+  }
+  auto latest = m.latest_step();
+  NNX_CHECK(latest.has_value(), "no committed checkpoint in '", p.string(), "'");
+  return m.step_path(*latest);
+}
+
+stdfs::path checkpoints_dir(const std::string& arg) {
+  stdfs::path p(arg);
+  if (stdfs::exists(p / "checkpoints")) p /= "checkpoints";
+  return p;
+}
+
+int cmd_list(const std::string& dir) {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  o.create = false;
+  CheckpointManager m(checkpoints_dir(dir), o);
+  auto steps = m.all_steps();
+  if (steps.empty()) {
+    std::cout << "no committed checkpoints in " << m.directory().string() << "\n";
+    return 0;
+  }
+  // Best by eval metrics when present.
+  std::optional<int64_t> best;
+  double best_v = 0;
+  for (int64_t s : steps) {
+    auto met = m.metrics(s);
+    if (met.is_object() && met.contains("eval_loss") && met["eval_loss"].is_number()) {
+      double v = met["eval_loss"];
+      if (!best || v < best_v) {
+        best = s;
+        best_v = v;
+      }
+    }
+  }
+  std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)" << std::setw(12) << "bytes"
+            << "metrics\n";
+  for (int64_t s : steps) {
+    auto meta = read_metadata(m.step_path(s));
+    int64_t bytes = 0;
+    for (auto it = meta["files"].begin(); it != meta["files"].end(); ++it) bytes += it.value()["size"].get<int64_t>();
+    std::time_t t = static_cast<std::time_t>(meta.value("time", 0.0));
+    char when[32];
+    std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
+    std::string tags;
+    if (s == steps.back()) tags += " [latest]";
+    if (best && s == *best) tags += " [best eval_loss]";
+    nlohmann::json met = meta.value("metrics", nlohmann::json());
+    std::ostringstream ms;
+    if (met.is_object())
+      for (const char* k : {"loss", "eval_loss", "eval_accuracy"})
+        if (met.contains(k) && met[k].is_number()) ms << k << "=" << std::setprecision(5) << met[k].get<double>() << " ";
+    std::cout << std::left << std::setw(10) << s << std::setw(22) << when << std::setw(12) << format_bytes(bytes)
+              << ms.str() << tags << "\n";
+  }
+  return 0;
+}
+
+int cmd_show(const std::string& dir, std::optional<int64_t> step) {
+  stdfs::path p = resolve(dir, step);
+  auto meta = read_metadata(p);
+  std::cout << "checkpoint " << p.string() << " (format v" << meta["format_version"] << ", step " << meta.value("step", nlohmann::json()).dump()
+            << ", world_size " << meta.value("world_size", 1) << ")\n";
+  H5File f = H5File::open((p / kCheckpointFile).string());
+  for (const auto& item : list_items(f)) {
+    auto infos = list_item(f, item);
+    int64_t total = 0;
+    for (const auto& d : infos) total += d.nbytes;
+    std::cout << "\n" << item << ": " << infos.size() << " variables, " << format_bytes(total) << "\n";
+    size_t w = 4;
+    for (const auto& d : infos) w = std::max(w, d.path.size());
+    for (const auto& d : infos)
+      std::cout << "  " << std::left << std::setw(static_cast<int>(w)) << d.path << "  " << std::setw(10) << d.kind << std::setw(16)
+                << format_shape(d.shape) << std::setw(10) << d.dtype << format_bytes(d.nbytes)
+                << (d.sharding.empty() ? "" : "  sharding=" + d.sharding) << "\n";
+  }
+  for (const auto& item : list_json_items(f)) {
+    auto j = read_json(f, item);
+    std::string text = item == "metrics" && j.is_array() ? std::to_string(j.size()) + " records" : j.dump();
+    if (item == "graphdef") text = "root type " + j.value("type", std::string("?")) + " (" + std::to_string(j.dump().size()) + " bytes of JSON)";
+    if (item == "config") text = j.dump(2);
+    std::cout << "\njson/" << item << ": " << text << "\n";
+  }
+  return 0;
+}
+
+int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
+  std::vector<stdfs::path> targets;
+  stdfs::path root(dir);
+  if (step || stdfs::exists(root / kMetadataFile)) {
+    targets.push_back(resolve(dir, step));
+  } else {
+    CheckpointManagerOptions o;
+    o.read_only = true;
+    o.create = false;
+    CheckpointManager m(checkpoints_dir(dir), o);
+    for (int64_t s : m.all_steps()) targets.push_back(m.step_path(s));
+    NNX_CHECK(!targets.empty(), "no committed checkpoint in '", dir, "'");
+  }
+  bool ok = true;
+  for (const auto& t : targets) {
+    auto r = verify(t);
+    std::cout << (r.ok ? "OK    " : "FAILED") << " " << t.string() << " (" << r.datasets_checked << " datasets, "
+              << format_bytes(r.bytes_checked) << ")\n";
+    for (const auto& p : r.problems) std::cout << "  " << p << "\n";
+    ok = ok && r.ok;
+  }
+  return ok ? 0 : 1;
+}
+
+int cmd_diff(const std::string& a, const std::string& b) {
+  stdfs::path pa = resolve(a, std::nullopt), pb = resolve(b, std::nullopt);
+  H5File fa = H5File::open((pa / kCheckpointFile).string()), fb = H5File::open((pb / kCheckpointFile).string());
+  int differences = 0;
+  auto items_a = list_items(fa), items_b = list_items(fb);
+  for (const auto& item : items_a) {
+    if (std::find(items_b.begin(), items_b.end(), item) == items_b.end()) {
+      std::cout << "only in A: item " << item << "\n";
+      ++differences;
+      continue;
+    }
+    State sa = read_state_untemplated(fa, item), sb = read_state_untemplated(fb, item);
+    for (const auto& [path, va] : sa) {
+      if (!sb.contains(path)) {
+        std::cout << "only in A: " << item << "/" << path << "\n";
+        ++differences;
+        continue;
+      }
+      const auto& vb = sb.at(path);
+      if (va.value.sizes() != vb.value.sizes() || va.value.scalar_type() != vb.value.scalar_type()) {
+        std::cout << "differs: " << item << "/" << path << ": " << format_shape(va.value.sizes()) << " " << dtype_name(va.value.scalar_type())
+                  << " vs " << format_shape(vb.value.sizes()) << " " << dtype_name(vb.value.scalar_type()) << "\n";
+        ++differences;
+      } else if (!at::equal(va.value, vb.value)) {
+        double d = (va.value.to(at::kDouble) - vb.value.to(at::kDouble)).abs().max().item<double>();
+        std::cout << "differs: " << item << "/" << path << ": max abs difference " << d << "\n";
+        ++differences;
+      }
+    }
+    for (const auto& [path, vb] : sb)
+      if (!sa.contains(path)) {
+        std::cout << "only in B: " << item << "/" << path << "\n";
+        ++differences;
+      }
+  }
+  for (const auto& item : items_b)
+    if (std::find(items_a.begin(), items_a.end(), item) == items_a.end()) {
+      std::cout << "only in B: item " << item << "\n";
+      ++differences;
+    }
+  std::cout << (differences ? std::to_string(differences) + " differences" : "no differences in tensors") << " between "
+            << pa.string() << " and " << pb.string() << "\n";
+  return differences ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"nnx-ckpt: inspect, verify and compare nnx-cpp checkpoints"};
+  app.require_subcommand(1);
+  std::string dir, dir_b;
+  int64_t step = -1;
+  auto* list = app.add_subcommand("list", "list committed steps with time, bytes, metrics");
+  list->add_option("DIR", dir, "run dir or checkpoints dir")->required();
+  auto* show = app.add_subcommand("show", "items and variables of a step (default latest)");
+  show->add_option("DIR", dir)->required();
+  show->add_option("STEP", step);
+  auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step, or STEP)");
+  ver->add_option("DIR", dir)->required();
+  ver->add_option("STEP", step);
+  auto* dif = app.add_subcommand("diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
+  dif->add_option("A", dir)->required();
+  dif->add_option("B", dir_b)->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  std::optional<int64_t> s = step >= 0 ? std::optional<int64_t>(step) : std::nullopt;
+  try {
+    if (*list) return cmd_list(dir);
+    if (*show) return cmd_show(dir, s);
+    if (*ver) return cmd_verify(dir, s);
+    if (*dif) return cmd_diff(dir, dir_b);
+  } catch (const nnx::Error& e) {
+    std::cerr << "nnx-ckpt: error: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const c10::Error& e) {
+    std::cerr << "nnx-ckpt: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "nnx-ckpt: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,48 @@
+// nnx-train --config FILE [dotted.key=value ...]: train from YAML, resume from the run's checkpoints.
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include <iostream>
+
+#include "framework/error.h"
+#include "tools/trainer/config.h"
+#include "tools/trainer/trainer.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"nnx-train: train a model from a YAML config; rerun to resume from its checkpoints"};
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int64_t resume_from = -1, crash_after = -1;
+  bool print_only = false;
+  app.add_option("--config", config_path, "YAML config file")->required();
+  app.add_option("overrides", overrides, "dotted.key=value overrides, e.g. train.max_steps=100");
+  app.add_option("--resume-from", resume_from, "resume from this committed step instead of the latest");
+  app.add_flag("--print-config", print_only, "print the resolved config and exit");
+  app.add_option("--crash-after-step", crash_after, "testing: SIGKILL this process after the step")->group("");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    auto cfg = nnx::trainer::load_config(config_path, overrides);
+    if (print_only) {
+      std::cout << cfg.to_json().dump(2) << "\n";
+      return 0;
+    }
+    nnx::trainer::RunOptions ro;
+    if (resume_from >= 0) ro.resume_from = resume_from;
+    ro.crash_after_step = crash_after;
+    return nnx::trainer::train(cfg, ro);
+  } catch (const nnx::Error& e) {
+    std::cerr << "nnx-train: error: " << e.what() << "\n";
+    return e.exit_code();
+  } catch (const c10::Error& e) {
+    std::cerr << "nnx-train: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "nnx-train: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,382 @@
+#include "tools/trainer/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "framework/error.h"
+
+namespace nnx::trainer {
+
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// Where values came from, for error messages.
+struct Source {
+  std::string file;
+  std::map<std::string, std::string> overrides;  // dotted key -> "k=v"
+};
+
+// One YAML mapping being read into a struct; remembers which keys were consumed.
+class Section {
+ public:
+  Section(YAML::Node node, std::string prefix, const Source& src, YAML::Mark mark)
+      : node_(std::move(node)), prefix_(std::move(prefix)), src_(src), mark_(mark) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) fail_at(node_, prefix_.empty() ? "the config" : prefix_, " must be a mapping");
+  }
+
+  std::string key_path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+
+  std::string where(const YAML::Node& n, const std::string& dotted) const {
+    auto it = src_.overrides.find(dotted);
+    if (it != src_.overrides.end()) return "override '" + it->second + "'";
+    YAML::Mark m = n ? n.Mark() : mark_;
+    if (m.line < 0) return src_.file;
+    return src_.file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+  }
+
+  template <class... Parts>
+  [[noreturn]] void fail_at(const YAML::Node& n, const std::string& dotted, const Parts&... parts) const {
+    throw Error(where(n, dotted) + ": '" + dotted + "'" + detail::str(parts...));
+  }
+
+  bool has(const std::string& key) const { return node_ && node_.IsMap() && node_[key]; }
+
+  YAML::Node raw(const std::string& key) {
+    used_.insert(key);
+    return node_ && node_.IsMap() ? node_[key] : YAML::Node();
+  }
+
+  template <class T>
+  T get(const std::string& key, T def) {
+    YAML::Node n = raw(key);
+    if (!n || n.IsNull()) return def;
+    try {
+      if constexpr (std::is_same_v<T, bool>) {
+        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+        return n.as<bool>();
+      } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<std::string>>) {
+        if (!n.IsSequence()) throw YAML::BadConversion(n.Mark());
+        return n.as<T>();
+      } else {
+        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+        return n.as<T>();
+      }
+    } catch (const YAML::BadConversion&) {
+      fail_at(n, key_path(key), " must be ", type_name<T>(), ", got ", describe(n));
+    }
+  }
+
+  template <class T>
+  T require(const std::string& key) {
+    if (!has(key)) {
+      used_.insert(key);
+      throw Error(where(node_, prefix_) + ": missing required key '" + key_path(key) + "'");
+    }
+    return get<T>(key, T{});
+  }
+
+  template <class T>
+  T in_range(const std::string& key, T def, double lo, double hi) {
+    T v = get<T>(key, def);
+    if (static_cast<double>(v) < lo || static_cast<double>(v) > hi)
+      fail_at(raw(key), key_path(key), " = ", v, " is out of range [", lo, ", ", hi == 1e300 ? std::string("inf") : detail::str(hi), "]");
+    return v;
+  }
+
+  std::string one_of(const std::string& key, std::string def, const std::vector<std::string>& allowed) {
+    std::string v = get<std::string>(key, def);
+    if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      fail_at(raw(key), key_path(key), " = '", v, "' is not one of: ", list);
+    }
+    return v;
+  }
+
+  Section sub(const std::string& key) {
+    YAML::Node n = raw(key);
+    return Section(n, key_path(key), src_, n ? n.Mark() : mark_);
+  }
+
+  // Every key present must have been read.
+  void finish() const {
+    if (!node_ || !node_.IsMap()) return;
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      std::string k = it->first.as<std::string>();
+      if (used_.count(k)) continue;
+      std::string best;
+      size_t best_d = 4;
+      for (const auto& u : used_) {
+        size_t d = edit_distance(k, u);
+        if (d < best_d) {
+          best_d = d;
+          best = u;
+        }
+      }
+      std::string dotted = key_path(k);
+      throw Error(where(it->first, dotted) + ": unknown key '" + dotted + "'" +
+                  (best.empty() ? std::string() : " (did you mean '" + key_path(best) + "'?)"));
+    }
+  }
+
+ private:
+  template <class T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "a boolean (true/false)";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return "a list of integers";
+    else return "a list of strings";
+  }
+  static std::string describe(const YAML::Node& n) {
+    if (n.IsScalar()) return "'" + n.Scalar() + "'";
+    if (n.IsSequence()) return "a list";
+    if (n.IsMap()) return "a mapping";
+    return "nothing";
+  }
+
+  YAML::Node node_;
+  std::string prefix_;
+  const Source& src_;
+  YAML::Mark mark_;
+  std::set<std::string> used_;
+};
+
+void apply_override(YAML::Node& root, const std::string& text, Source& src) {
+  auto eq = text.find('=');
+  NNX_CHECK(eq != std::string::npos && eq > 0, "override '", text, "' must look like key.path=value");
+  std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  YAML::Node v;
+  try {
+    v = YAML::Load(value);
+  } catch (const YAML::Exception& e) {
+    NNX_CHECK(false, "override '", text, "': cannot parse the value: ", e.msg);
+  }
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t dot = key.find('.', start);
+    parts.push_back(key.substr(start, dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  std::vector<YAML::Node> chain = {root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node next = chain.back()[parts[i]];
+    if (!next.IsMap()) {
+      NNX_CHECK(!next.IsDefined() || next.IsNull(), "override '", text, "': '", parts[i], "' is not a section");
+      chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[parts[i]];
+    }
+    chain.push_back(next);
+  }
+  chain.back()[parts.back()] = v;
+  src.overrides[key] = text;
+}
+
+nlohmann::json model_options(Section& m, const std::string& type) {
+  nlohmann::json o;
+  o["init"] = m.one_of("init", "pytorch", {"pytorch", "lecun"});
+  if (type == "mlp") {
+    o["hidden"] = m.get<std::vector<int64_t>>("hidden", {256, 128});
+    for (auto h : o["hidden"]) if (h.get<int64_t>() <= 0) m.fail_at(m.raw("hidden"), m.key_path("hidden"), " entries must be positive");
+    o["dropout"] = m.in_range<double>("dropout", 0.0, 0.0, 0.99);
+  } else if (type == "cnn") {
+    auto ch = m.get<std::vector<int64_t>>("channels", {32, 64});
+    if (ch.size() != 2 || ch[0] <= 0 || ch[1] <= 0) m.fail_at(m.raw("channels"), m.key_path("channels"), " must be 2 positive integers");
+    o["channels"] = ch;
+    o["hidden"] = m.in_range<int64_t>("hidden", 128, 1, 1 << 20);
+    o["dropout"] = m.in_range<double>("dropout", 0.25, 0.0, 0.99);
+    o["bn_momentum"] = m.in_range<double>("bn_momentum", 0.1, 0.0, 1.0);
+  } else {
+    o["d_model"] = m.in_range<int64_t>("d_model", 128, 1, 1 << 16);
+    o["num_heads"] = m.in_range<int64_t>("num_heads", 4, 1, 1024);
+    o["num_layers"] = m.in_range<int64_t>("num_layers", 2, 1, 1024);
+    o["dropout"] = m.in_range<double>("dropout", 0.1, 0.0, 0.99);
+    if (o["d_model"].get<int64_t>() % o["num_heads"].get<int64_t>() != 0)
+      m.fail_at(m.raw("num_heads"), m.key_path("num_heads"), " must divide model.d_model (", o["d_model"].get<int64_t>(), ")");
+  }
+  return o;
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  Source src;
+  src.file = path;
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    NNX_CHECK(false, "cannot read config file '", path, "'");
+  } catch (const YAML::ParserException& e) {
+    NNX_CHECK(false, path, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  NNX_CHECK(root.IsMap(), path, ": the config must be a mapping of sections");
+  for (const auto& o : overrides) apply_override(root, o, src);
+
+  Config c;
+  c.source = path;
+  Section top(root, "", src, root.Mark());
+  c.seed = top.in_range<uint64_t>("seed", 0, 0, 1.8e19);
+  c.device = top.get<std::string>("device", "cpu");
+  if (!(c.device == "cpu" || c.device == "cuda" || c.device.rfind("cuda:", 0) == 0))
+    top.fail_at(top.raw("device"), "device", " = '", c.device, "' is not cpu, cuda or cuda:N");
+  c.threads = top.in_range<int>("threads", 0, 0, 1024);
+
+  Section run = top.sub("run");
+  c.run_dir = run.get<std::string>("dir", "runs/default");
+  if (c.run_dir.empty()) run.fail_at(run.raw("dir"), "run.dir", " must not be empty");
+  run.finish();
+
+  Section model = top.sub("model");
+  if (!model.has("type")) throw Error(model.where(root["model"], "model") + ": missing required key 'model.type' (mlp, cnn or gpt)");
+  std::string type = model.one_of("type", "", {"mlp", "cnn", "gpt"});
+  c.model.type = type;
+  c.model.dtype = model.one_of("dtype", "float32", {"float32", "bfloat16"});
+  c.model.options = model_options(model, type);
+  model.finish();
+
+  Section data = top.sub("data");
+  c.data.dataset = data.one_of("dataset", type == "gpt" ? "text" : "fashion_mnist", {"fashion_mnist", "text", "synthetic"});
+  c.data.root = data.get<std::string>("root", c.data.root);
+  c.data.path = data.get<std::string>("path", "");
+  c.data.block_size = data.in_range<int64_t>("block_size", 64, 1, 1 << 16);
+  c.data.size = data.in_range<int64_t>("size", 2048, 1, 1e9);
+  c.data.features = data.in_range<int64_t>("features", 16, 1, 1 << 20);
+  c.data.classes = data.in_range<int64_t>("classes", 4, 2, 1 << 20);
+  c.data.shuffle = data.get<bool>("shuffle", true);
+  c.data.limit = data.in_range<int64_t>("limit", 0, 0, 1e12);
+  if (c.data.dataset == "text" && c.data.path.empty()) throw Error(path + ": missing required key 'data.path' (dataset: text)");
+  if ((type == "gpt") != (c.data.dataset == "text"))
+    data.fail_at(data.raw("dataset"), "data.dataset", " = '", c.data.dataset, "' does not fit model.type '", type,
+                 "' (gpt trains on text, mlp and cnn on fashion_mnist or synthetic)");
+  if (type == "cnn" && c.data.dataset == "synthetic")
+    data.fail_at(data.raw("dataset"), "data.dataset", " = 'synthetic' gives vectors; model.type 'cnn' needs images");
+  data.finish();
+
+  Section opt = top.sub("optimizer");
+  c.optimizer.type = opt.one_of("type", "adamw", {"adam", "adamw"});
+  c.optimizer.learning_rate = opt.in_range<double>("learning_rate", 1e-3, 0.0, 10.0);
+  c.optimizer.beta1 = opt.in_range<double>("beta1", 0.9, 0.0, 0.999999);
+  c.optimizer.beta2 = opt.in_range<double>("beta2", 0.999, 0.0, 0.999999);
+  c.optimizer.eps = opt.in_range<double>("eps", 1e-8, 0.0, 1.0);
+  c.optimizer.weight_decay = opt.in_range<double>("weight_decay", c.optimizer.type == "adamw" ? 0.01 : 0.0, 0.0, 10.0);
+  c.optimizer.amsgrad = opt.get<bool>("amsgrad", false);
+  c.optimizer.clip_norm = opt.in_range<double>("clip_norm", 0.0, 0.0, 1e9);
+  c.optimizer.no_decay = opt.get<std::vector<std::string>>("no_decay", {"bias", "scale"});
+  opt.finish();
+
+  Section tr = top.sub("train");
+  c.train.max_steps = tr.in_range<int64_t>("max_steps", 1000, 1, 1e12);
+  c.train.batch_size = tr.in_range<int64_t>("batch_size", 64, 1, 1 << 20);
+  c.train.grad_accum_steps = tr.in_range<int64_t>("grad_accum_steps", 1, 1, 4096);
+  c.train.log_every = tr.in_range<int64_t>("log_every", 50, 1, 1e12);
+  c.train.nonfinite = tr.one_of("nonfinite", "skip", {"skip", "stop"});
+  tr.finish();
+
+  Section sch = top.sub("schedule");
+  c.schedule.type = sch.one_of("type", "constant", {"constant", "linear_warmup", "cosine_decay", "warmup_cosine", "step_decay"});
+  c.schedule.warmup_steps = sch.in_range<int64_t>("warmup_steps", 0, 0, 1e12);
+  c.schedule.decay_steps = sch.in_range<int64_t>("decay_steps", 0, 0, 1e12);
+  c.schedule.end_value = sch.in_range<double>("end_value", 0.0, 0.0, 10.0);
+  c.schedule.init_value = sch.in_range<double>("init_value", 0.0, 0.0, 10.0);
+  c.schedule.alpha = sch.in_range<double>("alpha", 0.0, 0.0, 1.0);
+  c.schedule.gamma = sch.in_range<double>("gamma", 0.1, 0.0, 1.0);
+  c.schedule.step_size = sch.in_range<int64_t>("step_size", 1000, 1, 1e12);
+  if (c.schedule.decay_steps == 0) c.schedule.decay_steps = c.train.max_steps;
+  if (c.schedule.type == "warmup_cosine" && c.schedule.warmup_steps >= c.schedule.decay_steps)
+    sch.fail_at(sch.raw("warmup_steps"), "schedule.warmup_steps", " = ", c.schedule.warmup_steps,
+                " must be below schedule.decay_steps (", c.schedule.decay_steps, ")");
+  sch.finish();
+
+  Section ev = top.sub("eval");
+  c.eval.every_steps = ev.in_range<int64_t>("every_steps", 0, 0, 1e12);
+  c.eval.batch_size = ev.in_range<int64_t>("batch_size", 1000, 1, 1 << 20);
+  c.eval.max_batches = ev.in_range<int64_t>("max_batches", 0, 0, 1e12);
+  ev.finish();
+
+  Section ck = top.sub("checkpoint");
+  c.checkpoint.save_interval_steps = ck.in_range<int64_t>("save_interval_steps", 500, 1, 1e12);
+  c.checkpoint.max_to_keep = ck.in_range<int>("max_to_keep", 3, 1, 1000000);
+  c.checkpoint.keep_period = ck.in_range<int64_t>("keep_period", 0, 0, 1e12);
+  c.checkpoint.async = ck.get<bool>("async", true);
+  c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", {"", "eval_loss", "eval_accuracy", "loss"});
+  c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
+  ck.finish();
+
+  top.finish();
+  return c;
+}
+
+nlohmann::json Config::to_json() const {
+  return {
+      {"seed", seed}, {"device", device}, {"threads", threads}, {"run", {{"dir", run_dir}}},
+      {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = model.dtype; return m; }()},
+      {"data", {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
+                {"size", data.size}, {"features", data.features}, {"classes", data.classes}, {"shuffle", data.shuffle}, {"limit", data.limit}}},
+      {"optimizer", {{"type", optimizer.type}, {"learning_rate", optimizer.learning_rate}, {"beta1", optimizer.beta1},
+                     {"beta2", optimizer.beta2}, {"eps", optimizer.eps}, {"weight_decay", optimizer.weight_decay},
+                     {"amsgrad", optimizer.amsgrad}, {"clip_norm", optimizer.clip_norm}, {"no_decay", optimizer.no_decay}}},
+      {"schedule", {{"type", schedule.type}, {"warmup_steps", schedule.warmup_steps}, {"decay_steps", schedule.decay_steps},
+                    {"end_value", schedule.end_value}, {"init_value", schedule.init_value}, {"alpha", schedule.alpha},
+                    {"gamma", schedule.gamma}, {"step_size", schedule.step_size}}},
+      {"train", {{"max_steps", train.max_steps}, {"batch_size", train.batch_size},
+                 {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", train.nonfinite}}},
+      {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
+      {"checkpoint", {{"save_interval_steps", checkpoint.save_interval_steps}, {"max_to_keep", checkpoint.max_to_keep},
+                      {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
+                      {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode}}},
+  };
+}
+
+namespace {
+void diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix, std::vector<std::string>& out) {
+  if (a.is_object() && b.is_object()) {
+    std::set<std::string> keys;
+    for (auto it = a.begin(); it != a.end(); ++it) keys.insert(it.key());
+    for (auto it = b.begin(); it != b.end(); ++it) keys.insert(it.key());
+    for (const auto& k : keys)
+      diff(a.contains(k) ? a[k] : nlohmann::json(), b.contains(k) ? b[k] : nlohmann::json(), prefix.empty() ? k : prefix + "." + k, out);
+  } else if (a != b) {
+    out.push_back(prefix + ": " + a.dump() + " -> " + b.dump());
+  }
+}
+bool structural(const std::string& line) {
+  return line.rfind("model.", 0) == 0 || line.rfind("data.block_size", 0) == 0 || line.rfind("data.dataset", 0) == 0;
+}
+}  // namespace
+
+std::vector<std::string> structural_differences(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::vector<std::string> all, out;
+  diff(saved, now, "", all);
+  for (auto& l : all)
+    if (structural(l)) out.push_back(l);
+  return out;
+}
+
+std::vector<std::string> other_differences(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::vector<std::string> all, out;
+  diff(saved, now, "", all);
+  for (auto& l : all)
+    if (!structural(l)) out.push_back(l);
+  return out;
+}
+
+}  // namespace nnx::trainer

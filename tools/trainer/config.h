@@ -1,0 +1,109 @@
+// nnx-train's configuration: YAML mapped onto typed options structs, with errors that name
+// file:line:column and the key, and dotted key=value overrides.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nnx::trainer {
+
+/// model: the network (type-specific keys; see docs/config.md).
+struct ModelConfig {
+  std::string type;            ///< "mlp", "cnn" or "gpt"
+  nlohmann::json options;      ///< the model's typed options, as its registry config
+  std::string dtype = "float32";  ///< float32 | bfloat16 (params; fp32 optimizer masters)
+};
+
+/// data: what to train on.
+struct DataConfig {
+  std::string dataset = "fashion_mnist";  ///< fashion_mnist | text | synthetic
+  std::string root = "/usr/share/datasets/fashion-mnist";
+  std::string path;        ///< text file (dataset: text)
+  int64_t block_size = 64;  ///< context length (dataset: text)
+  int64_t size = 2048;      ///< examples (dataset: synthetic)
+  int64_t features = 16;    ///< input features (dataset: synthetic)
+  int64_t classes = 4;      ///< classes (dataset: synthetic)
+  bool shuffle = true;
+  int64_t limit = 0;  ///< use only the first `limit` training examples; 0 = all
+};
+
+/// optimizer: Adam or AdamW (torch.optim semantics).
+struct OptimizerConfig {
+  std::string type = "adamw";  ///< adam | adamw
+  double learning_rate = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double weight_decay = 0.0;
+  bool amsgrad = false;
+  double clip_norm = 0.0;  ///< global-norm clipping threshold; 0 = off
+  std::vector<std::string> no_decay = {"bias", "scale"};  ///< path parts exempt from decay
+};
+
+/// schedule: learning rate over steps.
+struct ScheduleConfig {
+  std::string type = "constant";  ///< constant | linear_warmup | cosine_decay | warmup_cosine | step_decay
+  int64_t warmup_steps = 0;
+  int64_t decay_steps = 0;  ///< 0 = train.max_steps
+  double end_value = 0.0, init_value = 0.0, alpha = 0.0, gamma = 0.1;
+  int64_t step_size = 1000;
+};
+
+/// train: the loop.
+struct TrainConfig {
+  int64_t max_steps = 1000;
+  int64_t batch_size = 64;
+  int64_t grad_accum_steps = 1;
+  int64_t log_every = 50;
+  std::string nonfinite = "skip";  ///< skip | stop: what a NaN/Inf loss or gradient does
+};
+
+/// eval: periodic evaluation on the test split.
+struct EvalConfig {
+  int64_t every_steps = 0;  ///< 0 = only at the end
+  int64_t batch_size = 1000;
+  int64_t max_batches = 0;  ///< 0 = the whole split
+};
+
+/// checkpoint: the CheckpointManager policy.
+struct CheckpointConfig {
+  int64_t save_interval_steps = 500;
+  int max_to_keep = 3;
+  int64_t keep_period = 0;  ///< 0 = none
+  bool async = true;
+  std::string best_metric = "eval_loss";  ///< "" = no best tracking
+  std::string best_mode = "min";
+};
+
+/// The whole run.
+struct Config {
+  uint64_t seed = 0;
+  std::string device = "cpu";  ///< cpu | cuda | cuda:N
+  int threads = 0;             ///< intra-op threads; 0 = libtorch's default
+  std::string run_dir = "runs/default";
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainConfig train;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  std::string source;  ///< the YAML file
+
+  /// Every value, defaults included (printed at start, saved in every checkpoint).
+  nlohmann::json to_json() const;
+};
+
+/// Loads `path` and applies `overrides` ("train.max_steps=100", values parsed as YAML).
+/// Throws nnx::Error (exit code 2) with "FILE:LINE:COL: message" for: YAML syntax errors, unknown
+/// keys (naming the nearest valid key), wrong types, values out of range, missing required keys;
+/// overrides are named as "override 'k=v'".
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// Keys whose change makes a checkpoint unusable (model structure and dtype, data.block_size).
+std::vector<std::string> structural_differences(const nlohmann::json& saved, const nlohmann::json& now);
+/// Every other key whose value differs, as "key: old -> new".
+std::vector<std::string> other_differences(const nlohmann::json& saved, const nlohmann::json& now);
+
+}  // namespace nnx::trainer

@@ -1,0 +1,363 @@
+#include "tools/trainer/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <unistd.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+
+#include "checkpoint/manager.h"
+#include "framework/blas.h"
+#include "framework/compat.h"
+#include "framework/data/dataset.h"
+#include "framework/data/loader.h"
+#include "framework/graph.h"
+#include "models/models.h"
+#include "optim/optimizer.h"
+
+namespace nnx::trainer {
+
+namespace stdfs = std::filesystem;
+using checkpoint::Composite;
+using checkpoint::JsonRestore;
+using checkpoint::JsonSave;
+using checkpoint::StandardRestore;
+using checkpoint::StandardSave;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Datasets {
+  std::shared_ptr<data::Dataset> train, eval;
+  int64_t in_features = 0, num_classes = 0, in_channels = 1, image_size = 28, vocab_size = 0;
+};
+
+Datasets load_data(const Config& c) {
+  Datasets d;
+  if (c.data.dataset == "fashion_mnist") {
+    d.train = data::load_fashion_mnist(c.data.root, "train");
+    d.eval = data::load_fashion_mnist(c.data.root, "test");
+    d.in_features = 784;
+    d.num_classes = 10;
+  } else if (c.data.dataset == "synthetic") {
+    int64_t n_eval = std::max<int64_t>(c.data.size / 4, 1);
+    auto all = data::make_synthetic(c.data.size + n_eval, c.data.features, c.data.classes, c.seed);
+    d.train = std::make_shared<data::TensorDataset>(all->inputs().slice(0, 0, c.data.size), all->targets().slice(0, 0, c.data.size));
+    d.eval = std::make_shared<data::TensorDataset>(all->inputs().slice(0, c.data.size), all->targets().slice(0, c.data.size));
+    d.in_features = c.data.features;
+    d.num_classes = c.data.classes;
+  } else {
+    auto text = data::CharTextDataset::from_file(c.data.path, c.data.block_size);
+    d.train = text->slice(0.0, 0.9);
+    d.eval = text->slice(0.9, 1.0);
+    d.vocab_size = text->vocab_size();
+  }
+  if (c.data.limit > 0) {
+    auto* td = dynamic_cast<data::TensorDataset*>(d.train.get());
+    NNX_CHECK(td != nullptr, "data.limit applies to fashion_mnist and synthetic data");
+    int64_t n = std::min(c.data.limit, td->size());
+    d.train = std::make_shared<data::TensorDataset>(td->inputs().slice(0, 0, n), td->targets().slice(0, 0, n));
+  }
+  return d;
+}
+
+at::Tensor loss_fn(const at::Tensor& logits, const at::Tensor& targets) {
+  if (logits.dim() == 3) return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  return at::cross_entropy_loss(logits, targets);
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int64_t t = static_cast<int64_t>(s);
+  std::ostringstream os;
+  if (t >= 3600) os << t / 3600 << "h";
+  if (t >= 60) os << (t / 60) % 60 << "m";
+  os << std::setw(t >= 60 ? 2 : 1) << std::setfill('0') << t % 60 << "s";
+  return os.str();
+}
+
+void write_metrics_file(const stdfs::path& path, const nlohmann::json& history) {
+  const stdfs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    NNX_CHECK_IO(out.good(), "cannot write '", tmp.string(), "'");
+    for (const auto& rec : history) out << rec.dump() << "\n";
+    out.flush();
+    NNX_CHECK_IO(out.good(), "cannot write '", tmp.string(), "' (disk full?)");
+  }
+  stdfs::rename(tmp, path);
+}
+
+}  // namespace
+
+int train(const Config& cfg, const RunOptions& ropts) {
+  const auto t_start = Clock::now();
+  if (cfg.threads > 0) at::set_num_threads(cfg.threads);
+  if (blas_is_reference())
+    std::cerr << "nnx-train: warning: the reference BLAS (" << blas_library_path()
+              << ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.\n";
+  c10::Device device(cfg.device == "cpu" ? std::string("cpu") : cfg.device);
+  if (device.is_cuda())
+    NNX_CHECK(compat::cuda_available(), "device '", cfg.device, "' requested but this build has no usable CUDA (",
+              compat::cuda_device_count(), " GPUs visible)");
+
+  std::cout << "nnx-train: config " << cfg.source << " (resolved)\n" << cfg.to_json().dump(2) << "\n";
+
+  Datasets ds = load_data(cfg);
+  models::register_models();
+  nlohmann::json mopts = cfg.model.options;
+  std::string mtype;
+  if (cfg.model.type == "mlp") {
+    mtype = "MLP";
+    mopts["in_features"] = ds.in_features;
+    mopts["num_classes"] = ds.num_classes;
+  } else if (cfg.model.type == "cnn") {
+    mtype = "CNN";
+    mopts["num_classes"] = ds.num_classes;
+  } else {
+    mtype = "GPT";
+    mopts["vocab_size"] = ds.vocab_size;
+    mopts["block_size"] = cfg.data.block_size;
+  }
+  auto rngs = std::make_shared<Rngs>(std::map<std::string, uint64_t>{{"params", cfg.seed}, {"dropout", cfg.seed + 1}});
+  std::shared_ptr<Module> model = models::build_model(mtype, mopts, rngs);
+  if (cfg.model.dtype == "bfloat16") model->to(at::kBFloat16);
+  model->to(device);
+
+  optim::AdamOptions ao;
+  const auto& sc = cfg.schedule;
+  const double lr = cfg.optimizer.learning_rate;
+  if (sc.type == "constant") ao.learning_rate = optim::constant(lr);
+  else if (sc.type == "linear_warmup") ao.learning_rate = optim::linear_warmup(lr, sc.warmup_steps, sc.init_value);
+  else if (sc.type == "cosine_decay") ao.learning_rate = optim::cosine_decay(lr, sc.decay_steps, sc.alpha);
+  else if (sc.type == "warmup_cosine") ao.learning_rate = optim::warmup_cosine(lr, sc.warmup_steps, sc.decay_steps, sc.end_value, sc.init_value);
+  else ao.learning_rate = optim::step_decay(lr, sc.step_size, sc.gamma);
+  ao.beta1 = cfg.optimizer.beta1;
+  ao.beta2 = cfg.optimizer.beta2;
+  ao.eps = cfg.optimizer.eps;
+  ao.weight_decay = cfg.optimizer.weight_decay;
+  ao.amsgrad = cfg.optimizer.amsgrad;
+  std::vector<Filter> exempt;
+  for (const auto& p : cfg.optimizer.no_decay) exempt.push_back(PathContains(p));
+  ao.weight_decay_mask = Not(Any(exempt));
+  std::vector<std::shared_ptr<optim::Transform>> tx;
+  if (cfg.optimizer.clip_norm > 0) tx.push_back(optim::clip_by_global_norm(cfg.optimizer.clip_norm));
+  tx.push_back(cfg.optimizer.type == "adamw" ? optim::adamw(ao) : optim::adam(ao));
+  optim::Optimizer optimizer(model, tx);
+
+  data::LoaderOptions lo;
+  lo.batch_size = cfg.train.batch_size;
+  lo.shuffle = cfg.data.shuffle;
+  lo.seed = cfg.seed;
+  data::DataLoader loader(ds.train, lo);
+
+  stdfs::create_directories(cfg.run_dir);
+  checkpoint::CheckpointManagerOptions mo;
+  mo.max_to_keep = cfg.checkpoint.max_to_keep;
+  if (cfg.checkpoint.keep_period > 0) mo.keep_period = cfg.checkpoint.keep_period;
+  mo.save_interval_steps = cfg.checkpoint.save_interval_steps;
+  mo.enable_async_checkpointing = cfg.checkpoint.async;
+  if (!cfg.checkpoint.best_metric.empty()) {
+    std::string key = cfg.checkpoint.best_metric;
+    mo.best_fn = [key](const nlohmann::json& m) {
+      return m.contains(key) && m[key].is_number() ? m[key].get<double>() : std::nan("");
+    };
+    mo.best_mode = cfg.checkpoint.best_mode;
+  }
+  checkpoint::CheckpointManager manager(stdfs::path(cfg.run_dir) / "checkpoints", mo);
+
+  // Items of a checkpoint, built from the live objects (also the restore templates).
+  auto model_parts = [&] { return state(*model).split({Param, BatchStat, RngState, Everything()}); };
+  nlohmann::json history = nlohmann::json::array();
+  int64_t step = 0, skipped = 0;
+
+  std::optional<int64_t> resume = ropts.resume_from ? ropts.resume_from : manager.latest_step();
+  if (resume) {
+    auto parts = model_parts();
+    Composite args{{"params", StandardRestore(parts[0])},      {"batch_stats", StandardRestore(parts[1])},
+                   {"rngs", StandardRestore(parts[2])},        {"optimizer", StandardRestore(state(optimizer))},
+                   {"data", JsonRestore()},                    {"config", JsonRestore()},
+                   {"metrics", JsonRestore()},                 {"trainer", JsonRestore()}};
+    const nlohmann::json saved_config = manager.restore(*resume, Composite{{"config", JsonRestore()}}).json_item("config");
+    auto structural = structural_differences(saved_config, cfg.to_json());
+    if (!structural.empty()) {
+      std::string list;
+      for (const auto& l : structural) list += "\n  " + l;
+      NNX_CHECK(false, "cannot resume '", cfg.run_dir, "' from step ", *resume,
+                ": the model changed since the checkpoint was written:", list,
+                "\n  use a new run.dir, or restore the original model settings");
+    }
+    for (const auto& l : other_differences(saved_config, cfg.to_json()))
+      std::cerr << "nnx-train: warning: config changed since step " << *resume << " (applied): " << l << "\n";
+    auto r = manager.restore(*resume, args);
+    update(*model, r.state("params"), r.state("batch_stats"), r.state("rngs"));
+    update(optimizer, r.state("optimizer"));
+    loader.set_position(r.json_item("data").at("epoch"), r.json_item("data").at("index"));
+    history = r.json_item("metrics");
+    step = r.json_item("trainer").at("step");
+    skipped = r.json_item("trainer").value("skipped_steps", 0);
+    std::cout << "nnx-train: resumed from step " << step << " (" << manager.step_path(*resume).string()
+              << "): params " << r.state("params").size() << " arrays (" << format_bytes(r.state("params").nbytes())
+              << "), batch_stats " << r.state("batch_stats").size() << ", rngs " << r.state("rngs").size()
+              << ", optimizer step " << optimizer.step_count() << ", data position epoch " << loader.epoch()
+              << " batch " << loader.index() << ", " << history.size() << " metric records\n";
+  }
+  const stdfs::path metrics_path = stdfs::path(cfg.run_dir) / "metrics.jsonl";
+  write_metrics_file(metrics_path, history);  // drops records newer than the resumed step
+
+  auto evaluate = [&]() -> std::pair<double, double> {
+    model->eval();
+    at::NoGradGuard ng;
+    double loss_sum = 0, correct = 0, count = 0, tokens = 0;
+    const int64_t n = ds.eval->size();
+    int64_t batches = 0;
+    for (int64_t start = 0; start < n; start += cfg.eval.batch_size) {
+      if (cfg.eval.max_batches > 0 && batches++ >= cfg.eval.max_batches) break;
+      auto idx = at::arange(start, std::min(n, start + cfg.eval.batch_size), at::kLong);
+      auto b = ds.eval->get_batch(idx);
+      auto x = b.inputs.to(device), y = b.targets.to(device);
+      if (cfg.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
+      auto logits = model->forward(x).to(at::kFloat);
+      auto flat = logits.dim() == 3 ? logits.reshape({-1, logits.size(-1)}) : logits;
+      auto ty = y.reshape({-1});
+      loss_sum += at::cross_entropy_loss(flat, ty, {}, at::Reduction::Sum).item<double>();
+      correct += flat.argmax(1).eq(ty).sum().item<double>();
+      tokens += static_cast<double>(ty.numel());
+      count += 1;
+    }
+    model->train();
+    return {loss_sum / std::max(tokens, 1.0), correct / std::max(tokens, 1.0)};
+  };
+
+  auto save = [&](int64_t at_step, const nlohmann::json& metrics, bool force) {
+    auto parts = model_parts();
+    Composite args{{"params", StandardSave(parts[0])},
+                   {"batch_stats", StandardSave(parts[1])},
+                   {"rngs", StandardSave(parts[2])},
+                   {"optimizer", StandardSave(state(optimizer))},
+                   {"data", JsonSave(nlohmann::json{{"epoch", loader.epoch()}, {"index", loader.index()}})},
+                   {"config", JsonSave(cfg.to_json())},
+                   {"metrics", JsonSave(history)},
+                   {"trainer", JsonSave(nlohmann::json{{"step", at_step}, {"skipped_steps", skipped},
+                                                       {"optimizer_step", optimizer.step_count()}})},
+                   {"graphdef", JsonSave(graphdef(*model).to_json())}};
+    return manager.save(at_step, args, metrics, force);
+  };
+
+  if (step >= cfg.train.max_steps) {
+    std::cout << "nnx-train: already at step " << step << " (train.max_steps = " << cfg.train.max_steps << "); nothing to do\n";
+    return 0;
+  }
+  std::cout << "nnx-train: " << mtype << " with " << state(*model, Param).size() << " param arrays ("
+            << format_bytes(state(*model, Param).nbytes()) << "), " << ds.train->size() << " training examples, "
+            << loader.batches_per_epoch() << " batches/epoch, device " << device.str() << ", threads "
+            << at::get_num_threads() << "\n";
+
+  const bool tty = ::isatty(STDERR_FILENO);
+  auto window_start = Clock::now();
+  int64_t window_examples = 0;
+  const int64_t first_step = step;
+  double last_loss = 0;
+  model->train();
+  while (step < cfg.train.max_steps) {
+    zero_grad(*model);
+    double loss_value = 0;
+    for (int64_t micro = 0; micro < cfg.train.grad_accum_steps; ++micro) {
+      auto b = loader.next();
+      auto x = b.inputs.to(device), y = b.targets.to(device);
+      if (cfg.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
+      auto loss = loss_fn(model->forward(x).to(at::kFloat), y) / static_cast<double>(cfg.train.grad_accum_steps);
+      loss.backward();
+      loss_value += loss.item<double>();
+      window_examples += x.size(0);
+    }
+    bool finite = std::isfinite(loss_value);
+    if (finite) {
+      for (const auto& [p, vs] : grads(*model))
+        if (!at::isfinite(vs.value).all().item<bool>()) {
+          finite = false;
+          break;
+        }
+    }
+    if (finite) {
+      optimizer.step();
+    } else if (cfg.train.nonfinite == "stop") {
+      NNX_CHECK_IO(false, "non-finite loss or gradient at step ", step + 1, " (loss ", loss_value,
+                   "); stopping without saving (train.nonfinite = stop). The last checkpoint is intact.");
+    } else {
+      ++skipped;
+      std::cerr << "nnx-train: warning: non-finite loss or gradient at step " << step + 1 << "; step skipped\n";
+    }
+    ++step;
+    last_loss = loss_value;
+
+    nlohmann::json rec;
+    const bool log_now = step % cfg.train.log_every == 0 || step == cfg.train.max_steps;
+    const bool eval_now = (cfg.eval.every_steps > 0 && step % cfg.eval.every_steps == 0) || step == cfg.train.max_steps;
+    if (log_now || eval_now) {
+      double secs = std::chrono::duration<double>(Clock::now() - window_start).count();
+      rec = {{"step", step}, {"loss", loss_value}, {"learning_rate", optimizer.learning_rate()},
+             {"epoch", loader.epoch()}, {"examples_per_sec", secs > 0 ? window_examples / secs : 0.0}};
+      if (skipped) rec["skipped_steps"] = skipped;
+      if (eval_now) {
+        auto [el, ea] = evaluate();
+        rec["eval_loss"] = el;
+        rec["eval_accuracy"] = ea;
+      }
+      history.push_back(rec);
+      {
+        std::ofstream out(metrics_path, std::ios::app);
+        out << rec.dump() << "\n";
+      }
+      double rate = secs > 0 ? (log_now ? cfg.train.log_every : 1) / secs : 0;
+      double eta = rate > 0 ? (cfg.train.max_steps - step) / rate : NAN;
+      std::ostringstream line;
+      line << "step " << step << "/" << cfg.train.max_steps << " loss " << std::fixed << std::setprecision(4) << loss_value
+           << " " << std::setprecision(0) << rec["examples_per_sec"].get<double>() << " ex/s ETA " << format_duration(eta);
+      if (eval_now)
+        line << " eval_loss " << std::setprecision(4) << rec["eval_loss"].get<double>() << " eval_accuracy "
+             << rec["eval_accuracy"].get<double>();
+      if (tty) std::cerr << "\r" << line.str() << (eval_now ? "\n" : "") << std::flush;
+      else std::cout << line.str() << std::endl;
+      window_start = Clock::now();
+      window_examples = 0;
+    }
+
+    const bool preempted = manager.reached_preemption(step);
+    if (manager.should_save(step) || step == cfg.train.max_steps || preempted) {
+      nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step}, {"loss", loss_value}} : rec;
+      if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
+      save(step, metrics, /*force=*/true);
+    }
+    if (preempted) {
+      manager.wait_until_finished();
+      if (tty) std::cerr << "\n";
+      std::cout << "nnx-train: stopped by signal " << checkpoint::preemption_signal() << " at step " << step
+                << "; saved to " << manager.step_path(step).string() << ". Run the same command to resume.\n";
+      return 0;
+    }
+    if (step == ropts.crash_after_step) ::raise(SIGKILL);
+  }
+  manager.wait_until_finished();
+  if (tty) std::cerr << "\n";
+  double total = std::chrono::duration<double>(Clock::now() - t_start).count();
+  const auto& last = history.back();
+  std::cout << "nnx-train: done: step " << step << " (" << step - first_step << " this run, " << skipped
+            << " skipped) in " << format_duration(total) << ", loss " << last_loss;
+  if (last.contains("eval_accuracy"))
+    std::cout << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
+  std::cout << "\nnnx-train: checkpoints in " << manager.directory().string() << " (latest " << *manager.latest_step();
+  if (auto b = manager.best_step()) std::cout << ", best " << *b;
+  std::cout << "), metrics in " << metrics_path.string() << "\n";
+  return 0;
+}
+
+}  // namespace nnx::trainer

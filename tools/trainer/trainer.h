@@ -1,0 +1,25 @@
+// The nnx-train loop: data, model, optimizer, evaluation, checkpointing, resume.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "tools/trainer/config.h"
+
+namespace nnx::trainer {
+
+/// Command-line options of one run (beyond the config).
+struct RunOptions {
+  /// Resume from this step instead of the latest committed one.
+  std::optional<int64_t> resume_from;
+  /// Testing aid: the process SIGKILLs itself right after this step (async saves may be in
+  /// flight). -1 = off.
+  int64_t crash_after_step = -1;
+};
+
+/// Runs (or resumes) the training described by `config`. Returns the process exit code: 0 when
+/// done or stopped by SIGTERM/SIGINT after saving. Throws nnx::Error for bad config or input
+/// (exit code 2) and nnx::IOError for I/O failures (exit code 1).
+int train(const Config& config, const RunOptions& options = {});
+
+}  // namespace nnx::trainer
