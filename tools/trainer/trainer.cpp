@@ -263,7 +263,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
 
   const bool tty = ::isatty(STDERR_FILENO);
   auto window_start = Clock::now();
-  int64_t window_examples = 0;
+  int64_t window_examples = 0, window_steps = 0;
   const int64_t first_step = step;
   double last_loss = 0;
   model->train();
@@ -275,6 +275,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
       auto x = b.inputs.to(device), y = b.targets.to(device);
       if (cfg.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
       auto loss = loss_fn(model->forward(x).to(at::kFloat), y) / static_cast<double>(cfg.train.grad_accum_steps);
+      if (step + 1 == ropts.inject_nonfinite_at_step) loss = loss * std::nan("");
       loss.backward();
       loss_value += loss.item<double>();
       window_examples += x.size(0);
@@ -297,6 +298,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
       std::cerr << "nnx-train: warning: non-finite loss or gradient at step " << step + 1 << "; step skipped\n";
     }
     ++step;
+    ++window_steps;
     last_loss = loss_value;
 
     nlohmann::json rec;
@@ -317,7 +319,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
         std::ofstream out(metrics_path, std::ios::app);
         out << rec.dump() << "\n";
       }
-      double rate = secs > 0 ? (log_now ? cfg.train.log_every : 1) / secs : 0;
+      double rate = secs > 0 ? window_steps / secs : 0;  // steps per second
       double eta = rate > 0 ? (cfg.train.max_steps - step) / rate : NAN;
       std::ostringstream line;
       line << "step " << step << "/" << cfg.train.max_steps << " loss " << std::fixed << std::setprecision(4) << loss_value
@@ -329,6 +331,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
       else std::cout << line.str() << std::endl;
       window_start = Clock::now();
       window_examples = 0;
+      window_steps = 0;
     }
 
     const bool preempted = manager.reached_preemption(step);

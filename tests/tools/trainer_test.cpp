@@ -1,0 +1,183 @@
+#include "tools/trainer/trainer.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/hdf5_io.h"
+#include "checkpoint/manager.h"
+#include "test_util.h"
+#include "tools/run_util.h"
+
+extern char** environ;
+
+using namespace nnx;
+using namespace nnx::checkpoint;
+namespace stdfs = std::filesystem;
+
+namespace {
+
+std::string train_cmd(const std::string& config, const std::string& run_dir, const std::string& extra = "") {
+  return test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/" + config + " run.dir=" + run_dir + " " + extra;
+}
+
+// The final checkpoint of a run: every State item, read without a template.
+std::map<std::string, State> final_states(const std::string& run_dir) {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
+  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
+  std::map<std::string, State> out;
+  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
+  return out;
+}
+
+// Kills a run with SIGKILL after `kill_step`, resumes it, and checks that the final params,
+// batch stats, RNG streams, optimizer state and every logged loss equal the uninterrupted run.
+void expect_bit_exact_resume(const std::string& config, const std::string& overrides, int64_t kill_step) {
+  test::TempDir dir;
+  const std::string a = (dir / "uninterrupted").string(), b = (dir / "interrupted").string();
+  auto full = test::run(train_cmd(config, a, overrides));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  auto killed = test::run(train_cmd(config, b, overrides + " --crash-after-step " + std::to_string(kill_step)));
+  ASSERT_EQ(killed.exit_code, 128 + SIGKILL) << killed.output;
+  auto resumed = test::run(train_cmd(config, b, overrides));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from step"), std::string::npos) << "no checkpoint was committed before the kill\n"
+                                                                        << resumed.output;
+  auto sa = final_states(a), sb = final_states(b);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (const auto& [item, s] : sa) {
+    ASSERT_TRUE(sb.count(item)) << item;
+    EXPECT_TRUE(s.equal(sb.at(item))) << config << " item " << item << ": " << s.first_difference(sb.at(item));
+  }
+  auto ma = test::read_jsonl(a + "/metrics.jsonl"), mb = test::read_jsonl(b + "/metrics.jsonl");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    EXPECT_EQ(ma[i]["step"], mb[i]["step"]);
+    EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << "step " << ma[i]["step"];  // bitwise
+    EXPECT_EQ(ma[i].value("eval_loss", -1.0), mb[i].value("eval_loss", -1.0));
+  }
+}
+
+bool have_fashion_mnist() { return stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+}  // namespace
+
+TEST(Trainer, MlpResumesBitExactlyAfterSigkillSyncAndAsync) {
+  std::mt19937 rng(7);
+  for (const char* async : {"false", "true"}) {
+    int64_t kill = std::uniform_int_distribution<int64_t>(24, 55)(rng);
+    SCOPED_TRACE(std::string("async=") + async + " kill after step " + std::to_string(kill));
+    // Async saves may still be in flight at the kill; the sync interval guarantees a commit.
+    expect_bit_exact_resume("tiny_synthetic.yaml", std::string("checkpoint.save_interval_steps=10 checkpoint.async=") + async, kill);
+  }
+}
+
+TEST(Trainer, MlpWithGradientAccumulationResumesBitExactly) {
+  expect_bit_exact_resume("tiny_synthetic.yaml", "train.grad_accum_steps=3 checkpoint.save_interval_steps=10 checkpoint.async=false", 37);
+}
+
+TEST(Trainer, CnnWithBatchNormAndDropoutResumesBitExactlyMidEpochAndAtEpochBoundary) {
+  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  // 640 examples / 64 = 10 batches per epoch: a checkpoint at step 10 sits on the epoch boundary,
+  // one at 15 mid-epoch.
+  const std::string o = "data.limit=640 train.max_steps=24 train.log_every=2 eval.every_steps=12 eval.max_batches=1 "
+                        "checkpoint.save_interval_steps=5 checkpoint.async=false schedule.warmup_steps=2 model.channels=[4,8] model.hidden=16 threads=1";
+  expect_bit_exact_resume("fashion_mnist_cnn.yaml", o, 10);  // resumes from the epoch boundary
+  expect_bit_exact_resume("fashion_mnist_cnn.yaml", o, 17);  // resumes from mid-epoch step 15
+}
+
+TEST(Trainer, SigtermSavesAndRerunContinues) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  const std::string exe = test::bin("nnx-train");
+  const std::string config = test::source_dir() + "/configs/tiny_synthetic.yaml";
+  const std::string rd = "run.dir=" + run_dir;
+  const char* argv[] = {exe.c_str(), "--config", config.c_str(), rd.c_str(), "train.max_steps=1000000",
+                        "checkpoint.save_interval_steps=100000", "train.log_every=1", nullptr};
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, exe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  // Wait until it trains (metrics appear), then ask it to stop.
+  for (int i = 0; i < 200 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  auto latest = CheckpointManager(stdfs::path(run_dir) / "checkpoints", o).latest_step();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_GE(*latest, 5);
+  auto again = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=" + std::to_string(*latest + 10)));
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resumed from step " + std::to_string(*latest)), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("config changed since step"), std::string::npos);  // max_steps differs: a warning
+}
+
+TEST(Trainer, StructuralChangeOnResumeIsAnError) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=20")).exit_code, 0);
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 model.hidden=[64]"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.hidden: [32] -> [64]"), std::string::npos) << r.output;
+  auto ok = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 optimizer.learning_rate=0.02"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("optimizer.learning_rate: 0.01 -> 0.02"), std::string::npos) << ok.output;
+}
+
+TEST(Trainer, NonFiniteLossIsSkippedOrStopsWithoutSaving) {
+  test::TempDir dir;
+  auto skip = test::run(train_cmd("tiny_synthetic.yaml", (dir / "skip").string(), "--inject-nonfinite-at-step 5"));
+  EXPECT_EQ(skip.exit_code, 0) << skip.output;
+  EXPECT_NE(skip.output.find("non-finite loss or gradient at step 5; step skipped"), std::string::npos);
+  auto recs = test::read_jsonl((dir / "skip").string() + "/metrics.jsonl");
+  EXPECT_EQ(recs.back()["skipped_steps"], 1);
+  auto stop = test::run(train_cmd("tiny_synthetic.yaml", (dir / "stop").string(), "train.nonfinite=stop checkpoint.async=false --inject-nonfinite-at-step 25"));
+  EXPECT_EQ(stop.exit_code, 1) << stop.output;
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  EXPECT_EQ(CheckpointManager(dir / "stop" / "checkpoints", o).latest_step(), 20);  // step 25 never saved
+}
+
+TEST(Trainer, CheckpointHoldsEveryItemAndVerifies) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", run_dir)).exit_code, 0);
+  auto list = test::run(test::bin("nnx-ckpt") + " list " + run_dir);
+  EXPECT_EQ(list.exit_code, 0);
+  EXPECT_NE(list.output.find("[latest]"), std::string::npos) << list.output;
+  auto verify = test::run(test::bin("nnx-ckpt") + " verify " + run_dir);
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  auto show = test::run(test::bin("nnx-ckpt") + " show " + run_dir);
+  for (const char* item : {"params:", "batch_stats:", "rngs:", "optimizer:", "json/data", "json/config", "json/metrics",
+                           "json/trainer", "json/graphdef"})
+    EXPECT_NE(show.output.find(item), std::string::npos) << item;
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{40, 60}));  // max_to_keep: 2
+  // A flipped byte is reported by verify with exit 1.
+  auto h5 = m.step_path(60) / kCheckpointFile;
+  {
+    std::fstream f(h5, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(stdfs::file_size(h5) / 2));
+    char c;
+    f.read(&c, 1);
+    f.seekp(static_cast<std::streamoff>(stdfs::file_size(h5) / 2));
+    c ^= 0x40;
+    f.write(&c, 1);
+  }
+  auto bad = test::run(test::bin("nnx-ckpt") + " verify " + m.step_path(60).string());
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("FAILED"), std::string::npos);
+}
