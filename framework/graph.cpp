@@ -166,7 +166,22 @@ std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>
     root = detail::clone_with(*graphdef.prototype_, [](const at::Tensor& v) { return v; });
   } else {
     AbstractScope scope;
-    Rngs rngs(0);
+    // Registered constructors draw from an Rngs; give them the streams the graphdef declares
+    // (its first Rngs node), so models that hold their Rngs rebuild with the same structure.
+    std::map<std::string, uint64_t> streams;
+    std::function<void(const nlohmann::json&)> find_rngs = [&](const nlohmann::json& node) {
+      if (!streams.empty()) return;
+      if (node.value("type", "") == "Rngs" && node.contains("config") && node["config"].contains("streams")) {
+        for (const auto& n : node["config"]["streams"]) streams[n.get<std::string>()] = 0;
+        return;
+      }
+      if (node.contains("slots"))
+        for (const auto& slot : node["slots"])
+          if (slot.contains("module")) find_rngs(slot["module"]);
+    };
+    find_rngs(graphdef.json_);
+    if (streams.empty()) streams["default"] = 0;
+    Rngs rngs(streams);
     std::unordered_map<std::string, Variable> vars;
     std::unordered_map<std::string, std::shared_ptr<Module>> mods;
     root = build_from_json(graphdef.json_, "", vars, mods, rngs);

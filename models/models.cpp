@@ -164,14 +164,15 @@ void register_models() {
 
 std::shared_ptr<Module> build_model(const std::string& type, const nlohmann::json& config, std::shared_ptr<Rngs> rngs) {
   register_models();
+  NNX_CHECK(type == "MLP" || type == "CNN" || type == "GPT", "unknown model type '", type, "' (expected MLP, CNN or GPT)");
   try {
-    if (type == "MLP") return std::make_shared<MLP>(mlp_options(config), rngs);
-    if (type == "CNN") return std::make_shared<CNN>(cnn_options(config), rngs);
-    if (type == "GPT") return std::make_shared<GPT>(gpt_options(config), rngs);
+    // Through the registry, as a checkpoint's GraphDef would rebuild it. The registry's factory
+    // takes a copy of the streams (same keys and counts).
+    auto m = ModuleRegistry::create(type, config, *rngs);
+    return m;
   } catch (const nlohmann::json::exception& e) {
     NNX_CHECK(false, "model '", type, "': bad config: ", e.what());
   }
-  NNX_CHECK(false, "unknown model type '", type, "' (expected MLP, CNN or GPT)");
   return nullptr;
 }
 
