@@ -101,7 +101,7 @@ std::optional<std::string> read_string_attr(hid_t obj, const char* name, const s
 
 void write_i64_array_attr(hid_t obj, const char* name, const std::vector<int64_t>& v, const std::string& where) {
   hsize_t n = v.size();
-  Hid space(n == 0 ? H5Screate(H5S_NULL) : H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);  // n = 0: an empty array (rank 0)
   Hid attr(H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   NNX_CHECK_IO(attr.ok(), "cannot create attribute '", name, "' on ", where);
   if (n > 0) NNX_CHECK_IO(H5Awrite(attr, H5T_NATIVE_INT64, v.data()) >= 0, "cannot write attribute '", name, "' on ", where);
