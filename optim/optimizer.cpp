@@ -47,7 +47,7 @@ void Optimizer::update(const State& grads) {
     NNX_CHECK(gi.sizes() == p.sizes(), "Optimizer.update: gradient of '", paths_[i], "' has shape ",
               format_shape(gi.sizes()), ", param has ", format_shape(p.sizes()));
     params.push_back(p);
-    g.push_back(gi.detach().clone());  // the chain transforms gradients in place
+    g.push_back(gi.detach());  // stages replace entries of g; they never write into the caller's tensors
   }
   if (grads.size() != paths_.size()) {
     std::unordered_set<std::string> known(paths_.begin(), paths_.end());

@@ -21,7 +21,7 @@ void ClipByGlobalNorm::apply(UpdateContext& ctx) {
   last_norm_ = total.item<double>();
   // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1.
   at::Tensor coef = at::clamp_max(max_norm_ / (total + 1e-6), 1.0);
-  at::_foreach_mul_(ctx.grads, coef.item<double>());
+  ctx.grads = at::_foreach_mul(ctx.grads, coef.item<double>());  // new tensors: the caller's grads stay
 }
 
 nlohmann::json ClipByGlobalNorm::to_json() const {

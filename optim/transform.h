@@ -17,7 +17,7 @@ namespace nnx::optim {
 struct UpdateContext {
   const std::vector<std::string>& paths;  ///< the selected Param paths, in model order
   std::vector<at::Tensor>& params;        ///< their tensors (updated in place by the last stage)
-  std::vector<at::Tensor>& grads;         ///< gradients, transformed in place stage by stage
+  std::vector<at::Tensor>& grads;         ///< gradients; a stage replaces entries, never writes into them
   int64_t step;                           ///< updates applied before this one
   Module& state;                          ///< the optimizer: transformations keep OptState here
 };

@@ -162,6 +162,12 @@ TEST(Trainer, CheckpointHoldsEveryItemAndVerifies) {
   for (const char* item : {"params:", "batch_stats:", "rngs:", "optimizer:", "json/data", "json/config", "json/metrics",
                            "json/trainer", "json/graphdef"})
     EXPECT_NE(show.output.find(item), std::string::npos) << item;
+  // The documented h5py reader (docs/examples) reads it with h5py and numpy alone.
+  if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code == 0) {
+    auto py = test::run("/usr/bin/python3 " + test::source_dir() + "/docs/examples/read_checkpoint_h5py.py " + run_dir);
+    EXPECT_EQ(py.exit_code, 0) << py.output;
+    EXPECT_NE(py.output.find("layers/1/kernel"), std::string::npos) << py.output;
+  }
   CheckpointManagerOptions o;
   o.read_only = true;
   CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
