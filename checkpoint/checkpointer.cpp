@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "checkpoint/fs.h"
+#include "framework/distributed.h"
 #include "framework/error.h"
 
 namespace nnx::checkpoint {
@@ -117,6 +118,7 @@ VerifyReport verify(const stdfs::path& directory) {
 }
 
 void Checkpointer::save(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata) {
+  if (process_group && process_group->world_size() > 1) return save_distributed(path, args, metadata);
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
   const stdfs::path tmp = path.string() + ".tmp-" + fs::unique_suffix();
   std::error_code ec;
@@ -159,6 +161,146 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
   }
 }
 
+std::map<std::string, int> assign_writers(const Composite& args, int world_size) {
+  struct E {
+    std::string key;
+    int64_t bytes;
+  };
+  std::vector<E> es;
+  std::map<std::string, int> out;
+  for (const auto& [name, a] : args.items())
+    if (auto* s = std::get_if<StandardSave>(&a))
+      for (const auto& [path, vs] : s->state) {
+        const std::string key = name + "/" + path;
+        if (vs.value.dim() == 0 || vs.value.numel() == 0) {
+          out[key] = -1;
+        } else {
+          es.push_back({key, vs.value.numel() * static_cast<int64_t>(vs.value.element_size())});
+        }
+      }
+  std::sort(es.begin(), es.end(), [](const E& a, const E& b) { return a.bytes != b.bytes ? a.bytes > b.bytes : a.key < b.key; });
+  std::vector<int64_t> load(static_cast<size_t>(world_size), 0);
+  for (const auto& e : es) {
+    int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    load[static_cast<size_t>(r)] += e.bytes;
+    out[e.key] = r;
+  }
+  return out;
+}
+
+namespace {
+std::string shard_name(int r, int n) { return "shard-" + std::to_string(r) + "-of-" + std::to_string(n) + ".h5"; }
+}  // namespace
+
+void Checkpointer::save_distributed(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata) {
+  auto& pg = *process_group;
+  const int rank = pg.rank(), n = pg.world_size();
+  const std::string key = "nnx/save/" + std::to_string(save_seq_++);
+  // 1. Rank 0 creates the temporary directory and tells the others its name (or its error).
+  if (rank == 0) {
+    std::string msg;
+    if (stdfs::exists(path)) {
+      msg = "error:checkpoint '" + path.string() + "' already exists; it is never overwritten";
+    } else {
+      stdfs::path tmp = path.string() + ".tmp-" + fs::unique_suffix();
+      std::error_code ec;
+      stdfs::create_directories(tmp, ec);
+      msg = ec ? "error:cannot create checkpoint directory '" + tmp.string() + "': " + ec.message() : "ok:" + tmp.string();
+    }
+    pg.store_set(key + "/tmp", msg);
+  }
+  const std::string t = pg.store_get(key + "/tmp");
+  NNX_CHECK_IO(t.rfind("ok:", 0) == 0, t.substr(6));
+  const stdfs::path tmp = t.substr(3);
+  // 2. Every rank writes its share.
+  const auto writers = assign_writers(args, n);
+  std::string my_error;
+  try {
+    const stdfs::path shard = tmp / shard_name(rank, n);
+    H5File f = H5File::create(shard.string());
+    for (const auto& [name, a] : args.items())
+      if (auto* s = std::get_if<StandardSave>(&a)) {
+        State mine;
+        for (const auto& [p, vs] : s->state)
+          if (writers.at(name + "/" + p) == rank) mine.insert(p, vs);
+        write_state(f, name, mine, write_options);
+      }
+    f.close();
+    fs::fsync_path(shard);
+  } catch (const std::exception& e) {
+    my_error = e.what();
+  }
+  pg.store_set(key + "/rank" + std::to_string(rank), my_error.empty() ? "ok" : my_error);
+  // 3. Everyone learns whether every shard is written (a missing rank times out here).
+  std::vector<at::Tensor> flag = {at::full({1}, my_error.empty() ? 0 : 1, at::kInt)};
+  pg.all_reduce_sum(flag);
+  if (flag[0].item<int>() > 0) {
+    std::string all;
+    for (int r = 0; r < n; ++r) {
+      std::string v = pg.store_get(key + "/rank" + std::to_string(r));
+      if (v != "ok") all += "\n  rank " + std::to_string(r) + ": " + v;
+    }
+    if (rank == 0) {
+      std::error_code ec;
+      stdfs::remove_all(tmp, ec);
+    }
+    NNX_CHECK_IO(false, "distributed save of '", path.string(), "' failed:", all);
+  }
+  // 4. Rank 0 presents the shards as one file, writes the metadata last and commits.
+  if (rank == 0) {
+    std::string err;
+    try {
+      const stdfs::path h5 = tmp / kCheckpointFile;
+      nlohmann::json items = nlohmann::json::object();
+      {
+        std::vector<H5File> shards;
+        for (int r = 0; r < n; ++r) shards.push_back(H5File::open((tmp / shard_name(r, n)).string()));
+        H5File file = H5File::create(h5.string());
+        for (const auto& [name, a] : args.items()) {
+          if (auto* s = std::get_if<StandardSave>(&a)) {
+            std::map<std::string, VirtualSource> sources;
+            for (int r = 0; r < n; ++r)
+              for (const auto& d : list_item(shards[static_cast<size_t>(r)], name))
+                sources[d.path] = VirtualSource{shard_name(r, n), d.checksum};
+            write_state_virtual(file, name, s->state, sources, write_options);
+            items[name] = "state";
+          } else if (auto* j = std::get_if<JsonSave>(&a)) {
+            write_json(file, name, j->value);
+            items[name] = "json";
+          }
+        }
+        file.close();
+      }
+      fs::fsync_path(h5);
+      nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
+      meta["format"] = "nnx-checkpoint";
+      meta["format_version"] = kFormatVersion;
+      meta["items"] = items;
+      meta["world_size"] = n;
+      meta["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      meta["files"] = nlohmann::json::object();
+      for (const auto& f : std::vector<std::string>{kCheckpointFile}) {
+        auto [size, sum] = fs::file_size_and_checksum(tmp / f);
+        meta["files"][f] = {{"size", size}, {"checksum", sum}};
+      }
+      for (int r = 0; r < n; ++r) {
+        auto [size, sum] = fs::file_size_and_checksum(tmp / shard_name(r, n));
+        meta["files"][shard_name(r, n)] = {{"size", size}, {"checksum", sum}};
+      }
+      fs::write_file_synced(tmp / kMetadataFile, meta.dump(2));
+      fs::fsync_path(tmp);
+      fs::rename_no_replace(tmp, path);
+    } catch (const std::exception& e) {
+      err = e.what();
+      std::error_code ec;
+      stdfs::remove_all(tmp, ec);
+    }
+    pg.store_set(key + "/commit", err.empty() ? "ok" : err);
+  }
+  const std::string c = pg.store_get(key + "/commit");
+  NNX_CHECK_IO(c == "ok", "distributed save of '", path.string(), "' failed on rank 0: ", c);
+}
+
 Restored Checkpointer::restore(const stdfs::path& path, const Composite& args) const {
   nlohmann::json meta = read_metadata(path);
   H5File file = H5File::open((path / kCheckpointFile).string());
@@ -185,8 +327,10 @@ State StandardCheckpointer::restore(const stdfs::path& path, const State& templ,
       .state("state");
 }
 
-Composite snapshot_to_host(const Composite& args) {
+Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse) {
   Composite out;
+  size_t next = 0;
+  std::vector<at::Tensor> used;
   for (const auto& [name, a] : args.items()) {
     if (auto* s = std::get_if<StandardSave>(&a)) {
       State copy;
@@ -194,7 +338,20 @@ Composite snapshot_to_host(const Composite& args) {
         NNX_CHECK(vs.value.defined() && !vs.value.is_meta(), "cannot save '", name, "/", path,
                   "': the tensor is abstract or undefined");
         VariableState c = vs;
-        c.value = vs.value.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true).contiguous();
+        at::Tensor buf;
+        if (reuse && next < reuse->size()) {
+          at::Tensor& cand = (*reuse)[next];
+          if (cand.scalar_type() == vs.value.scalar_type() && cand.numel() == vs.value.numel() && cand.use_count() == 1)
+            buf = cand.view(vs.value.sizes());
+        }
+        ++next;
+        if (buf.defined()) {
+          buf.copy_(vs.value.detach());
+        } else {
+          buf = vs.value.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true).contiguous();
+        }
+        c.value = buf;
+        used.push_back(buf);
         copy.insert(path, std::move(c));
       }
       out.add(name, StandardSave(std::move(copy)));
@@ -202,6 +359,7 @@ Composite snapshot_to_host(const Composite& args) {
       out.add(name, a);
     }
   }
+  if (reuse) *reuse = std::move(used);
   return out;
 }
 
@@ -232,7 +390,7 @@ void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& arg
                                    const nlohmann::json& metadata, std::function<void()> on_commit) {
   wait_until_finished();
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
-  Composite snap = snapshot_to_host(args);
+  Composite snap = snapshot_to_host(args, &buffers_);
   worker_ = std::thread([this, path, snap = std::move(snap), metadata, on_commit = std::move(on_commit)] {
     try {
       Checkpointer::save(path, snap, metadata);

@@ -6,6 +6,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -13,6 +14,10 @@
 #include <thread>
 
 #include "checkpoint/args.h"
+
+namespace nnx::distributed {
+class ProcessGroup;
+}
 
 namespace nnx::checkpoint {
 
@@ -51,7 +56,23 @@ class Checkpointer {
   Restored restore(const std::filesystem::path& path, const Composite& args) const;
   /// Options for the HDF5 writer (slab size).
   WriteOptions write_options;
+  /// With a process group of world_size > 1, save() is collective: every rank calls it with
+  /// the same (replicated) items; each tensor is written once, by a writer rank chosen
+  /// deterministically and balanced by bytes, into shard-<r>-of-<n>.h5; rank 0 writes
+  /// checkpoint.h5 with virtual datasets over the shards (global arrays), the metadata, and
+  /// commits. Every rank learns the outcome: a failure on any rank fails the save everywhere,
+  /// and a rank that does not join makes the others fail within the group's timeout.
+  std::shared_ptr<distributed::ProcessGroup> process_group;
+
+ private:
+  void save_distributed(const std::filesystem::path& path, const Composite& args, const nlohmann::json& metadata);
+  int64_t save_seq_ = 0;
 };
+
+/// The writer rank of each StandardSave tensor ("item/path" -> rank): tensors sorted by bytes
+/// (descending, then name) go to the least-loaded rank. Scalars and empty tensors get -1: rank 0
+/// writes them straight into checkpoint.h5.
+std::map<std::string, int> assign_writers(const Composite& args, int world_size);
 
 /// Saves and restores one State without a manager (ocp.StandardCheckpointer).
 class StandardCheckpointer {
@@ -86,10 +107,13 @@ class AsyncCheckpointer : public Checkpointer {
  private:
   std::thread worker_;
   std::exception_ptr error_;
+  std::vector<at::Tensor> buffers_;  // the last snapshot's host buffers, reused by the next
   mutable std::mutex mu_;
 };
 
 /// Copies the tensors of every StandardSave item to contiguous host memory (an async snapshot).
-Composite snapshot_to_host(const Composite& args);
+/// Buffers from `reuse` (a previous snapshot's, in order) are reused where dtype and size match,
+/// which saves the page faults of fresh allocations.
+Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse = nullptr);
 
 }  // namespace nnx::checkpoint

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+#include <xxh_x86dispatch.h>
 
 #include <cerrno>
 #include <cstring>
@@ -64,7 +65,7 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path) 
       }
       break;
     }
-    XXH3_64bits_update(st, buf.data(), static_cast<size_t>(n));
+    XXH3_64bits_update_dispatch(st, buf.data(), static_cast<size_t>(n));
     total += n;
   }
   char out[32];

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <hdf5.h>
 #include <xxhash.h>
+#include <xxh_x86dispatch.h>  // XXH3 with the best SIMD the CPU has (AVX2 here); same hash values
 
 #include <condition_variable>
 #include <cstdio>
@@ -19,7 +20,12 @@ namespace {
 
 void silence_hdf5() {
   static std::once_flag once;
-  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+  std::call_once(once, [] {
+    // HDF5 1.10 crashes in its atexit handler on a file whose close failed (a full disk);
+    // the OS reclaims everything at exit anyway.
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  });
 }
 
 // RAII for any hid_t.
@@ -31,6 +37,15 @@ struct Hid {
   Hid(const Hid&) = delete;
   Hid& operator=(const Hid&) = delete;
   Hid(Hid&& o) noexcept : id(o.id), close(o.close) { o.id = -1; }
+  Hid& operator=(Hid&& o) noexcept {
+    if (this != &o) {
+      if (id >= 0 && close) close(id);
+      id = o.id;
+      close = o.close;
+      o.id = -1;
+    }
+    return *this;
+  }
   ~Hid() {
     if (id >= 0 && close) close(id);
   }
@@ -240,7 +255,7 @@ class ChecksumPipeline {
 
 std::string checksum_bytes(const void* data, size_t n) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits(data, n)));
+  std::snprintf(buf, sizeof(buf), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_dispatch(data, n)));
   return buf;
 }
 
@@ -277,6 +292,8 @@ H5File H5File::create(const std::string& path) {
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   // v1.8+ object headers carry checksums of HDF5's own metadata.
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+  // Closing the file closes everything in it, also after a failed write (full disk).
+  H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
   NNX_CHECK_IO(id >= 0, "cannot create HDF5 file '", path, "'");
   return H5File(id, path);
@@ -311,47 +328,104 @@ void H5File::close() {
   NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
 }
 
-void write_state(H5File& file, const std::string& item, const State& state, const WriteOptions& options) {
-  NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
-            "invalid checkpoint item name '", item, "'");
-  Hid lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl, 1);
-  // No modification times in object headers: the same state gives the same bytes.
-  Hid gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
-  H5Pset_obj_track_times(gcpl, 0);
-  Hid group(H5Gcreate2(file.id(), ("/" + item).c_str(), lcpl, gcpl, H5P_DEFAULT), H5Gclose);
-  NNX_CHECK_IO(group.ok(), "cannot create group /", item, " in '", file.path(), "'");
-  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every byte is written; no fill pass
-  H5Pset_obj_track_times(dcpl, 0);
+namespace {
 
+struct ItemWriter {
+  Hid lcpl, gcpl, dcpl, group;
+  std::string file_path, item;
   nlohmann::json paths = nlohmann::json::array();
-  for (const auto& [path, vs] : state) {
-    const std::string where = where_of(file, item, path);
+
+  ItemWriter(H5File& file, const std::string& item_name) : file_path(file.path()), item(item_name) {
+    NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
+              "invalid checkpoint item name '", item, "'");
+    lcpl = Hid(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    // No modification times in object headers: the same state gives the same bytes.
+    gcpl = Hid(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+    H5Pset_obj_track_times(gcpl, 0);
+    group = Hid(H5Gcreate2(file.id(), ("/" + item).c_str(), lcpl, gcpl, H5P_DEFAULT), H5Gclose);
+    NNX_CHECK_IO(group.ok(), "cannot create group /", item, " in '", file.path(), "'");
+    dcpl = Hid(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every byte is written; no fill pass
+    H5Pset_obj_track_times(dcpl, 0);
+  }
+
+  static Hid dataspace(const std::vector<int64_t>& shape) {
+    std::vector<hsize_t> dims(shape.begin(), shape.end());
+    return Hid(shape.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+               H5Sclose);
+  }
+
+  void attrs(hid_t dset, const std::string& where, const VariableState& vs, const std::string& dtype,
+             const std::vector<int64_t>& shape, const std::string& checksum) {
+    write_string_attr(dset, "nnx_kind", vs.kind.name(), where);
+    write_string_attr(dset, "dtype", dtype, where);
+    write_i64_array_attr(dset, "shape", shape, where);
+    auto sh = vs.metadata.find("sharding");
+    write_string_attr(dset, "sharding", sh == vs.metadata.end() ? "" : sh->second, where);
+    write_string_attr(dset, "metadata", metadata_json(vs.metadata), where);
+    write_string_attr(dset, "checksum", checksum, where);
+  }
+
+  void write(const std::string& path, const VariableState& vs, const WriteOptions& options) {
+    const std::string where = "'" + file_path + "' dataset /" + item + "/" + path;
     NNX_CHECK(vs.value.defined() && !vs.value.is_meta(), "cannot save ", where,
               ": the tensor is ", vs.value.defined() ? "abstract (meta)" : "undefined");
     at::Tensor t = vs.value.detach();
     if (!t.device().is_cpu()) t = t.cpu();
     t = t.contiguous();  // a view writes only its own elements
     Hid type = storage_type(t.scalar_type());
-    std::vector<hsize_t> dims(t.sizes().begin(), t.sizes().end());
-    Hid space(t.dim() == 0 ? H5Screate(H5S_SCALAR)
-                           : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
-              H5Sclose);
+    Hid space = dataspace(t.sizes().vec());
     Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
     NNX_CHECK_IO(dset.ok(), "cannot create ", where);
     dataset_io(true, dset, type, t, options.max_write_bytes, where);
     const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
-    write_string_attr(dset, "nnx_kind", vs.kind.name(), where);
-    write_string_attr(dset, "dtype", dtype_name(t.scalar_type()), where);
-    write_i64_array_attr(dset, "shape", t.sizes().vec(), where);
-    auto sh = vs.metadata.find("sharding");
-    write_string_attr(dset, "sharding", sh == vs.metadata.end() ? "" : sh->second, where);
-    write_string_attr(dset, "metadata", metadata_json(vs.metadata), where);
-    write_string_attr(dset, "checksum", checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes), where);
+    attrs(dset, where, vs, dtype_name(t.scalar_type()), t.sizes().vec(), checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes));
     paths.push_back(path);
   }
-  write_string_attr(group, "nnx_paths", paths.dump(), "'" + file.path() + "' group /" + item);
+
+  void write_virtual(const std::string& path, const VariableState& vs, const std::string& source_file,
+                     const std::string& checksum) {
+    const std::string where = "'" + file_path + "' dataset /" + item + "/" + path;
+    const std::vector<int64_t> shape = vs.value.sizes().vec();
+    NNX_INTERNAL_ASSERT(!shape.empty(), "virtual datasets need rank >= 1: ", where);
+    Hid type = storage_type(vs.value.scalar_type());
+    Hid vspace = dataspace(shape), sspace = dataspace(shape);
+    H5Sselect_all(vspace);
+    H5Sselect_all(sspace);
+    Hid vdcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_obj_track_times(vdcpl, 0);
+    NNX_CHECK_IO(H5Pset_virtual(vdcpl, vspace, source_file.c_str(), ("/" + item + "/" + path).c_str(), sspace) >= 0,
+                 "cannot map ", where, " onto ", source_file);
+    Hid dset(H5Dcreate2(group, path.c_str(), type, vspace, lcpl, vdcpl, H5P_DEFAULT), H5Dclose);
+    NNX_CHECK_IO(dset.ok(), "cannot create virtual ", where);
+    attrs(dset, where, vs, dtype_name(vs.value.scalar_type()), shape, checksum);
+    paths.push_back(path);
+  }
+
+  void finish() { write_string_attr(group, "nnx_paths", paths.dump(), "'" + file_path + "' group /" + item); }
+};
+
+}  // namespace
+
+void write_state(H5File& file, const std::string& item, const State& state, const WriteOptions& options) {
+  ItemWriter w(file, item);
+  for (const auto& [path, vs] : state) w.write(path, vs, options);
+  w.finish();
+}
+
+void write_state_virtual(H5File& file, const std::string& item, const State& state,
+                         const std::map<std::string, VirtualSource>& sources, const WriteOptions& options) {
+  ItemWriter w(file, item);
+  for (const auto& [path, vs] : state) {
+    auto it = sources.find(path);
+    if (it == sources.end()) {
+      w.write(path, vs, options);
+    } else {
+      w.write_virtual(path, vs, it->second.file, it->second.checksum);
+    }
+  }
+  w.finish();
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -51,6 +52,19 @@ struct WriteOptions {
 /// file and dataset on failure.
 void write_state(H5File& file, const std::string& item, const State& state,
                  const WriteOptions& options = {});
+
+/// Where a virtual dataset's bytes live: a file (relative to the referring file's directory)
+/// holding the same /<item>/<path>, and that dataset's checksum.
+struct VirtualSource {
+  std::string file;
+  std::string checksum;
+};
+
+/// Like write_state, but every path in `sources` becomes an HDF5 virtual dataset over the same
+/// dataset in another file (a rank's shard), so this file presents the global arrays; paths not
+/// in `sources` are written here. Attributes are the same as write_state's.
+void write_state_virtual(H5File& file, const std::string& item, const State& state,
+                         const std::map<std::string, VirtualSource>& sources, const WriteOptions& options = {});
 
 /// Options of read_state.
 struct ReadOptions {

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "checkpoint/fs.h"
+#include "framework/distributed.h"
 #include "framework/error.h"
 
 namespace nnx::checkpoint {
@@ -66,10 +67,18 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
     NNX_CHECK_IO(!ec, "cannot create checkpoint directory '", directory_.string(), "': ", ec.message());
   }
   NNX_CHECK(stdfs::is_directory(directory_), "'", directory_.string(), "' is not a directory");
+  const bool leader = !options_.process_group || options_.process_group->rank() == 0;
   if (!options_.read_only) {
-    lock_ = std::make_unique<fs::DirectoryLock>(directory_);
-    if (options_.cleanup_tmp_directories) cleanup_leftovers();
-    if (options_.enable_async_checkpointing) async_ = std::make_unique<AsyncCheckpointer>();
+    if (leader) {
+      lock_ = std::make_unique<fs::DirectoryLock>(directory_);
+      if (options_.cleanup_tmp_directories) cleanup_leftovers();
+    }
+    if (options_.process_group) options_.process_group->barrier();  // nobody saves before the cleanup
+    sync_.process_group = options_.process_group;
+    if (options_.enable_async_checkpointing) {
+      async_ = std::make_unique<AsyncCheckpointer>();
+      async_->process_group = options_.process_group;
+    }
     if (options_.handle_preemption_signals) {
       install_signals();
       signals_installed_ = true;
@@ -222,6 +231,7 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
 
 void CheckpointManager::apply_retention() {
   if (!options_.max_to_keep) return;
+  if (options_.process_group && options_.process_group->rank() != 0) return;  // rank 0 deletes
   auto steps = all_steps();
   if (steps.size() <= 1) return;
   const int keep_n = *options_.max_to_keep;
@@ -268,6 +278,25 @@ Restored CheckpointManager::restore(std::optional<int64_t> step, const Composite
   const stdfs::path path = step_path(*step);
   NNX_CHECK(stdfs::exists(path), "no step ", *step, " in '", directory_.string(), "'");
   return sync_.restore(path, args);
+}
+
+CheckpointManager::FallbackResult CheckpointManager::restore_newest_valid(const Composite& args) const {
+  FallbackResult r;
+  auto steps = all_steps();
+  NNX_CHECK(!steps.empty(), "no committed checkpoint in '", directory_.string(), "'");
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    try {
+      r.restored = sync_.restore(step_path(*it), args);
+      r.step = *it;
+      return r;
+    } catch (const Error& e) {
+      r.skipped.push_back("step " + std::to_string(*it) + ": " + e.what());
+    }
+  }
+  std::string all;
+  for (const auto& s : r.skipped) all += "\n  " + s;
+  NNX_CHECK(false, "no step in '", directory_.string(), "' restores:", all);
+  return r;
 }
 
 void CheckpointManager::wait_until_finished() {

@@ -52,6 +52,12 @@ struct CheckpointManagerOptions {
   bool cleanup_tmp_directories = true;
   /// Catch SIGTERM/SIGINT so reached_preemption() can report them (restored by close()).
   bool handle_preemption_signals = true;
+  /// Data parallel: every rank creates a manager on the same directory with the same options
+  /// and calls save() with the same replicated items. Saves become collective (see
+  /// Checkpointer::process_group); only rank 0 takes the lock, cleans up, and applies
+  /// retention. Use a group of its own (ProcessGroup::new_group): async saves run collectives
+  /// on a background thread.
+  std::shared_ptr<distributed::ProcessGroup> process_group;
 
   /// Throws nnx::Error naming the bad value.
   void validate() const;
@@ -76,6 +82,16 @@ class CheckpointManager {
   /// Restores `args` from `step` (default: the latest). Throws nnx::Error naming the directory
   /// when there is no such step.
   Restored restore(std::optional<int64_t> step, const Composite& args) const;
+  /// What restore_newest_valid() restored, and why newer steps were skipped.
+  struct FallbackResult {
+    int64_t step = -1;
+    Restored restored;
+    std::vector<std::string> skipped;  ///< "step N: <error>" for each newer step that failed
+  };
+  /// Restores the newest committed step that restores cleanly (sizes, format, checksums of
+  /// every item read), trying older steps when a newer one is corrupt. Throws nnx::Error listing
+  /// every failure when no step restores.
+  FallbackResult restore_newest_valid(const Composite& args) const;
   /// Committed steps, ascending.
   std::vector<int64_t> all_steps() const;
   std::optional<int64_t> latest_step() const;

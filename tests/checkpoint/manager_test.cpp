@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -212,4 +213,78 @@ TEST(CheckpointManager, SigkillDuringSyncAndAsyncSavesNeverLosesTheLatestStep) {
   EXPECT_GT(restored, trials / 2) << "kills came too early to test anything";
   std::cout << "[ crash ] " << trials << " trials, " << 2 * trials << " SIGKILLs, " << restored
             << " restored latest steps, 0 lost\n";
+}
+
+TEST(CheckpointManager, FullDiskFailsCleanlyAndKeepsEarlierStepsIdentical) {
+  test::TempDir dir;
+  std::string d = dir.path().string();
+  auto r = [&] {
+    std::string cmd = std::string(NNX_CRASH_HELPER) + " '" + d + "' fullfs 1000000";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[512];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    int status = ::pclose(p);
+    return std::make_pair(WEXITSTATUS(status), out);
+  }();
+  EXPECT_EQ(r.first, 0) << r.second;
+  EXPECT_NE(r.second.find("disk full?"), std::string::npos) << r.second;
+  auto ro = sync_opts();
+  ro.read_only = true;
+  CheckpointManager m(dir.path(), ro);
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1}));
+  EXPECT_TRUE(verify(m.step_path(1)).ok);  // sizes and checksums as committed
+}
+
+TEST(CheckpointManager, FallbackToNewestStepThatRestores) {
+  test::TempDir dir;
+  CheckpointManager m(dir.path(), sync_opts());
+  for (int s = 1; s <= 3; ++s) m.save(s, item(static_cast<float>(s)));
+  // Corrupt step 3's data and step 2's metadata.
+  stdfs::resize_file(m.step_path(3) / kCheckpointFile, 100);
+  { std::ofstream(m.step_path(2) / kMetadataFile, std::ios::trunc) << "{not json"; }
+  State t;
+  t.insert("w", {Param, at::empty({16}), {}});
+  Composite args{{"params", StandardRestore(t)}};
+  EXPECT_THROW(m.restore(std::nullopt, args), Error);
+  auto r = m.restore_newest_valid(args);
+  EXPECT_EQ(r.step, 1);
+  ASSERT_EQ(r.skipped.size(), 2u);
+  EXPECT_NE(r.skipped[0].find("step 3"), std::string::npos);
+  EXPECT_NE(r.skipped[0].find("truncated"), std::string::npos) << r.skipped[0];
+  EXPECT_NE(r.skipped[1].find("not valid JSON"), std::string::npos) << r.skipped[1];
+  EXPECT_FLOAT_EQ(r.restored.state("params").at("w").value[0].item<float>(), 1.0f);
+}
+
+TEST(CheckpointManager, ReaderDuringSavesAndDeletesSeesCompleteStepsOrClearErrors) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.max_to_keep = 2;
+  CheckpointManager writer(dir.path(), o);
+  writer.save(1, item(1));
+  std::atomic<bool> stop{false};
+  std::thread w([&] {
+    for (int s = 2; s <= 60; ++s) writer.save(s, item(static_cast<float>(s)));
+    stop = true;
+  });
+  auto ro = sync_opts();
+  ro.read_only = true;
+  CheckpointManager reader(dir.path(), ro);
+  int ok = 0, clear_errors = 0;
+  while (!stop) {
+    auto latest = reader.latest_step();
+    if (!latest) continue;
+    try {
+      float v = restored_value(reader, *latest);
+      EXPECT_FLOAT_EQ(v, static_cast<float>(*latest));  // never mixed data
+      ++ok;
+    } catch (const Error& e) {
+      ++clear_errors;  // the step was deleted between listing and reading
+      EXPECT_NE(std::string(e.what()).find(std::to_string(*latest)), std::string::npos) << e.what();
+    }
+  }
+  w.join();
+  EXPECT_GT(ok, 0);
+  std::cout << "[ concurrency ] " << ok << " restores during saves, " << clear_errors << " clear errors, 0 mixed\n";
 }

@@ -319,6 +319,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.async = ck.get<bool>("async", true);
   c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", {"", "eval_loss", "eval_accuracy", "loss"});
   c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
+  c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   ck.finish();
 
   top.finish();
@@ -342,7 +343,8 @@ nlohmann::json Config::to_json() const {
       {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
       {"checkpoint", {{"save_interval_steps", checkpoint.save_interval_steps}, {"max_to_keep", checkpoint.max_to_keep},
                       {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
-                      {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode}}},
+                      {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
+                      {"fallback_to_verified", checkpoint.fallback_to_verified}}},
   };
 }
 

@@ -74,6 +74,9 @@ struct CheckpointConfig {
   bool async = true;
   std::string best_metric = "eval_loss";  ///< "" = no best tracking
   std::string best_mode = "min";
+  /// On resume, when the latest step does not restore (corrupt, truncated), fall back to the
+  /// newest step that does, and say so. Off: such a resume is an error naming the problem.
+  bool fallback_to_verified = false;
 };
 
 /// The whole run.

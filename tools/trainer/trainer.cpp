@@ -186,18 +186,37 @@ int train(const Config& cfg, const RunOptions& ropts) {
                    {"rngs", StandardRestore(parts[2])},        {"optimizer", StandardRestore(state(optimizer))},
                    {"data", JsonRestore()},                    {"config", JsonRestore()},
                    {"metrics", JsonRestore()},                 {"trainer", JsonRestore()}};
-    const nlohmann::json saved_config = manager.restore(*resume, Composite{{"config", JsonRestore()}}).json_item("config");
-    auto structural = structural_differences(saved_config, cfg.to_json());
-    if (!structural.empty()) {
+    // A changed model is reported as such, before the restore would fail on a shape.
+    try {
+      const auto saved = manager.restore(*resume, Composite{{"config", JsonRestore()}}).json_item("config");
+      auto structural = structural_differences(saved, cfg.to_json());
       std::string list;
       for (const auto& l : structural) list += "\n  " + l;
-      NNX_CHECK(false, "cannot resume '", cfg.run_dir, "' from step ", *resume,
+      NNX_CHECK(structural.empty(), "cannot resume '", cfg.run_dir, "' from step ", *resume,
                 ": the model changed since the checkpoint was written:", list,
                 "\n  use a new run.dir, or restore the original model settings");
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("the model changed") != std::string::npos) throw;
+      // An unreadable config: the full restore below reports (or falls back from) it.
     }
+    checkpoint::Restored r;
+    if (!ropts.resume_from && cfg.checkpoint.fallback_to_verified) {
+      auto fb = manager.restore_newest_valid(args);
+      for (const auto& s : fb.skipped) std::cerr << "nnx-train: warning: cannot resume from " << s << "\n";
+      if (!fb.skipped.empty()) std::cerr << "nnx-train: warning: falling back to step " << fb.step << "\n";
+      resume = fb.step;
+      r = std::move(fb.restored);
+    } else {
+      try {
+        r = manager.restore(*resume, args);
+      } catch (const Error& e) {
+        NNX_CHECK(false, "cannot resume from step ", *resume, ": ", e.what(),
+                  ropts.resume_from ? std::string() : std::string(" (checkpoint.fallback_to_verified=true resumes from the newest step that restores)"));
+      }
+    }
+    const nlohmann::json& saved_config = r.json_item("config");
     for (const auto& l : other_differences(saved_config, cfg.to_json()))
       std::cerr << "nnx-train: warning: config changed since step " << *resume << " (applied): " << l << "\n";
-    auto r = manager.restore(*resume, args);
     update(*model, r.state("params"), r.state("batch_stats"), r.state("rngs"));
     update(optimizer, r.state("optimizer"));
     loader.set_position(r.json_item("data").at("epoch"), r.json_item("data").at("index"));
@@ -274,22 +293,22 @@ int train(const Config& cfg, const RunOptions& ropts) {
       auto b = loader.next();
       auto x = b.inputs.to(device), y = b.targets.to(device);
       if (cfg.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
-      auto loss = loss_fn(model->forward(x).to(at::kFloat), y) / static_cast<double>(cfg.train.grad_accum_steps);
+      auto loss = loss_fn(model->forward(x).to(at::kFloat), y);
+      if (cfg.train.grad_accum_steps > 1) loss = loss / static_cast<double>(cfg.train.grad_accum_steps);
       if (step + 1 == ropts.inject_nonfinite_at_step) loss = loss * std::nan("");
       loss.backward();
       loss_value += loss.item<double>();
       window_examples += x.size(0);
     }
+    State g = grads(*model);
     bool finite = std::isfinite(loss_value);
-    if (finite) {
-      for (const auto& [p, vs] : grads(*model))
-        if (!at::isfinite(vs.value).all().item<bool>()) {
-          finite = false;
-          break;
-        }
+    if (finite) {  // one pass and one sync: a NaN or Inf anywhere makes the sum of norms non-finite
+      std::vector<at::Tensor> gs;
+      for (const auto& [p, vs] : g) gs.push_back(vs.value);
+      finite = at::stack(at::_foreach_norm(gs, 2)).sum().isfinite().item<bool>();
     }
     if (finite) {
-      optimizer.step();
+      optimizer.update(g);
     } else if (cfg.train.nonfinite == "stop") {
       NNX_CHECK_IO(false, "non-finite loss or gradient at step ", step + 1, " (loss ", loss_value,
                    "); stopping without saving (train.nonfinite = stop). The last checkpoint is intact.");

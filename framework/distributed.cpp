@@ -1,0 +1,223 @@
+#include "framework/distributed.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cstdlib>
+
+#include "framework/error.h"
+#include "framework/graph.h"
+
+namespace nnx::distributed {
+
+namespace {
+int env_int(const char* name, int fallback, bool* found = nullptr) {
+  const char* v = std::getenv(name);
+  if (found) *found = v != nullptr;
+  if (!v) return fallback;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  NNX_CHECK(end && *end == '\0' && end != v, "environment variable ", name, "='", v, "' is not an integer");
+  return static_cast<int>(x);
+}
+}  // namespace
+
+Env env_from_environment() {
+  Env e;
+  bool have_rank = false, have_ompi = false;
+  e.rank = env_int("RANK", 0, &have_rank);
+  e.world_size = env_int("WORLD_SIZE", 1);
+  e.local_rank = env_int("LOCAL_RANK", e.rank);
+  if (!have_rank) {
+    e.rank = env_int("OMPI_COMM_WORLD_RANK", 0, &have_ompi);
+    if (have_ompi) {
+      e.world_size = env_int("OMPI_COMM_WORLD_SIZE", 1);
+      e.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", e.rank);
+    }
+  }
+  if (const char* a = std::getenv("MASTER_ADDR")) e.master_addr = a;
+  e.master_port = env_int("MASTER_PORT", 29500);
+  NNX_CHECK(e.world_size >= 1, "WORLD_SIZE must be >= 1, got ", e.world_size);
+  NNX_CHECK(e.rank >= 0 && e.rank < e.world_size, "RANK ", e.rank, " is outside [0, WORLD_SIZE=", e.world_size, ")");
+  NNX_CHECK(e.master_port > 0 && e.master_port < 65536, "MASTER_PORT ", e.master_port, " is not a port");
+  return e;
+}
+
+struct ProcessGroup::Impl {
+  Env env;
+  std::chrono::milliseconds timeout;
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessGroup::~ProcessGroup() = default;
+
+namespace {
+c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo(const c10::intrusive_ptr<c10d::Store>& store, const Env& env,
+                                                     std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupGloo::Options::create();
+  opts->timeout = timeout;
+  const bool loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+  opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
+}
+
+template <class F>
+void guarded(const char* what, const ProcessGroup& g, F&& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    NNX_CHECK(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), " (a rank missing or failed within ",
+              g.timeout().count() / 1000.0, " s?): ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    NNX_CHECK(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), ": ", e.what());
+  }
+}
+}  // namespace
+
+std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::milliseconds timeout) {
+  auto impl = std::make_unique<Impl>();
+  impl->env = env;
+  impl->timeout = timeout;
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(env.master_port);
+    so.isServer = env.rank == 0;
+    so.numWorkers = env.world_size;
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/default", impl->store), env, timeout);
+  } catch (const c10::Error& e) {
+    NNX_CHECK(false, "rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr, ":",
+              env.master_port, " failed: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    NNX_CHECK(false, "rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr, ":",
+              env.master_port, " failed: ", e.what());
+  }
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
+}
+
+std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) const {
+  auto impl = std::make_unique<Impl>(*impl_);
+  guarded("creating process group", *this, [&] {
+    impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/" + name, impl_->store), impl_->env, impl_->timeout);
+  });
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
+}
+
+int ProcessGroup::rank() const { return impl_->env.rank; }
+int ProcessGroup::world_size() const { return impl_->env.world_size; }
+std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->timeout; }
+
+void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
+  guarded("all_reduce", *this, [&] {
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = impl_->timeout;
+    impl_->pg->allreduce(tensors, o)->wait(impl_->timeout);
+  });
+}
+
+void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) {
+  guarded("all_reduce", *this, [&] {
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::MAX;
+    o.timeout = impl_->timeout;
+    impl_->pg->allreduce(tensors, o)->wait(impl_->timeout);
+  });
+}
+
+void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
+  guarded("broadcast", *this, [&] {
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    o.timeout = impl_->timeout;
+    impl_->pg->broadcast(tensors, o)->wait(impl_->timeout);
+  });
+}
+
+void ProcessGroup::barrier() {
+  guarded("barrier", *this, [&] {
+    c10d::BarrierOptions o;
+    o.timeout = impl_->timeout;
+    impl_->pg->barrier(o)->wait(impl_->timeout);
+  });
+}
+
+void ProcessGroup::store_set(const std::string& key, const std::string& value) {
+  guarded("store set", *this, [&] { impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
+}
+
+std::string ProcessGroup::store_get(const std::string& key) {
+  std::string out;
+  guarded("store get", *this, [&] {
+    impl_->store->wait({key}, impl_->timeout);
+    auto v = impl_->store->get(key);
+    out.assign(v.begin(), v.end());
+  });
+  return out;
+}
+
+void broadcast_state(Module& module, ProcessGroup& pg, int root) {
+  if (pg.world_size() == 1) return;
+  std::vector<at::Tensor> ts;
+  for (auto& [path, var] : module.named_variables()) {
+    at::Tensor v = var.value().detach();
+    if (v.is_contiguous()) {
+      ts.push_back(v);
+    } else {
+      at::Tensor c = v.contiguous();
+      ts.push_back(c);
+    }
+  }
+  at::NoGradGuard ng;
+  // Gloo broadcasts each tensor; one call for the list.
+  pg.broadcast(ts, root);
+  size_t i = 0;
+  for (auto& [path, var] : module.named_variables()) {
+    at::Tensor v = var.value().detach();
+    if (!v.is_contiguous()) v.copy_(ts[i]);
+    ++i;
+  }
+}
+
+void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes) {
+  if (pg.world_size() == 1) return;
+  at::NoGradGuard ng;
+  std::vector<at::Tensor> bucket;
+  int64_t bytes = 0;
+  const double scale = 1.0 / pg.world_size();
+  auto flush = [&] {
+    if (bucket.empty()) return;
+    std::vector<at::Tensor> flat_views;
+    for (auto& t : bucket) flat_views.push_back(t.reshape({-1}));
+    std::vector<at::Tensor> one = {at::cat(flat_views)};
+    pg.all_reduce_sum(one);
+    one[0].mul_(scale);
+    int64_t off = 0;
+    for (auto& t : bucket) {
+      t.copy_(one[0].slice(0, off, off + t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
+    bucket.clear();
+    bytes = 0;
+  };
+  at::ScalarType dtype = at::kFloat;
+  for (const auto& [path, vs] : grads) {
+    const at::Tensor& g = vs.value;
+    if (!bucket.empty() && g.scalar_type() != dtype) flush();
+    dtype = g.scalar_type();
+    bucket.push_back(g);
+    bytes += g.numel() * g.element_size();
+    if (bytes >= bucket_bytes) flush();
+  }
+  flush();
+}
+
+}  // namespace nnx::distributed

@@ -1,0 +1,74 @@
+// Data-parallel process groups on PyTorch's c10d (Gloo on CPU), gradient averaging, state
+// broadcast. c10d headers stay in distributed.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "framework/module.h"
+#include "framework/state.h"
+
+namespace nnx::distributed {
+
+/// Where this process sits: torchrun's variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+/// MASTER_PORT, or mpirun's OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK.
+struct Env {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
+/// Reads Env from the environment; a process without these variables is rank 0 of 1.
+/// Throws nnx::Error naming the variable when one is malformed or inconsistent
+/// (RANK >= WORLD_SIZE, a port out of range).
+Env env_from_environment();
+
+/// A c10d process group (Gloo) plus its TCPStore. Every collective waits at most `timeout`;
+/// a rank missing from a collective makes the others throw nnx::Error within it.
+class ProcessGroup {
+ public:
+  /// Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it). Throws
+  /// nnx::Error when the rendezvous fails or times out.
+  static std::shared_ptr<ProcessGroup> create(const Env& env, std::chrono::milliseconds timeout);
+  /// Another group over the same ranks and store (keys prefixed by `name`): collectives on it
+  /// never interleave with this group's (the checkpointer's background thread uses its own).
+  std::shared_ptr<ProcessGroup> new_group(const std::string& name) const;
+  ~ProcessGroup();
+
+  int rank() const;
+  int world_size() const;
+  std::chrono::milliseconds timeout() const;
+
+  /// Element-wise sum over ranks, in place (c10d allreduce).
+  void all_reduce_sum(std::vector<at::Tensor>& tensors);
+  /// Element-wise max over ranks, in place.
+  void all_reduce_max(std::vector<at::Tensor>& tensors);
+  /// `root`'s tensors into every rank's tensors (same shapes), in place.
+  void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
+  /// Waits until every rank arrives.
+  void barrier();
+  /// Key-value store shared by the ranks (c10d::Store). get() waits up to timeout() for the key.
+  void store_set(const std::string& key, const std::string& value);
+  std::string store_get(const std::string& key);
+
+ private:
+  struct Impl;
+  explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Copies every variable of `module` from `root` to all ranks (the initial state of data
+/// parallel training). Rng state included.
+void broadcast_state(Module& module, ProcessGroup& pg, int root = 0);
+
+/// Averages the gradient tensors of `grads` over ranks in place, in buckets of about
+/// `bucket_bytes` (flatten, one all-reduce per bucket, scale by 1/world_size, copy back).
+void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes = 25 << 20);
+
+}  // namespace nnx::distributed
