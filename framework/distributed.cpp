@@ -7,6 +7,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
+#include <map>
 
 #include "framework/error.h"
 #include "framework/graph.h"
@@ -72,10 +73,10 @@ void guarded(const char* what, const ProcessGroup& g, F&& f) {
   try {
     f();
   } catch (const c10::Error& e) {
-    NNX_CHECK(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), " (a rank missing or failed within ",
+    NNX_CHECK_IO(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), " (a rank missing or failed within ",
               g.timeout().count() / 1000.0, " s?): ", e.what_without_backtrace());
   } catch (const std::exception& e) {
-    NNX_CHECK(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), ": ", e.what());
+    NNX_CHECK_IO(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), ": ", e.what());
   }
 }
 }  // namespace
@@ -166,24 +167,20 @@ std::string ProcessGroup::store_get(const std::string& key) {
 
 void broadcast_state(Module& module, ProcessGroup& pg, int root) {
   if (pg.world_size() == 1) return;
-  std::vector<at::Tensor> ts;
-  for (auto& [path, var] : module.named_variables()) {
-    at::Tensor v = var.value().detach();
-    if (v.is_contiguous()) {
-      ts.push_back(v);
-    } else {
-      at::Tensor c = v.contiguous();
-      ts.push_back(c);
-    }
-  }
   at::NoGradGuard ng;
-  // Gloo broadcasts each tensor; one call for the list.
-  pg.broadcast(ts, root);
-  size_t i = 0;
-  for (auto& [path, var] : module.named_variables()) {
-    at::Tensor v = var.value().detach();
-    if (!v.is_contiguous()) v.copy_(ts[i]);
-    ++i;
+  // One flat buffer per dtype (a Gloo collective takes tensors of one dtype).
+  std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype;
+  for (auto& [path, var] : module.named_variables()) by_dtype[var.value().scalar_type()].push_back(var.value().detach());
+  for (auto& [dtype, ts] : by_dtype) {
+    std::vector<at::Tensor> flat;
+    for (auto& t : ts) flat.push_back(t.reshape({-1}));
+    std::vector<at::Tensor> one = {at::cat(flat)};
+    pg.broadcast(one, root);
+    int64_t off = 0;
+    for (auto& t : ts) {
+      t.copy_(one[0].slice(0, off, off + t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
   }
 }
 

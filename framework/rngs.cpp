@@ -37,7 +37,7 @@ uint64_t RngStream::next_seed() {
   if (is_abstract()) return 0;
   Variable& c = variable("count");
   uint64_t n = read_i64(c.value());
-  uint64_t seed = hash_words({key(), n});
+  uint64_t seed = salt_ == 0 ? hash_words({key(), n}) : hash_words({key(), n, salt_});
   c.set_value(at::scalar_tensor(static_cast<int64_t>(n + 1), at::TensorOptions().dtype(at::kLong)));
   return seed;
 }

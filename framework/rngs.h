@@ -28,7 +28,14 @@ class RngStream : public ModuleBase<RngStream> {
   std::shared_ptr<RngStream> fork(uint64_t index) const;
   uint64_t key() const;
   uint64_t count() const;
+  /// Mixes `salt` into every seed (not state): data-parallel ranks salt their dropout stream
+  /// with their rank, so masks differ per rank while key and count stay replicated and each
+  /// rank's draws stay reproducible from the restored state. 0 = no salt.
+  void set_salt(uint64_t salt) { salt_ = salt; }
   std::string type_name() const override { return "RngStream"; }
+
+ private:
+  uint64_t salt_ = 0;
 };
 
 /// Named streams ("params", "dropout", ...). A name without its own stream falls back to

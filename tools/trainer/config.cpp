@@ -322,6 +322,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   ck.finish();
 
+  Section dist = top.sub("distributed");
+  c.distributed.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
+  c.distributed.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
+  dist.finish();
+
   top.finish();
   return c;
 }
@@ -345,6 +350,7 @@ nlohmann::json Config::to_json() const {
                       {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}}},
+      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}}},
   };
 }
 

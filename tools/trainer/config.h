@@ -79,6 +79,12 @@ struct CheckpointConfig {
   bool fallback_to_verified = false;
 };
 
+/// distributed: data parallel over the ranks nnx-launch (or torchrun/mpirun variables) starts.
+struct DistributedConfig {
+  int64_t timeout_seconds = 300;    ///< every collective and the rendezvous wait at most this
+  std::string batch_stats = "sync";  ///< sync: average BatchNorm running stats over ranks each step; local: keep per rank (rank 0's are saved)
+};
+
 /// The whole run.
 struct Config {
   uint64_t seed = 0;
@@ -92,6 +98,7 @@ struct Config {
   TrainConfig train;
   EvalConfig eval;
   CheckpointConfig checkpoint;
+  DistributedConfig distributed;
   std::string source;  ///< the YAML file
 
   /// Every value, defaults included (printed at start, saved in every checkpoint).

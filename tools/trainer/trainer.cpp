@@ -18,6 +18,7 @@
 #include "framework/compat.h"
 #include "framework/data/dataset.h"
 #include "framework/data/loader.h"
+#include "framework/distributed.h"
 #include "framework/graph.h"
 #include "models/models.h"
 #include "optim/optimizer.h"
@@ -109,7 +110,17 @@ int train(const Config& cfg, const RunOptions& ropts) {
     NNX_CHECK(compat::cuda_available(), "device '", cfg.device, "' requested but this build has no usable CUDA (",
               compat::cuda_device_count(), " GPUs visible)");
 
-  std::cout << "nnx-train: config " << cfg.source << " (resolved)\n" << cfg.to_json().dump(2) << "\n";
+  // Data parallel when started with several ranks (nnx-launch, torchrun, mpirun).
+  const distributed::Env env = distributed::env_from_environment();
+  std::shared_ptr<distributed::ProcessGroup> pg, ckpt_pg;
+  if (env.world_size > 1) {
+    pg = distributed::ProcessGroup::create(env, std::chrono::seconds(cfg.distributed.timeout_seconds));
+    ckpt_pg = pg->new_group("checkpoint");
+  }
+  const bool lead = env.rank == 0;  // rank 0 prints, logs metrics and evaluates
+  std::ostream& out = lead ? std::cout : *new std::ostream(nullptr);
+
+  out << "nnx-train: config " << cfg.source << " (resolved)\n" << cfg.to_json().dump(2) << "\n";
 
   Datasets ds = load_data(cfg);
   models::register_models();
@@ -131,6 +142,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   std::shared_ptr<Module> model = models::build_model(mtype, mopts, rngs);
   if (cfg.model.dtype == "bfloat16") model->to(at::kBFloat16);
   model->to(device);
+  // Per-rank dropout masks; key and count stay replicated (and checkpointed once).
+  if (env.world_size > 1) model->child<Rngs>("rngs").stream("dropout")->set_salt(static_cast<uint64_t>(env.rank) + 1);
 
   optim::AdamOptions ao;
   const auto& sc = cfg.schedule;
@@ -157,7 +170,10 @@ int train(const Config& cfg, const RunOptions& ropts) {
   lo.batch_size = cfg.train.batch_size;
   lo.shuffle = cfg.data.shuffle;
   lo.seed = cfg.seed;
+  lo.rank = env.rank;
+  lo.world_size = env.world_size;
   data::DataLoader loader(ds.train, lo);
+  const int64_t global_batch = cfg.train.batch_size * env.world_size;
 
   stdfs::create_directories(cfg.run_dir);
   checkpoint::CheckpointManagerOptions mo;
@@ -172,6 +188,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
     };
     mo.best_mode = cfg.checkpoint.best_mode;
   }
+  mo.process_group = ckpt_pg;
   checkpoint::CheckpointManager manager(stdfs::path(cfg.run_dir) / "checkpoints", mo);
 
   // Items of a checkpoint, built from the live objects (also the restore templates).
@@ -219,18 +236,31 @@ int train(const Config& cfg, const RunOptions& ropts) {
       std::cerr << "nnx-train: warning: config changed since step " << *resume << " (applied): " << l << "\n";
     update(*model, r.state("params"), r.state("batch_stats"), r.state("rngs"));
     update(optimizer, r.state("optimizer"));
-    loader.set_position(r.json_item("data").at("epoch"), r.json_item("data").at("index"));
+    {
+      const auto& d = r.json_item("data");
+      int64_t index = d.at("index");
+      const int64_t saved_global = d.value("global_batch", global_batch);
+      if (saved_global != global_batch) {  // another world size: keep the position in examples
+        int64_t examples = index * saved_global;
+        index = examples / global_batch;
+        if (examples % global_batch)
+          std::cerr << "nnx-train: warning: global batch changed " << saved_global << " -> " << global_batch
+                    << "; resuming at example " << index * global_batch << " of the epoch instead of " << examples << "\n";
+      }
+      loader.set_position(d.at("epoch"), std::min(index, loader.batches_per_epoch()));
+    }
     history = r.json_item("metrics");
     step = r.json_item("trainer").at("step");
     skipped = r.json_item("trainer").value("skipped_steps", 0);
-    std::cout << "nnx-train: resumed from step " << step << " (" << manager.step_path(*resume).string()
+    out << "nnx-train: resumed from step " << step << " (" << manager.step_path(*resume).string()
               << "): params " << r.state("params").size() << " arrays (" << format_bytes(r.state("params").nbytes())
               << "), batch_stats " << r.state("batch_stats").size() << ", rngs " << r.state("rngs").size()
               << ", optimizer step " << optimizer.step_count() << ", data position epoch " << loader.epoch()
               << " batch " << loader.index() << ", " << history.size() << " metric records\n";
   }
   const stdfs::path metrics_path = stdfs::path(cfg.run_dir) / "metrics.jsonl";
-  write_metrics_file(metrics_path, history);  // drops records newer than the resumed step
+  if (lead) write_metrics_file(metrics_path, history);  // drops records newer than the resumed step
+  if (pg) distributed::broadcast_state(*model, *pg);  // every rank starts from rank 0's state
 
   auto evaluate = [&]() -> std::pair<double, double> {
     model->eval();
@@ -262,7 +292,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
                    {"batch_stats", StandardSave(parts[1])},
                    {"rngs", StandardSave(parts[2])},
                    {"optimizer", StandardSave(state(optimizer))},
-                   {"data", JsonSave(nlohmann::json{{"epoch", loader.epoch()}, {"index", loader.index()}})},
+                   {"data", JsonSave(nlohmann::json{{"epoch", loader.epoch()}, {"index", loader.index()}, {"global_batch", global_batch}})},
                    {"config", JsonSave(cfg.to_json())},
                    {"metrics", JsonSave(history)},
                    {"trainer", JsonSave(nlohmann::json{{"step", at_step}, {"skipped_steps", skipped},
@@ -272,13 +302,13 @@ int train(const Config& cfg, const RunOptions& ropts) {
   };
 
   if (step >= cfg.train.max_steps) {
-    std::cout << "nnx-train: already at step " << step << " (train.max_steps = " << cfg.train.max_steps << "); nothing to do\n";
+    out << "nnx-train: already at step " << step << " (train.max_steps = " << cfg.train.max_steps << "); nothing to do\n";
     return 0;
   }
-  std::cout << "nnx-train: " << mtype << " with " << state(*model, Param).size() << " param arrays ("
+  out << "nnx-train: " << mtype << " with " << state(*model, Param).size() << " param arrays ("
             << format_bytes(state(*model, Param).nbytes()) << "), " << ds.train->size() << " training examples, "
             << loader.batches_per_epoch() << " batches/epoch, device " << device.str() << ", threads "
-            << at::get_num_threads() << "\n";
+            << at::get_num_threads() << (env.world_size > 1 ? ", world_size " + std::to_string(env.world_size) : std::string()) << "\n";
 
   const bool tty = ::isatty(STDERR_FILENO);
   auto window_start = Clock::now();
@@ -301,6 +331,19 @@ int train(const Config& cfg, const RunOptions& ropts) {
       window_examples += x.size(0);
     }
     State g = grads(*model);
+    bool preempt_seen = manager.reached_preemption(step);
+    if (pg) {
+      distributed::all_reduce_mean(g, *pg);
+      // One small all-reduce: the mean loss, and whether any rank saw SIGTERM/SIGINT.
+      std::vector<at::Tensor> v = {at::tensor({loss_value, preempt_seen ? 1.0 : 0.0}, at::kDouble)};
+      pg->all_reduce_sum(v);
+      loss_value = v[0][0].item<double>() / env.world_size;
+      preempt_seen = v[0][1].item<double>() > 0;
+      if (cfg.distributed.batch_stats == "sync") {
+        State stats = state(*model, BatchStat);
+        if (!stats.empty()) distributed::all_reduce_mean(stats, *pg);
+      }
+    }
     bool finite = std::isfinite(loss_value);
     if (finite) {  // one pass and one sync: a NaN or Inf anywhere makes the sum of norms non-finite
       std::vector<at::Tensor> gs;
@@ -328,32 +371,32 @@ int train(const Config& cfg, const RunOptions& ropts) {
       rec = {{"step", step}, {"loss", loss_value}, {"learning_rate", optimizer.learning_rate()},
              {"epoch", loader.epoch()}, {"examples_per_sec", secs > 0 ? window_examples / secs : 0.0}};
       if (skipped) rec["skipped_steps"] = skipped;
-      if (eval_now) {
+      if (eval_now && lead) {
         auto [el, ea] = evaluate();
         rec["eval_loss"] = el;
         rec["eval_accuracy"] = ea;
       }
       history.push_back(rec);
-      {
-        std::ofstream out(metrics_path, std::ios::app);
-        out << rec.dump() << "\n";
+      if (lead) {
+        std::ofstream mf(metrics_path, std::ios::app);
+        mf << rec.dump() << "\n";
       }
       double rate = secs > 0 ? window_steps / secs : 0;  // steps per second
       double eta = rate > 0 ? (cfg.train.max_steps - step) / rate : NAN;
       std::ostringstream line;
       line << "step " << step << "/" << cfg.train.max_steps << " loss " << std::fixed << std::setprecision(4) << loss_value
            << " " << std::setprecision(0) << rec["examples_per_sec"].get<double>() << " ex/s ETA " << format_duration(eta);
-      if (eval_now)
+      if (eval_now && lead)
         line << " eval_loss " << std::setprecision(4) << rec["eval_loss"].get<double>() << " eval_accuracy "
              << rec["eval_accuracy"].get<double>();
-      if (tty) std::cerr << "\r" << line.str() << (eval_now ? "\n" : "") << std::flush;
-      else std::cout << line.str() << std::endl;
+      if (lead && tty) std::cerr << "\r" << line.str() << (eval_now ? "\n" : "") << std::flush;
+      else if (lead) std::cout << line.str() << std::endl;
       window_start = Clock::now();
       window_examples = 0;
       window_steps = 0;
     }
 
-    const bool preempted = manager.reached_preemption(step);
+    const bool preempted = preempt_seen;
     if (manager.should_save(step) || step == cfg.train.max_steps || preempted) {
       nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step}, {"loss", loss_value}} : rec;
       if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
@@ -362,7 +405,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
     if (preempted) {
       manager.wait_until_finished();
       if (tty) std::cerr << "\n";
-      std::cout << "nnx-train: stopped by signal " << checkpoint::preemption_signal() << " at step " << step
+      out << "nnx-train: stopped by signal " << checkpoint::preemption_signal() << " at step " << step
                 << "; saved to " << manager.step_path(step).string() << ". Run the same command to resume.\n";
       return 0;
     }
@@ -372,13 +415,13 @@ int train(const Config& cfg, const RunOptions& ropts) {
   if (tty) std::cerr << "\n";
   double total = std::chrono::duration<double>(Clock::now() - t_start).count();
   const auto& last = history.back();
-  std::cout << "nnx-train: done: step " << step << " (" << step - first_step << " this run, " << skipped
+  out << "nnx-train: done: step " << step << " (" << step - first_step << " this run, " << skipped
             << " skipped) in " << format_duration(total) << ", loss " << last_loss;
   if (last.contains("eval_accuracy"))
-    std::cout << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
-  std::cout << "\nnnx-train: checkpoints in " << manager.directory().string() << " (latest " << *manager.latest_step();
-  if (auto b = manager.best_step()) std::cout << ", best " << *b;
-  std::cout << "), metrics in " << metrics_path.string() << "\n";
+    out << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
+  out << "\nnnx-train: checkpoints in " << manager.directory().string() << " (latest " << *manager.latest_step();
+  if (auto b = manager.best_step()) out << ", best " << *b;
+  out << "), metrics in " << metrics_path.string() << "\n";
   return 0;
 }
 

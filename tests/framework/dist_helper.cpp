@@ -1,0 +1,81 @@
+// Runs under nnx-launch in tests of distributed collectives and collective checkpoints.
+// Usage: dist_helper MODE DIR
+//   collectives   all-reduce, broadcast and gradient averaging give the expected values
+//   save          every rank saves step 1 of replicated state; prints the restored checksum
+//   partial-save  rank 1 never calls save(): rank 0 must fail within the timeout, not hang
+//   rank1-fails   rank 1's share cannot be written: every rank must report the failure
+#include <ATen/ATen.h>
+
+#include <iostream>
+#include <thread>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/manager.h"
+#include "framework/distributed.h"
+#include "framework/error.h"
+
+using namespace nnx;
+
+int main(int argc, char** argv) {
+  if (argc != 3) return 2;
+  const std::string mode = argv[1], dir = argv[2];
+  try {
+    auto env = distributed::env_from_environment();
+    auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(mode == "partial-save" ? 3 : 60));
+    const int r = pg->rank(), n = pg->world_size();
+    if (mode == "collectives") {
+      std::vector<at::Tensor> v = {at::full({3}, static_cast<float>(r + 1))};
+      pg->all_reduce_sum(v);
+      if (!at::equal(v[0], at::full({3}, static_cast<float>(n * (n + 1) / 2)))) return 10;
+      State g;
+      g.insert("a", {Param, at::full({5}, static_cast<float>(r)), {}});
+      g.insert("b", {Param, at::full({2, 2}, static_cast<double>(2 * r)), {}});
+      distributed::all_reduce_mean(g, *pg, /*bucket_bytes=*/8);
+      if (!at::allclose(g.at("a").value, at::full({5}, (n - 1) / 2.0f))) return 11;
+      if (!at::allclose(g.at("b").value, at::full({2, 2}, static_cast<double>(n - 1)))) return 12;
+      ModuleDict m;
+      m.register_variable("w", Param(at::full({4}, static_cast<float>(r))));
+      m.register_variable("k", RngKey(at::scalar_tensor(static_cast<int64_t>(100 + r))));
+      distributed::broadcast_state(m, *pg);
+      if (!at::equal(m.variable("w").value(), at::zeros({4})) || m.variable("k").value().item<int64_t>() != 100) return 13;
+      std::cout << "collectives ok on rank " << r << "\n";
+      return 0;
+    }
+    checkpoint::CheckpointManagerOptions o;
+    o.enable_async_checkpointing = false;
+    o.handle_preemption_signals = false;
+    o.process_group = pg->new_group("ckpt");
+    checkpoint::CheckpointManager mgr(dir, o);
+    State s;
+    for (int i = 0; i < 7; ++i) s.insert("w" + std::to_string(i), {Param, at::arange(1000 * (i + 1), at::kFloat), {}});
+    s.insert("step", {OptState, at::scalar_tensor(int64_t(1)), {}});
+    if (mode == "rank1-fails" && r == 1) {
+      // Break a tensor that rank 1 writes (the assignment is deterministic).
+      auto writers = checkpoint::assign_writers(checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, n);
+      for (auto& [key, w] : writers)
+        if (w == 1) {
+          auto& v = s.at(key.substr(std::string("params/").size())).value;
+          v = at::empty(v.sizes(), at::TensorOptions().device(at::kMeta));
+          break;
+        }
+    }
+    if (mode == "partial-save" && r == 1) {
+      std::this_thread::sleep_for(std::chrono::seconds(8));  // never joins the save
+      return 0;
+    }
+    try {
+      mgr.save(1, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, {{"loss", 1.0}}, true);
+    } catch (const Error& e) {
+      std::cout << "save failed on rank " << r << ": " << e.what() << "\n";
+      return 20;
+    }
+    State t = s;
+    auto back = mgr.restore(1, checkpoint::Composite{{"params", checkpoint::StandardRestore(t)}}).state("params");
+    if (!back.equal(s)) return 21;
+    std::cout << "save ok on rank " << r << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cout << "error: " << e.what() << "\n";
+    return 30;
+  }
+}

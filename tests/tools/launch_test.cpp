@@ -1,0 +1,164 @@
+// nnx-launch and data-parallel nnx-train, run as users run them.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/hdf5_io.h"
+#include "checkpoint/manager.h"
+#include "test_util.h"
+#include "tools/run_util.h"
+
+extern char** environ;
+
+using namespace nnx;
+using namespace nnx::checkpoint;
+namespace stdfs = std::filesystem;
+
+namespace {
+std::string launch(int n, const std::string& program) {
+  return test::bin("nnx-launch") + " --nproc " + std::to_string(n) + " -- " + program;
+}
+std::string helper() { return std::string(NNX_TESTS_BIN) + "/dist_helper"; }
+std::string train(const std::string& run_dir, const std::string& extra = "") {
+  return test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/tiny_synthetic.yaml run.dir=" + run_dir + " " + extra;
+}
+std::map<std::string, State> final_states(const std::string& run_dir) {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
+  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
+  std::map<std::string, State> out;
+  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
+  return out;
+}
+}  // namespace
+
+TEST(Launch, PrefixesLinesAndRunsCollectives) {
+  test::TempDir dir;
+  auto r = test::run(launch(3, helper() + " collectives " + dir.path().string()));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 3; ++k) EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] collectives ok on rank " + std::to_string(k)), std::string::npos) << r.output;
+}
+
+TEST(Launch, OneFailingRankStopsTheOthers) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = test::run(test::bin("nnx-launch") + " --nproc 3 --grace-seconds 2 -- " + std::string("sh -c 'if [ $RANK = 1 ]; then echo bye; exit 3; fi; sleep 60'"));
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_LT(secs, 20.0) << "the other ranks were not stopped";
+  EXPECT_NE(r.output.find("rank 1 failed with exit code 3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank 1] bye"), std::string::npos) << r.output;
+  EXPECT_EQ(test::run(test::bin("nnx-launch") + " --nproc 0 -- true").exit_code, 2);
+}
+
+TEST(DistributedCheckpoint, EveryRankWritesItsShareAndH5pyReadsGlobalArrays) {
+  test::TempDir dir;
+  auto r = test::run(launch(3, helper() + " save " + dir.path().string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* f : {"checkpoint.h5", "shard-0-of-3.h5", "shard-1-of-3.h5", "shard-2-of-3.h5", "_CHECKPOINT_METADATA"})
+    EXPECT_TRUE(stdfs::exists(dir / "1" / f)) << f;
+  EXPECT_EQ(read_metadata(dir / "1")["world_size"], 3);
+  EXPECT_TRUE(verify(dir / "1").ok);
+  // Writers balanced by bytes: every shard holds something.
+  for (int k = 0; k < 3; ++k) {
+    H5File shard = H5File::open((dir / "1" / ("shard-" + std::to_string(k) + "-of-3.h5")).string());
+    EXPECT_FALSE(list_item(shard, "params").empty()) << k;
+  }
+  if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code == 0) {
+    auto py = test::run("cd / && /usr/bin/python3 -c \"import h5py,numpy as np; f=h5py.File('" + (dir / "1" / "checkpoint.h5").string() +
+                        "'); d=f['params/w6']; assert d.is_virtual and (d[...]==np.arange(7000,dtype=np.float32)).all(); print('ok')\"");
+    EXPECT_EQ(py.exit_code, 0) << py.output;
+  }
+  // A deleted shard is named before any value is read.
+  stdfs::remove(dir / "1" / "shard-2-of-3.h5");
+  auto v = verify(dir / "1");
+  EXPECT_FALSE(v.ok);
+  EXPECT_NE(v.problems[0].find("shard-2-of-3.h5' is missing"), std::string::npos) << v.problems[0];
+}
+
+TEST(DistributedCheckpoint, FailureOnOneRankFailsTheSaveEverywhere) {
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " rank1-fails " + dir.path().string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("[rank 0] save failed on rank 0: distributed save"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 1: cannot save"), std::string::npos) << r.output;
+  EXPECT_FALSE(stdfs::exists(dir / "1"));
+  for (const auto& e : stdfs::directory_iterator(dir.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+TEST(DistributedCheckpoint, SaveEnteredBySomeRanksFailsWithinTheTimeout) {
+  test::TempDir dir;
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = test::run(launch(2, helper() + " partial-save " + dir.path().string()));
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.output.find("[rank 0] save failed on rank 0"), std::string::npos) << r.output;
+  EXPECT_LT(secs, 30.0);
+  EXPECT_FALSE(stdfs::exists(dir / "1"));
+}
+
+TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
+  test::TempDir dir;
+  const std::string common = "model.dropout=0 train.max_steps=30 checkpoint.async=false";
+  auto one = test::run(train((dir / "one").string(), common + " train.batch_size=64"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  auto two = test::run(launch(2, train((dir / "two").string(), common + " train.batch_size=32")));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  auto a = final_states((dir / "one").string()), b = final_states((dir / "two").string());
+  EXPECT_TRUE(a["params"].allclose(b["params"], 1e-4, 1e-5)) << a["params"].first_difference(b["params"]);
+  EXPECT_TRUE(a["optimizer"].allclose(b["optimizer"], 1e-4, 1e-6));
+}
+
+TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
+  test::TempDir dir;
+  const std::string a = (dir / "a").string(), b = (dir / "b").string();
+  const std::string o = "checkpoint.save_interval_steps=10 checkpoint.async=false";
+  ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
+  auto killed = test::run(launch(2, train(b, o + " --crash-after-step 25")));
+  EXPECT_NE(killed.exit_code, 0);
+  auto resumed = test::run(launch(2, train(b, o)));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << resumed.output;
+  auto sa = final_states(a), sb = final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // The 2-rank checkpoint restores at 1 and 3 ranks and training continues.
+  auto at1 = test::run(train(b, o + " train.max_steps=70"));
+  EXPECT_EQ(at1.exit_code, 0) << at1.output;
+  EXPECT_NE(at1.output.find("resumed from step 60"), std::string::npos) << at1.output;
+  auto at3 = test::run(launch(3, train(b, o + " train.max_steps=80")));
+  EXPECT_EQ(at3.exit_code, 0) << at3.output;
+  EXPECT_NE(at3.output.find("resumed from step 70"), std::string::npos) << at3.output;
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  EXPECT_EQ(read_metadata(CheckpointManager(stdfs::path(b) / "checkpoints", ro).step_path(80))["world_size"], 3);
+}
+
+TEST(DataParallel, SigtermToTheLauncherSavesOnEveryRankAndExitsZero) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  const std::string launcher = test::bin("nnx-launch"), trainer = test::bin("nnx-train");
+  const std::string config = test::source_dir() + "/configs/tiny_synthetic.yaml", rd = "run.dir=" + run_dir;
+  const char* argv[] = {launcher.c_str(), "--nproc", "2", "--", trainer.c_str(), "--config", config.c_str(), rd.c_str(),
+                        "train.max_steps=100000000", "train.log_every=1", "checkpoint.save_interval_steps=100000000", nullptr};
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, launcher.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  for (int i = 0; i < 300 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", ro);
+  ASSERT_TRUE(m.latest_step().has_value());
+  EXPECT_EQ(read_metadata(m.step_path(*m.latest_step()))["world_size"], 2);
+  EXPECT_TRUE(verify(m.step_path(*m.latest_step())).ok);
+}
