@@ -97,7 +97,11 @@ VerifyReport verify(const stdfs::path& directory) {
           one.insert(d.path, VariableState{Kind::define(d.kind), t, {}});
           ReadOptions ro;
           ro.allow_extra = true;
-          read_state(file, item, one, ro);
+          State got = read_state(file, item, one, ro);
+          const at::Tensor& v = got.at(d.path).value;
+          if (v.is_floating_point() && v.numel() > 0 && !at::isfinite(v.to(at::kFloat)).all().item<bool>())
+            fail("'" + (directory / kCheckpointFile).string() + "' dataset /" + item + "/" + d.path +
+                 " holds non-finite values (NaN or Inf)");
           ++r.datasets_checked;
         } catch (const Error& e) {
           fail(e.what());

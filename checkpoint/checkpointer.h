@@ -37,8 +37,9 @@ struct VerifyReport {
   int64_t datasets_checked = 0;
   int64_t bytes_checked = 0;
 };
-/// Checks a committed checkpoint: metadata, each file's size and checksum, and every dataset's
-/// checksum. Never throws for corruption; reports it.
+/// Checks a committed checkpoint: metadata, each file's size and checksum, every dataset's
+/// checksum, and flags floating-point datasets holding NaN or Inf. Never throws for corruption;
+/// reports it.
 VerifyReport verify(const std::filesystem::path& directory);
 
 /// Synchronous checkpointer (ocp.Checkpointer): save() writes <path>.tmp-<unique>/, fsyncs,

@@ -13,12 +13,14 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> overrides;
   int64_t resume_from = -1, crash_after = -1, inject_nan = -1;
+  int crash_rank = -1;
   bool print_only = false;
   app.add_option("--config", config_path, "YAML config file")->required();
   app.add_option("overrides", overrides, "dotted.key=value overrides, e.g. train.max_steps=100");
   app.add_option("--resume-from", resume_from, "resume from this committed step instead of the latest");
   app.add_flag("--print-config", print_only, "print the resolved config and exit");
   app.add_option("--crash-after-step", crash_after, "testing: SIGKILL this process after the step")->group("");
+  app.add_option("--crash-rank", crash_rank, "testing: only this rank crashes")->group("");
   app.add_option("--inject-nonfinite-at-step", inject_nan, "testing: make this step's loss NaN")->group("");
   try {
     app.parse(argc, argv);
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
     nnx::trainer::RunOptions ro;
     if (resume_from >= 0) ro.resume_from = resume_from;
     ro.crash_after_step = crash_after;
+    ro.crash_rank = crash_rank;
     ro.inject_nonfinite_at_step = inject_nan;
     return nnx::trainer::train(cfg, ro);
   } catch (const nnx::Error& e) {

@@ -9,7 +9,7 @@ pkgs=(
   libtorch-dev libgloo-dev libopenblas0-pthread
   libhdf5-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  dataset-fashion-mnist
+  dataset-fashion-mnist gnuplot-nox
 )
 if [[ "${1:-}" == "--with-test-deps" ]]; then
   pkgs+=(python3-torch python3-h5py python3-numpy)

@@ -128,3 +128,14 @@ TEST(Checkpointer, H5pyReadsParamsAsGlobalArrays) {
                     (dir / "3" / "checkpoint.h5").string() + "'";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
 }
+
+TEST(Checkpointer, VerifyFlagsNonFiniteParams) {
+  test::TempDir dir;
+  State s = small_state(1.0f);
+  s.at("fc1/bias").value[3] = std::numeric_limits<float>::quiet_NaN();
+  Checkpointer().save(dir / "1", Composite{{"params", StandardSave(s)}});
+  auto r = verify(dir / "1");
+  EXPECT_FALSE(r.ok);
+  ASSERT_EQ(r.problems.size(), 1u);
+  EXPECT_NE(r.problems[0].find("/params/fc1/bias holds non-finite values"), std::string::npos) << r.problems[0];
+}

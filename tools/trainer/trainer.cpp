@@ -409,7 +409,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
                 << "; saved to " << manager.step_path(step).string() << ". Run the same command to resume.\n";
       return 0;
     }
-    if (step == ropts.crash_after_step) ::raise(SIGKILL);
+    if (step == ropts.crash_after_step && (ropts.crash_rank < 0 || ropts.crash_rank == env.rank)) ::raise(SIGKILL);
   }
   manager.wait_until_finished();
   if (tty) std::cerr << "\n";

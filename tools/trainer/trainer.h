@@ -15,6 +15,8 @@ struct RunOptions {
   /// Testing aid: the process SIGKILLs itself right after this step (async saves may be in
   /// flight). -1 = off.
   int64_t crash_after_step = -1;
+  /// With crash_after_step: only this rank kills itself (-1 = every rank).
+  int crash_rank = -1;
   /// Testing aid: the loss of this step is made NaN (exercises train.nonfinite). -1 = off.
   int64_t inject_nonfinite_at_step = -1;
 };
