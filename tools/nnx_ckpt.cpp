@@ -3,18 +3,29 @@
 //   nnx-ckpt show DIR [STEP]       items and paths with kind, shape, dtype, bytes; JSON items
 //   nnx-ckpt verify DIR [STEP]     checksums and sizes (exit 0 ok, 1 failures named)
 //   nnx-ckpt diff A[/STEP] B[/STEP]  paths that differ and the max abs difference
+//   nnx-ckpt export DIR [STEP] --format torch -o OUT.pt [--item params]
+//                                  a state dict Python's torch.load opens (dotted names)
+//   nnx-ckpt plot RUN_DIR [-o PNG]  loss and accuracy curves from metrics.jsonl
+//   nnx-ckpt import STATE_DICT.pt --mapping MAP.json --config CFG.yaml [key=value ...]
+//                                  step 0 of <run.dir>/checkpoints from PyTorch weights
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
 #include <filesystem>
 #include <iomanip>
+#include <fstream>
 #include <iostream>
 
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/hdf5_io.h"
 #include "checkpoint/manager.h"
 #include "framework/error.h"
+#include "tools/trainer/config.h"
+#include "tools/trainer/plot.h"
+#include "tools/trainer/trainer.h"
+
+#include <torch/csrc/jit/serialization/pickle.h>
 
 namespace stdfs = std::filesystem;
 using namespace nnx;
@@ -190,6 +201,40 @@ int cmd_diff(const std::string& a, const std::string& b) {
   return differences ? 1 : 0;
 }
 
+int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::string& format, const std::string& item,
+               const std::string& out_path) {
+  NNX_CHECK(format == "torch", "unknown export format '", format, "' (supported: torch)");
+  NNX_CHECK(!out_path.empty(), "export needs -o OUT.pt");
+  stdfs::path p = resolve(dir, step);
+  H5File f = H5File::open((p / kCheckpointFile).string());
+  State s = read_state_untemplated(f, item);
+  // torch.save's layout of a state dict: an ordered dict of dotted names to tensors.
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& [path, vs] : s) {
+    std::string name = path;
+    std::replace(name.begin(), name.end(), '/', '.');
+    dict.insert(name, vs.value);
+  }
+  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(dict));
+  std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
+  NNX_CHECK_IO(out.good(), "cannot write '", out_path, "'");
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  NNX_CHECK_IO(out.good(), "cannot write '", out_path, "' (disk full?)");
+  std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string() << " to " << out_path
+            << " (torch.load opens it; names use '.' for '/')\n";
+  return 0;
+}
+
+int cmd_plot(const std::string& dir, const std::string& out) {
+  stdfs::path run(dir);
+  stdfs::path metrics = stdfs::is_directory(run) ? run / "metrics.jsonl" : run;
+  std::string png = out.empty() ? (metrics.parent_path() / "metrics.png").string() : out;
+  nnx::trainer::plot_metrics(metrics.string(), png);
+  std::cout << "wrote " << png << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +253,23 @@ int main(int argc, char** argv) {
   auto* dif = app.add_subcommand("diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
   dif->add_option("A", dir)->required();
   dif->add_option("B", dir_b)->required();
+  auto* exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
+  std::string format = "torch", item = "params", out;
+  exp->add_option("DIR", dir)->required();
+  exp->add_option("STEP", step);
+  exp->add_option("--format", format, "torch");
+  exp->add_option("--item", item, "item to export (default params)");
+  exp->add_option("-o,--output", out, "output file")->required();
+  auto* imp = app.add_subcommand("import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
+  std::string state_dict, mapping, config;
+  std::vector<std::string> overrides;
+  imp->add_option("STATE_DICT", state_dict, "torch.save'd dict of tensors")->required();
+  imp->add_option("--mapping", mapping, "JSON: torch name -> nnx path (docs/interop.md)")->required();
+  imp->add_option("--config", config, "the nnx-train config of the run")->required();
+  imp->add_option("overrides", overrides, "dotted.key=value overrides (run.dir=...)");
+  auto* plt = app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
+  plt->add_option("RUN_DIR", dir, "run dir or metrics.jsonl")->required();
+  plt->add_option("-o,--output", out, "PNG path (default <run dir>/metrics.png)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -220,6 +282,16 @@ int main(int argc, char** argv) {
     if (*show) return cmd_show(dir, s);
     if (*ver) return cmd_verify(dir, s);
     if (*dif) return cmd_diff(dir, dir_b);
+    if (*exp) return cmd_export(dir, s, format, item, out);
+    if (*plt) return cmd_plot(dir, out);
+    if (*imp) {
+      auto cfg = nnx::trainer::load_config(config, overrides);
+      nnx::trainer::RunOptions ro;
+      ro.init_from_torch = state_dict;
+      ro.torch_mapping = mapping;
+      ro.import_only = true;
+      return nnx::trainer::train(cfg, ro);
+    }
   } catch (const nnx::Error& e) {
     std::cerr << "nnx-ckpt: error: " << e.what() << "\n";
     return e.exit_code();

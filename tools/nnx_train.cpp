@@ -6,6 +6,7 @@
 
 #include "framework/error.h"
 #include "tools/trainer/config.h"
+#include "tools/trainer/plot.h"
 #include "tools/trainer/trainer.h"
 
 int main(int argc, char** argv) {
@@ -14,11 +15,15 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   int64_t resume_from = -1, crash_after = -1, inject_nan = -1;
   int crash_rank = -1;
-  bool print_only = false;
+  bool print_only = false, plot = false;
   app.add_option("--config", config_path, "YAML config file")->required();
   app.add_option("overrides", overrides, "dotted.key=value overrides, e.g. train.max_steps=100");
   app.add_option("--resume-from", resume_from, "resume from this committed step instead of the latest");
   app.add_flag("--print-config", print_only, "print the resolved config and exit");
+  std::string init_torch, mapping;
+  app.add_option("--init-from-torch", init_torch, "fresh runs: initialise params from a torch.save'd state dict");
+  app.add_option("--mapping", mapping, "JSON name mapping for --init-from-torch (see docs/interop.md)");
+  app.add_flag("--plot", plot, "at the end, render <run.dir>/metrics.png (loss and accuracy curves, gnuplot)");
   app.add_option("--crash-after-step", crash_after, "testing: SIGKILL this process after the step")->group("");
   app.add_option("--crash-rank", crash_rank, "testing: only this rank crashes")->group("");
   app.add_option("--inject-nonfinite-at-step", inject_nan, "testing: make this step's loss NaN")->group("");
@@ -38,8 +43,18 @@ int main(int argc, char** argv) {
     if (resume_from >= 0) ro.resume_from = resume_from;
     ro.crash_after_step = crash_after;
     ro.crash_rank = crash_rank;
+    ro.init_from_torch = init_torch;
+    ro.torch_mapping = mapping;
+    if (!init_torch.empty() && mapping.empty()) throw nnx::Error("--init-from-torch needs --mapping MAP.json");
     ro.inject_nonfinite_at_step = inject_nan;
-    return nnx::trainer::train(cfg, ro);
+    int rc = nnx::trainer::train(cfg, ro);
+    const char* rank = std::getenv("RANK");
+    if (rc == 0 && plot && (!rank || std::string(rank) == "0")) {
+      const std::string png = cfg.run_dir + "/metrics.png";
+      nnx::trainer::plot_metrics(cfg.run_dir + "/metrics.jsonl", png);
+      std::cout << "nnx-train: wrote " << png << "\n";
+    }
+    return rc;
   } catch (const nnx::Error& e) {
     std::cerr << "nnx-train: error: " << e.what() << "\n";
     return e.exit_code();

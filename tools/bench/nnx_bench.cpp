@@ -29,6 +29,7 @@
 
 #include "checkpoint/checkpointer.h"
 #include "framework/data/dataset.h"
+#include "framework/distributed.h"
 #include "framework/graph.h"
 #include "models/models.h"
 #include "optim/optimizer.h"
@@ -347,6 +348,38 @@ void bench_training(bool quick, const stdfs::path& dir) {
   }
 }
 
+// One rank of the 2-rank save row (run under nnx-launch by bench_distributed_save).
+int dist_save_rank(const std::string& dir, int reps) {
+  auto env = distributed::env_from_environment();
+  auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(120));
+  at::manual_seed(0);  // the same replicated state on every rank
+  State s = make_state(100, 1000 * 1000);
+  Checkpointer ck;
+  ck.process_group = pg->new_group("ckpt");
+  double t = median_time(reps, [&](int i) {
+    pg->barrier();
+    ck.save(stdfs::path(dir) / ("dist" + std::to_string(i)), Composite{{"params", StandardSave(s)}});
+  });
+  if (env.rank == 0) std::cout << t << "\n";
+  return 0;
+}
+
+void bench_distributed_save(const stdfs::path& dir, int reps) {
+  at::manual_seed(0);
+  State s = make_state(100, 1000 * 1000);
+  Checkpointer ck;
+  double one = median_time(reps, [&](int i) { ck.save(dir / ("one" + std::to_string(i)), Composite{{"params", StandardSave(s)}}); });
+  std::string out = run_capture(std::string(NNX_BIN_DIR) + "/nnx-launch --nproc 2 -- " + NNX_BIN_DIR + "/nnx-bench --dist-save-rank " +
+                                dir.string() + " --reps " + std::to_string(reps) + " 2>/dev/null");
+  auto pos = out.find("[rank 0] ");
+  if (pos == std::string::npos) {
+    rows.push_back({"2-rank save vs 1-rank save (400 MB)", "failed", out.substr(0, 200), "-", "reported", ""});
+    return;
+  }
+  double two = std::stod(out.substr(pos + 9));
+  add("2-rank save vs 1-rank save (400 MB, same disk)", two, one, " s", "1 rank", 0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -356,9 +389,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps (under 3 minutes)");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: checkpoint, optimizer, eval_shape, training");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed");
   app.add_option("--json", json_out, "also write the table as JSON");
+  std::string dist_rank_dir;
+  int reps_override = 0;
+  app.add_option("--dist-save-rank", dist_rank_dir)->group("");
+  app.add_option("--reps", reps_override)->group("");
   CLI11_PARSE(app, argc, argv);
+  if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
   auto want = [&](const std::string& s) { return only.empty() || std::find(only.begin(), only.end(), s) != only.end(); };
   stdfs::path dir = dir_arg.empty() ? stdfs::temp_directory_path() / ("nnx-bench-" + std::to_string(::getpid())) : stdfs::path(dir_arg);
   stdfs::create_directories(dir);
@@ -369,11 +407,11 @@ int main(int argc, char** argv) {
     if (want("optimizer")) { std::cerr << "optimizer...\n"; bench_optimizer(reps); }
     if (want("checkpoint")) { std::cerr << "checkpoint (400 MB)...\n"; bench_checkpoint(dir, reps); }
     if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
+    if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";
     return 1;
   }
-  rows.push_back({"2-rank save vs 1-rank save", "-", "distributed training not built yet", "-", "reported", ""});
   std::error_code ec;
   if (dir_arg.empty()) stdfs::remove_all(dir, ec);
   std::cout << "| benchmark | ours | anchor | ratio | target | |\n|---|---|---|---|---|---|\n";

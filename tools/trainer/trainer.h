@@ -17,6 +17,13 @@ struct RunOptions {
   int64_t crash_after_step = -1;
   /// With crash_after_step: only this rank kills itself (-1 = every rank).
   int crash_rank = -1;
+  /// Initialise params from a PyTorch state dict (torch.save'd dict of tensors) on a fresh run,
+  /// with `torch_mapping` (JSON) naming where each tensor goes. See docs/interop.md.
+  std::string init_from_torch;
+  std::string torch_mapping;
+  /// Stop after initialising: save step 0 (an nnx checkpoint that later runs resume from) and
+  /// exit. Used by `nnx-ckpt import`.
+  bool import_only = false;
   /// Testing aid: the loss of this step is made NaN (exercises train.nonfinite). -1 = off.
   int64_t inject_nonfinite_at_step = -1;
 };
