@@ -43,7 +43,7 @@ Env env_from_environment() {
   e.master_port = env_int("MASTER_PORT", 29500);
   NNX_CHECK(e.world_size >= 1, "WORLD_SIZE must be >= 1, got ", e.world_size);
   NNX_CHECK(e.rank >= 0 && e.rank < e.world_size, "RANK ", e.rank, " is outside [0, WORLD_SIZE=", e.world_size, ")");
-  NNX_CHECK(e.master_port > 0 && e.master_port < 65536, "MASTER_PORT ", e.master_port, " is not a port");
+  NNX_CHECK(e.master_port >= 0 && e.master_port < 65536, "MASTER_PORT ", e.master_port, " is not a port");
   return e;
 }
 

@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv("NNX_LAUNCH", "1", 1);  // tells loggers that lines get a rank prefix here
       ::execvp(child_argv[0], child_argv.data());
       std::fprintf(stderr, "nnx-launch: cannot run '%s': %s\n", child_argv[0], std::strerror(errno));
       ::_exit(127);

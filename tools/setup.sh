@@ -8,7 +8,7 @@ pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libgloo-dev libopenblas0-pthread
   libhdf5-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libspdlog-dev
   dataset-fashion-mnist gnuplot-nox
 )
 if [[ "${1:-}" == "--with-test-deps" ]]; then

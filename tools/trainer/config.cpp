@@ -239,6 +239,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (!(c.device == "cpu" || c.device == "cuda" || c.device.rfind("cuda:", 0) == 0))
     top.fail_at(top.raw("device"), "device", " = '", c.device, "' is not cpu, cuda or cuda:N");
   c.threads = top.in_range<int>("threads", 0, 0, 1024);
+  c.log_level = top.one_of("log_level", "info", {"debug", "info", "warning", "error", "off"});
 
   Section run = top.sub("run");
   c.run_dir = run.get<std::string>("dir", "runs/default");
@@ -333,7 +334,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
 nlohmann::json Config::to_json() const {
   return {
-      {"seed", seed}, {"device", device}, {"threads", threads}, {"run", {{"dir", run_dir}}},
+      {"seed", seed}, {"device", device}, {"threads", threads}, {"log_level", log_level}, {"run", {{"dir", run_dir}}},
       {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = model.dtype; return m; }()},
       {"data", {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
                 {"size", data.size}, {"features", data.features}, {"classes", data.classes}, {"shuffle", data.shuffle}, {"limit", data.limit}}},

@@ -90,6 +90,7 @@ struct Config {
   uint64_t seed = 0;
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
   int threads = 0;             ///< intra-op threads; 0 = libtorch's default
+  std::string log_level = "info";  ///< debug | info | warning | error | off (warnings go to stderr)
   std::string run_dir = "runs/default";
   ModelConfig model;
   DataConfig data;

@@ -21,6 +21,7 @@
 #include "framework/data/loader.h"
 #include "framework/distributed.h"
 #include "framework/graph.h"
+#include "framework/log.h"
 #include "models/models.h"
 #include "optim/optimizer.h"
 
@@ -165,8 +166,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   const auto t_start = Clock::now();
   if (cfg.threads > 0) at::set_num_threads(cfg.threads);
   if (blas_is_reference())
-    std::cerr << "nnx-train: warning: the reference BLAS (" << blas_library_path()
-              << ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.\n";
+    log::warn_parts("the reference BLAS (", blas_library_path(),
+                    ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.");
   c10::Device device(cfg.device == "cpu" ? std::string("cpu") : cfg.device);
   if (device.is_cuda())
     NNX_CHECK(compat::cuda_available(), "device '", cfg.device, "' requested but this build has no usable CUDA (",
@@ -180,6 +181,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
     ckpt_pg = pg->new_group("checkpoint");
   }
   const bool lead = env.rank == 0;  // rank 0 prints, logs metrics and evaluates
+  log::configure("nnx-train", env.rank, env.world_size);
+  if (!cfg.log_level.empty()) log::set_level(log::level_from_string(cfg.log_level));
   std::ostream& out = lead ? std::cout : *new std::ostream(nullptr);
 
   out << "nnx-train: config " << cfg.source << " (resolved)\n" << cfg.to_json().dump(2) << "\n";
@@ -281,8 +284,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
     checkpoint::Restored r;
     if (!ropts.resume_from && cfg.checkpoint.fallback_to_verified) {
       auto fb = manager.restore_newest_valid(args);
-      for (const auto& s : fb.skipped) std::cerr << "nnx-train: warning: cannot resume from " << s << "\n";
-      if (!fb.skipped.empty()) std::cerr << "nnx-train: warning: falling back to step " << fb.step << "\n";
+      for (const auto& s : fb.skipped) log::warn_parts("cannot resume from ", s);
+      if (!fb.skipped.empty()) log::warn_parts("falling back to step ", fb.step);
       resume = fb.step;
       r = std::move(fb.restored);
     } else {
@@ -295,7 +298,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
     }
     const nlohmann::json& saved_config = r.json_item("config");
     for (const auto& l : other_differences(saved_config, cfg.to_json()))
-      std::cerr << "nnx-train: warning: config changed since step " << *resume << " (applied): " << l << "\n";
+      log::warn_parts("config changed since step ", *resume, " (applied): ", l);
     update(*model, r.state("params"), r.state("batch_stats"), r.state("rngs"));
     update(optimizer, r.state("optimizer"));
     {
@@ -306,8 +309,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
         int64_t examples = index * saved_global;
         index = examples / global_batch;
         if (examples % global_batch)
-          std::cerr << "nnx-train: warning: global batch changed " << saved_global << " -> " << global_batch
-                    << "; resuming at example " << index * global_batch << " of the epoch instead of " << examples << "\n";
+          log::warn_parts("global batch changed ", saved_global, " -> ", global_batch, "; resuming at example ",
+                          index * global_batch, " of the epoch instead of ", examples);
       }
       loader.set_position(d.at("epoch"), std::min(index, loader.batches_per_epoch()));
     }
@@ -432,7 +435,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
                    "); stopping without saving (train.nonfinite = stop). The last checkpoint is intact.");
     } else {
       ++skipped;
-      std::cerr << "nnx-train: warning: non-finite loss or gradient at step " << step + 1 << "; step skipped\n";
+      log::warn_parts("non-finite loss or gradient at step ", step + 1, "; step skipped");
     }
     ++step;
     ++window_steps;
