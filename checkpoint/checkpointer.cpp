@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "checkpoint/fs.h"
+#include "checkpoint/metadata.h"
 #include "framework/distributed.h"
 #include "framework/error.h"
 
@@ -46,16 +47,8 @@ const nlohmann::json& Restored::json_item(const std::string& item) const {
 
 nlohmann::json read_metadata(const stdfs::path& directory) {
   const stdfs::path p = directory / kMetadataFile;
-  NNX_CHECK(stdfs::exists(p), "'", directory.string(), "' is not a committed checkpoint (no ",
-            kMetadataFile, ")");
-  auto j = nlohmann::json::parse(fs::read_file(p), nullptr, false);
-  NNX_CHECK(!j.is_discarded() && j.is_object(), "'", p.string(), "' is not valid JSON");
-  NNX_CHECK(j.contains("format_version") && j["format_version"].is_number_integer(), "'", p.string(),
-            "' has no integer format_version");
-  int v = j["format_version"].get<int>();
-  NNX_CHECK(v == kFormatVersion, "'", p.string(), "' has format version ", v, "; this build reads version ",
-            kFormatVersion);
-  NNX_CHECK(j.contains("files") && j["files"].is_object(), "'", p.string(), "' lists no files");
+  NNX_CHECK(stdfs::exists(p), "'", directory.string(), "' is not a committed checkpoint (no ", kMetadataFile, ")");
+  nlohmann::json j = parse_metadata(fs::read_file(p), p.string());
   for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
     const stdfs::path f = directory / it.key();
     NNX_CHECK(stdfs::exists(f), "checkpoint file '", f.string(), "' is missing (listed in ", kMetadataFile, ")");

@@ -9,13 +9,12 @@
 #include <optional>
 #include <string>
 
+#include "checkpoint/metadata.h"
 #include "framework/filter.h"
 #include "framework/state.h"
 
 namespace nnx::checkpoint {
 
-/// The format version written to /nnx_format_version and _CHECKPOINT_METADATA.
-constexpr int kFormatVersion = 1;
 
 /// An open HDF5 file (RAII). Errors name the file.
 class H5File {

@@ -12,7 +12,7 @@ pkgs=(
   dataset-fashion-mnist gnuplot-nox
 )
 if [[ "${1:-}" == "--with-test-deps" ]]; then
-  pkgs+=(python3-torch python3-h5py python3-numpy)
+  pkgs+=(python3-torch python3-h5py python3-numpy clang-14 libclang-rt-14-dev)
 fi
 
 missing=()

@@ -1,0 +1,35 @@
+#include "checkpoint/metadata.h"
+
+#include "framework/error.h"
+
+namespace nnx::checkpoint {
+
+nlohmann::json parse_metadata(const std::string& text, const std::string& where) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  NNX_CHECK(!j.is_discarded() && j.is_object(), "'", where, "' is not valid JSON (an object)");
+  NNX_CHECK(j.contains("format_version") && j["format_version"].is_number_integer(), "'", where,
+            "' has no integer format_version");
+  const int64_t v = j["format_version"].get<int64_t>();
+  NNX_CHECK(v == kFormatVersion, "'", where, "' has format version ", v, "; this build reads version ", kFormatVersion);
+  NNX_CHECK(j.contains("files") && j["files"].is_object() && !j["files"].empty(), "'", where, "' lists no files");
+  for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
+    const auto& f = it.value();
+    NNX_CHECK(!it.key().empty() && it.key().find('/') == std::string::npos && it.key() != "." && it.key() != "..",
+              "'", where, "' lists an invalid file name '", it.key(), "'");
+    NNX_CHECK(f.is_object() && f.contains("size") && f["size"].is_number_integer() && f["size"].get<int64_t>() >= 0,
+              "'", where, "': file '", it.key(), "' has no valid size");
+    NNX_CHECK(f.contains("checksum") && f["checksum"].is_string(), "'", where, "': file '", it.key(), "' has no checksum");
+  }
+  NNX_CHECK(j.contains("items") && j["items"].is_object(), "'", where, "' lists no items");
+  for (auto it = j["items"].begin(); it != j["items"].end(); ++it)
+    NNX_CHECK(it.value() == "state" || it.value() == "json", "'", where, "': item '", it.key(),
+              "' has kind ", it.value().dump(), " (expected \"state\" or \"json\")");
+  NNX_CHECK(!j.contains("step") || j["step"].is_number_integer(), "'", where, "': step is not an integer");
+  NNX_CHECK(!j.contains("world_size") || (j["world_size"].is_number_integer() && j["world_size"].get<int64_t>() >= 1),
+            "'", where, "': world_size is not a positive integer");
+  NNX_CHECK(!j.contains("metrics") || j["metrics"].is_null() || j["metrics"].is_object(), "'", where,
+            "': metrics is not an object");
+  return j;
+}
+
+}  // namespace nnx::checkpoint
