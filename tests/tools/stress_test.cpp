@@ -1,0 +1,152 @@
+// Crash consistency of whole training runs: nnx-train (1 rank) and nnx-launch + nnx-train
+// (2 ranks) are killed with SIGKILL at random moments (during steps, synchronous and
+// asynchronous saves, retention deletes), then resumed until done. After every kill the latest
+// listed step must verify and restore; at the end params, optimizer state, RNG streams and every
+// logged loss must equal an uninterrupted run bit for bit.
+// NNX_STRESS_TRIALS sets the number of trials per world size (default 15; 250 = a 500-trial run).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/hdf5_io.h"
+#include "checkpoint/manager.h"
+#include "test_util.h"
+#include "tools/run_util.h"
+
+extern char** environ;
+
+using namespace nnx;
+using namespace nnx::checkpoint;
+namespace stdfs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> command(int ranks, const std::string& run_dir, bool async) {
+  std::vector<std::string> argv;
+  if (ranks > 1) argv = {test::bin("nnx-launch"), "--nproc", std::to_string(ranks), "--"};
+  for (const std::string& a : {test::bin("nnx-train"), std::string("--config"), test::source_dir() + "/configs/tiny_synthetic.yaml",
+                               "run.dir=" + run_dir, std::string("train.max_steps=150"), std::string("train.log_every=1"),
+                               std::string("checkpoint.save_interval_steps=7"), std::string("checkpoint.max_to_keep=2"),
+                               std::string("checkpoint.async=") + (async ? "true" : "false"), std::string("eval.every_steps=50")})
+    argv.push_back(a);
+  return argv;
+}
+
+// Runs to completion (returns the exit code) or kills after `kill_after_ms` (returns -1).
+int run_or_kill(const std::vector<std::string>& args, int kill_after_ms, const std::string& log = "/dev/null") {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t pid;
+  if (posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) != 0) return -2;
+  posix_spawn_file_actions_destroy(&fa);
+  auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  while (true) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (kill_after_ms >= 0 && std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(kill_after_ms)) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // ranks die with the launcher
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+std::map<std::string, State> final_states(const std::string& run_dir) {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
+  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
+  std::map<std::string, State> out;
+  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
+  return out;
+}
+
+struct Totals {
+  int trials = 0, kills = 0, resumed_from_checkpoint = 0;
+};
+
+void stress(int ranks, int trials, Totals& totals) {
+  test::TempDir dir;
+  std::mt19937 rng(1234 + ranks);
+  std::map<bool, std::map<std::string, State>> reference;
+  std::map<bool, std::vector<nlohmann::json>> reference_metrics;
+  double ref_ms = 0;
+  for (bool async : {false, true}) {
+    const std::string ref = (dir / ("ref-" + std::to_string(async))).string();
+    auto t0 = std::chrono::steady_clock::now();
+    ASSERT_EQ(run_or_kill(command(ranks, ref, async), -1), 0);
+    ref_ms = std::max(ref_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    reference[async] = final_states(ref);
+    reference_metrics[async] = test::read_jsonl(ref + "/metrics.jsonl");
+  }
+  for (int t = 0; t < trials; ++t) {
+    const bool async = t % 2 == 1;
+    const std::string run = (dir / ("trial-" + std::to_string(t))).string();
+    SCOPED_TRACE("ranks " + std::to_string(ranks) + " trial " + std::to_string(t) + (async ? " async" : " sync"));
+    // One or two kills at random moments, then run to the end.
+    const int kills = 1 + static_cast<int>(rng() % 2);
+    for (int k = 0; k < kills; ++k) {
+      // Anywhere in the run: start-up, steps, saves, retention deletes.
+      int rc = run_or_kill(command(ranks, run, async),
+                           std::uniform_int_distribution<int>(30, std::max(60, static_cast<int>(ref_ms * 0.9)))(rng));
+      if (rc >= 0) break;  // finished before the kill
+      ++totals.kills;
+      if (!stdfs::exists(stdfs::path(run) / "checkpoints")) continue;  // killed during start-up
+      CheckpointManagerOptions o;
+      o.read_only = true;
+      CheckpointManager m(stdfs::path(run) / "checkpoints", o);
+      if (auto latest = m.latest_step()) {
+        auto v = verify(m.step_path(*latest));
+        EXPECT_TRUE(v.ok) << (v.problems.empty() ? "" : v.problems[0]);
+        ++totals.resumed_from_checkpoint;
+      }
+    }
+    const std::string log = run + ".log";
+    int rc = run_or_kill(command(ranks, run, async), -1, log);
+    ASSERT_EQ(rc, 0) << std::ifstream(log).rdbuf();
+    auto got = final_states(run);
+    for (const auto& [item, s] : reference[async])
+      EXPECT_TRUE(s.equal(got.at(item))) << item << ": " << s.first_difference(got.at(item));
+    auto m = test::read_jsonl(run + "/metrics.jsonl");
+    ASSERT_EQ(m.size(), reference_metrics[async].size());
+    for (size_t i = 0; i < m.size(); ++i) EXPECT_EQ(m[i]["loss"].get<double>(), reference_metrics[async][i]["loss"].get<double>());
+    ++totals.trials;
+  }
+}
+
+int trials_per_world_size() {
+  const char* env = std::getenv("NNX_STRESS_TRIALS");
+  return env ? std::atoi(env) : 15;
+}
+
+}  // namespace
+
+TEST(Stress, RandomSigkillsDuringTrainingOneRank) {
+  Totals t;
+  stress(1, trials_per_world_size(), t);
+  std::cout << "[ stress ] 1 rank: " << t.trials << " trials, " << t.kills << " SIGKILLs, " << t.resumed_from_checkpoint
+            << " resumes from a verified checkpoint, every run bit-exact\n";
+}
+
+TEST(Stress, RandomSigkillsDuringTrainingTwoRanks) {
+  Totals t;
+  stress(2, trials_per_world_size(), t);
+  std::cout << "[ stress ] 2 ranks: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
+            << t.resumed_from_checkpoint << " resumes from a verified checkpoint, every run bit-exact\n";
+}
