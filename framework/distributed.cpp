@@ -62,9 +62,15 @@ c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo(const c10::intrusive_ptr<c1
                                                      std::chrono::milliseconds timeout) {
   auto opts = c10d::ProcessGroupGloo::Options::create();
   opts->timeout = timeout;
+  // As torch.distributed: GLOO_SOCKET_IFNAME picks the interface; loopback for a local
+  // master; otherwise the address the hostname resolves to.
   const bool loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
-  opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  } else {
+    opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                     : c10d::ProcessGroupGloo::createDefaultDevice());
+  }
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
 }
 

@@ -29,7 +29,8 @@ struct Env {
 /// (RANK >= WORLD_SIZE, a port out of range).
 Env env_from_environment();
 
-/// A c10d process group (Gloo) plus its TCPStore. Every collective waits at most `timeout`;
+/// A c10d process group (Gloo) plus its TCPStore. GLOO_SOCKET_IFNAME selects the network
+/// interface (as in torch.distributed); without it a loopback MASTER_ADDR uses 127.0.0.1. Every collective waits at most `timeout`;
 /// a rank missing from a collective makes the others throw nnx::Error within it.
 class ProcessGroup {
  public:

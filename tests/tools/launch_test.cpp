@@ -241,3 +241,42 @@ TEST(DataParallel, SigtermToTheLauncherSavesOnEveryRankAndExitsZero) {
   EXPECT_EQ(read_metadata(m.step_path(*m.latest_step()))["world_size"], 2);
   EXPECT_TRUE(verify(m.step_path(*m.latest_step())).ok);
 }
+
+// Two "hosts": network namespaces joined by a veth pair, each running one rank with its own
+// address, MASTER_ADDR on the first, both writing one shared checkpoint directory.
+TEST(MultiHost, TwoNetworkNamespacesShareOneCheckpointDirectory) {
+  const std::string id = std::to_string(::getpid() % 100000);
+  const std::string a = "nnxa" + id, b = "nnxb" + id, va = "va" + id, vb = "vb" + id;
+  const std::string net = "10.231." + std::to_string(::getpid() % 250) + ".";
+  auto sh = [](const std::string& c) { return test::run(c).exit_code == 0; };
+  if (::geteuid() != 0 || !sh("ip netns add " + a)) GTEST_SKIP() << "needs root and `ip netns` (CAP_SYS_ADMIN) to make two hosts";
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() { test::run("ip netns del " + a + "; ip netns del " + b); }
+  } cleanup{a, b};
+  ASSERT_TRUE(sh("ip netns add " + b));
+  ASSERT_TRUE(sh("ip link add " + va + " type veth peer name " + vb));
+  ASSERT_TRUE(sh("ip link set " + va + " netns " + a + " && ip link set " + vb + " netns " + b));
+  ASSERT_TRUE(sh("ip -n " + a + " addr add " + net + "1/24 dev " + va + " && ip -n " + a + " link set " + va + " up && ip -n " + a + " link set lo up"));
+  ASSERT_TRUE(sh("ip -n " + b + " addr add " + net + "2/24 dev " + vb + " && ip -n " + b + " link set " + vb + " up && ip -n " + b + " link set lo up"));
+  test::TempDir dir;
+  const std::string run_dir = (dir / "shared").string();
+  auto rank = [&](int r, const std::string& ns, const std::string& ifname) {
+    return "ip netns exec " + ns + " env RANK=" + std::to_string(r) + " WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=" + net +
+           "1 MASTER_PORT=29611 GLOO_SOCKET_IFNAME=" + ifname + " " +
+           train(run_dir, "train.max_steps=30 checkpoint.save_interval_steps=10 distributed.timeout_seconds=60");
+  };
+  test::RunResult r0, r1;
+  std::thread t0([&] { r0 = test::run(rank(0, a, va)); });
+  std::thread t1([&] { r1 = test::run(rank(1, b, vb)); });
+  t0.join();
+  t1.join();
+  ASSERT_EQ(r0.exit_code, 0) << r0.output;
+  ASSERT_EQ(r1.exit_code, 0) << r1.output;
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", ro);
+  ASSERT_EQ(m.latest_step(), 30);
+  EXPECT_EQ(read_metadata(m.step_path(30))["world_size"], 2);
+  EXPECT_TRUE(verify(m.step_path(30)).ok);
+}
