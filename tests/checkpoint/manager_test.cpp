@@ -1,3 +1,4 @@
+#include "checkpoint/fs.h"
 #include "checkpoint/manager.h"
 
 #include <ATen/ATen.h>
@@ -287,4 +288,43 @@ TEST(CheckpointManager, ReaderDuringSavesAndDeletesSeesCompleteStepsOrClearError
   w.join();
   EXPECT_GT(ok, 0);
   std::cout << "[ concurrency ] " << ok << " restores during saves, " << clear_errors << " clear errors, 0 mixed\n";
+}
+
+// A real full disk: an 8 MiB ext4 image loop-mounted (root only; skipped otherwise).
+TEST(CheckpointManager, FullLoopMountedFilesystemFailsCleanly) {
+  test::TempDir dir;
+  const std::string img = (dir / "disk.img").string(), mnt = (dir / "mnt").string();
+  stdfs::create_directories(mnt);
+  auto sh = [](const std::string& c) { return std::system((c + " > /dev/null 2>&1").c_str()) == 0; };
+  if (::geteuid() != 0 || !sh("truncate -s 8M '" + img + "' && mkfs.ext4 -q -F '" + img + "' && mount -o loop '" + img + "' '" + mnt + "'"))
+    GTEST_SKIP() << "needs root, mkfs.ext4 and loop devices to mount a small filesystem";
+  struct Unmount {
+    std::string m;
+    ~Unmount() { std::system(("umount '" + m + "' > /dev/null 2>&1").c_str()); }
+  } unmount{mnt};
+  std::string before_sum;
+  {
+    CheckpointManager m(mnt + "/ckpt", sync_opts());
+    State small;
+    small.insert("w", {Param, at::ones({256 * 1024}), {}});  // 1 MiB
+    m.save(1, Composite{{"params", StandardSave(small)}});
+    before_sum = read_metadata(m.step_path(1))["files"]["checkpoint.h5"]["checksum"];
+    State big;
+    big.insert("w", {Param, at::ones({4 * 1024 * 1024}), {}});  // 16 MiB: does not fit
+    try {
+      m.save(2, Composite{{"params", StandardSave(big)}});
+      FAIL() << "a save larger than the disk succeeded";
+    } catch (const IOError& e) {
+      EXPECT_NE(std::string(e.what()).find("disk full?"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1}));
+  }
+  for (const auto& e : stdfs::directory_iterator(mnt + "/ckpt"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  auto ro = sync_opts();
+  ro.read_only = true;
+  CheckpointManager m(mnt + "/ckpt", ro);
+  auto v = verify(m.step_path(1));  // byte-identical: size and file checksum as committed
+  EXPECT_TRUE(v.ok) << (v.problems.empty() ? "" : v.problems[0]);
+  EXPECT_EQ(fs::file_size_and_checksum(m.step_path(1) / kCheckpointFile).second, before_sum);
 }

@@ -353,6 +353,12 @@ int train(const Config& cfg, const RunOptions& ropts) {
 
   auto save = [&](int64_t at_step, const nlohmann::json& metrics, bool force) {
     auto parts = model_parts();
+    // Non-finite params are never written: stop with the last good checkpoint intact.
+    std::vector<at::Tensor> ps;
+    for (const auto& [p, vs] : parts[0])
+      if (vs.value.is_floating_point()) ps.push_back(vs.value.detach());
+    NNX_CHECK_IO(ps.empty() || at::stack(at::_foreach_norm(ps, 2)).sum().isfinite().item<bool>(),
+                 "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
     Composite args{{"params", StandardSave(parts[0])},
                    {"batch_stats", StandardSave(parts[1])},
                    {"rngs", StandardSave(parts[2])},
