@@ -264,10 +264,16 @@ State grads(const Module& module, const Filter& filter) {
   return out;
 }
 
-void zero_grad(Module& module) {
+void zero_grad(Module& module, bool set_to_none) {
   for (auto& [path, var] : module.named_variables()) {
     at::Tensor v = var.value();
-    if (v.defined() && v.grad().defined()) v.mutable_grad().reset();
+    if (!v.defined() || !v.grad().defined()) continue;
+    if (set_to_none) {
+      v.mutable_grad().reset();
+    } else {
+      v.mutable_grad().detach_();
+      v.mutable_grad().zero_();  // keeps the buffer: no fresh allocation (and page faults) next step
+    }
   }
 }
 

@@ -118,8 +118,9 @@ auto eval_shape(F&& factory) {
 /// backward pass (nnx.grad's result). A parameter without a gradient gets zeros. Throws
 /// nnx::Error naming the path when a matching variable does not require grad.
 State grads(const Module& module, const Filter& filter = Param);
-/// Clears the gradients of every variable (set to undefined, as torch's set_to_none).
-void zero_grad(Module& module);
+/// Clears the gradients of every variable: set to undefined (torch's set_to_none, the default),
+/// or zeroed in place, which reuses the buffers (torch::optim::Optimizer::zero_grad in 1.13).
+void zero_grad(Module& module, bool set_to_none = true);
 
 /// Builds registered module types from (type name, config). Layers and models register
 /// themselves; users add their own with NNX_REGISTER_MODULE or ModuleRegistry::add.

@@ -401,7 +401,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
   double last_loss = 0;
   model->train();
   while (step < cfg.train.max_steps) {
-    zero_grad(*model);
+    zero_grad(*model, /*set_to_none=*/false);  // reuse the gradient buffers step after step
     double loss_value = 0;
     for (int64_t micro = 0; micro < cfg.train.grad_accum_steps; ++micro) {
       auto b = loader.next();
