@@ -126,23 +126,46 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     }
   }
 
-  // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
-  at::_foreach_mul_(mu, o.beta1);
-  at::_foreach_add_(mu, grads, 1.0 - o.beta1);
-  at::_foreach_mul_(nu, o.beta2);
-  at::_foreach_addcmul_(nu, grads, grads, 1.0 - o.beta2);
-
-  std::vector<at::Tensor> denom;
-  if (o.amsgrad) {
-    for (size_t i = 0; i < n; ++i) at::maximum_out(nu_max[i], nu_max[i], nu[i]);
-    denom = at::_foreach_sqrt(nu_max);
-  } else {
-    denom = at::_foreach_sqrt(nu);
+  // The multi-tensor ops run over groups of about 1 MiB of params, so each group's params,
+  // grads, moments and denominators stay in cache across the eight passes (one pass over all
+  // tensors at once would stream every array from memory eight times).
+  constexpr int64_t kGroupBytes = int64_t(1) << 20;
+  auto sub = [](const std::vector<at::Tensor>& v, size_t b, size_t e) {
+    return std::vector<at::Tensor>(v.begin() + static_cast<std::ptrdiff_t>(b), v.begin() + static_cast<std::ptrdiff_t>(e));
+  };
+  for (size_t b = 0; b < n;) {
+    size_t e = b;
+    int64_t bytes = 0;
+    while (e < n && (e == b || bytes + params[e].numel() * 4 <= kGroupBytes)) bytes += params[e++].numel() * 4;
+    auto p = sub(params, b, e), g = sub(grads, b, e), m = sub(mu, b, e), v = sub(nu, b, e);
+    // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
+    at::_foreach_mul_(m, o.beta1);
+    at::_foreach_add_(m, g, 1.0 - o.beta1);
+    at::_foreach_mul_(v, o.beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - o.beta2);
+    // sqrt(v) into views of one reused scratch buffer: no allocation (and no page faults) per step.
+    std::vector<at::Tensor> src = o.amsgrad ? sub(nu_max, b, e) : v;
+    if (o.amsgrad)
+      for (size_t i = 0; i < src.size(); ++i) at::maximum_out(src[i], src[i], v[i]);
+    int64_t total = 0;
+    for (const auto& t : src) total += t.numel();
+    if (!scratch_.defined() || scratch_.numel() < total || scratch_.scalar_type() != src[0].scalar_type() ||
+        scratch_.device() != src[0].device())
+      scratch_ = at::empty({total}, src[0].options());
+    std::vector<at::Tensor> denom;
+    int64_t off = 0;
+    for (const auto& t : src) {
+      at::Tensor d = scratch_.narrow(0, off, t.numel()).view(t.sizes());
+      at::sqrt_out(d, t);
+      denom.push_back(d);
+      off += t.numel();
+    }
+    // denom = sqrt(v) / sqrt(bias_correction2) + eps; p -= step_size * m / denom
+    at::_foreach_div_(denom, bc2_sqrt);
+    at::_foreach_add_(denom, o.eps);
+    at::_foreach_addcdiv_(p, m, denom, -step_size);
+    b = e;
   }
-  // denom = sqrt(v) / sqrt(bias_correction2) + eps; p -= step_size * m / denom
-  at::_foreach_div_(denom, bc2_sqrt);
-  at::_foreach_add_(denom, o.eps);
-  at::_foreach_addcdiv_(params, mu, denom, -step_size);
 
   for (size_t i = 0, k = 0; i < n; ++i) {
     if (o.master_weights && low_precision(ctx.params[i])) low_params[k++].copy_(params[i]);

@@ -89,6 +89,7 @@ class ScaleByAdam : public Transform {
 
  private:
   AdamOptions options_;
+  at::Tensor scratch_;  // reused denominators of one group (not state)
 };
 
 /// torch.optim.Adam as a transformation.
