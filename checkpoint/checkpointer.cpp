@@ -51,9 +51,11 @@ nlohmann::json read_metadata(const stdfs::path& directory) {
   nlohmann::json j = parse_metadata(fs::read_file(p), p.string());
   for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
     const stdfs::path f = directory / it.key();
-    NNX_CHECK(stdfs::exists(f), "checkpoint file '", f.string(), "' is missing (listed in ", kMetadataFile, ")");
+    std::error_code ec;  // a step may be deleted (retention on rank 0) while another process reads it
+    const auto size = stdfs::file_size(f, ec);
+    NNX_CHECK(!ec, "checkpoint file '", f.string(), "' is missing (listed in ", kMetadataFile, ")");
     int64_t want = it.value().at("size").get<int64_t>();
-    int64_t have = static_cast<int64_t>(stdfs::file_size(f));
+    int64_t have = static_cast<int64_t>(size);
     NNX_CHECK(want == have, "checkpoint file '", f.string(), "' has ", have, " bytes, metadata says ", want,
               " (truncated or replaced)");
   }

@@ -143,12 +143,16 @@ stdfs::path CheckpointManager::step_path(int64_t step) const {
 
 std::vector<int64_t> CheckpointManager::all_steps() const {
   std::vector<int64_t> steps;
-  for (const auto& e : stdfs::directory_iterator(directory_)) {
-    if (!e.is_directory()) continue;
-    auto s = parse_step(e.path().filename().string());
+  std::error_code ec;
+  // Entries may vanish while we list (another process's retention): error codes, not throws.
+  for (stdfs::directory_iterator it(directory_, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code e2;
+    if (!it->is_directory(e2) || e2) continue;
+    auto s = parse_step(it->path().filename().string());
     // The rename makes a step appear complete; the metadata check guards against foreign dirs.
-    if (s && stdfs::exists(e.path() / kMetadataFile)) steps.push_back(*s);
+    if (s && stdfs::exists(it->path() / kMetadataFile, e2)) steps.push_back(*s);
   }
+  NNX_CHECK_IO(!ec, "cannot list checkpoint directory '", directory_.string(), "': ", ec.message());
   std::sort(steps.begin(), steps.end());
   return steps;
 }

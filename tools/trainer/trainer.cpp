@@ -504,7 +504,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   if (last.contains("eval_accuracy"))
     out << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
   out << "\nnnx-train: checkpoints in " << manager.directory().string() << " (latest " << *manager.latest_step();
-  if (auto b = manager.best_step()) out << ", best " << *b;
+  if (lead)  // rank 0 may still be applying retention; other ranks do not read steps here
+    if (auto b = manager.best_step()) out << ", best " << *b;
   out << "), metrics in " << metrics_path.string() << "\n";
   return 0;
 }
