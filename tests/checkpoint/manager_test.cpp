@@ -188,7 +188,18 @@ TEST(CheckpointManager, SigkillDuringSyncAndAsyncSavesNeverLosesTheLatestStep) {
       const char* argv[] = {NNX_CRASH_HELPER, d.c_str(), mode.c_str(), "3", nullptr};
       pid_t pid;
       ASSERT_EQ(posix_spawn(&pid, NNX_CRASH_HELPER, nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(150, 900)(rng)));
+      // The first round waits for a first commit (start-up time varies a lot, e.g. under
+      // sanitizers), then kills at a random moment of the following saves and deletes.
+      if (round == 0) {
+        for (int i = 0; i < 2000; ++i) {
+          bool committed = false;
+          for (const auto& e : stdfs::directory_iterator(dir.path()))
+            committed = committed || stdfs::exists(e.path() / kMetadataFile);
+          if (committed) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 700)(rng)));
       ::kill(pid, SIGKILL);
       int status = 0;
       ::waitpid(pid, &status, 0);

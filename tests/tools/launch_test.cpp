@@ -227,8 +227,8 @@ TEST(DataParallel, SigtermToTheLauncherSavesOnEveryRankAndExitsZero) {
                         "train.max_steps=100000000", "train.log_every=1", "checkpoint.save_interval_steps=100000000", nullptr};
   pid_t pid;
   ASSERT_EQ(posix_spawn(&pid, launcher.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-  for (int i = 0; i < 300 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 2400 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // up to 2 min of start-up under load
   ::kill(pid, SIGTERM);
   int status = 0;
   ::waitpid(pid, &status, 0);

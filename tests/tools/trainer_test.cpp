@@ -105,7 +105,7 @@ TEST(Trainer, SigtermSavesAndRerunContinues) {
   pid_t pid;
   ASSERT_EQ(posix_spawn(&pid, exe.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
   // Wait until it trains (metrics appear), then ask it to stop.
-  for (int i = 0; i < 200 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+  for (int i = 0; i < 2400 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ::kill(pid, SIGTERM);
   int status = 0;
