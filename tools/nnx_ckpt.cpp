@@ -9,23 +9,23 @@
 //   nnx-ckpt import STATE_DICT.pt --mapping MAP.json --config CFG.yaml [key=value ...]
 //                                  step 0 of <run.dir>/checkpoints from PyTorch weights
 #include <ATen/ATen.h>
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 
+#include <CLI/CLI.hpp>
 #include <filesystem>
-#include <iomanip>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/hdf5_io.h"
 #include "checkpoint/manager.h"
 #include "framework/error.h"
+#include "tools/cli.h"
 #include "tools/trainer/config.h"
 #include "tools/trainer/plot.h"
 #include "tools/trainer/trainer.h"
-
-#include <torch/csrc/jit/serialization/pickle.h>
 
 namespace stdfs = std::filesystem;
 using namespace nnx;
@@ -38,13 +38,15 @@ stdfs::path resolve(const std::string& arg, const std::optional<int64_t>& step) 
   stdfs::path p(arg);
   NNX_CHECK(stdfs::exists(p), "'", arg, "' does not exist");
   if (stdfs::exists(p / kMetadataFile) && !step) return p;
-  if (stdfs::exists(p / "checkpoints") && stdfs::is_directory(p / "checkpoints")) p /= "checkpoints";
+  if (stdfs::exists(p / "checkpoints") && stdfs::is_directory(p / "checkpoints"))
+    p /= "checkpoints";
   CheckpointManagerOptions o;
   o.read_only = true;
   o.create = false;
   CheckpointManager m(p, o);
   if (step) {
-    NNX_CHECK(stdfs::exists(m.step_path(*step) / kMetadataFile), "no committed step ", *step, " in '", p.string(), "'");
+    NNX_CHECK(stdfs::exists(m.step_path(*step) / kMetadataFile), "no committed step ", *step,
+              " in '", p.string(), "'");
     return m.step_path(*step);
   }
   auto latest = m.latest_step();
@@ -81,12 +83,14 @@ int cmd_list(const std::string& dir) {
       }
     }
   }
-  std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)" << std::setw(12) << "bytes"
+  std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)"
+            << std::setw(12) << "bytes"
             << "metrics\n";
   for (int64_t s : steps) {
     auto meta = read_metadata(m.step_path(s));
     int64_t bytes = 0;
-    for (auto it = meta["files"].begin(); it != meta["files"].end(); ++it) bytes += it.value()["size"].get<int64_t>();
+    for (auto it = meta["files"].begin(); it != meta["files"].end(); ++it)
+      bytes += it.value()["size"].get<int64_t>();
     std::time_t t = static_cast<std::time_t>(meta.value("time", 0.0));
     char when[32];
     std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
@@ -97,9 +101,10 @@ int cmd_list(const std::string& dir) {
     std::ostringstream ms;
     if (met.is_object())
       for (const char* k : {"loss", "eval_loss", "eval_accuracy"})
-        if (met.contains(k) && met[k].is_number()) ms << k << "=" << std::setprecision(5) << met[k].get<double>() << " ";
-    std::cout << std::left << std::setw(10) << s << std::setw(22) << when << std::setw(12) << format_bytes(bytes)
-              << ms.str() << tags << "\n";
+        if (met.contains(k) && met[k].is_number())
+          ms << k << "=" << std::setprecision(5) << met[k].get<double>() << " ";
+    std::cout << std::left << std::setw(10) << s << std::setw(22) << when << std::setw(12)
+              << format_bytes(bytes) << ms.str() << tags << "\n";
   }
   return 0;
 }
@@ -107,25 +112,31 @@ int cmd_list(const std::string& dir) {
 int cmd_show(const std::string& dir, std::optional<int64_t> step) {
   stdfs::path p = resolve(dir, step);
   auto meta = read_metadata(p);
-  std::cout << "checkpoint " << p.string() << " (format v" << meta["format_version"] << ", step " << meta.value("step", nlohmann::json()).dump()
-            << ", world_size " << meta.value("world_size", 1) << ")\n";
+  std::cout << "checkpoint " << p.string() << " (format v" << meta["format_version"] << ", step "
+            << meta.value("step", nlohmann::json()).dump() << ", world_size "
+            << meta.value("world_size", 1) << ")\n";
   H5File f = H5File::open((p / kCheckpointFile).string());
   for (const auto& item : list_items(f)) {
     auto infos = list_item(f, item);
     int64_t total = 0;
     for (const auto& d : infos) total += d.nbytes;
-    std::cout << "\n" << item << ": " << infos.size() << " variables, " << format_bytes(total) << "\n";
+    std::cout << "\n"
+              << item << ": " << infos.size() << " variables, " << format_bytes(total) << "\n";
     size_t w = 4;
     for (const auto& d : infos) w = std::max(w, d.path.size());
     for (const auto& d : infos)
-      std::cout << "  " << std::left << std::setw(static_cast<int>(w)) << d.path << "  " << std::setw(10) << d.kind << std::setw(16)
-                << format_shape(d.shape) << std::setw(10) << d.dtype << format_bytes(d.nbytes)
+      std::cout << "  " << std::left << std::setw(static_cast<int>(w)) << d.path << "  "
+                << std::setw(10) << d.kind << std::setw(16) << format_shape(d.shape)
+                << std::setw(10) << d.dtype << format_bytes(d.nbytes)
                 << (d.sharding.empty() ? "" : "  sharding=" + d.sharding) << "\n";
   }
   for (const auto& item : list_json_items(f)) {
     auto j = read_json(f, item);
-    std::string text = item == "metrics" && j.is_array() ? std::to_string(j.size()) + " records" : j.dump();
-    if (item == "graphdef") text = "root type " + j.value("type", std::string("?")) + " (" + std::to_string(j.dump().size()) + " bytes of JSON)";
+    std::string text =
+        item == "metrics" && j.is_array() ? std::to_string(j.size()) + " records" : j.dump();
+    if (item == "graphdef")
+      text = "root type " + j.value("type", std::string("?")) + " (" +
+             std::to_string(j.dump().size()) + " bytes of JSON)";
     if (item == "config") text = j.dump(2);
     std::cout << "\njson/" << item << ": " << text << "\n";
   }
@@ -148,8 +159,8 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
   bool ok = true;
   for (const auto& t : targets) {
     auto r = verify(t);
-    std::cout << (r.ok ? "OK    " : "FAILED") << " " << t.string() << " (" << r.datasets_checked << " datasets, "
-              << format_bytes(r.bytes_checked) << ")\n";
+    std::cout << (r.ok ? "OK    " : "FAILED") << " " << t.string() << " (" << r.datasets_checked
+              << " datasets, " << format_bytes(r.bytes_checked) << ")\n";
     for (const auto& p : r.problems) std::cout << "  " << p << "\n";
     ok = ok && r.ok;
   }
@@ -158,7 +169,8 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
 
 int cmd_diff(const std::string& a, const std::string& b) {
   stdfs::path pa = resolve(a, std::nullopt), pb = resolve(b, std::nullopt);
-  H5File fa = H5File::open((pa / kCheckpointFile).string()), fb = H5File::open((pb / kCheckpointFile).string());
+  H5File fa = H5File::open((pa / kCheckpointFile).string()),
+         fb = H5File::open((pb / kCheckpointFile).string());
   int differences = 0;
   auto items_a = list_items(fa), items_b = list_items(fb);
   for (const auto& item : items_a) {
@@ -175,9 +187,12 @@ int cmd_diff(const std::string& a, const std::string& b) {
         continue;
       }
       const auto& vb = sb.at(path);
-      if (va.value.sizes() != vb.value.sizes() || va.value.scalar_type() != vb.value.scalar_type()) {
-        std::cout << "differs: " << item << "/" << path << ": " << format_shape(va.value.sizes()) << " " << dtype_name(va.value.scalar_type())
-                  << " vs " << format_shape(vb.value.sizes()) << " " << dtype_name(vb.value.scalar_type()) << "\n";
+      if (va.value.sizes() != vb.value.sizes() ||
+          va.value.scalar_type() != vb.value.scalar_type()) {
+        std::cout << "differs: " << item << "/" << path << ": " << format_shape(va.value.sizes())
+                  << " " << dtype_name(va.value.scalar_type()) << " vs "
+                  << format_shape(vb.value.sizes()) << " " << dtype_name(vb.value.scalar_type())
+                  << "\n";
         ++differences;
       } else if (!at::equal(va.value, vb.value)) {
         double d = (va.value.to(at::kDouble) - vb.value.to(at::kDouble)).abs().max().item<double>();
@@ -196,13 +211,14 @@ int cmd_diff(const std::string& a, const std::string& b) {
       std::cout << "only in B: item " << item << "\n";
       ++differences;
     }
-  std::cout << (differences ? std::to_string(differences) + " differences" : "no differences in tensors") << " between "
-            << pa.string() << " and " << pb.string() << "\n";
+  std::cout << (differences ? std::to_string(differences) + " differences"
+                            : "no differences in tensors")
+            << " between " << pa.string() << " and " << pb.string() << "\n";
   return differences ? 1 : 0;
 }
 
-int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::string& format, const std::string& item,
-               const std::string& out_path) {
+int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::string& format,
+               const std::string& item, const std::string& out_path) {
   NNX_CHECK(format == "torch", "unknown export format '", format, "' (supported: torch)");
   NNX_CHECK(!out_path.empty(), "export needs -o OUT.pt");
   stdfs::path p = resolve(dir, step);
@@ -221,8 +237,8 @@ int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::s
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   out.close();
   NNX_CHECK_IO(out.good(), "cannot write '", out_path, "' (disk full?)");
-  std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string() << " to " << out_path
-            << " (torch.load opens it; names use '.' for '/')\n";
+  std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string()
+            << " to " << out_path << " (torch.load opens it; names use '.' for '/')\n";
   return 0;
 }
 
@@ -250,7 +266,8 @@ int main(int argc, char** argv) {
   auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step, or STEP)");
   ver->add_option("DIR", dir)->required();
   ver->add_option("STEP", step);
-  auto* dif = app.add_subcommand("diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
+  auto* dif = app.add_subcommand(
+      "diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
   dif->add_option("A", dir)->required();
   dif->add_option("B", dir_b)->required();
   auto* exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
@@ -260,14 +277,17 @@ int main(int argc, char** argv) {
   exp->add_option("--format", format, "torch");
   exp->add_option("--item", item, "item to export (default params)");
   exp->add_option("-o,--output", out, "output file")->required();
-  auto* imp = app.add_subcommand("import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
+  auto* imp = app.add_subcommand(
+      "import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
   std::string state_dict, mapping, config;
   std::vector<std::string> overrides;
   imp->add_option("STATE_DICT", state_dict, "torch.save'd dict of tensors")->required();
-  imp->add_option("--mapping", mapping, "JSON: torch name -> nnx path (docs/interop.md)")->required();
+  imp->add_option("--mapping", mapping, "JSON: torch name -> nnx path (docs/interop.md)")
+      ->required();
   imp->add_option("--config", config, "the nnx-train config of the run")->required();
   imp->add_option("overrides", overrides, "dotted.key=value overrides (run.dir=...)");
-  auto* plt = app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
+  auto* plt =
+      app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
   plt->add_option("RUN_DIR", dir, "run dir or metrics.jsonl")->required();
   plt->add_option("-o,--output", out, "PNG path (default <run dir>/metrics.png)");
   try {
@@ -277,7 +297,7 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   std::optional<int64_t> s = step >= 0 ? std::optional<int64_t>(step) : std::nullopt;
-  try {
+  return nnx::tools::run_main("nnx-ckpt", [&]() -> int {
     if (*list) return cmd_list(dir);
     if (*show) return cmd_show(dir, s);
     if (*ver) return cmd_verify(dir, s);
@@ -292,15 +312,6 @@ int main(int argc, char** argv) {
       ro.import_only = true;
       return nnx::trainer::train(cfg, ro);
     }
-  } catch (const nnx::Error& e) {
-    std::cerr << "nnx-ckpt: error: " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const c10::Error& e) {
-    std::cerr << "nnx-ckpt: error: " << e.what_without_backtrace() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "nnx-ckpt: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 2;
+    return 2;
+  });
 }

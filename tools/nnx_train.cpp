@@ -1,10 +1,12 @@
-// nnx-train --config FILE [dotted.key=value ...]: train from YAML, resume from the run's checkpoints.
-#include <CLI/CLI.hpp>
+// nnx-train --config FILE [dotted.key=value ...]: train from YAML, resume from the run's
+// checkpoints.
 #include <c10/util/Exception.h>
 
+#include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "framework/error.h"
+#include "tools/cli.h"
 #include "tools/trainer/config.h"
 #include "tools/trainer/plot.h"
 #include "tools/trainer/trainer.h"
@@ -18,22 +20,28 @@ int main(int argc, char** argv) {
   bool print_only = false, plot = false;
   app.add_option("--config", config_path, "YAML config file")->required();
   app.add_option("overrides", overrides, "dotted.key=value overrides, e.g. train.max_steps=100");
-  app.add_option("--resume-from", resume_from, "resume from this committed step instead of the latest");
+  app.add_option("--resume-from", resume_from,
+                 "resume from this committed step instead of the latest");
   app.add_flag("--print-config", print_only, "print the resolved config and exit");
   std::string init_torch, mapping;
-  app.add_option("--init-from-torch", init_torch, "fresh runs: initialise params from a torch.save'd state dict");
-  app.add_option("--mapping", mapping, "JSON name mapping for --init-from-torch (see docs/interop.md)");
-  app.add_flag("--plot", plot, "at the end, render <run.dir>/metrics.png (loss and accuracy curves, gnuplot)");
-  app.add_option("--crash-after-step", crash_after, "testing: SIGKILL this process after the step")->group("");
+  app.add_option("--init-from-torch", init_torch,
+                 "fresh runs: initialise params from a torch.save'd state dict");
+  app.add_option("--mapping", mapping,
+                 "JSON name mapping for --init-from-torch (see docs/interop.md)");
+  app.add_flag("--plot", plot,
+               "at the end, render <run.dir>/metrics.png (loss and accuracy curves, gnuplot)");
+  app.add_option("--crash-after-step", crash_after, "testing: SIGKILL this process after the step")
+      ->group("");
   app.add_option("--crash-rank", crash_rank, "testing: only this rank crashes")->group("");
-  app.add_option("--inject-nonfinite-at-step", inject_nan, "testing: make this step's loss NaN")->group("");
+  app.add_option("--inject-nonfinite-at-step", inject_nan, "testing: make this step's loss NaN")
+      ->group("");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  try {
+  return nnx::tools::run_main("nnx-train", [&]() -> int {
     auto cfg = nnx::trainer::load_config(config_path, overrides);
     if (print_only) {
       std::cout << cfg.to_json().dump(2) << "\n";
@@ -45,7 +53,8 @@ int main(int argc, char** argv) {
     ro.crash_rank = crash_rank;
     ro.init_from_torch = init_torch;
     ro.torch_mapping = mapping;
-    if (!init_torch.empty() && mapping.empty()) throw nnx::Error("--init-from-torch needs --mapping MAP.json");
+    if (!init_torch.empty() && mapping.empty())
+      throw nnx::Error("--init-from-torch needs --mapping MAP.json");
     ro.inject_nonfinite_at_step = inject_nan;
     int rc = nnx::trainer::train(cfg, ro);
     const char* rank = std::getenv("RANK");
@@ -55,14 +64,5 @@ int main(int argc, char** argv) {
       std::cout << "nnx-train: wrote " << png << "\n";
     }
     return rc;
-  } catch (const nnx::Error& e) {
-    std::cerr << "nnx-train: error: " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const c10::Error& e) {
-    std::cerr << "nnx-train: error: " << e.what_without_backtrace() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "nnx-train: error: " << e.what() << "\n";
-    return 1;
-  }
+  });
 }

@@ -92,8 +92,6 @@ TEST(Optimizer, StateIsKeyedByPathAndWorksAsModuleState) {
 TEST(Optimizer, SaveStepLoadStepEqualsUninterruptedWithNegativeControl) {
   auto grads_at = [](int t) {
     State g;
-    auto gen_seed = [&](int k) { return at::full({1}, 0.01 * (t + 1) * (k + 1)); };
-    (void)gen_seed;
     g.insert("fc1/kernel", {Param, at::sin(at::arange(32, at::kFloat).reshape({4, 8}) * (t + 1)), {}});
     g.insert("fc1/bias", {Param, at::cos(at::arange(8, at::kFloat) * (t + 2)), {}});
     g.insert("fc2/kernel", {Param, at::sin(at::arange(24, at::kFloat).reshape({8, 3}) + t), {}});

@@ -28,15 +28,6 @@ std::string helper() { return std::string(NNX_TESTS_BIN) + "/dist_helper"; }
 std::string train(const std::string& run_dir, const std::string& extra = "") {
   return test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/tiny_synthetic.yaml run.dir=" + run_dir + " " + extra;
 }
-std::map<std::string, State> final_states(const std::string& run_dir) {
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
-  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
-  std::map<std::string, State> out;
-  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
-  return out;
-}
 }  // namespace
 
 TEST(Launch, PrefixesLinesAndRunsCollectives) {
@@ -119,7 +110,7 @@ TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   ASSERT_EQ(one.exit_code, 0) << one.output;
   auto two = test::run(launch(2, train((dir / "two").string(), common + " train.batch_size=32")));
   ASSERT_EQ(two.exit_code, 0) << two.output;
-  auto a = final_states((dir / "one").string()), b = final_states((dir / "two").string());
+  auto a = test::final_states((dir / "one").string()), b = test::final_states((dir / "two").string());
   // Within 1e-6: the mean of two 32-example gradient means vs one 64-example mean differ only
   // in float summation order.
   EXPECT_TRUE(a["params"].allclose(b["params"], 1e-6, 1e-6)) << a["params"].first_difference(b["params"]);
@@ -127,7 +118,7 @@ TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   // Two 2-rank runs are bitwise identical.
   auto again = test::run(launch(2, train((dir / "two-again").string(), common + " train.batch_size=32")));
   ASSERT_EQ(again.exit_code, 0) << again.output;
-  auto c = final_states((dir / "two-again").string());
+  auto c = test::final_states((dir / "two-again").string());
   for (const auto& [item, st] : b) EXPECT_TRUE(st.equal(c.at(item))) << item;
 }
 
@@ -150,7 +141,7 @@ TEST(DataParallel, SigkillOfTheLauncherThenBitExactResume) {
   auto resumed = test::run(launch(2, train(b, o)));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from step"), std::string::npos) << resumed.output;
-  auto sa = final_states(a), sb = final_states(b);
+  auto sa = test::final_states(a), sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
   auto ma = test::read_jsonl(a + "/metrics.jsonl"), mb = test::read_jsonl(b + "/metrics.jsonl");
   ASSERT_EQ(ma.size(), mb.size());
@@ -181,7 +172,26 @@ TEST(DataParallel, FourRanksRestoreAtTwoAndThree) {
   const std::string b = (dir / "b").string();
   const std::string o = "checkpoint.async=false checkpoint.save_interval_steps=10 train.batch_size=16";
   ASSERT_EQ(test::run(launch(4, train(b, o + " train.max_steps=20"))).exit_code, 0);
-  auto saved = final_states(b);
+  // The global arrays that checkpoint.h5 presents equal what the 4 ranks wrote into their shards.
+  auto saved = test::final_states(b);
+  {
+    CheckpointManagerOptions ro;
+    ro.read_only = true;
+    const auto step = CheckpointManager(stdfs::path(b) / "checkpoints", ro).step_path(20);
+    std::map<std::string, State> shards;
+    for (int r = 0; r < 4; ++r) {
+      H5File f = H5File::open((step / ("shard-" + std::to_string(r) + "-of-4.h5")).string());
+      for (const auto& item : list_items(f))
+        for (const auto& [path, vs] : read_state_untemplated(f, item)) shards[item].insert(path, vs);
+    }
+    for (const auto& [item, st] : saved)
+      for (const auto& [path, vs] : st) {
+        if (vs.value.dim() == 0 || vs.value.numel() == 0) continue;  // scalars live in checkpoint.h5
+        ASSERT_TRUE(shards[item].contains(path)) << item << "/" << path;
+        EXPECT_TRUE(at::equal(vs.value, shards[item].at(path).value)) << item << "/" << path;
+      }
+    EXPECT_GT(saved.at("optimizer").size(), 1u);
+  }
   auto at2 = test::run(launch(2, train(b, o + " train.max_steps=30")));
   EXPECT_EQ(at2.exit_code, 0) << at2.output;
   EXPECT_NE(at2.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << at2.output;
@@ -204,7 +214,7 @@ TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
   auto resumed = test::run(launch(2, train(b, o)));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << resumed.output;
-  auto sa = final_states(a), sb = final_states(b);
+  auto sa = test::final_states(a), sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
   // The 2-rank checkpoint restores at 1 and 3 ranks and training continues.
   auto at1 = test::run(train(b, o + " train.max_steps=70"));

@@ -5,10 +5,16 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/hdf5_io.h"
+#include "checkpoint/manager.h"
 
 namespace nnx::test {
 
@@ -40,6 +46,17 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   std::string line;
   while (std::getline(in, line))
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+/// The latest committed checkpoint of a run dir: every State item, read without a template.
+inline std::map<std::string, State> final_states(const std::string& run_dir) {
+  checkpoint::CheckpointManagerOptions o;
+  o.read_only = true;
+  checkpoint::CheckpointManager m(std::filesystem::path(run_dir) / "checkpoints", o);
+  checkpoint::H5File f = checkpoint::H5File::open((m.step_path(*m.latest_step()) / checkpoint::kCheckpointFile).string());
+  std::map<std::string, State> out;
+  for (const auto& item : checkpoint::list_items(f)) out[item] = checkpoint::read_state_untemplated(f, item);
   return out;
 }
 

@@ -67,15 +67,6 @@ int run_or_kill(const std::vector<std::string>& args, int kill_after_ms, const s
   }
 }
 
-std::map<std::string, State> final_states(const std::string& run_dir) {
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
-  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
-  std::map<std::string, State> out;
-  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
-  return out;
-}
 
 struct Totals {
   int trials = 0, kills = 0, resumed_from_checkpoint = 0;
@@ -92,7 +83,7 @@ void stress(int ranks, int trials, Totals& totals) {
     auto t0 = std::chrono::steady_clock::now();
     ASSERT_EQ(run_or_kill(command(ranks, ref, async), -1), 0);
     ref_ms = std::max(ref_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    reference[async] = final_states(ref);
+    reference[async] = test::final_states(ref);
     reference_metrics[async] = test::read_jsonl(ref + "/metrics.jsonl");
   }
   for (int t = 0; t < trials; ++t) {
@@ -120,7 +111,7 @@ void stress(int ranks, int trials, Totals& totals) {
     const std::string log = run + ".log";
     int rc = run_or_kill(command(ranks, run, async), -1, log);
     ASSERT_EQ(rc, 0) << std::ifstream(log).rdbuf();
-    auto got = final_states(run);
+    auto got = test::final_states(run);
     for (const auto& [item, s] : reference[async])
       EXPECT_TRUE(s.equal(got.at(item))) << item << ": " << s.first_difference(got.at(item));
     auto m = test::read_jsonl(run + "/metrics.jsonl");

@@ -27,16 +27,6 @@ std::string train_cmd(const std::string& config, const std::string& run_dir, con
   return test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/" + config + " run.dir=" + run_dir + " " + extra;
 }
 
-// The final checkpoint of a run: every State item, read without a template.
-std::map<std::string, State> final_states(const std::string& run_dir) {
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", o);
-  H5File f = H5File::open((m.step_path(*m.latest_step()) / kCheckpointFile).string());
-  std::map<std::string, State> out;
-  for (const auto& item : list_items(f)) out[item] = read_state_untemplated(f, item);
-  return out;
-}
 
 // Kills a run with SIGKILL after `kill_step`, resumes it, and checks that the final params,
 // batch stats, RNG streams, optimizer state and every logged loss equal the uninterrupted run.
@@ -51,7 +41,7 @@ void expect_bit_exact_resume(const std::string& config, const std::string& overr
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from step"), std::string::npos) << "no checkpoint was committed before the kill\n"
                                                                         << resumed.output;
-  auto sa = final_states(a), sb = final_states(b);
+  auto sa = test::final_states(a), sb = test::final_states(b);
   ASSERT_EQ(sa.size(), sb.size());
   for (const auto& [item, s] : sa) {
     ASSERT_TRUE(sb.count(item)) << item;

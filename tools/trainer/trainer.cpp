@@ -183,7 +183,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   const bool lead = env.rank == 0;  // rank 0 prints, logs metrics and evaluates
   log::configure("nnx-train", env.rank, env.world_size);
   if (!cfg.log_level.empty()) log::set_level(log::level_from_string(cfg.log_level));
-  std::ostream& out = lead ? std::cout : *new std::ostream(nullptr);
+  static std::ostream null_stream(nullptr);  // discards: only rank 0 prints
+  std::ostream& out = lead ? std::cout : null_stream;
 
   out << "nnx-train: config " << cfg.source << " (resolved)\n" << cfg.to_json().dump(2) << "\n";
 
