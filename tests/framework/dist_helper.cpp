@@ -6,6 +6,8 @@
 //   rank1-fails   rank 1's share cannot be written: every rank must report the failure
 #include <ATen/ATen.h>
 
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -66,7 +68,14 @@ int main(int argc, char** argv) {
     try {
       mgr.save(1, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, {{"loss", 1.0}}, true);
     } catch (const Error& e) {
-      std::cout << "save failed on rank " << r << ": " << e.what() << "\n";
+      std::cout << "save failed on rank " << r << ": " << e.what() << std::endl;
+      // nnx-launch stops the other ranks as soon as one exits non-zero. So that the test sees
+      // every rank's report, each failed rank waits (up to 30 s) until all have reported.
+      std::ofstream(dir + "/failed-" + std::to_string(r)).put('1');
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      for (int k = 0; mode == "rank1-fails" && k < n && std::chrono::steady_clock::now() < deadline;)
+        if (std::filesystem::exists(dir + "/failed-" + std::to_string(k))) ++k;
+        else std::this_thread::sleep_for(std::chrono::milliseconds(10));
       return 20;
     }
     State t = s;
