@@ -10,6 +10,7 @@
 #include <map>
 
 #include "framework/error.h"
+#include "framework/sharding.h"
 #include "framework/graph.h"
 
 namespace nnx::distributed {
@@ -149,6 +150,18 @@ void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
   });
 }
 
+void ProcessGroup::all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input) {
+  NNX_CHECK(static_cast<int>(outputs.size()) == world_size(), "all_gather: ", outputs.size(), " outputs for ",
+            world_size(), " ranks");
+  guarded("all_gather", *this, [&] {
+    c10d::AllgatherOptions o;
+    o.timeout = impl_->timeout;
+    std::vector<std::vector<at::Tensor>> out = {outputs};
+    std::vector<at::Tensor> in = {input};
+    impl_->pg->allgather(out, in, o)->wait(impl_->timeout);
+  });
+}
+
 void ProcessGroup::barrier() {
   guarded("barrier", *this, [&] {
     c10d::BarrierOptions o;
@@ -221,6 +234,54 @@ void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes)
     if (bytes >= bucket_bytes) flush();
   }
   flush();
+}
+
+void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg) {
+  const int n = pg.world_size(), me = pg.rank();
+  if (n == 1) return;
+  at::NoGradGuard ng;
+  std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype;
+  for (const auto& t : tensors) {
+    NNX_CHECK(t.dim() >= 1, "all_gather_shards: a 0-d tensor is replicated, not sharded");
+    by_dtype[t.scalar_type()].push_back(t);
+  }
+  for (auto& [dtype, ts] : by_dtype) {
+    // Elements of rank k's rows in tensor i, and each rank's packed size.
+    auto rows = [&](const at::Tensor& t, int k) { return shard_range(t.size(0), k, n); };
+    auto row_numel = [](const at::Tensor& t) { return t.size(0) == 0 ? int64_t(0) : t.numel() / t.size(0); };
+    int64_t largest = 0;
+    for (int k = 0; k < n; ++k) {
+      int64_t total = 0;
+      for (const auto& t : ts) total += rows(t, k).size * row_numel(t);
+      largest = std::max(largest, total);
+    }
+    if (largest == 0) continue;
+    auto opts = ts[0].options();
+    at::Tensor mine = at::zeros({largest}, opts);
+    int64_t off = 0;
+    for (const auto& t : ts) {
+      auto r = rows(t, me);
+      const int64_t m = r.size * row_numel(t);
+      if (m) mine.narrow(0, off, m).view(t.narrow(0, r.start, r.size).sizes()).copy_(t.narrow(0, r.start, r.size));
+      off += m;
+    }
+    std::vector<at::Tensor> all;
+    for (int k = 0; k < n; ++k) all.push_back(at::empty({largest}, opts));
+    pg.all_gather(all, mine);
+    for (int k = 0; k < n; ++k) {
+      if (k == me) continue;
+      off = 0;
+      for (const auto& t : ts) {
+        auto r = rows(t, k);
+        const int64_t m = r.size * row_numel(t);
+        if (m) {
+          at::Tensor dst = t.narrow(0, r.start, r.size);
+          dst.copy_(all[static_cast<size_t>(k)].narrow(0, off, m).view(dst.sizes()));
+        }
+        off += m;
+      }
+    }
+  }
 }
 
 }  // namespace nnx::distributed

@@ -52,6 +52,9 @@ class ProcessGroup {
   void all_reduce_max(std::vector<at::Tensor>& tensors);
   /// `root`'s tensors into every rank's tensors (same shapes), in place.
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
+  /// c10d allgather: `outputs` (world_size tensors shaped like `input`) receive every rank's
+  /// `input`, in rank order.
+  void all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input);
   /// Waits until every rank arrives.
   void barrier();
   /// Key-value store shared by the ranks (c10d::Store). get() waits up to timeout() for the key.
@@ -71,5 +74,12 @@ void broadcast_state(Module& module, ProcessGroup& pg, int root = 0);
 /// Averages the gradient tensors of `grads` over ranks in place, in buckets of about
 /// `bucket_bytes` (flatten, one all-reduce per bucket, scale by 1/world_size, copy back).
 void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes = 25 << 20);
+
+/// ZeRO-1's parameter all-gather. Each tensor (dim >= 1) is split along dim 0 as
+/// shard_range(size(0), rank, world_size) (framework/sharding.h); on entry each rank holds current
+/// values in its own rows, on return every rank holds every rank's rows. One allgather per dtype
+/// of a packed buffer (world_size x the largest rank's share, padded). Throws nnx::Error for a
+/// 0-d tensor or on a collective failure.
+void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg);
 
 }  // namespace nnx::distributed
