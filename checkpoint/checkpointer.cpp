@@ -171,7 +171,9 @@ std::map<std::string, int> assign_writers(const Composite& args, int world_size)
     if (auto* s = std::get_if<StandardSave>(&a))
       for (const auto& [path, vs] : s->state) {
         const std::string key = name + "/" + path;
-        if (vs.value.dim() == 0 || vs.value.numel() == 0) {
+        if (!get_partition_spec(vs.metadata).replicated()) {
+          out[key] = kEveryRank;  // each rank writes its own shard
+        } else if (vs.value.dim() == 0 || vs.value.numel() == 0) {
           out[key] = -1;
         } else {
           es.push_back({key, vs.value.numel() * static_cast<int64_t>(vs.value.element_size())});
@@ -221,7 +223,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       if (auto* s = std::get_if<StandardSave>(&a)) {
         State mine;
         for (const auto& [p, vs] : s->state)
-          if (writers.at(name + "/" + p) == rank) mine.insert(p, vs);
+          if (int w = writers.at(name + "/" + p); w == rank || w == kEveryRank) mine.insert(p, vs);
         write_state(f, name, mine, write_options);
       }
     f.close();
@@ -257,10 +259,15 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
         H5File file = H5File::create(h5.string());
         for (const auto& [name, a] : args.items()) {
           if (auto* s = std::get_if<StandardSave>(&a)) {
+            // A replicated tensor has one piece (its writer's); a sharded one a piece per rank.
             std::map<std::string, VirtualSource> sources;
             for (int r = 0; r < n; ++r)
-              for (const auto& d : list_item(shards[static_cast<size_t>(r)], name))
-                sources[d.path] = VirtualSource{shard_name(r, n), d.checksum};
+              for (const auto& d : list_item(shards[static_cast<size_t>(r)], name)) {
+                VirtualSource& src = sources[d.path];
+                src.pieces.push_back({shard_name(r, n), d.checksum, d.shape});
+                if (writers.at(name + "/" + d.path) == kEveryRank)
+                  src.dim = get_partition_spec(s->state.at(d.path).metadata).sharded_dim();
+              }
             write_state_virtual(file, name, s->state, sources, write_options);
             items[name] = "state";
           } else if (auto* j = std::get_if<JsonSave>(&a)) {
@@ -307,7 +314,9 @@ Restored Checkpointer::restore(const stdfs::path& path, const Composite& args) c
   for (const auto& [name, a] : args.items()) {
     NNX_CHECK(meta["items"].contains(name), "checkpoint '", path.string(), "' has no item '", name, "'");
     if (auto* s = std::get_if<StandardRestore>(&a)) {
-      out.states.emplace(name, read_state(file, name, s->templ, s->options));
+      ReadOptions ro = s->options;
+      if (!ro.mesh && process_group) ro.mesh = Mesh{process_group->rank(), process_group->world_size()};
+      out.states.emplace(name, read_state(file, name, s->templ, ro));
     } else if (std::get_if<JsonRestore>(&a)) {
       out.json.emplace(name, read_json(file, name));
     } else {

@@ -61,7 +61,9 @@ class Checkpointer {
   /// the same (replicated) items; each tensor is written once, by a writer rank chosen
   /// deterministically and balanced by bytes, into shard-<r>-of-<n>.h5; rank 0 writes
   /// checkpoint.h5 with virtual datasets over the shards (global arrays), the metadata, and
-  /// commits. Every rank learns the outcome: a failure on any rank fails the save everywhere,
+  /// commits. A variable with a sharded PartitionSpec holds this rank's shard (framework/sharding.h):
+  /// every rank writes its shard and checkpoint.h5 presents their concatenation (ZeRO-1 optimizer
+  /// state). Every rank learns the outcome: a failure on any rank fails the save everywhere,
   /// and a rank that does not join makes the others fail within the group's timeout.
   std::shared_ptr<distributed::ProcessGroup> process_group;
 
@@ -70,9 +72,14 @@ class Checkpointer {
   int64_t save_seq_ = 0;
 };
 
+/// assign_writers' value for a sharded variable: every rank writes its own shard.
+inline constexpr int kEveryRank = -2;
+
 /// The writer rank of each StandardSave tensor ("item/path" -> rank): tensors sorted by bytes
 /// (descending, then name) go to the least-loaded rank. Scalars and empty tensors get -1: rank 0
-/// writes them straight into checkpoint.h5.
+/// writes them straight into checkpoint.h5. Variables whose metadata holds a sharded
+/// PartitionSpec get kEveryRank: each rank holds and writes its shard, and checkpoint.h5 stitches
+/// the shards into the global array.
 std::map<std::string, int> assign_writers(const Composite& args, int world_size);
 
 /// Saves and restores one State without a manager (ocp.StandardCheckpointer).

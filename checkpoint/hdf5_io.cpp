@@ -384,22 +384,59 @@ struct ItemWriter {
     paths.push_back(path);
   }
 
-  void write_virtual(const std::string& path, const VariableState& vs, const std::string& source_file,
-                     const std::string& checksum) {
+  void write_virtual(const std::string& path, const VariableState& vs, const VirtualSource& src,
+                     const WriteOptions& options) {
     const std::string where = "'" + file_path + "' dataset /" + item + "/" + path;
-    const std::vector<int64_t> shape = vs.value.sizes().vec();
-    NNX_INTERNAL_ASSERT(!shape.empty(), "virtual datasets need rank >= 1: ", where);
+    NNX_INTERNAL_ASSERT(!src.pieces.empty(), "no source for virtual ", where);
+    const int64_t ndim = static_cast<int64_t>(src.pieces[0].shape.size());
+    NNX_INTERNAL_ASSERT(ndim >= 1, "virtual datasets need rank >= 1: ", where);
+    // The global shape: the pieces concatenated along src.dim (one piece: that piece's shape).
+    std::vector<int64_t> shape = src.pieces[0].shape;
+    if (src.pieces.size() > 1) {
+      NNX_INTERNAL_ASSERT(src.dim >= 0 && src.dim < ndim, "bad concatenation dimension for ", where);
+      shape[static_cast<size_t>(src.dim)] = 0;
+      for (const auto& pc : src.pieces) {
+        for (int64_t d = 0; d < ndim; ++d)
+          NNX_CHECK(static_cast<int64_t>(pc.shape.size()) == ndim && (d == src.dim || pc.shape[static_cast<size_t>(d)] == shape[static_cast<size_t>(d)]),
+                    "cannot stitch ", where, ": shard '", pc.file, "' holds ", format_shape(pc.shape), ", shard '",
+                    src.pieces[0].file, "' holds ", format_shape(src.pieces[0].shape), " (sharded along dim ", src.dim, ")");
+        shape[static_cast<size_t>(src.dim)] += pc.shape[static_cast<size_t>(src.dim)];
+      }
+    }
+    int64_t numel = 1;
+    for (auto x : shape) numel *= x;
+    if (numel == 0) {  // nothing to map: an empty dataset of the global shape
+      VariableState empty = vs;
+      empty.value = at::empty(shape, vs.value.options().device(at::kCPU));
+      write(path, empty, options);
+      return;
+    }
     Hid type = storage_type(vs.value.scalar_type());
-    Hid vspace = dataspace(shape), sspace = dataspace(shape);
-    H5Sselect_all(vspace);
-    H5Sselect_all(sspace);
+    Hid vspace = dataspace(shape);
     Hid vdcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     H5Pset_obj_track_times(vdcpl, 0);
-    NNX_CHECK_IO(H5Pset_virtual(vdcpl, vspace, source_file.c_str(), ("/" + item + "/" + path).c_str(), sspace) >= 0,
-                 "cannot map ", where, " onto ", source_file);
+    nlohmann::json pieces = nlohmann::json::array();
+    int64_t start = 0;
+    for (const auto& pc : src.pieces) {
+      const int64_t extent = src.pieces.size() > 1 ? pc.shape[static_cast<size_t>(src.dim)] : 0;
+      if (src.pieces.size() > 1 && extent == 0) continue;
+      std::vector<hsize_t> off(static_cast<size_t>(ndim), 0), count(pc.shape.begin(), pc.shape.end());
+      if (src.pieces.size() > 1) off[static_cast<size_t>(src.dim)] = static_cast<hsize_t>(start);
+      Hid sspace = dataspace(pc.shape);
+      H5Sselect_all(sspace);
+      H5Sselect_hyperslab(vspace, H5S_SELECT_SET, off.data(), nullptr, count.data(), nullptr);
+      NNX_CHECK_IO(H5Pset_virtual(vdcpl, vspace, pc.file.c_str(), ("/" + item + "/" + path).c_str(), sspace) >= 0,
+                   "cannot map ", where, " onto ", pc.file);
+      pieces.push_back({{"file", pc.file}, {"start", start}, {"size", extent}, {"checksum", pc.checksum}});
+      start += extent;
+    }
+    H5Sselect_all(vspace);
     Hid dset(H5Dcreate2(group, path.c_str(), type, vspace, lcpl, vdcpl, H5P_DEFAULT), H5Dclose);
     NNX_CHECK_IO(dset.ok(), "cannot create virtual ", where);
-    attrs(dset, where, vs, dtype_name(vs.value.scalar_type()), shape, checksum);
+    const bool stitched = src.pieces.size() > 1;
+    attrs(dset, where, vs, dtype_name(vs.value.scalar_type()), shape, stitched ? std::string() : src.pieces[0].checksum);
+    if (stitched)
+      write_string_attr(dset, "pieces", nlohmann::json{{"dim", src.dim}, {"pieces", pieces}}.dump(), where);
     paths.push_back(path);
   }
 
@@ -422,7 +459,7 @@ void write_state_virtual(H5File& file, const std::string& item, const State& sta
     if (it == sources.end()) {
       w.write(path, vs, options);
     } else {
-      w.write_virtual(path, vs, it->second.file, it->second.checksum);
+      w.write_virtual(path, vs, it->second, options);
     }
   }
   w.finish();
@@ -430,10 +467,17 @@ void write_state_virtual(H5File& file, const std::string& item, const State& sta
 
 namespace {
 
+struct StoredPiece {
+  int64_t start = 0, size = 0;
+  std::string checksum;
+};
+
 struct StoredInfo {
   std::string kind, dtype, checksum, sharding;
   std::vector<int64_t> shape;
   Metadata metadata;
+  int64_t piece_dim = -1;            // a stitched dataset: the concatenation dimension
+  std::vector<StoredPiece> pieces;   // ... and its pieces, each with its own checksum
 };
 
 StoredInfo read_info(hid_t dset, const std::string& where) {
@@ -450,6 +494,28 @@ StoredInfo read_info(hid_t dset, const std::string& where) {
   auto shape = read_i64_array_attr(dset, "shape", where);
   NNX_CHECK(shape.has_value(), where, " lacks the attribute 'shape'");
   s.shape = *shape;
+  if (auto pieces = read_string_attr(dset, "pieces", where)) {
+    auto j = nlohmann::json::parse(*pieces, nullptr, false);
+    bool ok = !j.is_discarded() && j.is_object() && j.contains("dim") && j["dim"].is_number_integer() &&
+              j.contains("pieces") && j["pieces"].is_array();
+    int64_t next = 0;
+    if (ok) {
+      s.piece_dim = j["dim"].get<int64_t>();
+      ok = s.piece_dim >= 0 && s.piece_dim < static_cast<int64_t>(s.shape.size());
+      for (const auto& p : j["pieces"]) {
+        if (!ok) break;
+        ok = p.is_object() && p.value("start", int64_t(-1)) == next && p.value("size", int64_t(-1)) > 0 &&
+             p.contains("checksum") && p["checksum"].is_string();
+        if (ok) {
+          s.pieces.push_back({next, p["size"].get<int64_t>(), p["checksum"].get<std::string>()});
+          next += s.pieces.back().size;
+        }
+      }
+      ok = ok && next == s.shape[static_cast<size_t>(s.piece_dim)];
+    }
+    NNX_CHECK(ok, where, " has a malformed 'pieces' attribute (expected {\"dim\", \"pieces\": [{\"start\", \"size\", \"checksum\"}]} covering dimension ",
+              s.piece_dim, " of ", format_shape(s.shape), ")");
+  }
   auto meta = read_string_attr(dset, "metadata", where);
   if (meta) {
     auto j = nlohmann::json::parse(*meta, nullptr, false);
@@ -460,8 +526,44 @@ StoredInfo read_info(hid_t dset, const std::string& where) {
   return s;
 }
 
+// Elements [start, start + size) along `dim` of a dataset.
+struct Range {
+  int64_t dim = 0, start = 0, size = 0;
+};
+
+// Reads into `t` (contiguous) the hyperslab of `dset` that starts at `lo` along `dim` (dim < 0:
+// the whole dataset) and has t's shape, in calls of at most 1 GiB along dim 0.
+void read_hyperslab(hid_t dset, hid_t mtype, const at::Tensor& t, int64_t dim, int64_t lo, const std::string& where) {
+  if (dim < 0) return dataset_io(false, dset, mtype, t, int64_t(1) << 30, where);
+  const int64_t nbytes = t.numel() * t.element_size();
+  if (nbytes == 0) return;
+  const int64_t rows = t.size(0), per = rows_per_slab(t, int64_t(1) << 30), row_bytes = nbytes / rows;
+  Hid fspace(H5Dget_space(dset), H5Sclose);
+  for (int64_t r0 = 0; r0 < rows; r0 += per) {
+    const int64_t r1 = std::min(rows, r0 + per);
+    std::vector<hsize_t> start(static_cast<size_t>(t.dim()), 0), count(t.sizes().begin(), t.sizes().end());
+    start[static_cast<size_t>(dim)] = static_cast<hsize_t>(lo);
+    start[0] += static_cast<hsize_t>(r0);
+    count[0] = static_cast<hsize_t>(r1 - r0);
+    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+    Hid mspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), H5Sclose);
+    NNX_CHECK(H5Dread(dset, mtype, mspace, fspace, H5P_DEFAULT, static_cast<char*>(t.data_ptr()) + r0 * row_bytes) >= 0,
+              "cannot read ", where, " (file truncated, corrupt, or a shard file missing?)");
+  }
+}
+
+void check_sum(const at::Tensor& t, const std::string& expected, const std::string& where, ChecksumPipeline* pipeline) {
+  if (pipeline) return pipeline->submit(t, expected, where);
+  size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
+  std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
+  NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum, "); the checkpoint is corrupt");
+}
+
+// Reads a dataset, or with `range` only those elements. Every byte read is verified: against the
+// dataset's checksum, or for a stitched dataset against each piece read (a range is widened to
+// whole pieces so that their checksums can be checked).
 at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& where, bool verify,
-                        ChecksumPipeline* pipeline = nullptr) {
+                        ChecksumPipeline* pipeline = nullptr, std::optional<Range> range = std::nullopt) {
   at::ScalarType dt = dtype_from_name(info.dtype);
   // The dataspace and type must agree with the attributes before any byte is read.
   Hid space(H5Dget_space(dset), H5Sclose);
@@ -476,17 +578,45 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   Hid mtype = storage_type(dt);
   NNX_CHECK(H5Tget_size(ftype) == H5Tget_size(mtype) && H5Tget_class(ftype) == H5Tget_class(mtype),
             where, ": stored HDF5 type does not match dtype '", info.dtype, "'");
-  at::Tensor t = at::empty(info.shape, at::TensorOptions().dtype(dt));
-  dataset_io(false, dset, mtype, t, int64_t(1) << 30, where);
-  if (verify && pipeline) {
-    pipeline->submit(t, info.checksum, where);
-  } else if (verify) {
-    size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
-    std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
-    NNX_CHECK(sum == info.checksum, where, ": checksum mismatch (stored ", info.checksum, ", data ",
-              sum, "); the checkpoint is corrupt");
+  if (range && range->size == 0) {  // this rank holds no rows
+    std::vector<int64_t> shape = info.shape;
+    shape[static_cast<size_t>(range->dim)] = 0;
+    return at::empty(shape, at::TensorOptions().dtype(dt));
   }
-  return t;
+  const bool stitched = !info.pieces.empty();
+  // What to read: [lo, hi) along `dim` (the whole dataset when dim < 0).
+  int64_t dim = -1, lo = 0, hi = 0;
+  if (range && !(range->start == 0 && range->size == info.shape[static_cast<size_t>(range->dim)])) {
+    dim = range->dim;
+    if (stitched && info.piece_dim == dim) {
+      lo = range->start;
+      hi = range->start + range->size;
+      for (const auto& p : info.pieces)
+        if (range->size > 0 && p.start < range->start + range->size && p.start + p.size > range->start) {
+          lo = std::min(lo, p.start);
+          hi = std::max(hi, p.start + p.size);
+        }
+    } else {  // one checksum covers the whole dataset (or pieces along another dim): read it all
+      lo = 0;
+      hi = info.shape[static_cast<size_t>(dim)];
+    }
+  }
+  std::vector<int64_t> shape = info.shape;
+  if (dim >= 0) shape[static_cast<size_t>(dim)] = hi - lo;
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dt));
+  read_hyperslab(dset, mtype, t, dim, lo, where);
+  if (verify && stitched) {
+    for (const auto& p : info.pieces) {
+      if (dim == info.piece_dim && (p.start < lo || p.start + p.size > hi)) continue;  // not read
+      const int64_t origin = dim == info.piece_dim ? lo : 0;
+      check_sum(t.narrow(info.piece_dim, p.start - origin, p.size).contiguous(), p.checksum,
+                where + " (piece at " + std::to_string(p.start) + " along dim " + std::to_string(info.piece_dim) + ")", pipeline);
+    }
+  } else if (verify) {
+    check_sum(t, info.checksum, where, pipeline);
+  }
+  if (dim < 0) return t;
+  return t.narrow(dim, range->start - lo, range->size).clone();
 }
 
 std::vector<std::string> stored_paths(const H5File& file, hid_t group, const std::string& item) {
@@ -523,14 +653,37 @@ State read_state(const H5File& file, const std::string& item, const State& templ
     Hid dset(H5Dopen2(group, path.c_str(), H5P_DEFAULT), H5Dclose);
     NNX_CHECK(dset.ok(), "cannot open ", where);
     StoredInfo info = read_info(dset, where);
-    NNX_CHECK(info.shape == tv.value.sizes().vec(), "shape mismatch at '", path, "': checkpoint ",
-              format_shape(info.shape), ", template ", format_shape(tv.value.sizes()), " (", where, ")");
+    // A template variable sharded over the 'data' mesh reads this rank's shard of the global array.
+    PartitionSpec spec;
+    try {
+      spec = get_partition_spec(tv.metadata);
+      spec.check_rank(static_cast<int64_t>(info.shape.size()), "template");
+    } catch (const Error& e) {
+      NNX_CHECK(false, "template '", path, "' (", where, "): ", e.what());
+    }
+    std::optional<Range> range;
+    if (!spec.replicated()) {
+      const Mesh mesh = options.mesh.value_or(Mesh{});
+      auto r = shard_range(info.shape[static_cast<size_t>(spec.sharded_dim())], mesh.rank, mesh.size);
+      range = Range{spec.sharded_dim(), r.start, r.size};
+      auto want = shard_shape(info.shape, spec, mesh);
+      NNX_CHECK(want == tv.value.sizes().vec(), "shape mismatch at '", path, "': checkpoint ", format_shape(info.shape),
+                ", whose shard ", mesh.rank, " of ", mesh.size, " along dim ", spec.sharded_dim(), " is ",
+                format_shape(want), ", template ", format_shape(tv.value.sizes()), " (", where, ")");
+    } else {
+      NNX_CHECK(info.shape == tv.value.sizes().vec(), "shape mismatch at '", path, "': checkpoint ",
+                format_shape(info.shape), ", template ", format_shape(tv.value.sizes()), " (", where, ")");
+    }
     at::ScalarType want = tv.value.scalar_type();
     at::ScalarType have = dtype_from_name(info.dtype);
     NNX_CHECK(have == want || options.cast, "dtype mismatch at '", path, "': checkpoint ", info.dtype,
               ", template ", dtype_name(want), " (", where, "; pass cast=true to convert)");
-    at::Tensor t = read_dataset(dset, info, where, options.verify_checksums, pipeline.get());
-    out.insert(path, VariableState{Kind::from_name(info.kind), t, info.metadata});
+    at::Tensor t = read_dataset(dset, info, where, options.verify_checksums, pipeline.get(), range);
+    // The restored variable is sharded as the template says, whatever wrote the checkpoint.
+    Metadata meta = info.metadata;
+    if (spec.replicated()) meta.erase(kShardingKey);
+    else meta[kShardingKey] = spec.to_string();
+    out.insert(path, VariableState{Kind::from_name(info.kind), t, std::move(meta)});
   }
   if (pipeline) pipeline->finish();  // every checksum checked before any conversion or copy
   for (auto& [path, vs] : out) {

@@ -11,6 +11,7 @@
 
 #include "checkpoint/metadata.h"
 #include "framework/filter.h"
+#include "framework/sharding.h"
 #include "framework/state.h"
 
 namespace nnx::checkpoint {
@@ -52,16 +53,26 @@ struct WriteOptions {
 void write_state(H5File& file, const std::string& item, const State& state,
                  const WriteOptions& options = {});
 
-/// Where a virtual dataset's bytes live: a file (relative to the referring file's directory)
-/// holding the same /<item>/<path>, and that dataset's checksum.
+/// Where a virtual dataset's bytes live: one piece per writing rank, each a dataset at the same
+/// /<item>/<path> in another file (relative to the referring file's directory).
 struct VirtualSource {
-  std::string file;
-  std::string checksum;
+  struct Piece {
+    std::string file;
+    std::string checksum;         ///< the piece dataset's checksum attribute
+    std::vector<int64_t> shape;   ///< the piece's shape
+  };
+  /// One piece: the whole array (a replicated tensor written by one rank). Several pieces:
+  /// the ranks' shards in rank order, concatenated along `dim` into the global array.
+  std::vector<Piece> pieces;
+  int64_t dim = -1;
 };
 
 /// Like write_state, but every path in `sources` becomes an HDF5 virtual dataset over the same
-/// dataset in another file (a rank's shard), so this file presents the global arrays; paths not
-/// in `sources` are written here. Attributes are the same as write_state's.
+/// dataset in other files (the ranks' shard files), so this file presents the global arrays;
+/// paths not in `sources` are written here. Attributes are the same as write_state's, with the
+/// global shape. A dataset stitched from several pieces has an empty `checksum` and a `pieces`
+/// attribute: JSON {"dim": d, "pieces": [{"file", "start", "size", "checksum"}, ...]} (pieces
+/// of size 0 omitted). Throws nnx::Error when the pieces' other dimensions disagree.
 void write_state_virtual(H5File& file, const std::string& item, const State& state,
                          const std::map<std::string, VirtualSource>& sources, const WriteOptions& options = {});
 
@@ -77,6 +88,11 @@ struct ReadOptions {
   std::optional<c10::Device> device;
   /// Verify each dataset's checksum (default on).
   bool verify_checksums = true;
+  /// Where this process sits on the 'data' mesh. A template variable whose metadata holds a
+  /// sharded PartitionSpec (framework/sharding.h) is read as this rank's shard of the stored
+  /// global array: its template shape must be that shard's shape. Checkpointer::restore with a
+  /// process group sets it from the group when it is unset; unset elsewhere means rank 0 of 1.
+  std::optional<Mesh> mesh;
 };
 
 /// Reads /<item> validated against `templ` (an abstract State from eval_shape, or a real one):

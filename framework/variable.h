@@ -9,7 +9,8 @@
 
 namespace nnx {
 
-/// Per-variable metadata, e.g. {"sharding": "data:0"}. Saved with the variable in checkpoints.
+/// Per-variable metadata, e.g. {"sharding": "[\"data\",null]"} (a PartitionSpec, framework/sharding.h).
+/// Saved with the variable in checkpoints.
 using Metadata = std::map<std::string, std::string>;
 
 class Variable;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include "framework/graph.h"
@@ -10,10 +11,11 @@
 namespace nnx::optim {
 
 Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<Transform>> tx,
-                     const Filter& wrt)
-    : model_(std::move(model)), tx_(std::move(tx)), wrt_(wrt) {
+                     const Filter& wrt, Mesh state_sharding)
+    : model_(std::move(model)), tx_(std::move(tx)), wrt_(wrt), mesh_(state_sharding) {
   NNX_CHECK(model_ != nullptr, "Optimizer needs a model");
   NNX_CHECK(!tx_.empty(), "Optimizer needs at least one transformation");
+  mesh_.validate();
   std::vector<at::Tensor> params;
   for (auto& [path, var] : model_->named_variables()) {
     if (!wrt_(path, var.kind())) continue;
@@ -21,11 +23,36 @@ Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<
               var.kind().name(), ") is ", var.value().scalar_type(), ", not floating point");
     paths_.push_back(path);
     vars_.push_back(var);
-    params.push_back(var.value());
+    const bool shard = mesh_.size > 1 && var.value().dim() >= 1;
+    sharded_.push_back(shard);
+    // ZeRO-1: the stages see (and size their state by) this rank's rows only.
+    params.push_back(shard ? shard_of(var.value(), PartitionSpec::sharded(0, var.value().dim()), mesh_) : var.value());
   }
   NNX_CHECK(!paths_.empty(), "Optimizer: no variable of the model matches ", wrt_.description());
   register_variable("step", OptState(init::zeros({}, at::kLong)));
   for (auto& t : tx_) t->init(paths_, params, *this);
+  if (mesh_.size > 1) {
+    // Stages keep per-param state at "<name>/<param path>": annotate the sharded ones.
+    std::unordered_map<std::string, size_t> index;
+    for (size_t i = 0; i < paths_.size(); ++i) index[paths_[i]] = i;
+    for (auto& [path, var] : named_variables()) {
+      auto slash = path.find('/');
+      if (slash == std::string::npos) continue;
+      auto it = index.find(path.substr(slash + 1));
+      if (it == index.end() || !sharded_[it->second]) continue;
+      NNX_INTERNAL_ASSERT(var.value().sizes() == params[it->second].sizes(), "state '", path,
+                          "' is not shaped like its param's shard");
+      set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
+    }
+  }
+}
+
+void Optimizer::set_process_group(std::shared_ptr<distributed::ProcessGroup> pg) {
+  if (pg)
+    NNX_CHECK(pg->rank() == mesh_.rank && pg->world_size() == mesh_.size, "Optimizer: process group is rank ",
+              pg->rank(), " of ", pg->world_size(), ", the optimizer state is sharded as rank ", mesh_.rank, " of ",
+              mesh_.size);
+  pg_ = std::move(pg);
 }
 
 int64_t Optimizer::step_count() const { return variable("step").value().item<int64_t>(); }
@@ -56,8 +83,26 @@ void Optimizer::update(const State& grads) {
                 "' which is not an optimized variable");
   }
   at::NoGradGuard no_grad;
+  std::vector<at::Tensor> whole;  // ZeRO-1: the params to all-gather after the step
+  if (mesh_.size > 1) {
+    NNX_CHECK(pg_ != nullptr, "Optimizer: the state is sharded over ", mesh_.size,
+              " ranks (ZeRO-1); call set_process_group() before update()");
+    for (size_t i = 0; i < paths_.size(); ++i) {
+      if (!sharded_[i]) continue;
+      whole.push_back(params[i]);
+      auto r = shard_range(params[i].size(0), mesh_.rank, mesh_.size);
+      params[i] = params[i].narrow(0, r.start, r.size);  // a view: the step writes into the param
+      g[i] = g[i].narrow(0, r.start, r.size);
+    }
+  }
   UpdateContext ctx{paths_, params, g, step_count(), *this};
+  if (mesh_.size > 1) {
+    ctx.mesh = mesh_;
+    ctx.sharded = &sharded_;
+    ctx.all_reduce_sum = [this](std::vector<at::Tensor>& v) { pg_->all_reduce_sum(v); };
+  }
   for (auto& t : tx_) t->apply(ctx);
+  if (!whole.empty()) distributed::all_gather_shards(whole, *pg_);
   at::Tensor& step = const_cast<at::Tensor&>(variable("step").value());
   variable("step").set_value(step + 1);
 }

@@ -5,8 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "framework/distributed.h"
 #include "framework/filter.h"
 #include "framework/module.h"
+#include "framework/sharding.h"
 #include "framework/state.h"
 #include "optim/transform.h"
 
@@ -21,11 +23,25 @@ class Optimizer : public ModuleBase<Optimizer> {
   /// Optimizes the variables of `model` matching `wrt` (default Param) with the chain `tx`
   /// (applied in order; the last stage updates the params). Throws nnx::Error when `wrt` selects
   /// nothing or a selected variable is not floating point.
+  ///
+  /// ZeRO-1 (Rajbhandari et al., 2020, stage 1), when `state_sharding.size` > 1: the state of
+  /// each selected param with dim >= 1 covers only this rank's rows along dim 0
+  /// (shard_range(size(0), rank, size), numpy.array_split's layout, so sizes need not divide),
+  /// and carries the PartitionSpec ["data", null, ...] in its metadata; 0-d params keep whole,
+  /// replicated state. update() then steps this rank's rows and all-gathers the params over the
+  /// process group given to set_process_group(). The same constructor under eval_shape yields the
+  /// sharded restore template of this rank.
   Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<Transform>> tx,
-            const Filter& wrt = Param);
+            const Filter& wrt = Param, Mesh state_sharding = {});
+  /// The process group ZeRO-1's updates reduce and all-gather over (its rank and size must be
+  /// the state_sharding mesh's). Throws nnx::Error when they differ.
+  void set_process_group(std::shared_ptr<distributed::ProcessGroup> pg);
+  /// This rank's place on the mesh the state is sharded over ({0, 1}: not sharded).
+  const Mesh& state_sharding() const { return mesh_; }
 
-  /// One update from `grads` keyed by the selected paths. Throws nnx::Error naming a missing or
-  /// extra path, or a gradient whose shape differs from its param.
+  /// One update from `grads` keyed by the selected paths (whole gradients, the same on every
+  /// rank under ZeRO-1). Throws nnx::Error naming a missing or extra path, or a gradient whose
+  /// shape differs from its param, or (ZeRO-1) when no process group was set.
   void update(const State& grads);
   /// update(nnx::grads(model, wrt)): the gradients currently in the params' .grad().
   void step();
@@ -45,6 +61,9 @@ class Optimizer : public ModuleBase<Optimizer> {
   Filter wrt_;
   std::vector<std::string> paths_;
   std::vector<Variable> vars_;
+  Mesh mesh_;
+  std::vector<bool> sharded_;  // per selected path: state holds this rank's rows only
+  std::shared_ptr<distributed::ProcessGroup> pg_;
 };
 
 }  // namespace nnx::optim

@@ -17,7 +17,19 @@ ClipByGlobalNorm::ClipByGlobalNorm(double max_norm) : max_norm_(max_norm) {
 void ClipByGlobalNorm::apply(UpdateContext& ctx) {
   if (ctx.grads.empty()) return;
   auto norms = at::_foreach_norm(ctx.grads, 2);
-  at::Tensor total = at::stack(norms).to(at::kFloat).norm(2);
+  at::Tensor total;
+  if (ctx.mesh.size > 1) {
+    // Sum of squares of this rank's shards (replicated params counted by rank 0), over ranks.
+    NNX_INTERNAL_ASSERT(ctx.sharded && ctx.all_reduce_sum, "ZeRO-1 update without sharding information");
+    std::vector<at::Tensor> counted;
+    for (size_t i = 0; i < norms.size(); ++i)
+      if ((*ctx.sharded)[i] || ctx.mesh.rank == 0) counted.push_back(norms[i].to(at::kDouble));
+    std::vector<at::Tensor> sq = {counted.empty() ? at::zeros({}, at::kDouble) : at::stack(counted).pow(2).sum()};
+    ctx.all_reduce_sum(sq);
+    total = sq[0].sqrt().to(at::kFloat);
+  } else {
+    total = at::stack(norms).to(at::kFloat).norm(2);
+  }
   last_norm_ = total.item<double>();
   // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1.
   at::Tensor coef = at::clamp_max(max_norm_ / (total + 1e-6), 1.0);

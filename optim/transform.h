@@ -3,12 +3,14 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "framework/filter.h"
 #include "framework/module.h"
+#include "framework/sharding.h"
 #include "optim/schedule.h"
 
 namespace nnx::optim {
@@ -20,6 +22,13 @@ struct UpdateContext {
   std::vector<at::Tensor>& grads;         ///< gradients; a stage replaces entries, never writes into them
   int64_t step;                           ///< updates applied before this one
   Module& state;                          ///< the optimizer: transformations keep OptState here
+  /// ZeRO-1 (mesh.size > 1): params and grads are this rank's shards (rows along dim 0) of the
+  /// params marked in `sharded`; the others are whole and replicated. A stage that reduces over
+  /// all params (a global norm) sums its partial result over ranks with `all_reduce_sum`,
+  /// counting replicated params on rank 0 only.
+  Mesh mesh = {};
+  const std::vector<bool>* sharded = nullptr;
+  std::function<void(std::vector<at::Tensor>&)> all_reduce_sum = {};
 };
 
 /// One stage of an optimizer. State lives in OptState variables registered on the optimizer
@@ -38,7 +47,9 @@ class Transform {
 
 /// Scales all gradients by min(1, max_norm / (total_norm + 1e-6)) where total_norm is the L2
 /// norm of all gradients together (torch.nn.utils.clip_grad_norm_, optax.clip_by_global_norm).
-/// The norm before clipping is readable through last_norm() (not state).
+/// The norm before clipping is readable through last_norm() (not state). Under ZeRO-1 the
+/// squared norms of the ranks' shards are summed over ranks, so every rank clips by the norm of
+/// the whole gradient.
 class ClipByGlobalNorm : public Transform {
  public:
   /// Throws nnx::Error when max_norm <= 0.

@@ -13,7 +13,7 @@ namespace {
 State every_dtype() {
   State s;
   s.insert("f64", {Param, at::randn({3, 2}, at::kDouble), {}});
-  s.insert("f32", {Param, at::randn({4}), {{"sharding", "data:0"}, {"note", "x"}}});
+  s.insert("f32", {Param, at::randn({4}), {{"sharding", "[\"data\"]"}, {"note", "x"}}});
   s.insert("f16", {Param, at::randn({5}).to(at::kHalf), {}});
   s.insert("bf16", {Param, at::randn({2, 3}).to(at::kBFloat16), {}});
   s.insert("i64", {RngCount, at::scalar_tensor(int64_t(1) << 40, at::kLong), {}});
@@ -40,7 +40,7 @@ TEST(Hdf5Io, RoundTripsEveryDtypeAndShapeClass) {
   H5File f = H5File::open((dir / "a.h5").string());
   State back = read_state(f, "params", s);
   EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
-  EXPECT_EQ(back.at("f32").metadata.at("sharding"), "data:0");
+  EXPECT_EQ(back.at("f32").metadata.at("sharding"), "[\"data\"]");
   EXPECT_EQ(back.at("f32").metadata.at("note"), "x");
   EXPECT_EQ(back.at("i64").kind, RngCount);
   State untemplated = read_state_untemplated(f, "params");
@@ -165,4 +165,112 @@ TEST(Hdf5Io, JsonItemsRoundTrip) {
   EXPECT_EQ(list_json_items(f), (std::vector<std::string>{"config"}));
   EXPECT_THROW(read_json(f, "other"), Error);
   EXPECT_THROW(H5File::open((dir / "none.h5").string()), Error);
+}
+
+namespace {
+// Writes the shards of `global` (sharded as `spec` over `n` ranks) into shard-<r>-of-<n>.h5 and
+// a checkpoint.h5 stitching them, as a distributed save does. Returns checkpoint.h5's path.
+std::string write_stitched(const std::filesystem::path& dir, const at::Tensor& global, const PartitionSpec& spec, int n) {
+  VirtualSource src;
+  src.dim = spec.sharded_dim();
+  for (int r = 0; r < n; ++r) {
+    const std::string name = "shard-" + std::to_string(r) + "-of-" + std::to_string(n) + ".h5";
+    State mine;
+    mine.insert("w", {OptState, shard_of(global, spec, Mesh{r, n}).clone(), {{kShardingKey, spec.to_string()}}});
+    H5File f = H5File::create((dir / name).string());
+    write_state(f, "opt", mine);
+    auto info = list_item(f, "opt");
+    src.pieces.push_back({name, info[0].checksum, info[0].shape});
+    f.close();
+  }
+  State local;
+  local.insert("w", {OptState, shard_of(global, spec, Mesh{0, n}), {{kShardingKey, spec.to_string()}}});
+  const auto path = (dir / "checkpoint.h5").string();
+  H5File f = H5File::create(path);
+  write_state_virtual(f, "opt", local, {{"w", src}});
+  f.close();
+  return path;
+}
+State sharded_template(const std::vector<int64_t>& global, const PartitionSpec& spec, const Mesh& mesh) {
+  State t;
+  t.insert("w", {OptState, at::empty(shard_shape(global, spec, mesh), at::TensorOptions().device(at::kMeta)),
+                 spec.replicated() ? Metadata{} : Metadata{{kShardingKey, spec.to_string()}}});
+  return t;
+}
+}  // namespace
+
+TEST(Hdf5Io, ShardsStitchIntoGlobalArraysAndRestoreAtAnyWorldSize) {
+  const at::Tensor global = at::arange(10 * 7, at::kFloat).view({10, 7});
+  for (int64_t dim : {0, 1}) {
+    for (int saved_n : {1, 3, 4}) {
+      test::TempDir dir;
+      const auto spec = PartitionSpec::sharded(dim, 2);
+      H5File f = H5File::open(write_stitched(dir.path(), global, spec, saved_n));
+      // The global array, whatever wrote it; the spec and the pieces are recorded.
+      State whole = read_state(f, "opt", sharded_template({10, 7}, PartitionSpec(), {}));
+      EXPECT_TRUE(at::equal(whole.at("w").value, global)) << "dim " << dim << " n " << saved_n;
+      EXPECT_EQ(whole.at("w").metadata.count(kShardingKey), 0u);  // as the template says
+      auto listed = list_item(f, "opt");
+      EXPECT_EQ(listed[0].shape, (std::vector<int64_t>{10, 7}));
+      EXPECT_EQ(listed[0].sharding, spec.to_string());
+      // Each rank of another world size reads exactly its shard (uneven sizes included).
+      for (int n : {1, 2, 3, 4, 6}) {
+        std::vector<at::Tensor> parts;
+        for (int r = 0; r < n; ++r) {
+          ReadOptions o;
+          o.mesh = Mesh{r, n};
+          State got = read_state(f, "opt", sharded_template({10, 7}, spec, Mesh{r, n}), o);
+          EXPECT_EQ(got.at("w").metadata.at(kShardingKey), spec.to_string());
+          parts.push_back(got.at("w").value);
+        }
+        EXPECT_TRUE(at::equal(at::cat(parts, dim), global)) << "dim " << dim << " saved " << saved_n << " restored " << n;
+      }
+      // A template whose shard does not fit the stored array is an error naming both shapes.
+      ReadOptions o;
+      o.mesh = Mesh{0, 2};
+      try {
+        read_state(f, "opt", sharded_template({12, 7}, spec, Mesh{0, 2}), o);
+        ADD_FAILURE();
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("shape mismatch at 'w': checkpoint [10, 7], whose shard 0 of 2"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
+TEST(Hdf5Io, ACorruptShardIsDetectedByTheRanksThatReadIt) {
+  test::TempDir dir;
+  const at::Tensor global = at::full({4096, 2}, 1.0f);
+  const auto spec = PartitionSpec::sharded(0, 2);
+  const auto path = write_stitched(dir.path(), global, spec, 2);
+  // Flip a byte inside shard 1's data.
+  const auto shard1 = (dir / "shard-1-of-2.h5").string();
+  std::string bytes;
+  {
+    std::ifstream in(shard1, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  size_t pos = bytes.find(std::string("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8));
+  ASSERT_NE(pos, std::string::npos);
+  bytes[pos + 1000] ^= 0x01;
+  {
+    std::ofstream out(shard1, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  H5File f = H5File::open(path);
+  ReadOptions r0;
+  r0.mesh = Mesh{0, 2};
+  EXPECT_NO_THROW(read_state(f, "opt", sharded_template({4096, 2}, spec, Mesh{0, 2}), r0));  // reads shard 0 only
+  for (int r : {1}) {
+    ReadOptions o;
+    o.mesh = Mesh{r, 2};
+    try {
+      read_state(f, "opt", sharded_template({4096, 2}, spec, Mesh{r, 2}), o);
+      ADD_FAILURE();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("piece at 2048 along dim 0"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(read_state(f, "opt", sharded_template({4096, 2}, PartitionSpec(), {})), Error);  // the global read
 }

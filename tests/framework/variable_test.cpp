@@ -21,12 +21,12 @@ TEST(Variable, KindsAndUserKinds) {
 }
 
 TEST(Variable, SharedHandleSeesReplacement) {
-  nnx::Variable a = nnx::Param(at::zeros({2}), {{"sharding", "data:0"}});
+  nnx::Variable a = nnx::Param(at::zeros({2}), {{"sharding", "[\"data\"]"}});
   nnx::Variable b = a;  // weight tying: same slot
   b.set_value(at::ones({3}));
   EXPECT_TRUE(a.is(b));
   EXPECT_EQ(a.value().size(0), 3);
-  EXPECT_EQ(a.metadata().at("sharding"), "data:0");
+  EXPECT_EQ(a.metadata().at("sharding"), "[\"data\"]");
   nnx::Variable c = nnx::Param(at::ones({3}));
   EXPECT_FALSE(a.is(c));
 }
