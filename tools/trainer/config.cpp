@@ -326,6 +326,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   Section dist = top.sub("distributed");
   c.distributed.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
   c.distributed.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
+  c.distributed.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
   dist.finish();
 
   top.finish();
@@ -351,7 +352,7 @@ nlohmann::json Config::to_json() const {
                       {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}}},
-      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}}},
+      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},
   };
 }
 

@@ -83,6 +83,9 @@ struct CheckpointConfig {
 struct DistributedConfig {
   int64_t timeout_seconds = 300;    ///< every collective and the rendezvous wait at most this
   std::string batch_stats = "sync";  ///< sync: average BatchNorm running stats over ranks each step; local: keep per rank (rank 0's are saved)
+  /// 0: every rank keeps the whole optimizer state; 1: ZeRO-1, each rank keeps (and checkpoints)
+  /// the optimizer state of its rows of every param (Rajbhandari et al., 2020).
+  int64_t zero_stage = 0;
 };
 
 /// The whole run.

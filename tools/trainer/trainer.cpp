@@ -230,7 +230,10 @@ int train(const Config& cfg, const RunOptions& ropts) {
   std::vector<std::shared_ptr<optim::Transform>> tx;
   if (cfg.optimizer.clip_norm > 0) tx.push_back(optim::clip_by_global_norm(cfg.optimizer.clip_norm));
   tx.push_back(cfg.optimizer.type == "adamw" ? optim::adamw(ao) : optim::adam(ao));
-  optim::Optimizer optimizer(model, tx);
+  // ZeRO-1: each rank keeps the optimizer state of its rows of every param.
+  const bool zero1 = cfg.distributed.zero_stage == 1 && env.world_size > 1;
+  optim::Optimizer optimizer(model, tx, Param, zero1 ? Mesh{env.rank, env.world_size} : Mesh{});
+  if (zero1) optimizer.set_process_group(pg);
 
   data::LoaderOptions lo;
   lo.batch_size = cfg.train.batch_size;
@@ -393,7 +396,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   out << "nnx-train: " << mtype << " with " << state(*model, Param).size() << " param arrays ("
             << format_bytes(state(*model, Param).nbytes()) << "), " << ds.train->size() << " training examples, "
             << loader.batches_per_epoch() << " batches/epoch, device " << device.str() << ", threads "
-            << at::get_num_threads() << (env.world_size > 1 ? ", world_size " + std::to_string(env.world_size) : std::string()) << "\n";
+            << at::get_num_threads() << (env.world_size > 1 ? ", world_size " + std::to_string(env.world_size) : std::string())
+            << (zero1 ? ", ZeRO-1 optimizer state " + format_bytes(state(optimizer).nbytes()) + " on this rank" : std::string()) << "\n";
 
   const bool tty = ::isatty(STDERR_FILENO);
   auto window_start = Clock::now();
