@@ -75,6 +75,29 @@ void add(const std::string& name, double ours, double anchor, const std::string&
                   target > 0 ? (ok ? "ok" : "MISSED") : ""});
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+template <class F>
+double time_once(F&& f) {
+  auto s = Clock::now();
+  f();
+  return secs_since(s);
+}
+
+// A row from alternating rounds: medians of each contender and the median of per-round ratios.
+void add_rounds(const std::string& name, const std::vector<double>& ours, const std::vector<double>& anchor,
+                const std::string& unit, const std::string& anchor_name, double target) {
+  std::vector<double> r;
+  for (size_t i = 0; i < ours.size(); ++i) r.push_back(ours[i] / anchor[i]);
+  const double ratio = median(r);
+  rows.push_back({name, fmt(median(ours), unit.c_str()), anchor_name + " " + fmt(median(anchor), unit.c_str()),
+                  fmt(ratio, "", 3) + (ours.size() > 1 ? " (median of " + std::to_string(ours.size()) + " rounds)" : std::string()),
+                  target > 0 ? "<= " + fmt(target, "", 2) : "reported", target > 0 ? (ratio <= target ? "ok" : "MISSED") : ""});
+}
+
 int64_t rss_kb(const char* field) {
   std::ifstream in("/proc/self/status");
   std::string line;
@@ -115,10 +138,11 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   std::vector<at::Tensor> tensors;
   for (auto& [p, vs] : s) tensors.push_back(vs.value);
 
+  // The contenders run in alternating rounds (ours, raw, torch, then again) and each row
+  // reports the median of the per-round ratios, so drift of this machine's speed between
+  // blocks of repetitions does not enter a ratio.
   Checkpointer ck;
-  double t_ours = median_time(reps, [&](int i) { ck.save(dir / ("ours" + std::to_string(i)), Composite{{"params", StandardSave(s)}}); });
-  double t_raw = median_time(reps, [&](int i) {
-    std::string p = (dir / ("raw" + std::to_string(i))).string();
+  auto raw_write = [&](const std::string& p) {
     int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     for (auto& t : tensors) {
       const char* b = static_cast<const char*>(t.data_ptr());
@@ -127,53 +151,58 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
     }
     ::fsync(fd);
     ::close(fd);
-  });
-  double t_torch = median_time(reps, [&](int i) {
-    std::string p = (dir / ("torch" + std::to_string(i) + ".pt")).string();
-    torch::save(tensors, p);
-    fsync_file(p);
-  });
-  add("save 400 MB fsync'd (100 fp32 tensors)", t_ours, t_raw, " s", "raw write+fsync", 1.10);
-  add("save 400 MB vs torch::save (+fsync)", t_ours, t_torch, " s", "torch::save", 0.85);
+  };
+  std::vector<double> ours_v, raw_v, torch_v;
+  for (int i = 0; i < reps; ++i) {
+    ours_v.push_back(time_once([&] { ck.save(dir / ("ours" + std::to_string(i)), Composite{{"params", StandardSave(s)}}); }));
+    raw_v.push_back(time_once([&] { raw_write((dir / ("raw" + std::to_string(i))).string()); }));
+    torch_v.push_back(time_once([&] {
+      std::string p = (dir / ("torch" + std::to_string(i) + ".pt")).string();
+      torch::save(tensors, p);
+      fsync_file(p);
+    }));
+  }
+  const double t_ours = median(ours_v);
+  add_rounds("save 400 MB fsync'd (100 fp32 tensors)", ours_v, raw_v, " s", "raw write+fsync", 1.10);
+  add_rounds("save 400 MB vs torch::save (+fsync)", ours_v, torch_v, " s", "torch::save", 0.85);
   {
     std::string out = run_capture("/usr/bin/python3 " + std::string(NNX_SOURCE_DIR) + "/tools/bench/h5py_save.py " +
                                   (dir / "h5py.h5").string() + " 100 1000000 2>/dev/null");
     if (!out.empty()) add("save 400 MB vs h5py (+fsync)", t_ours, std::stod(out), " s", "h5py", 0);
     else rows.push_back({"save 400 MB vs h5py", fmt(t_ours, " s"), "python3-h5py missing", "-", "reported", ""});
   }
-  std::cerr << "  save: ours " << mb / t_ours << " MB/s, raw " << mb / t_raw << " MB/s\n";
+  std::cerr << "  save: ours " << mb / t_ours << " MB/s, raw " << mb / median(raw_v) << " MB/s\n";
 
   // Restore (the files are in the page cache for every contender).
   State templ;
   for (auto& [p, vs] : s) templ.insert(p, {vs.kind, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
-  double t_restore = median_time(reps, [&](int i) {
-    ck.restore(dir / ("ours" + std::to_string(i % reps)), Composite{{"params", StandardRestore(templ)}});
-  });
-  double t_read = median_time(reps, [&](int i) {
-    std::string p = (dir / ("raw" + std::to_string(i % reps))).string();
-    int fd = ::open(p.c_str(), O_RDONLY);
-    std::vector<at::Tensor> out;
-    for (int k = 0; k < n; ++k) {
-      at::Tensor t = at::empty({numel});
-      char* b = static_cast<char*>(t.data_ptr());
-      size_t len = numel * 4, done = 0;
-      while (done < len) done += static_cast<size_t>(::read(fd, b + done, len - done));
-      out.push_back(t);
-    }
-    ::close(fd);
-  });
-  double t_tload = median_time(reps, [&](int i) {
-    std::vector<at::Tensor> out;
-    torch::load(out, (dir / ("torch" + std::to_string(i % reps) + ".pt")).string());
-  });
   ReadOptions no_verify;
   no_verify.verify_checksums = false;
-  double t_restore_nv = median_time(reps, [&](int i) {
-    ck.restore(dir / ("ours" + std::to_string(i % reps)), Composite{{"params", StandardRestore(templ, no_verify)}});
-  });
-  add("restore 400 MB (checksums verified)", t_restore, t_read, " s", "raw read", 1.10);
-  add("restore 400 MB without checksum verification", t_restore_nv, t_read, " s", "raw read", 0);
-  add("restore 400 MB vs torch::load", t_restore, t_tload, " s", "torch::load", 0);
+  std::vector<double> restore_v, restore_nv_v, read_v, tload_v;
+  for (int i = 0; i < reps; ++i) {
+    const std::string k = std::to_string(i);
+    restore_v.push_back(time_once([&] { ck.restore(dir / ("ours" + k), Composite{{"params", StandardRestore(templ)}}); }));
+    read_v.push_back(time_once([&] {
+      int fd = ::open((dir / ("raw" + k)).c_str(), O_RDONLY);
+      std::vector<at::Tensor> out;
+      for (int j = 0; j < n; ++j) {
+        at::Tensor t = at::empty({numel});
+        char* b = static_cast<char*>(t.data_ptr());
+        size_t len = numel * 4, done = 0;
+        while (done < len) done += static_cast<size_t>(::read(fd, b + done, len - done));
+        out.push_back(t);
+      }
+      ::close(fd);
+    }));
+    restore_nv_v.push_back(time_once([&] { ck.restore(dir / ("ours" + k), Composite{{"params", StandardRestore(templ, no_verify)}}); }));
+    tload_v.push_back(time_once([&] {
+      std::vector<at::Tensor> out;
+      torch::load(out, (dir / ("torch" + k + ".pt")).string());
+    }));
+  }
+  add_rounds("restore 400 MB (checksums verified)", restore_v, read_v, " s", "raw read", 1.10);
+  add_rounds("restore 400 MB without checksum verification", restore_nv_v, read_v, " s", "raw read", 0);
+  add_rounds("restore 400 MB vs torch::load", restore_v, tload_v, " s", "torch::load", 0);
 
   // Async: how long save() blocks the caller (the previous save has finished each time),
   // against the sync save.
@@ -312,10 +341,6 @@ void bench_training(bool quick, const stdfs::path& dir) {
   const int threads = 2;
   const int rounds = quick ? 3 : 5;
   auto ds = data::load_fashion_mnist(root, "train");
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   for (bool cnn : {false, true}) {
     const int steps = cnn ? (quick ? 100 : 200) : (quick ? 300 : 600);
     const std::string name = cnn ? "CNN" : "MLP";
