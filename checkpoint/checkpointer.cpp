@@ -5,6 +5,8 @@
 #include <chrono>
 #include <unordered_set>
 
+#include <xxhash.h>
+
 #include "checkpoint/fs.h"
 #include "checkpoint/metadata.h"
 #include "framework/distributed.h"
@@ -215,6 +217,23 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
   const stdfs::path tmp = t.substr(3);
   // 2. Every rank writes its share.
   const auto writers = assign_writers(args, n);
+  {
+    // Every rank must compute the same assignment (a variable sharded on some ranks only, or
+    // shaped differently per rank, would make two ranks write it, or none).
+    std::string desc;
+    for (const auto& [k, w] : writers) desc += k + "=" + std::to_string(w) + ";";
+    const auto h = static_cast<int64_t>(XXH3_64bits(desc.data(), desc.size()) >> 1);
+    std::vector<at::Tensor> v = {at::tensor({h, -h}, at::kLong)};
+    pg.all_reduce_max(v);
+    if (v[0][0].item<int64_t>() != -v[0][1].item<int64_t>()) {
+      if (rank == 0) {
+        std::error_code ec;
+        stdfs::remove_all(tmp, ec);
+      }
+      NNX_CHECK(false, "distributed save of '", path.string(), "': the ranks' states do not agree on which rank writes ",
+                "which tensor (a variable sharded on some ranks only, or a replicated variable shaped differently per rank)");
+    }
+  }
   std::string my_error;
   try {
     const stdfs::path shard = tmp / shard_name(rank, n);
@@ -308,22 +327,48 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
 }
 
 Restored Checkpointer::restore(const stdfs::path& path, const Composite& args) const {
-  nlohmann::json meta = read_metadata(path);
-  H5File file = H5File::open((path / kCheckpointFile).string());
-  Restored out;
-  for (const auto& [name, a] : args.items()) {
-    NNX_CHECK(meta["items"].contains(name), "checkpoint '", path.string(), "' has no item '", name, "'");
-    if (auto* s = std::get_if<StandardRestore>(&a)) {
-      ReadOptions ro = s->options;
-      if (!ro.mesh && process_group) ro.mesh = Mesh{process_group->rank(), process_group->world_size()};
-      out.states.emplace(name, read_state(file, name, s->templ, ro));
-    } else if (std::get_if<JsonRestore>(&a)) {
-      out.json.emplace(name, read_json(file, name));
-    } else {
-      NNX_CHECK(false, "item '", name, "': restore needs StandardRestore or JsonRestore arguments");
+  auto read_all = [&] {
+    nlohmann::json meta = read_metadata(path);
+    H5File file = H5File::open((path / kCheckpointFile).string());
+    Restored out;
+    for (const auto& [name, a] : args.items()) {
+      NNX_CHECK(meta["items"].contains(name), "checkpoint '", path.string(), "' has no item '", name, "'");
+      if (auto* s = std::get_if<StandardRestore>(&a)) {
+        ReadOptions ro = s->options;
+        if (!ro.mesh && process_group) ro.mesh = Mesh{process_group->rank(), process_group->world_size()};
+        out.states.emplace(name, read_state(file, name, s->templ, ro));
+      } else if (std::get_if<JsonRestore>(&a)) {
+        out.json.emplace(name, read_json(file, name));
+      } else {
+        NNX_CHECK(false, "item '", name, "': restore needs StandardRestore or JsonRestore arguments");
+      }
     }
+    return out;
+  };
+  if (!process_group || process_group->world_size() == 1) return read_all();
+  // Collective: a rank reading only its shard checks only the pieces it reads, so ranks can
+  // disagree about a corrupt checkpoint. Every rank learns every rank's outcome and all fail
+  // (or fall back) together.
+  auto& pg = *process_group;
+  const std::string key = "nnx/restore/" + std::to_string(restore_seq_++);
+  Restored out;
+  std::string my_error;
+  try {
+    out = read_all();
+  } catch (const std::exception& e) {
+    my_error = e.what();
   }
-  return out;
+  pg.store_set(key + "/rank" + std::to_string(pg.rank()), my_error.empty() ? "ok" : my_error);
+  std::vector<at::Tensor> flag = {at::full({1}, my_error.empty() ? 0 : 1, at::kInt)};
+  pg.all_reduce_sum(flag);
+  if (flag[0].item<int>() == 0) return out;
+  std::string first;
+  for (int r = 0; r < pg.world_size() && first.empty(); ++r) {
+    std::string v = pg.store_get(key + "/rank" + std::to_string(r));
+    if (v != "ok") first = r == pg.rank() ? v : "rank " + std::to_string(r) + ": " + v;
+  }
+  NNX_CHECK(my_error.empty(), my_error);
+  NNX_CHECK(false, "restore of '", path.string(), "' failed on another rank: ", first);
 }
 
 void StandardCheckpointer::save(const stdfs::path& path, const State& state) {

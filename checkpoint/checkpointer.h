@@ -54,6 +54,9 @@ class Checkpointer {
   virtual void save(const std::filesystem::path& path, const Composite& args,
                     const nlohmann::json& metadata = nlohmann::json::object());
   /// Restores the StandardRestore/JsonRestore items of `args` (a subset of the saved items).
+  /// With a process group of world_size > 1 it is collective (every rank calls it, with no save
+  /// in flight): templates with a sharded PartitionSpec read this rank's shard, and a failure on
+  /// any rank fails the restore on every rank (naming the first failing rank's error).
   Restored restore(const std::filesystem::path& path, const Composite& args) const;
   /// Options for the HDF5 writer (slab size).
   WriteOptions write_options;
@@ -70,6 +73,7 @@ class Checkpointer {
  private:
   void save_distributed(const std::filesystem::path& path, const Composite& args, const nlohmann::json& metadata);
   int64_t save_seq_ = 0;
+  mutable int64_t restore_seq_ = 0;
 };
 
 /// assign_writers' value for a sharded variable: every rank writes its own shard.

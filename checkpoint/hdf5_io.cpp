@@ -504,8 +504,9 @@ StoredInfo read_info(hid_t dset, const std::string& where) {
       ok = s.piece_dim >= 0 && s.piece_dim < static_cast<int64_t>(s.shape.size());
       for (const auto& p : j["pieces"]) {
         if (!ok) break;
-        ok = p.is_object() && p.value("start", int64_t(-1)) == next && p.value("size", int64_t(-1)) > 0 &&
-             p.contains("checksum") && p["checksum"].is_string();
+        auto integer = [&](const char* k) { return p.contains(k) && p[k].is_number_integer() ? p[k].get<int64_t>() : int64_t(-1); };
+        ok = p.is_object() && integer("start") == next && integer("size") > 0 && p.contains("checksum") &&
+             p["checksum"].is_string();
         if (ok) {
           s.pieces.push_back({next, p["size"].get<int64_t>(), p["checksum"].get<std::string>()});
           next += s.pieces.back().size;
@@ -548,7 +549,7 @@ void read_hyperslab(hid_t dset, hid_t mtype, const at::Tensor& t, int64_t dim, i
     H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
     Hid mspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), H5Sclose);
     NNX_CHECK(H5Dread(dset, mtype, mspace, fspace, H5P_DEFAULT, static_cast<char*>(t.data_ptr()) + r0 * row_bytes) >= 0,
-              "cannot read ", where, " (file truncated, corrupt, or a shard file missing?)");
+              "cannot read ", where, " (file truncated or corrupt?)");
   }
 }
 
@@ -657,10 +658,12 @@ State read_state(const H5File& file, const std::string& item, const State& templ
     PartitionSpec spec;
     try {
       spec = get_partition_spec(tv.metadata);
-      spec.check_rank(static_cast<int64_t>(info.shape.size()), "template");
+      spec.check_rank(tv.value.dim(), "template");
     } catch (const Error& e) {
       NNX_CHECK(false, "template '", path, "' (", where, "): ", e.what());
     }
+    NNX_CHECK(spec.replicated() || tv.value.dim() == static_cast<int64_t>(info.shape.size()), "shape mismatch at '", path,
+              "': checkpoint ", format_shape(info.shape), ", template ", format_shape(tv.value.sizes()), " (", where, ")");
     std::optional<Range> range;
     if (!spec.replicated()) {
       const Mesh mesh = options.mesh.value_or(Mesh{});

@@ -68,13 +68,13 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
   }
   NNX_CHECK(stdfs::is_directory(directory_), "'", directory_.string(), "' is not a directory");
   const bool leader = !options_.process_group || options_.process_group->rank() == 0;
+  sync_.process_group = options_.process_group;  // restores are collective, read-only or not
   if (!options_.read_only) {
     if (leader) {
       lock_ = std::make_unique<fs::DirectoryLock>(directory_);
       if (options_.cleanup_tmp_directories) cleanup_leftovers();
     }
     if (options_.process_group) options_.process_group->barrier();  // nobody saves before the cleanup
-    sync_.process_group = options_.process_group;
     if (options_.enable_async_checkpointing) {
       async_ = std::make_unique<AsyncCheckpointer>();
       async_->process_group = options_.process_group;

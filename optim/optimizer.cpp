@@ -32,17 +32,24 @@ Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<
   register_variable("step", OptState(init::zeros({}, at::kLong)));
   for (auto& t : tx_) t->init(paths_, params, *this);
   if (mesh_.size > 1) {
-    // Stages keep per-param state at "<name>/<param path>": annotate the sharded ones.
+    // Stages keep per-param state at "<prefix>/<param path>" (mu/..., nu/..., ema/mu/...):
+    // the state of a sharded param (the longest param path that ends the state's path) is
+    // annotated. State shaped like a whole sharded param would be saved wrongly: an error.
     std::unordered_map<std::string, size_t> index;
     for (size_t i = 0; i < paths_.size(); ++i) index[paths_[i]] = i;
     for (auto& [path, var] : named_variables()) {
-      auto slash = path.find('/');
-      if (slash == std::string::npos) continue;
-      auto it = index.find(path.substr(slash + 1));
-      if (it == index.end() || !sharded_[it->second]) continue;
-      NNX_INTERNAL_ASSERT(var.value().sizes() == params[it->second].sizes(), "state '", path,
-                          "' is not shaped like its param's shard");
-      set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
+      if (path == "step") continue;
+      for (size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+        auto it = index.find(path.substr(slash + 1));
+        if (it == index.end()) continue;
+        if (sharded_[it->second]) {
+          NNX_CHECK(var.value().sizes() == params[it->second].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
+                    format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[it->second],
+                    "' ", format_shape(params[it->second].sizes()));
+          set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
+        }
+        break;
+      }
     }
   }
 }

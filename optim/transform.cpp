@@ -24,7 +24,7 @@ void ClipByGlobalNorm::apply(UpdateContext& ctx) {
     std::vector<at::Tensor> counted;
     for (size_t i = 0; i < norms.size(); ++i)
       if ((*ctx.sharded)[i] || ctx.mesh.rank == 0) counted.push_back(norms[i].to(at::kDouble));
-    std::vector<at::Tensor> sq = {counted.empty() ? at::zeros({}, at::kDouble) : at::stack(counted).pow(2).sum()};
+    std::vector<at::Tensor> sq = {counted.empty() ? at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(ctx.grads[0].device())) : at::stack(counted).pow(2).sum()};
     ctx.all_reduce_sum(sq);
     total = sq[0].sqrt().to(at::kFloat);
   } else {

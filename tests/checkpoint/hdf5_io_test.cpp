@@ -5,6 +5,7 @@
 
 #include "framework/error.h"
 #include "test_util.h"
+#include "tools/run_util.h"
 
 using namespace nnx;
 using namespace nnx::checkpoint;
@@ -273,4 +274,21 @@ TEST(Hdf5Io, ACorruptShardIsDetectedByTheRanksThatReadIt) {
     }
   }
   EXPECT_THROW(read_state(f, "opt", sharded_template({4096, 2}, PartitionSpec(), {})), Error);  // the global read
+}
+
+TEST(Hdf5Io, AMalformedPiecesAttributeIsAClearError) {
+  if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code != 0) GTEST_SKIP() << "python3-h5py is not installed";
+  test::TempDir dir;
+  const auto spec = PartitionSpec::sharded(0, 2);
+  const auto path = write_stitched(dir.path(), at::arange(20, at::kFloat).view({10, 2}), spec, 2);
+  auto edit = test::run("cd / && /usr/bin/python3 -c \"import h5py; f=h5py.File('" + path +
+                        "','r+'); f['opt/w'].attrs['pieces']='{\\\"dim\\\":0,\\\"pieces\\\":[{\\\"start\\\":\\\"x\\\"}]}'\"");
+  ASSERT_EQ(edit.exit_code, 0) << edit.output;
+  H5File f = H5File::open(path);
+  try {
+    read_state(f, "opt", sharded_template({10, 2}, PartitionSpec(), {}));
+    ADD_FAILURE();
+  } catch (const Error& e) {  // an nnx::Error (not a JSON library exception) that names the dataset
+    EXPECT_NE(std::string(e.what()).find("/opt/w has a malformed 'pieces' attribute"), std::string::npos) << e.what();
+  }
 }

@@ -4,6 +4,10 @@
 //   save          every rank saves step 1 of replicated state; prints the restored checksum
 //   partial-save  rank 1 never calls save(): rank 0 must fail within the timeout, not hang
 //   rank1-fails   rank 1's share cannot be written: every rank must report the failure
+//   corrupt-restore  a sharded state saves; a byte of rank 1's piece is flipped; the restore
+//                 (where rank 0 reads only its own piece) must fail on every rank
+//   disagree      rank 1 annotates a variable as sharded, rank 0 does not: the save must fail
+//                 on every rank instead of writing a wrong global array
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
@@ -25,6 +29,58 @@
 using namespace nnx;
 
 namespace {
+// Prints `what` and, since nnx-launch stops the other ranks as soon as one exits non-zero, waits
+// (up to 30 s) until every rank has reported, so the test sees every rank's line.
+int report_and_wait(const std::string& dir, int r, int n, const std::string& what, int code) {
+  std::cout << what << std::endl;
+  std::ofstream(dir + "/reported-" + std::to_string(r)).put('1');
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (int k = 0; k < n && std::chrono::steady_clock::now() < deadline;)
+    if (std::filesystem::exists(dir + "/reported-" + std::to_string(k))) ++k;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return code;
+}
+
+// Flips one byte inside the first run of 1.0f values of `file`.
+void flip_byte_in_ones(const std::string& file) {
+  std::string bytes;
+  {
+    std::ifstream in(file, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  size_t pos = bytes.find(std::string("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8));
+  NNX_CHECK(pos != std::string::npos, "no float data in ", file);
+  bytes[pos + 100] ^= 0x01;
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+int sharded_modes(distributed::ProcessGroup& pg, const std::string& mode, const std::string& dir) {
+  const int r = pg.rank(), n = pg.world_size();
+  std::shared_ptr<distributed::ProcessGroup> group(&pg, [](distributed::ProcessGroup*) {});
+  const auto spec = PartitionSpec::sharded(0, 2);
+  State s;
+  s.insert("w", {OptState, shard_of(at::full({4096, 2}, 1.0f), spec, Mesh{r, n}).clone(), {}});
+  if (mode == "corrupt-restore" || r == 1) s.at("w").metadata[kShardingKey] = spec.to_string();
+  s.insert("b", {Param, at::arange(1000, at::kFloat), {}});
+  checkpoint::Checkpointer c;
+  c.process_group = group;
+  try {
+    c.save(dir + "/1", checkpoint::Composite{{"state", checkpoint::StandardSave(s)}});
+  } catch (const Error& e) {
+    return report_and_wait(dir, r, n, "save failed on rank " + std::to_string(r) + ": " + e.what(), 20);
+  }
+  if (mode == "disagree") return report_and_wait(dir, r, n, "save succeeded on rank " + std::to_string(r), 0);
+  pg.barrier();
+  if (r == 0) flip_byte_in_ones(dir + "/1/shard-1-of-" + std::to_string(n) + ".h5");
+  pg.barrier();
+  try {
+    c.restore(dir + "/1", checkpoint::Composite{{"state", checkpoint::StandardRestore(s)}});
+  } catch (const Error& e) {
+    return report_and_wait(dir, r, n, "restore failed on rank " + std::to_string(r) + ": " + e.what(), 20);
+  }
+  return report_and_wait(dir, r, n, "restore succeeded on rank " + std::to_string(r), 0);
+}
+
 std::shared_ptr<ModuleDict> zero1_model() {
   auto m = std::make_shared<ModuleDict>();
   int i = 0;
@@ -116,6 +172,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "zero1") return zero1(*pg, dir);
+    if (mode == "corrupt-restore" || mode == "disagree") return sharded_modes(*pg, mode, dir);
     checkpoint::CheckpointManagerOptions o;
     o.enable_async_checkpointing = false;
     o.handle_preemption_signals = false;
@@ -141,14 +198,8 @@ int main(int argc, char** argv) {
     try {
       mgr.save(1, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, {{"loss", 1.0}}, true);
     } catch (const Error& e) {
+      if (mode == "rank1-fails") return report_and_wait(dir, r, n, "save failed on rank " + std::to_string(r) + ": " + e.what(), 20);
       std::cout << "save failed on rank " << r << ": " << e.what() << std::endl;
-      // nnx-launch stops the other ranks as soon as one exits non-zero. So that the test sees
-      // every rank's report, each failed rank waits (up to 30 s) until all have reported.
-      std::ofstream(dir + "/failed-" + std::to_string(r)).put('1');
-      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      for (int k = 0; mode == "rank1-fails" && k < n && std::chrono::steady_clock::now() < deadline;)
-        if (std::filesystem::exists(dir + "/failed-" + std::to_string(k))) ++k;
-        else std::this_thread::sleep_for(std::chrono::milliseconds(10));
       return 20;
     }
     State t = s;

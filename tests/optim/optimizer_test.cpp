@@ -224,3 +224,52 @@ TEST(Optimizer, EvalShapeGivesAbstractOptimizerTemplate) {
   EXPECT_TRUE(t.at("mu/fc1/kernel").value.is_meta());
   EXPECT_EQ(t.at("nu/fc2/kernel").value.sizes(), (std::vector<int64_t>{8, 3}));
 }
+
+namespace {
+// A stage with state at "ema/mu/<path>" shaped like what it is given (or like the whole param).
+struct Ema : Transform {
+  bool whole = false;
+  void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params, Module& state) override {
+    for (size_t i = 0; i < paths.size(); ++i) {
+      std::vector<int64_t> shape = params[i].sizes().vec();
+      if (whole && !shape.empty()) shape[0] = params[i].dim() ? shape[0] * 3 : shape[0];
+      insert_variable(state, "ema/mu/" + paths[i], OptState(at::zeros(shape)));
+    }
+  }
+  void apply(UpdateContext&) override {}
+  nlohmann::json to_json() const override { return {{"type", "ema"}}; }
+};
+}  // namespace
+
+TEST(Optimizer, ZeroOneShardsStateRowsAndAnnotatesItEvenUnderEvalShape) {
+  // Rank 1 of 3: fc1/kernel [4, 8] holds rows [2, 3) (array_split: 2, 1, 1), fc2/bias [3] row [1, 2).
+  auto pair = eval_shape([] {
+    Rngs rngs(0);
+    auto m = std::make_shared<Mlp>(rngs);
+    return std::make_pair(m, std::make_shared<Optimizer>(m, std::vector<std::shared_ptr<Transform>>{adam(), std::make_shared<Ema>()},
+                                                         Param, Mesh{1, 3}));
+  });
+  State t = state(*pair.second);
+  EXPECT_EQ(t.at("mu/fc1/kernel").value.sizes(), (std::vector<int64_t>{1, 8}));
+  EXPECT_EQ(t.at("nu/fc2/bias").value.sizes(), (std::vector<int64_t>{1}));
+  EXPECT_EQ(t.at("ema/mu/fc1/kernel").value.sizes(), (std::vector<int64_t>{1, 8}));
+  for (const char* p : {"mu/fc1/kernel", "nu/fc2/bias", "ema/mu/fc2/kernel"})
+    EXPECT_EQ(get_partition_spec(t.at(p).metadata).sharded_dim(), 0) << p;
+  EXPECT_TRUE(get_partition_spec(t.at("step").metadata).replicated());
+  // An update without a process group is a clear error, not a wrong step.
+  Rngs rngs(0);
+  auto m = std::make_shared<Mlp>(rngs);
+  Optimizer o(m, {adam()}, Param, Mesh{0, 2});
+  State g = state(*m, Param).clone();
+  try {
+    o.update(g);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("call set_process_group() before update()"), std::string::npos) << e.what();
+  }
+  // State a stage shapes like something other than this rank's shard cannot be sharded safely.
+  auto bad = std::make_shared<Ema>();
+  bad->whole = true;
+  EXPECT_THROW(Optimizer(m, {bad}, Param, Mesh{0, 2}), Error);
+  EXPECT_THROW(Optimizer(m, {adam()}, Param, Mesh{2, 2}), Error);
+}

@@ -238,6 +238,29 @@ TEST(ZeroOne, ShardedOptimizerStepsAsTheUnshardedOneAndSavesGlobalArrays) {
   }
 }
 
+TEST(ZeroOne, ACorruptPieceFailsTheRestoreOnEveryRank) {
+  test::TempDir dir;
+  // Rank 0 reads only its own piece; rank 1's is corrupt: both must fail, naming it.
+  auto r = test::run(launch(2, helper() + " corrupt-restore " + dir.path().string()));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank 1] restore failed on rank 1:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank 0] restore failed on rank 0: restore of '" + (dir / "1").string() +
+                          "' failed on another rank: rank 1:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checksum mismatch"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("restore succeeded"), std::string::npos) << r.output;
+}
+
+TEST(ZeroOne, RanksThatDisagreeOnShardingFailTheSave) {
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " disagree " + dir.path().string()));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 2; ++k)
+    EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] save failed on rank " + std::to_string(k) +
+                            ": distributed save of '" + (dir / "1").string() + "': the ranks' states do not agree"),
+              std::string::npos) << r.output;
+  EXPECT_FALSE(stdfs::exists(dir / "1"));
+}
+
 // ZeRO-1 training equals replicated-state training bitwise (no clipping), and its checkpoints
 // restore at other world sizes (4 -> 3 -> 2 -> 1 -> 2, uneven shards) with the moments
 // resharded: the two chains stay bitwise equal after every resume.

@@ -363,6 +363,14 @@ int train(const Config& cfg, const RunOptions& ropts) {
       if (vs.value.is_floating_point()) ps.push_back(vs.value.detach());
     NNX_CHECK_IO(ps.empty() || at::stack(at::_foreach_norm(ps, 2)).sum().isfinite().item<bool>(),
                  "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
+    if (pg && cfg.distributed.batch_stats == "local") {
+      // Per-rank statistics: the checkpoint holds rank 0's (a copy; each rank keeps its own).
+      parts[1] = parts[1].clone();
+      for (auto& [p, vs] : parts[1]) {
+        std::vector<at::Tensor> one = {vs.value};
+        pg->broadcast(one, 0);
+      }
+    }
     Composite args{{"params", StandardSave(parts[0])},
                    {"batch_stats", StandardSave(parts[1])},
                    {"rngs", StandardSave(parts[2])},
