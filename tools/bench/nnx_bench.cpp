@@ -340,14 +340,17 @@ void bench_training(bool quick, const stdfs::path& dir) {
   }
   const int threads = 2;
   const int rounds = quick ? 3 : 5;
-  auto ds = data::load_fashion_mnist(root, "train");
   for (bool cnn : {false, true}) {
     const int steps = cnn ? (quick ? 100 : 200) : (quick ? 300 : 600);
     const std::string name = cnn ? "CNN" : "MLP";
     std::vector<double> ours_v, plain_v, py_v, r_plain, r_py;
     for (int r = 0; r < rounds; ++r) {
       double ours = nnx_train_examples_per_sec(cnn ? "fashion_mnist_cnn.yaml" : "fashion_mnist_mlp.yaml", steps, threads, dir);
-      double plain = plain_examples_per_sec(cnn, steps, threads, ds);
+      // Each contender in a fresh process (nnx-train is one), measured after a warm-up.
+      std::string plain_out = run_capture(std::string(NNX_BIN_DIR) + "/nnx-bench --plain-train " + (cnn ? "cnn" : "mlp") +
+                                          " --plain-steps " + std::to_string(steps) + " 2>/dev/null");
+      if (plain_out.empty()) throw std::runtime_error("the plain libtorch training process failed");
+      double plain = std::stod(plain_out);
       std::string py = run_capture("/usr/bin/python3 " + std::string(NNX_SOURCE_DIR) + "/tools/bench/train_step.py " +
                                    (cnn ? "cnn " : "mlp ") + std::to_string(steps) + " " + std::to_string(threads) + " " + root + " 2>/dev/null");
       ours_v.push_back(64.0 / ours * 1e3);
@@ -417,9 +420,18 @@ int main(int argc, char** argv) {
   std::string dist_rank_dir;
   int reps_override = 0;
   app.add_option("--dist-save-rank", dist_rank_dir)->group("");
+  std::string plain_model;  // one plain-libtorch contender in its own process (bench_training)
+  int plain_steps = 0;
+  app.add_option("--plain-train", plain_model)->group("");
+  app.add_option("--plain-steps", plain_steps)->group("");
   app.add_option("--reps", reps_override)->group("");
   CLI11_PARSE(app, argc, argv);
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
+  if (!plain_model.empty()) {
+    auto ds = data::load_fashion_mnist("/usr/share/datasets/fashion-mnist", "train");
+    std::cout << plain_examples_per_sec(plain_model == "cnn", plain_steps, 2, ds) << "\n";
+    return 0;
+  }
   auto want = [&](const std::string& s) { return only.empty() || std::find(only.begin(), only.end(), s) != only.end(); };
   stdfs::path dir = dir_arg.empty() ? stdfs::temp_directory_path() / ("nnx-bench-" + std::to_string(::getpid())) : stdfs::path(dir_arg);
   stdfs::create_directories(dir);
