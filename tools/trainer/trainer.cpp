@@ -161,19 +161,14 @@ void write_metrics_file(const stdfs::path& path, const nlohmann::json& history) 
   stdfs::rename(tmp, path);
 }
 
-// Every step frees and reallocates activations and gradients of a few MB. With glibc's default
-// thresholds that memory goes back to the OS and comes back as fresh zeroed pages each step
-// (1.2 M page faults in 200 CNN steps, ~10% of the step time here). Keep freed memory in the
-// process for reuse, as PyTorch's caching allocators do on GPUs. The user's own malloc settings
-// (GLIBC_TUNABLES, MALLOC_*_) win.
+}  // namespace
+
 void keep_freed_memory() {
   for (const char* v : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD"})
     if (std::getenv(v)) return;
   mallopt(M_MMAP_THRESHOLD, 256 << 20);  // allocations below 256 MiB come from the heap ...
   mallopt(M_TRIM_THRESHOLD, 1 << 30);    // ... and up to 1 GiB of freed heap stays mapped
 }
-
-}  // namespace
 
 int train(const Config& cfg, const RunOptions& ropts) {
   const auto t_start = Clock::now();

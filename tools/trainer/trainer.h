@@ -33,4 +33,11 @@ struct RunOptions {
 /// (exit code 2) and nnx::IOError for I/O failures (exit code 1).
 int train(const Config& config, const RunOptions& options = {});
 
+/// Keeps freed host memory in the process for reuse: glibc's mmap threshold becomes 256 MiB and
+/// its trim threshold 1 GiB (mallopt). A training step frees and reallocates activations and
+/// gradients of a few MB; with glibc's defaults they return to the OS and come back as fresh
+/// zeroed pages every step (1.21 M minor page faults in 200 CNN steps, 0.13 M with this). Does
+/// nothing when the user set GLIBC_TUNABLES, MALLOC_*_ variables or LD_PRELOAD. train() calls it.
+void keep_freed_memory();
+
 }  // namespace nnx::trainer
