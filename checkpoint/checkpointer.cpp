@@ -215,6 +215,18 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
   const std::string t = pg.store_get(key + "/tmp");
   NNX_CHECK_IO(t.rfind("ok:", 0) == 0, t.substr(6));
   const stdfs::path tmp = t.substr(3);
+  // Rank 0 removes the temporary directory when the save ends by an exception (a collective
+  // that timed out because a rank never arrived, ...); a committed step has been renamed away.
+  struct RemoveTmpOnError {
+    stdfs::path dir;
+    int uncaught = std::uncaught_exceptions();
+    ~RemoveTmpOnError() {
+      if (!dir.empty() && std::uncaught_exceptions() > uncaught) {
+        std::error_code ec;
+        stdfs::remove_all(dir, ec);
+      }
+    }
+  } cleanup{rank == 0 ? tmp : stdfs::path()};
   // 2. Every rank writes its share.
   const auto writers = assign_writers(args, n);
   {

@@ -101,6 +101,8 @@ TEST(DistributedCheckpoint, SaveEnteredBySomeRanksFailsWithinTheTimeout) {
   EXPECT_NE(r.output.find("[rank 0] save failed on rank 0"), std::string::npos) << r.output;
   EXPECT_LT(secs, 30.0);
   EXPECT_FALSE(stdfs::exists(dir / "1"));
+  for (const auto& e : stdfs::directory_iterator(dir.path()))  // the timed-out save left no tmp dir
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
 TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
