@@ -184,6 +184,12 @@ std::string ProcessGroup::store_get(const std::string& key) {
   return out;
 }
 
+namespace {
+// Gloo has no bfloat16 (nor int16): collectives that only move bits (broadcast, allgather) send
+// bf16 as float16, whose 2-byte elements Gloo copies without arithmetic.
+at::Tensor wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
+}  // namespace
+
 void broadcast_state(Module& module, ProcessGroup& pg, int root) {
   if (pg.world_size() == 1) return;
   at::NoGradGuard ng;
@@ -193,11 +199,12 @@ void broadcast_state(Module& module, ProcessGroup& pg, int root) {
   for (auto& [dtype, ts] : by_dtype) {
     std::vector<at::Tensor> flat;
     for (auto& t : ts) flat.push_back(t.reshape({-1}));
-    std::vector<at::Tensor> one = {at::cat(flat)};
+    at::Tensor buf = at::cat(flat);
+    std::vector<at::Tensor> one = {wire(buf)};
     pg.broadcast(one, root);
     int64_t off = 0;
     for (auto& t : ts) {
-      t.copy_(one[0].slice(0, off, off + t.numel()).view(t.sizes()));
+      t.copy_(buf.slice(0, off, off + t.numel()).view(t.sizes()));
       off += t.numel();
     }
   }
@@ -213,7 +220,9 @@ void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes)
     if (bucket.empty()) return;
     std::vector<at::Tensor> flat_views;
     for (auto& t : bucket) flat_views.push_back(t.reshape({-1}));
-    std::vector<at::Tensor> one = {at::cat(flat_views)};
+    // Gloo cannot sum bfloat16: bf16 gradients are summed in float32 and rounded once.
+    const bool bf16 = bucket[0].scalar_type() == at::kBFloat16;
+    std::vector<at::Tensor> one = {bf16 ? at::cat(flat_views).to(at::kFloat) : at::cat(flat_views)};
     pg.all_reduce_sum(one);
     one[0].mul_(scale);
     int64_t off = 0;
@@ -265,9 +274,12 @@ void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg)
       if (m) mine.narrow(0, off, m).view(t.narrow(0, r.start, r.size).sizes()).copy_(t.narrow(0, r.start, r.size));
       off += m;
     }
-    std::vector<at::Tensor> all;
-    for (int k = 0; k < n; ++k) all.push_back(at::empty({largest}, opts));
-    pg.all_gather(all, mine);
+    std::vector<at::Tensor> all, all_wire;
+    for (int k = 0; k < n; ++k) {
+      all.push_back(at::empty({largest}, opts));
+      all_wire.push_back(wire(all.back()));
+    }
+    pg.all_gather(all_wire, wire(mine));
     for (int k = 0; k < n; ++k) {
       if (k == me) continue;
       off = 0;
