@@ -215,6 +215,10 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
   const std::string t = pg.store_get(key + "/tmp");
   NNX_CHECK_IO(t.rfind("ok:", 0) == 0, t.substr(6));
   const stdfs::path tmp = t.substr(3);
+  // Every rank must be saving the same step: a rank whose n-th save is another path than rank
+  // 0's (a save decided on per-rank state) fails the save everywhere instead of mixing steps.
+  const std::string expected_prefix = path.string() + ".tmp-";
+  const bool same_path = tmp.string().rfind(expected_prefix, 0) == 0;
   // Rank 0 removes the temporary directory when the save ends by an exception (a collective
   // that timed out because a rank never arrived, ...); a committed step has been renamed away.
   struct RemoveTmpOnError {
@@ -247,7 +251,10 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
     }
   }
   std::string my_error;
-  try {
+  if (!same_path)
+    my_error = "this rank saves '" + path.string() + "' while rank 0 saves '" +
+               tmp.string().substr(0, tmp.string().rfind(".tmp-")) + "' (ranks must save the same steps together)";
+  else try {
     const stdfs::path shard = tmp / shard_name(rank, n);
     H5File f = H5File::create(shard.string());
     for (const auto& [name, a] : args.items())

@@ -206,7 +206,9 @@ bool CheckpointManager::reached_preemption(int64_t) const { return g_signal.load
 bool CheckpointManager::should_save(int64_t step) const {
   auto latest = latest_step();
   if (latest && step <= *latest) return false;
-  return step % options_.save_interval_steps == 0 || reached_preemption(step);
+  // With a process group, a signal seen by this rank alone must not make it save alone: the
+  // caller agrees on preemption across ranks (all-reduce reached_preemption()) and forces a save.
+  return step % options_.save_interval_steps == 0 || (!options_.process_group && reached_preemption(step));
 }
 
 bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann::json& metrics, bool force) {

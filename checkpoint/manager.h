@@ -98,7 +98,9 @@ class CheckpointManager {
   /// The best committed step by best_fn (finite metrics only); nullopt without best_fn/metrics.
   std::optional<int64_t> best_step() const;
   /// Whether save(step) would save: step % save_interval_steps == 0 or a preemption was seen,
-  /// and step is newer than the latest committed one.
+  /// and step is newer than the latest committed one. With a process group a preemption seen by
+  /// this rank does not count (ranks see signals at different steps and must save together):
+  /// all-reduce reached_preemption() over the ranks and pass force to save().
   bool should_save(int64_t step) const;
   /// Deletes a committed step (renamed away atomically first, then removed).
   void delete_step(int64_t step);

@@ -8,6 +8,7 @@
 //                 (where rank 0 reads only its own piece) must fail on every rank
 //   disagree      rank 1 annotates a variable as sharded, rank 0 does not: the save must fail
 //                 on every rank instead of writing a wrong global array
+//   different-steps  rank 0 saves step 2 while rank 1 saves step 1: both must fail, nothing commits
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
@@ -173,6 +174,18 @@ int main(int argc, char** argv) {
     }
     if (mode == "zero1") return zero1(*pg, dir);
     if (mode == "corrupt-restore" || mode == "disagree") return sharded_modes(*pg, mode, dir);
+    if (mode == "different-steps") {  // rank 0 saves step 2 while rank 1 saves step 1
+      checkpoint::Checkpointer c;
+      c.process_group = pg;
+      State one;
+      one.insert("w", {Param, at::arange(5000, at::kFloat), {}});
+      try {
+        c.save(dir + "/" + std::to_string(r == 0 ? 2 : 1), checkpoint::Composite{{"params", checkpoint::StandardSave(one)}});
+      } catch (const Error& e) {
+        return report_and_wait(dir, r, n, "save failed on rank " + std::to_string(r) + ": " + e.what(), 20);
+      }
+      return report_and_wait(dir, r, n, "save succeeded on rank " + std::to_string(r), 0);
+    }
     checkpoint::CheckpointManagerOptions o;
     o.enable_async_checkpointing = false;
     o.handle_preemption_signals = false;

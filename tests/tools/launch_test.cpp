@@ -93,6 +93,20 @@ TEST(DistributedCheckpoint, FailureOnOneRankFailsTheSaveEverywhere) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+TEST(DistributedCheckpoint, RanksSavingDifferentStepsFailInsteadOfMixingThem) {
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " different-steps " + dir.path().string()));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 2; ++k)
+    EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] save failed on rank " + std::to_string(k)), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 1: this rank saves '" + (dir / "1").string() + "' while rank 0 saves '" + (dir / "2").string() + "'"),
+            std::string::npos) << r.output;
+  EXPECT_FALSE(stdfs::exists(dir / "1"));
+  EXPECT_FALSE(stdfs::exists(dir / "2"));
+  for (const auto& e : stdfs::directory_iterator(dir.path()))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
 TEST(DistributedCheckpoint, SaveEnteredBySomeRanksFailsWithinTheTimeout) {
   test::TempDir dir;
   auto t0 = std::chrono::steady_clock::now();

@@ -116,6 +116,10 @@ class Section {
   void finish() const {
     if (!node_ || !node_.IsMap()) return;
     for (auto it = node_.begin(); it != node_.end(); ++it) {
+      if (!it->first.IsScalar())  // a complex key ("? ...", a list or a map as a key)
+        fail_at(it->first, prefix_.empty() ? std::string("(top level)") : prefix_,
+                ": keys must be plain names, found a ", it->first.IsSequence() ? "list" : it->first.IsMap() ? "map" : "null",
+                " used as a key");
       std::string k = it->first.as<std::string>();
       if (used_.count(k)) continue;
       std::string best;

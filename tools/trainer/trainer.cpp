@@ -503,7 +503,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
     }
 
     const bool preempted = preempt_seen;
-    if (manager.should_save(step) || step == cfg.train.max_steps || preempted) {
+    // The same decision on every rank: the interval, the last step, or preemption as all-reduced above.
+    if (step % cfg.checkpoint.save_interval_steps == 0 || step == cfg.train.max_steps || preempted) {
       nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step}, {"loss", loss_value}} : rec;
       if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
       save(step, metrics, /*force=*/true);
