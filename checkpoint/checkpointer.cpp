@@ -219,8 +219,8 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
   // 0's (a save decided on per-rank state) fails the save everywhere instead of mixing steps.
   const std::string expected_prefix = path.string() + ".tmp-";
   const bool same_path = tmp.string().rfind(expected_prefix, 0) == 0;
-  // Rank 0 removes the temporary directory when the save ends by an exception (a collective
-  // that timed out because a rank never arrived, ...); a committed step has been renamed away.
+  // Rank 0 removes the temporary directory whenever the save ends by an exception (a failed
+  // shard, ranks that disagree, a collective that timed out); a committed step was renamed away.
   struct RemoveTmpOnError {
     stdfs::path dir;
     int uncaught = std::uncaught_exceptions();
@@ -242,10 +242,6 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
     std::vector<at::Tensor> v = {at::tensor({h, -h}, at::kLong)};
     pg.all_reduce_max(v);
     if (v[0][0].item<int64_t>() != -v[0][1].item<int64_t>()) {
-      if (rank == 0) {
-        std::error_code ec;
-        stdfs::remove_all(tmp, ec);
-      }
       NNX_CHECK(false, "distributed save of '", path.string(), "': the ranks' states do not agree on which rank writes ",
                 "which tensor (a variable sharded on some ranks only, or a replicated variable shaped differently per rank)");
     }
@@ -278,10 +274,6 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
     for (int r = 0; r < n; ++r) {
       std::string v = pg.store_get(key + "/rank" + std::to_string(r));
       if (v != "ok") all += "\n  rank " + std::to_string(r) + ": " + v;
-    }
-    if (rank == 0) {
-      std::error_code ec;
-      stdfs::remove_all(tmp, ec);
     }
     NNX_CHECK_IO(false, "distributed save of '", path.string(), "' failed:", all);
   }

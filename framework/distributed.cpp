@@ -123,22 +123,21 @@ int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::world_size() const { return impl_->env.world_size; }
 std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->timeout; }
 
+namespace {
+void all_reduce(c10d::ProcessGroupGloo& pg, std::vector<at::Tensor>& tensors, c10d::ReduceOp op, std::chrono::milliseconds timeout) {
+  c10d::AllreduceOptions o;
+  o.reduceOp = op;
+  o.timeout = timeout;
+  pg.allreduce(tensors, o)->wait(timeout);
+}
+}  // namespace
+
 void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
-  guarded("all_reduce", *this, [&] {
-    c10d::AllreduceOptions o;
-    o.reduceOp = c10d::ReduceOp::SUM;
-    o.timeout = impl_->timeout;
-    impl_->pg->allreduce(tensors, o)->wait(impl_->timeout);
-  });
+  guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::SUM, impl_->timeout); });
 }
 
 void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) {
-  guarded("all_reduce", *this, [&] {
-    c10d::AllreduceOptions o;
-    o.reduceOp = c10d::ReduceOp::MAX;
-    o.timeout = impl_->timeout;
-    impl_->pg->allreduce(tensors, o)->wait(impl_->timeout);
-  });
+  guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::MAX, impl_->timeout); });
 }
 
 void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {

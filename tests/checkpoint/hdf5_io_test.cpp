@@ -262,16 +262,14 @@ TEST(Hdf5Io, ACorruptShardIsDetectedByTheRanksThatReadIt) {
   ReadOptions r0;
   r0.mesh = Mesh{0, 2};
   EXPECT_NO_THROW(read_state(f, "opt", sharded_template({4096, 2}, spec, Mesh{0, 2}), r0));  // reads shard 0 only
-  for (int r : {1}) {
-    ReadOptions o;
-    o.mesh = Mesh{r, 2};
-    try {
-      read_state(f, "opt", sharded_template({4096, 2}, spec, Mesh{r, 2}), o);
-      ADD_FAILURE();
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("piece at 2048 along dim 0"), std::string::npos) << e.what();
-    }
+  ReadOptions r1;  // rank 1 reads the corrupt piece
+  r1.mesh = Mesh{1, 2};
+  try {
+    read_state(f, "opt", sharded_template({4096, 2}, spec, Mesh{1, 2}), r1);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("piece at 2048 along dim 0"), std::string::npos) << e.what();
   }
   EXPECT_THROW(read_state(f, "opt", sharded_template({4096, 2}, PartitionSpec(), {})), Error);  // the global read
 }

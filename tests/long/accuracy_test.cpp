@@ -22,21 +22,20 @@ double final_accuracy(const std::string& config, const std::string& run_dir) {
 }
 }  // namespace
 
-TEST(Accuracy, FashionMnistCnnReaches091In3Epochs) {
+namespace {
+// Trains `config` from scratch on Fashion-MNIST and checks the final test accuracy.
+void expect_accuracy(const std::string& config, const std::string& name, double at_least) {
   if (!stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist missing";
   test::TempDir dir;
-  double acc = final_accuracy("fashion_mnist_cnn.yaml", (dir / "cnn").string());
-  std::cout << "[ accuracy ] CNN test accuracy after 3 epochs: " << acc << "\n";
-  EXPECT_GE(acc, 0.91);
+  double acc = final_accuracy(config, (dir / name).string());
+  std::cout << "[ accuracy ] " << name << " test accuracy after 3 epochs: " << acc << "\n";
+  EXPECT_GE(acc, at_least);
 }
+}  // namespace
 
-TEST(Accuracy, FashionMnistMlpReaches087) {
-  if (!stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist missing";
-  test::TempDir dir;
-  double acc = final_accuracy("fashion_mnist_mlp.yaml", (dir / "mlp").string());
-  std::cout << "[ accuracy ] MLP test accuracy after 3 epochs: " << acc << "\n";
-  EXPECT_GE(acc, 0.87);
-}
+TEST(Accuracy, FashionMnistCnnReaches091In3Epochs) { expect_accuracy("fashion_mnist_cnn.yaml", "CNN", 0.91); }
+
+TEST(Accuracy, FashionMnistMlpReaches087) { expect_accuracy("fashion_mnist_mlp.yaml", "MLP", 0.87); }
 
 TEST(BigTensors, TensorOver4GiBRoundTrips) {
   test::TempDir dir;

@@ -310,8 +310,12 @@ TEST(ZeroOne, TrainingMatchesReplicatedStateAndReshardsAcrossWorldSizes) {
     auto ra = run(a, " distributed.zero_stage=1"), rb = run(b, "");
     ASSERT_EQ(ra.exit_code, 0) << ra.output;
     ASSERT_EQ(rb.exit_code, 0) << rb.output;
-    if (steps > 10) EXPECT_NE(ra.output.find("resumed from step " + std::to_string(steps - 10)), std::string::npos) << ra.output;
-    if (n > 1) EXPECT_NE(ra.output.find("ZeRO-1 optimizer state"), std::string::npos) << ra.output;
+    if (steps > 10) {
+      EXPECT_NE(ra.output.find("resumed from step " + std::to_string(steps - 10)), std::string::npos) << ra.output;
+    }
+    if (n > 1) {
+      EXPECT_NE(ra.output.find("ZeRO-1 optimizer state"), std::string::npos) << ra.output;
+    }
     auto sa = test::final_states(a), sb = test::final_states(b);
     for (const auto& item : {"params", "optimizer"})
       EXPECT_TRUE(sa.at(item).equal(sb.at(item))) << "after " << steps << " steps at " << n << " ranks, " << item << ": "
@@ -321,26 +325,23 @@ TEST(ZeroOne, TrainingMatchesReplicatedStateAndReshardsAcrossWorldSizes) {
   CheckpointManagerOptions ro;
   ro.read_only = true;
   H5File f = H5File::open((CheckpointManager(stdfs::path(a) / "checkpoints", ro).step_path(steps) / "checkpoint.h5").string());
-  for (const auto& d : list_item(f, "optimizer"))
-    if (d.path != "step") EXPECT_EQ(d.sharding.rfind("[\"data\"", 0), 0u) << d.path << " " << d.sharding;
+  for (const auto& d : list_item(f, "optimizer")) {
+    if (d.path != "step") {
+      EXPECT_EQ(d.sharding.rfind("[\"data\"", 0), 0u) << d.path << " " << d.sharding;
+    }
+  }
 }
 
 TEST(DataParallel, SigtermToTheLauncherSavesOnEveryRankAndExitsZero) {
   test::TempDir dir;
   const std::string run_dir = (dir / "run").string();
-  const std::string launcher = test::bin("nnx-launch"), trainer = test::bin("nnx-train");
-  const std::string config = test::source_dir() + "/configs/tiny_synthetic.yaml", rd = "run.dir=" + run_dir;
-  const char* argv[] = {launcher.c_str(), "--nproc", "2", "--", trainer.c_str(), "--config", config.c_str(), rd.c_str(),
-                        "train.max_steps=100000000", "train.log_every=1", "checkpoint.save_interval_steps=100000000", nullptr};
-  pid_t pid;
-  ASSERT_EQ(posix_spawn(&pid, launcher.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-  for (int i = 0; i < 2400 && test::read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // up to 2 min of start-up under load
-  ::kill(pid, SIGTERM);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // SIGTERM to the launcher once training runs: it reaches every rank, which save and exit 0.
+  ASSERT_EQ(test::sigterm_after_training_starts({test::bin("nnx-launch"), "--nproc", "2", "--", test::bin("nnx-train"), "--config",
+                                                 test::source_dir() + "/configs/tiny_synthetic.yaml", "run.dir=" + run_dir,
+                                                 "train.max_steps=100000000", "train.log_every=1",
+                                                 "checkpoint.save_interval_steps=100000000"},
+                                                run_dir),
+            0);
   CheckpointManagerOptions ro;
   ro.read_only = true;
   CheckpointManager m(stdfs::path(run_dir) / "checkpoints", ro);

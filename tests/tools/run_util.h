@@ -2,6 +2,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -10,11 +12,14 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "checkpoint/checkpointer.h"
 #include "checkpoint/hdf5_io.h"
 #include "checkpoint/manager.h"
+
+extern char** environ;
 
 namespace nnx::test {
 
@@ -47,6 +52,23 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   while (std::getline(in, line))
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
   return out;
+}
+
+/// Starts `args` (args[0]: the program's path), waits until `run_dir`/metrics.jsonl holds 5
+/// records (up to 2 minutes of start-up under load), sends SIGTERM and waits. Returns the exit
+/// code, -1 when the process did not exit normally, -2 when it could not be started.
+inline int sigterm_after_training_starts(const std::vector<std::string>& args, const std::string& run_dir) {
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid;
+  if (posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return -2;
+  for (int i = 0; i < 2400 && read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /// The latest committed checkpoint of a run dir: every State item, read without a template.

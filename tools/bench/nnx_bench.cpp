@@ -50,17 +50,26 @@ std::vector<Row> rows;
 
 double secs_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+template <class F>
+double time_once(F&& f) {
+  auto s = Clock::now();
+  f();
+  return secs_since(s);
+}
+
 template <class F>
 double median_time(int reps, F&& f) {
   std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto s = Clock::now();
-    f(i);
-    t.push_back(secs_since(s));
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  for (int i = 0; i < reps; ++i) t.push_back(time_once([&] { f(i); }));
+  return median(t);
 }
+
+
 
 std::string fmt(double v, const char* unit, int prec = 3) {
   std::ostringstream os;
@@ -77,17 +86,7 @@ void add(const std::string& name, double ours, double anchor, const std::string&
                   target > 0 ? (ok ? "ok" : "MISSED") : ""});
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
-template <class F>
-double time_once(F&& f) {
-  auto s = Clock::now();
-  f();
-  return secs_since(s);
-}
 
 // A row from alternating rounds: medians of each contender and the median of per-round ratios.
 void add_rounds(const std::string& name, const std::vector<double>& ours, const std::vector<double>& anchor,
