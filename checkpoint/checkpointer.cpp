@@ -143,8 +143,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
       }
       file.close();
     }
-    fs::fsync_path(h5);
-    auto [size, sum] = fs::file_size_and_checksum(h5);
+    auto [size, sum] = fs::fsync_and_checksum(h5);
     nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
     meta["format"] = "nnx-checkpoint";
     meta["format_version"] = kFormatVersion;
@@ -261,7 +260,9 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
         write_state(f, name, mine, write_options);
       }
     f.close();
-    fs::fsync_path(shard);
+    // Each rank hashes its own shard (while its disk writes it) for rank 0's metadata.
+    auto [size, sum] = fs::fsync_and_checksum(shard);
+    pg.store_set(key + "/file" + std::to_string(rank), nlohmann::json{{"size", size}, {"checksum", sum}}.dump());
   } catch (const std::exception& e) {
     my_error = e.what();
   }
@@ -307,7 +308,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
         }
         file.close();
       }
-      fs::fsync_path(h5);
+      auto [h5_size, h5_sum] = fs::fsync_and_checksum(h5);
       nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
       meta["format"] = "nnx-checkpoint";
       meta["format_version"] = kFormatVersion;
@@ -315,13 +316,13 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       meta["world_size"] = n;
       meta["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
       meta["files"] = nlohmann::json::object();
-      for (const auto& f : std::vector<std::string>{kCheckpointFile}) {
-        auto [size, sum] = fs::file_size_and_checksum(tmp / f);
-        meta["files"][f] = {{"size", size}, {"checksum", sum}};
-      }
+      meta["files"][kCheckpointFile] = {{"size", h5_size}, {"checksum", h5_sum}};
       for (int r = 0; r < n; ++r) {
-        auto [size, sum] = fs::file_size_and_checksum(tmp / shard_name(r, n));
-        meta["files"][shard_name(r, n)] = {{"size", size}, {"checksum", sum}};
+        const std::string reported = pg.store_get(key + "/file" + std::to_string(r));
+        auto j = nlohmann::json::parse(reported, nullptr, false);
+        NNX_CHECK(j.is_object() && j.contains("size") && j.contains("checksum"), "rank ", r,
+                  " reported a malformed size and checksum of its shard: '", reported, "'");
+        meta["files"][shard_name(r, n)] = j;
       }
       fs::write_file_synced(tmp / kMetadataFile, meta.dump(2));
       fs::fsync_path(tmp);

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <random>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "checkpoint/hdf5_io.h"
@@ -51,7 +52,7 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path) 
   NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
   XXH3_state_t* st = XXH3_createState();
   XXH3_64bits_reset(st);
-  std::vector<char> buf(8 << 20);
+  std::vector<char> buf(256 << 10);
   int64_t total = 0;
   while (true) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
@@ -72,6 +73,27 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path) 
   std::snprintf(out, sizeof(out), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(st)));
   XXH3_freeState(st);
   return {total, out};
+}
+
+std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {
+  std::exception_ptr sync_error;
+  std::thread sync([&] {
+    try {
+      fsync_path(path);
+    } catch (...) {
+      sync_error = std::current_exception();
+    }
+  });
+  std::pair<int64_t, std::string> out;
+  try {
+    out = file_size_and_checksum(path);
+  } catch (...) {
+    sync.join();
+    throw;
+  }
+  sync.join();
+  if (sync_error) std::rethrow_exception(sync_error);
+  return out;
 }
 
 void write_file_synced(const stdfs::path& path, const std::string& text) {

@@ -16,8 +16,12 @@ void fsync_path(const stdfs::path& path);
 void rename_no_replace(const stdfs::path& from, const stdfs::path& to);
 /// "<pid>-<random hex>": unique among concurrent writers.
 std::string unique_suffix();
-/// Size in bytes and "xxh3_64:<hex>" of a file, read in 8 MiB blocks. Throws nnx::Error naming it.
+/// Size in bytes and "xxh3_64:<hex>" of a file, read in 256 KiB blocks (each hashed while in
+/// the core's cache). Throws nnx::Error naming it.
 std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path);
+/// fsync_path(path) on a second thread while this one computes file_size_and_checksum(path):
+/// the hash reads the page cache while the disk writes. Throws the first failure.
+std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path);
 /// Writes `text` to `path` (must not exist) and fsyncs it. Throws nnx::IOError.
 void write_file_synced(const stdfs::path& path, const std::string& text);
 /// Reads a whole file. Throws nnx::Error naming it.

@@ -5,9 +5,16 @@
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>  // XXH3 with the best SIMD the CPU has (AVX2 here); same hash values
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -96,8 +103,8 @@ void write_string_attr(hid_t obj, const char* name, const std::string& value, co
   NNX_CHECK_IO(H5Awrite(attr, type, &p) >= 0, "cannot write attribute '", name, "' on ", where);
 }
 
-std::optional<std::string> read_string_attr(hid_t obj, const char* name, const std::string& where) {
-  if (H5Aexists(obj, name) <= 0) return std::nullopt;
+// Reads a string attribute that exists.
+std::string read_present_string_attr(hid_t obj, const char* name, const std::string& where) {
   Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
   NNX_CHECK(attr.ok(), "cannot open attribute '", name, "' of ", where);
   Hid ftype(H5Aget_type(attr), H5Tclose);
@@ -117,6 +124,24 @@ std::optional<std::string> read_string_attr(hid_t obj, const char* name, const s
   return out;
 }
 
+std::optional<std::string> read_string_attr(hid_t obj, const char* name, const std::string& where) {
+  if (H5Aexists(obj, name) <= 0) return std::nullopt;
+  return read_present_string_attr(obj, name, where);
+}
+
+// The names of an object's attributes, from one pass over its header (cheaper than one
+// H5Aexists per name when several are read).
+std::unordered_set<std::string> attribute_names(hid_t obj, const std::string& where) {
+  std::unordered_set<std::string> names;
+  auto add = [](hid_t, const char* name, const H5A_info_t*, void* out) -> herr_t {
+    static_cast<std::unordered_set<std::string>*>(out)->insert(name);
+    return 0;
+  };
+  NNX_CHECK(H5Aiterate2(obj, H5_INDEX_NAME, H5_ITER_NATIVE, nullptr, add, &names) >= 0,
+            "cannot list the attributes of ", where);
+  return names;
+}
+
 void write_i64_array_attr(hid_t obj, const char* name, const std::vector<int64_t>& v, const std::string& where) {
   hsize_t n = v.size();
   Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);  // n = 0: an empty array (rank 0)
@@ -125,8 +150,9 @@ void write_i64_array_attr(hid_t obj, const char* name, const std::vector<int64_t
   if (n > 0) NNX_CHECK_IO(H5Awrite(attr, H5T_NATIVE_INT64, v.data()) >= 0, "cannot write attribute '", name, "' on ", where);
 }
 
-std::optional<std::vector<int64_t>> read_i64_array_attr(hid_t obj, const char* name, const std::string& where) {
-  if (H5Aexists(obj, name) <= 0) return std::nullopt;
+std::optional<std::vector<int64_t>> read_i64_array_attr(hid_t obj, const char* name, const std::string& where,
+                                                       bool known_present = false) {
+  if (!known_present && H5Aexists(obj, name) <= 0) return std::nullopt;
   Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
   Hid space(H5Aget_space(attr), H5Sclose);
   hssize_t n = H5Sget_simple_extent_npoints(space);
@@ -193,62 +219,133 @@ std::string metadata_json(const Metadata& m) {
   return j.dump();
 }
 
-// Verifies checksums on a second thread while the next dataset is read, so verification costs
-// little wall time. finish() waits and throws the first mismatch, naming the dataset; no value
-// leaves read_state() before every checksum has been checked.
-class ChecksumPipeline {
+// Background threads that take jobs in submission order. finish() waits for all of them and
+// throws the first job's error; the destructor (an exception unwinding read_state) waits too,
+// so no job outlives the tensors and file it uses.
+class Workers {
  public:
-  ChecksumPipeline() : worker_([this] { run(); }) {}
-  ~ChecksumPipeline() {
-    stop();
-    if (worker_.joinable()) worker_.join();
-  }
-  void submit(at::Tensor t, std::string expected, std::string where) {
+  explicit Workers(int threads) : max_threads_(threads) {}
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+  ~Workers() { join(); }
+  void submit(std::function<void()> job) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back({std::move(t), std::move(expected), std::move(where)});
+    queue_.push_back(std::move(job));
+    // Threads start with the first jobs: a restore of small variables starts none.
+    if (static_cast<int>(threads_.size()) < max_threads_ && queue_.size() > idle_)
+      threads_.emplace_back([this] { run(); });
     cv_.notify_one();
   }
   void finish() {
-    stop();
-    if (worker_.joinable()) worker_.join();
+    join();
     NNX_CHECK(error_.empty(), error_);
   }
+  void finish_quietly() { join(); }
 
  private:
-  struct Job {
-    at::Tensor t;
-    std::string expected, where;
-  };
-  void stop() {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    cv_.notify_one();
+  void join() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      cv_.notify_all();
+    }
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
   }
   void run() {
     while (true) {
-      Job job;
+      std::function<void()> job;
       {
         std::unique_lock<std::mutex> lock(mu_);
+        ++idle_;
         cv_.wait(lock, [&] { return done_ || !queue_.empty(); });
+        --idle_;
         if (queue_.empty()) return;
         job = std::move(queue_.front());
         queue_.pop_front();
       }
-      size_t n = static_cast<size_t>(job.t.numel() * job.t.element_size());
-      std::string sum = checksum_bytes(n ? job.t.data_ptr() : nullptr, n);
-      if (sum != job.expected) {
+      try {
+        job();
+      } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (error_.empty())
-          error_ = job.where + ": checksum mismatch (stored " + job.expected + ", data " + sum + "); the checkpoint is corrupt";
+        if (error_.empty()) error_ = e.what();
       }
     }
   }
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Job> queue_;
+  std::deque<std::function<void()>> queue_;
   bool done_ = false;
+  size_t idle_ = 0;  // threads waiting for a job
   std::string error_;
-  std::thread worker_;
+  int max_threads_;
+  std::vector<std::thread> threads_;
+};
+
+void check_sum_now(const at::Tensor& t, const std::string& expected, const std::string& where) {
+  size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
+  std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
+  NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum, "); the checkpoint is corrupt");
+}
+
+// How read_state overlaps its work: HDF5 calls (opening datasets, reading attributes) stay on
+// the calling thread, since HDF5 is not reentrant. The bytes of a large dataset stored
+// contiguously are read with pread() at the offset HDF5 reports, on reader threads, in slices
+// that are hashed while they are still in the core's cache (XXH3's streaming form, equal to
+// the one-shot hash). Large tensors read by HDF5 are hashed on the reader threads too. Nothing
+// read is handed out before finish().
+class ReadPipeline {
+ public:
+  ReadPipeline(const std::string& file, bool verify)
+      : file_(file), verify_(verify), workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
+  ~ReadPipeline() {
+    workers_.finish_quietly();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // Verifies `t` (already read) against `expected`: here when small, else on a reader thread.
+  void check(const at::Tensor& t, std::string expected, std::string where) {
+    if (!verify_) return;
+    if (t.numel() * t.element_size() < kLarge) return check_sum_now(t, expected, where);
+    workers_.submit([t, expected = std::move(expected), where = std::move(where)] { check_sum_now(t, expected, where); });
+  }
+  // Fills contiguous `t` from the file's bytes [offset, offset + nbytes) on a reader thread and
+  // verifies them against `expected` (when verifying).
+  void read_at(const at::Tensor& t, uint64_t offset, std::string expected, std::string where) {
+    if (fd_ < 0) {
+      fd_ = ::open(file_.c_str(), O_RDONLY | O_CLOEXEC);
+      NNX_CHECK(fd_ >= 0, "cannot open '", file_, "': ", std::strerror(errno));
+    }
+    workers_.submit([this, t, offset, expected = std::move(expected), where = std::move(where)] {
+      char* p = static_cast<char*>(t.data_ptr());
+      const size_t n = static_cast<size_t>(t.numel() * t.element_size());
+      std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash(verify_ ? XXH3_createState() : nullptr, XXH3_freeState);
+      NNX_CHECK(!verify_ || (hash && XXH3_64bits_reset(hash.get()) == XXH_OK), "cannot start a checksum for ", where);
+      for (size_t done = 0; done < n;) {
+        const size_t want = std::min(n - done, kSlice);
+        ssize_t r = ::pread(fd_, p + done, want, static_cast<off_t>(offset + done));
+        if (r < 0 && errno == EINTR) continue;
+        NNX_CHECK(r > 0, "cannot read ", where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
+                  " (file truncated or corrupt?)");
+        if (hash) XXH3_64bits_update_dispatch(hash.get(), p + done, static_cast<size_t>(r));
+        done += static_cast<size_t>(r);
+      }
+      if (!hash) return;
+      char sum[32];
+      std::snprintf(sum, sizeof(sum), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(hash.get())));
+      NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum,
+                "); the checkpoint is corrupt");
+    });
+  }
+  // Waits for every read and checksum; throws the first failure.
+  void finish() { workers_.finish(); }
+
+  static constexpr int64_t kLarge = int64_t(1) << 20;  // smaller tensors are read and hashed in line
+ private:
+  static constexpr size_t kSlice = size_t(256) << 10;   // read, then hashed from the cache
+  std::string file_;
+  bool verify_;
+  int fd_ = -1;
+  Workers workers_;
 };
 
 }  // namespace
@@ -294,6 +391,9 @@ H5File H5File::create(const std::string& path) {
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
   // Closing the file closes everything in it, also after a failed write (full disk).
   H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+  // Data of 64 KiB and more starts on a 4 KiB boundary, so reads copy whole pages of the page
+  // cache into 64-byte aligned tensors; the padding costs under 4 KiB per large dataset.
+  H5Pset_alignment(fapl, 64 << 10, 4096);
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
   NNX_CHECK_IO(id >= 0, "cannot create HDF5 file '", path, "'");
   return H5File(id, path);
@@ -334,8 +434,13 @@ struct ItemWriter {
   Hid lcpl, gcpl, dcpl, group;
   std::string file_path, item;
   nlohmann::json paths = nlohmann::json::array();
+  int fd = -1;  // the file's descriptor (sec2 driver), to start writeback early
 
   ItemWriter(H5File& file, const std::string& item_name) : file_path(file.path()), item(item_name) {
+    Hid fapl(H5Fget_access_plist(file.id()), H5Pclose);
+    void* handle = nullptr;
+    if (fapl.ok() && H5Pget_driver(fapl) == H5FD_SEC2 && H5Fget_vfd_handle(file.id(), fapl, &handle) >= 0 && handle)
+      fd = *static_cast<int*>(handle);
     NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
               "invalid checkpoint item name '", item, "'");
     lcpl = Hid(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
@@ -380,6 +485,12 @@ struct ItemWriter {
     NNX_CHECK_IO(dset.ok(), "cannot create ", where);
     dataset_io(true, dset, type, t, options.max_write_bytes, where);
     const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
+    // Start writing a large dataset's pages to disk now (sync_file_range only queues them), so
+    // the disk works while the next tensors are copied; the commit's fsync waits for them all.
+    if (fd >= 0 && nbytes >= (size_t(1) << 20)) {
+      const haddr_t offset = H5Dget_offset(dset);
+      if (offset != HADDR_UNDEF) ::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(nbytes), SYNC_FILE_RANGE_WRITE);
+    }
     attrs(dset, where, vs, dtype_name(t.scalar_type()), t.sizes().vec(), checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes));
     paths.push_back(path);
   }
@@ -482,6 +593,11 @@ struct StoredInfo {
 
 StoredInfo read_info(hid_t dset, const std::string& where) {
   StoredInfo s;
+  const auto names = attribute_names(dset, where);
+  auto read_string_attr = [&](hid_t obj, const char* name, const std::string& w) -> std::optional<std::string> {
+    if (!names.count(name)) return std::nullopt;
+    return read_present_string_attr(obj, name, w);
+  };
   auto need = [&](const char* name) {
     auto v = read_string_attr(dset, name, where);
     NNX_CHECK(v.has_value(), where, " lacks the attribute '", name, "' (not written by nnx-cpp?)");
@@ -491,8 +607,8 @@ StoredInfo read_info(hid_t dset, const std::string& where) {
   s.dtype = need("dtype");
   s.checksum = need("checksum");
   s.sharding = read_string_attr(dset, "sharding", where).value_or("");
-  auto shape = read_i64_array_attr(dset, "shape", where);
-  NNX_CHECK(shape.has_value(), where, " lacks the attribute 'shape'");
+  NNX_CHECK(names.count("shape"), where, " lacks the attribute 'shape'");
+  auto shape = read_i64_array_attr(dset, "shape", where, true);
   s.shape = *shape;
   if (auto pieces = read_string_attr(dset, "pieces", where)) {
     auto j = nlohmann::json::parse(*pieces, nullptr, false);
@@ -553,18 +669,16 @@ void read_hyperslab(hid_t dset, hid_t mtype, const at::Tensor& t, int64_t dim, i
   }
 }
 
-void check_sum(const at::Tensor& t, const std::string& expected, const std::string& where, ChecksumPipeline* pipeline) {
-  if (pipeline) return pipeline->submit(t, expected, where);
-  size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
-  std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
-  NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum, "); the checkpoint is corrupt");
+void check_sum(const at::Tensor& t, const std::string& expected, const std::string& where, ReadPipeline* pipeline) {
+  if (pipeline) return pipeline->check(t, expected, where);
+  check_sum_now(t, expected, where);
 }
 
 // Reads a dataset, or with `range` only those elements. Every byte read is verified: against the
 // dataset's checksum, or for a stitched dataset against each piece read (a range is widened to
 // whole pieces so that their checksums can be checked).
 at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& where, bool verify,
-                        ChecksumPipeline* pipeline = nullptr, std::optional<Range> range = std::nullopt) {
+                        ReadPipeline* pipeline = nullptr, std::optional<Range> range = std::nullopt) {
   at::ScalarType dt = dtype_from_name(info.dtype);
   // The dataspace and type must agree with the attributes before any byte is read.
   Hid space(H5Dget_space(dset), H5Sclose);
@@ -605,6 +719,17 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   std::vector<int64_t> shape = info.shape;
   if (dim >= 0) shape[static_cast<size_t>(dim)] = hi - lo;
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dt));
+  // A whole, large dataset stored contiguously in this file (no filters, no external or
+  // virtual storage) in exactly the memory type is read with pread() at its offset on the
+  // pipeline's reader thread, while this thread opens the next dataset.
+  const int64_t nbytes = t.numel() * t.element_size();
+  if (pipeline && dim < 0 && !stitched && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
+    const haddr_t offset = H5Dget_offset(dset);  // HADDR_UNDEF unless contiguous and allocated
+    if (offset != HADDR_UNDEF) {
+      pipeline->read_at(t, offset, verify ? info.checksum : std::string(), where);
+      return t;
+    }
+  }
   read_hyperslab(dset, mtype, t, dim, lo, where);
   if (verify && stitched) {
     for (const auto& p : info.pieces) {
@@ -643,16 +768,14 @@ State read_state(const H5File& file, const std::string& item, const State& templ
   auto in_file = stored_paths(file, group, item);
   std::unordered_set<std::string> file_set(in_file.begin(), in_file.end());
   State out;
-  std::unique_ptr<ChecksumPipeline> pipeline;
-  if (options.verify_checksums) pipeline = std::make_unique<ChecksumPipeline>();
+  ReadPipeline pipeline(file.path(), options.verify_checksums);
   for (const auto& [path, tv] : templ) {
     if (!options.filter(path, tv.kind)) continue;
     const std::string where = where_of(file, item, path);
-    NNX_CHECK(file_set.count(path) && link_exists(group, path), "checkpoint '", file.path(), "' item '",
-              item, "' has no '", path, "' (template expects ", format_shape(tv.value.sizes()), " ",
-              dtype_name(tv.value.scalar_type()), ")");
-    Hid dset(H5Dopen2(group, path.c_str(), H5P_DEFAULT), H5Dclose);
-    NNX_CHECK(dset.ok(), "cannot open ", where);
+    // A listed path whose dataset (or a group on its way) is missing fails to open.
+    Hid dset(file_set.count(path) ? H5Dopen2(group, path.c_str(), H5P_DEFAULT) : -1, H5Dclose);
+    NNX_CHECK(dset.ok(), "checkpoint '", file.path(), "' item '", item, "' has no '", path, "' (template expects ",
+              format_shape(tv.value.sizes()), " ", dtype_name(tv.value.scalar_type()), ")");
     StoredInfo info = read_info(dset, where);
     // A template variable sharded over the 'data' mesh reads this rank's shard of the global array.
     PartitionSpec spec;
@@ -681,14 +804,14 @@ State read_state(const H5File& file, const std::string& item, const State& templ
     at::ScalarType have = dtype_from_name(info.dtype);
     NNX_CHECK(have == want || options.cast, "dtype mismatch at '", path, "': checkpoint ", info.dtype,
               ", template ", dtype_name(want), " (", where, "; pass cast=true to convert)");
-    at::Tensor t = read_dataset(dset, info, where, options.verify_checksums, pipeline.get(), range);
+    at::Tensor t = read_dataset(dset, info, where, options.verify_checksums, &pipeline, range);
     // The restored variable is sharded as the template says, whatever wrote the checkpoint.
     Metadata meta = info.metadata;
     if (spec.replicated()) meta.erase(kShardingKey);
     else meta[kShardingKey] = spec.to_string();
     out.insert(path, VariableState{Kind::from_name(info.kind), t, std::move(meta)});
   }
-  if (pipeline) pipeline->finish();  // every checksum checked before any conversion or copy
+  pipeline.finish();  // every byte read and every checksum checked before any conversion or copy
   for (auto& [path, vs] : out) {
     const auto& tv = templ.at(path);
     if (vs.value.scalar_type() != tv.value.scalar_type()) vs.value = vs.value.to(tv.value.scalar_type());
