@@ -2,7 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <thread>
 #include <unordered_set>
 
 #include <xxhash.h>
@@ -396,6 +399,15 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
   Composite out;
   size_t next = 0;
   std::vector<at::Tensor> used;
+  // Contiguous CPU sources are copied below in 4 MiB pieces across ATen's intra-op threads (one
+  // thread's memcpy reaches ~8 GB/s here, two ~13 GB/s); anything else is copied by ATen here.
+  struct Piece {
+    char* dst;
+    const char* src;
+    size_t n;
+  };
+  std::vector<Piece> pieces;
+  constexpr size_t kPiece = size_t(4) << 20;
   for (const auto& [name, a] : args.items()) {
     if (auto* s = std::get_if<StandardSave>(&a)) {
       State copy;
@@ -403,17 +415,22 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
         NNX_CHECK(vs.value.defined() && !vs.value.is_meta(), "cannot save '", name, "/", path,
                   "': the tensor is abstract or undefined");
         VariableState c = vs;
+        const at::Tensor src = vs.value.detach();
         at::Tensor buf;
         if (reuse && next < reuse->size()) {
           at::Tensor& cand = (*reuse)[next];
-          if (cand.scalar_type() == vs.value.scalar_type() && cand.numel() == vs.value.numel() && cand.use_count() == 1)
-            buf = cand.view(vs.value.sizes());
+          if (cand.scalar_type() == src.scalar_type() && cand.numel() == src.numel() && cand.use_count() == 1)
+            buf = cand.view(src.sizes());
         }
         ++next;
-        if (buf.defined()) {
-          buf.copy_(vs.value.detach());
+        if (!buf.defined()) buf = at::empty(src.sizes(), src.options().device(at::kCPU));
+        if (src.is_cpu() && src.is_contiguous()) {
+          const size_t n = static_cast<size_t>(src.numel()) * src.element_size();
+          for (size_t off = 0; off < n; off += kPiece)
+            pieces.push_back({static_cast<char*>(buf.data_ptr()) + off, static_cast<const char*>(src.data_ptr()) + off,
+                              std::min(kPiece, n - off)});
         } else {
-          buf = vs.value.detach().to(at::kCPU, /*non_blocking=*/false, /*copy=*/true).contiguous();
+          buf.copy_(src);  // a view, or a device tensor (copied to host, synchronously)
         }
         c.value = buf;
         used.push_back(buf);
@@ -424,6 +441,17 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
       out.add(name, a);
     }
   }
+  // The caller waits for this copy, so it may use the machine's cores (at most 4: the copy is
+  // bound by memory bandwidth). ATen's parallel_for is an OpenMP pragma in a header, inert in
+  // code built without -fopenmp, so the pieces go to plain threads.
+  const size_t threads = std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()), pieces.size(), 4});
+  auto copy_every = [&](size_t first) {
+    for (size_t i = first; i < pieces.size(); i += threads) std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
+  };
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(copy_every, t);
+  copy_every(0);
+  for (auto& h : helpers) h.join();
   if (reuse) *reuse = std::move(used);
   return out;
 }

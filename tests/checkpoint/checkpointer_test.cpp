@@ -75,6 +75,39 @@ TEST(Checkpointer, AsyncSaveHoldsValuesAtSaveTime) {
   EXPECT_TRUE(back.equal(expected)) << back.first_difference(expected);
 }
 
+// The snapshot copies contiguous tensors in 4 MiB pieces on several threads and everything else
+// (views) through ATen; it reuses the previous snapshot's buffers when shapes and dtypes match.
+TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
+  State s;
+  s.insert("big", {Param, at::randn({(10 << 20) / 4 + 3}), {}});  // 3 pieces, the last one short
+  s.insert("view", {Param, at::randn({64, 64}).t(), {}});
+  s.insert("bf16", {Param, at::randn({1000}).to(at::kBFloat16), {}});
+  s.insert("empty", {Param, at::empty({0, 5}), {}});
+  s.insert("scalar", {Cache, at::scalar_tensor(int64_t(7), at::kLong), {}});
+  for (int i = 0; i < 9; ++i) s.insert("many/p" + std::to_string(i), {Param, at::randn({(1 << 20) + i}), {}});
+  Composite args{{"params", StandardSave(s)}, {"meta", JsonSave(nlohmann::json{{"k", 1}})}};
+  std::vector<at::Tensor> buffers;
+  std::vector<void*> ptrs;
+  auto snapshot = [&] {
+    Composite snap = snapshot_to_host(args, &buffers);
+    ASSERT_EQ(snap.items().size(), 2u);
+    const State& copy = std::get<StandardSave>(snap.items()[0].second).state;
+    EXPECT_TRUE(copy.equal(s)) << copy.first_difference(s);
+    for (const auto& [p, vs] : copy) {
+      EXPECT_TRUE(vs.value.is_contiguous()) << p;
+      if (vs.value.numel() > 0) EXPECT_NE(vs.value.data_ptr(), s.at(p).value.data_ptr()) << p;
+    }
+    EXPECT_TRUE(std::holds_alternative<JsonSave>(snap.items()[1].second));
+    ptrs.clear();
+    for (const auto& [p, vs] : copy) ptrs.push_back(vs.value.data_ptr());
+  };
+  snapshot();
+  const auto first = ptrs;
+  for (auto& [p, vs] : s) vs.value.add_(1);  // new values, same shapes
+  snapshot();
+  EXPECT_EQ(first, ptrs);  // the same host buffers, refilled
+}
+
 TEST(Checkpointer, FailedAsyncSaveSurfacesOnWaitAndLeavesNoTmp) {
   test::TempDir dir;
   { std::ofstream(dir / "blocker") << "a file, not a directory"; }
