@@ -85,14 +85,15 @@ std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {
     }
   });
   std::pair<int64_t, std::string> out;
+  std::exception_ptr read_error;
   try {
     out = file_size_and_checksum(path);
   } catch (...) {
-    sync.join();
-    throw;
+    read_error = std::current_exception();
   }
   sync.join();
-  if (sync_error) std::rethrow_exception(sync_error);
+  if (sync_error) std::rethrow_exception(sync_error);  // an I/O failure (exit 1) first
+  if (read_error) std::rethrow_exception(read_error);
   return out;
 }
 

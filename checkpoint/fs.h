@@ -20,7 +20,8 @@ std::string unique_suffix();
 /// the core's cache). Throws nnx::Error naming it.
 std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path);
 /// fsync_path(path) on a second thread while this one computes file_size_and_checksum(path):
-/// the hash reads the page cache while the disk writes. Throws the first failure.
+/// the hash reads the page cache while the disk writes. Throws the fsync's nnx::IOError if it
+/// failed, else the hash's error.
 std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path);
 /// Writes `text` to `path` (must not exist) and fsyncs it. Throws nnx::IOError.
 void write_file_synced(const stdfs::path& path, const std::string& text);

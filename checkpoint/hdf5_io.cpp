@@ -220,8 +220,9 @@ std::string metadata_json(const Metadata& m) {
 }
 
 // Background threads that take jobs in submission order. finish() waits for all of them and
-// throws the first job's error; the destructor (an exception unwinding read_state) waits too,
-// so no job outlives the tensors and file it uses.
+// rethrows the error of the earliest submitted job that failed (the same one on every run,
+// with its type kept); the destructor (an exception unwinding read_state) waits too, so no
+// job outlives the tensors and file it uses.
 class Workers {
  public:
   explicit Workers(int threads) : max_threads_(threads) {}
@@ -230,7 +231,7 @@ class Workers {
   ~Workers() { join(); }
   void submit(std::function<void()> job) {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(job));
+    queue_.push_back({submitted_++, std::move(job)});
     // Threads start with the first jobs: a restore of small variables starts none.
     if (static_cast<int>(threads_.size()) < max_threads_ && queue_.size() > idle_)
       threads_.emplace_back([this] { run(); });
@@ -238,7 +239,7 @@ class Workers {
   }
   void finish() {
     join();
-    NNX_CHECK(error_.empty(), error_);
+    if (error_) std::rethrow_exception(error_);
   }
   void finish_quietly() { join(); }
 
@@ -254,7 +255,7 @@ class Workers {
   }
   void run() {
     while (true) {
-      std::function<void()> job;
+      Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
         ++idle_;
@@ -265,19 +266,28 @@ class Workers {
         queue_.pop_front();
       }
       try {
-        job();
-      } catch (const std::exception& e) {
+        job.run();
+      } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (error_.empty()) error_ = e.what();
+        if (!error_ || job.index < error_index_) {
+          error_ = std::current_exception();
+          error_index_ = job.index;
+        }
       }
     }
   }
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
+  struct Job {
+    uint64_t index = 0;
+    std::function<void()> run;
+  };
+  std::deque<Job> queue_;
+  uint64_t submitted_ = 0;
   bool done_ = false;
   size_t idle_ = 0;  // threads waiting for a job
-  std::string error_;
+  std::exception_ptr error_;
+  uint64_t error_index_ = 0;
   int max_threads_;
   std::vector<std::thread> threads_;
 };
@@ -296,11 +306,18 @@ void check_sum_now(const at::Tensor& t, const std::string& expected, const std::
 // read is handed out before finish().
 class ReadPipeline {
  public:
-  ReadPipeline(const std::string& file, bool verify)
-      : file_(file), verify_(verify), workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
-  ~ReadPipeline() {
-    workers_.finish_quietly();
-    if (fd_ >= 0) ::close(fd_);
+  // `file` must stay open until finish() or destruction; its descriptor is read with pread().
+  ReadPipeline(const H5File& file, bool verify, ReadStats* stats)
+      : fd_(sec2_descriptor(file.id())), verify_(verify), stats_(stats),
+        workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
+  ~ReadPipeline() { workers_.finish_quietly(); }
+  // pread() works on this file: HDF5's own descriptor (the sec2 driver), so the bytes come
+  // from the very file HDF5 opened even if its path is renamed, deleted or replaced since.
+  bool direct() const { return fd_ >= 0; }
+  void count(bool direct_read, int64_t nbytes) {
+    if (!stats_) return;
+    (direct_read ? stats_->direct_reads : stats_->hdf5_reads) += 1;
+    stats_->bytes += nbytes;
   }
   // Verifies `t` (already read) against `expected`: here when small, else on a reader thread.
   void check(const at::Tensor& t, std::string expected, std::string where) {
@@ -311,10 +328,8 @@ class ReadPipeline {
   // Fills contiguous `t` from the file's bytes [offset, offset + nbytes) on a reader thread and
   // verifies them against `expected` (when verifying).
   void read_at(const at::Tensor& t, uint64_t offset, std::string expected, std::string where) {
-    if (fd_ < 0) {
-      fd_ = ::open(file_.c_str(), O_RDONLY | O_CLOEXEC);
-      NNX_CHECK(fd_ >= 0, "cannot open '", file_, "': ", std::strerror(errno));
-    }
+    NNX_INTERNAL_ASSERT(fd_ >= 0, "no descriptor for direct reads of ", where);
+    count(true, t.numel() * t.element_size());
     workers_.submit([this, t, offset, expected = std::move(expected), where = std::move(where)] {
       char* p = static_cast<char*>(t.data_ptr());
       const size_t n = static_cast<size_t>(t.numel() * t.element_size());
@@ -342,9 +357,15 @@ class ReadPipeline {
   static constexpr int64_t kLarge = int64_t(1) << 20;  // smaller tensors are read and hashed in line
  private:
   static constexpr size_t kSlice = size_t(256) << 10;   // read, then hashed from the cache
-  std::string file_;
+  static int sec2_descriptor(hid_t file) {
+    Hid fapl(H5Fget_access_plist(file), H5Pclose);
+    void* handle = nullptr;
+    if (!fapl.ok() || H5Pget_driver(fapl) != H5FD_SEC2 || H5Fget_vfd_handle(file, fapl, &handle) < 0 || !handle) return -1;
+    return *static_cast<int*>(handle);
+  }
+  int fd_;
   bool verify_;
-  int fd_ = -1;
+  ReadStats* stats_;
   Workers workers_;
 };
 
@@ -723,13 +744,17 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   // virtual storage) in exactly the memory type is read with pread() at its offset on the
   // pipeline's reader thread, while this thread opens the next dataset.
   const int64_t nbytes = t.numel() * t.element_size();
-  if (pipeline && dim < 0 && !stitched && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
-    const haddr_t offset = H5Dget_offset(dset);  // HADDR_UNDEF unless contiguous and allocated
-    if (offset != HADDR_UNDEF) {
+  if (pipeline && pipeline->direct() && dim < 0 && !stitched && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
+    // HADDR_UNDEF for chunked, compact, virtual and external storage; the storage size rules
+    // out a contiguous dataset whose space was never allocated (in a file with a userblock
+    // H5Dget_offset would then return a wrapped address).
+    const haddr_t offset = H5Dget_offset(dset);
+    if (offset != HADDR_UNDEF && H5Dget_storage_size(dset) == static_cast<hsize_t>(nbytes)) {
       pipeline->read_at(t, offset, verify ? info.checksum : std::string(), where);
       return t;
     }
   }
+  if (pipeline) pipeline->count(false, nbytes);
   read_hyperslab(dset, mtype, t, dim, lo, where);
   if (verify && stitched) {
     for (const auto& p : info.pieces) {
@@ -768,14 +793,17 @@ State read_state(const H5File& file, const std::string& item, const State& templ
   auto in_file = stored_paths(file, group, item);
   std::unordered_set<std::string> file_set(in_file.begin(), in_file.end());
   State out;
-  ReadPipeline pipeline(file.path(), options.verify_checksums);
+  ReadPipeline pipeline(file, options.verify_checksums, options.stats);
   for (const auto& [path, tv] : templ) {
     if (!options.filter(path, tv.kind)) continue;
     const std::string where = where_of(file, item, path);
-    // A listed path whose dataset (or a group on its way) is missing fails to open.
-    Hid dset(file_set.count(path) ? H5Dopen2(group, path.c_str(), H5P_DEFAULT) : -1, H5Dclose);
-    NNX_CHECK(dset.ok(), "checkpoint '", file.path(), "' item '", item, "' has no '", path, "' (template expects ",
-              format_shape(tv.value.sizes()), " ", dtype_name(tv.value.scalar_type()), ")");
+    const bool listed = file_set.count(path) > 0;
+    Hid dset(listed ? H5Dopen2(group, path.c_str(), H5P_DEFAULT) : -1, H5Dclose);
+    // Missing (not listed, or listed but absent) vs present but unreadable (a corrupt header).
+    NNX_CHECK(dset.ok() || (listed && link_exists(group, path)), "checkpoint '", file.path(), "' item '", item,
+              "' has no '", path, "' (template expects ", format_shape(tv.value.sizes()), " ",
+              dtype_name(tv.value.scalar_type()), ")");
+    NNX_CHECK(dset.ok(), "cannot open ", where, " (corrupt object header?)");
     StoredInfo info = read_info(dset, where);
     // A template variable sharded over the 'data' mesh reads this rank's shard of the global array.
     PartitionSpec spec;

@@ -76,6 +76,18 @@ struct VirtualSource {
 void write_state_virtual(H5File& file, const std::string& item, const State& state,
                          const std::map<std::string, VirtualSource>& sources, const WriteOptions& options = {});
 
+/// How read_state read the tensor datasets (filled in when ReadOptions::stats points here).
+struct ReadStats {
+  /// Datasets of 1 MiB or more stored contiguously in exactly the memory type: read with
+  /// pread() at their file offset on reader threads.
+  int64_t direct_reads = 0;
+  /// Datasets read through H5Dread (small, stitched, a shard's hyperslab, chunked, another
+  /// byte order, ...).
+  int64_t hdf5_reads = 0;
+  /// Bytes read by both, in bytes.
+  int64_t bytes = 0;
+};
+
 /// Options of read_state.
 struct ReadOptions {
   /// Only template paths matching this filter are read (partial restore).
@@ -93,6 +105,8 @@ struct ReadOptions {
   /// global array: its template shape must be that shard's shape. Checkpointer::restore with a
   /// process group sets it from the group when it is unset; unset elsewhere means rank 0 of 1.
   std::optional<Mesh> mesh;
+  /// When set, read_state adds how it read each dataset here (not thread-safe: one reader).
+  ReadStats* stats = nullptr;
 };
 
 /// Reads /<item> validated against `templ` (an abstract State from eval_shape, or a real one):

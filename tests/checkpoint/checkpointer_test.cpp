@@ -81,6 +81,7 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
   State s;
   s.insert("big", {Param, at::randn({(10 << 20) / 4 + 3}), {}});  // 3 pieces, the last one short
   s.insert("view", {Param, at::randn({64, 64}).t(), {}});
+  s.insert("offset_view", {Param, at::randn({5, 1 << 20}).narrow(0, 1, 3), {}});  // contiguous, mid-storage
   s.insert("bf16", {Param, at::randn({1000}).to(at::kBFloat16), {}});
   s.insert("empty", {Param, at::empty({0, 5}), {}});
   s.insert("scalar", {Cache, at::scalar_tensor(int64_t(7), at::kLong), {}});

@@ -325,6 +325,9 @@ TEST(Hdf5Io, LargeDatasetsRoundTripThroughTheParallelReadPath) {
   s.insert("c/i64", {Cache, at::arange(200000, at::kLong), {}});
   s.insert("c/u8", {Cache, at::randint(0, 256, {(1 << 20) + 7}).to(at::kByte), {}});
   s.insert("c/bool", {Cache, at::randint(0, 2, {(1 << 20) + 1}).to(at::kBool), {}});
+  s.insert("c/i32", {Cache, at::arange(300000, at::kInt), {}});
+  s.insert("c/i16", {Cache, at::arange(600000, at::kInt).to(at::kShort), {}});
+  s.insert("c/i8", {Cache, at::randint(-128, 128, {(1 << 20) + 5}).to(at::kChar), {}});
   s.insert("small", {Param, at::randn({10}), {}});
   s.insert("big_view", {Param, at::randn({2000, 600}).slice(1, 100, 400), {}});  // non-contiguous source
   const auto path = (dir / "big.h5").string();
@@ -337,9 +340,35 @@ TEST(Hdf5Io, LargeDatasetsRoundTripThroughTheParallelReadPath) {
   for (bool verify : {true, false}) {
     ReadOptions o;
     o.verify_checksums = verify;
+    ReadStats stats;
+    o.stats = &stats;
     State back = read_state(f, "params", s, o);
     EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
+    EXPECT_EQ(stats.direct_reads, 11);  // every dataset of 1 MiB or more
+    EXPECT_EQ(stats.hdf5_reads, 1);     // "small"
   }
+  // A sharded template: the whole array at world size 1 is read directly, a shard's rows at
+  // world size 2 through H5Dread (a hyperslab).
+  for (int n : {1, 2}) {
+    State templ;
+    templ.insert("a/f32", {Param, at::empty(shard_shape({300, 1000}, PartitionSpec::sharded(0, 2), Mesh{n - 1, n}),
+                                            at::TensorOptions().device(at::kMeta)),
+                           {{kShardingKey, PartitionSpec::sharded(0, 2).to_string()}}});
+    ReadOptions o;
+    o.mesh = Mesh{n - 1, n};
+    o.allow_extra = true;
+    ReadStats stats;
+    o.stats = &stats;
+    State got = read_state(f, "params", templ, o);
+    EXPECT_TRUE(at::equal(got.at("a/f32").value, s.at("a/f32").value.narrow(0, n == 1 ? 0 : 150, n == 1 ? 300 : 150)));
+    EXPECT_EQ(stats.direct_reads, n == 1 ? 1 : 0) << n;
+    EXPECT_EQ(stats.hdf5_reads, n == 1 ? 0 : 1) << n;
+  }
+  // The reads use the descriptor HDF5 opened: renaming or replacing the path afterwards (a
+  // retention delete while another process restores) changes nothing.
+  std::filesystem::rename(path, path + ".moved");
+  { std::ofstream(path) << "not this file"; }
+  EXPECT_TRUE(read_state(f, "params", s).equal(s));
   // Large data starts on a 4 KiB boundary (H5Pset_alignment), so page-cache copies are aligned.
   for (const char* p : {"/params/a/f32", "/params/c/u8"}) {
     hid_t d = H5Dopen2(f.id(), p, H5P_DEFAULT);
@@ -381,6 +410,46 @@ TEST(Hdf5Io, CorruptionInAnySliceOfALargeDatasetIsDetected) {
   }
 }
 
+TEST(Hdf5Io, OfSeveralCorruptDatasetsTheFirstReadIsNamedEveryTime) {
+  test::TempDir dir;
+  State s;
+  for (const char* p : {"a", "b", "c"}) s.insert(p, {Param, at::full({1 << 19}, 1.0f), {}});
+  const auto path = (dir / "two.h5").string();
+  {
+    H5File f = H5File::create(path);
+    write_state(f, "params", s);
+    f.close();
+  }
+  // Corrupt the last byte of every dataset's data (the runs of 1.0f, in file order).
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string one("\x00\x00\x80\x3f", 4);
+  size_t pos = 0;
+  for (int k = 0; k < 3; ++k) {
+    pos = bytes.find(one, pos);
+    ASSERT_NE(pos, std::string::npos);
+    bytes[pos + (size_t(2) << 20) - 1] ^= 0x01;
+    pos += size_t(2) << 20;
+  }
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  H5File f = H5File::open(path);
+  const std::string first = "/params/" + s.paths()[0] + ":";
+  for (int i = 0; i < 10; ++i) {
+    try {
+      read_state(f, "params", s);
+      ADD_FAILURE();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(first), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Hdf5Io, AnErrorWhileLargeReadsAreInFlightLeavesCleanly) {
   test::TempDir dir;
   State s;
@@ -406,23 +475,32 @@ TEST(Hdf5Io, AnErrorWhileLargeReadsAreInFlightLeavesCleanly) {
   EXPECT_TRUE(read_state(f, "params", s).equal(s));
 }
 
-TEST(Hdf5Io, ADatasetRewrittenBigEndianIsReadThroughHdf5sConversion) {
+TEST(Hdf5Io, DatasetsRewrittenBigEndianOrChunkedAreReadThroughHdf5) {
   if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code != 0) GTEST_SKIP() << "python3-h5py is not installed";
   test::TempDir dir;
   State s;
   s.insert("w", {Param, at::randn({1 << 19}), {}});
+  s.insert("v", {Param, at::randn({1 << 19}), {}});
   const auto path = (dir / "be.h5").string();
   {
     H5File f = H5File::create(path);
     write_state(f, "params", s);
     f.close();
   }
-  // Another tool rewrites the data as big-endian float32, keeping the attributes.
+  // Another tool rewrites w as big-endian float32 and v chunked and gzip-compressed, keeping
+  // the attributes: both are read through HDF5 (conversion, filters).
   auto edit = test::run("cd / && /usr/bin/python3 -c \"import h5py; f=h5py.File('" + path +
                         "','r+'); d=f['params/w']; a=dict(d.attrs); v=d[()]; del f['params/w'];"
-                        " n=f['params'].create_dataset('w', data=v.astype('>f4')); n.attrs.update(a)\"");
+                        " n=f['params'].create_dataset('w', data=v.astype('>f4')); n.attrs.update(a);"
+                        " d=f['params/v']; a=dict(d.attrs); v=d[()]; del f['params/v'];"
+                        " n=f['params'].create_dataset('v', data=v, chunks=(4096,), compression='gzip'); n.attrs.update(a)\"");
   ASSERT_EQ(edit.exit_code, 0) << edit.output;
   H5File f = H5File::open(path);
-  State back = read_state(f, "params", s);  // checksums cover the values, not the byte order
+  ReadOptions o;
+  ReadStats stats;
+  o.stats = &stats;
+  State back = read_state(f, "params", s, o);  // checksums cover the values, not the byte order
   EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
+  EXPECT_EQ(stats.direct_reads, 0);
+  EXPECT_EQ(stats.hdf5_reads, 2);
 }
