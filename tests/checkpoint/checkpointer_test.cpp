@@ -96,7 +96,9 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
     EXPECT_TRUE(copy.equal(s)) << copy.first_difference(s);
     for (const auto& [p, vs] : copy) {
       EXPECT_TRUE(vs.value.is_contiguous()) << p;
-      if (vs.value.numel() > 0) EXPECT_NE(vs.value.data_ptr(), s.at(p).value.data_ptr()) << p;
+      if (vs.value.numel() > 0) {
+        EXPECT_NE(vs.value.data_ptr(), s.at(p).value.data_ptr()) << p;
+      }
     }
     EXPECT_TRUE(std::holds_alternative<JsonSave>(snap.items()[1].second));
     ptrs.clear();
