@@ -114,6 +114,47 @@ void BM_Restore100Tiny(benchmark::State& st) {
 }
 BENCHMARK(BM_Restore100Tiny)->Unit(benchmark::kMicrosecond);
 
+// The same 400 MB as a 2-rank checkpoint: each rank's shard file holds half of the tensors and
+// checkpoint.h5 presents them as virtual datasets (what a replicated state saved at world size
+// 2 looks like); restored at world size 1.
+struct TwoRankCheckpoint {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() / ("nnx-microbench-vds-" + std::to_string(::getpid()));
+  nnx::State templ;
+  TwoRankCheckpoint() {
+    namespace ck = nnx::checkpoint;
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);  // freed memory kept, as for BM_Restore400MB
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    std::filesystem::create_directories(dir);
+    std::map<std::string, ck::VirtualSource> sources;
+    nnx::State all;
+    for (int r = 0; r < 2; ++r) {
+      const std::string name = "shard-" + std::to_string(r) + "-of-2.h5";
+      nnx::State mine;
+      for (int i = r; i < 100; i += 2) mine.insert("layer" + std::to_string(i) + "/kernel", {nnx::Param, at::randn({1000 * 1000}), {}});
+      ck::H5File f = ck::H5File::create((dir / name).string());
+      ck::write_state(f, "params", mine);
+      for (const auto& info : ck::list_item(f, "params")) sources[info.path].pieces.push_back({name, info.checksum, info.shape});
+      f.close();
+      for (const auto& [p, vs] : mine) all.insert(p, vs);
+    }
+    ck::H5File f = ck::H5File::create((dir / "checkpoint.h5").string());
+    ck::write_state_virtual(f, "params", all, sources);
+    f.close();
+    for (const auto& [p, vs] : all) templ.insert(p, {nnx::Param, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
+  }
+  ~TwoRankCheckpoint() { std::filesystem::remove_all(dir); }
+};
+
+void BM_RestoreTwoRankCheckpoint400MB(benchmark::State& st) {
+  static TwoRankCheckpoint c;
+  for (auto _ : st) {
+    nnx::checkpoint::H5File f = nnx::checkpoint::H5File::open((c.dir / "checkpoint.h5").string());
+    benchmark::DoNotOptimize(nnx::checkpoint::read_state(f, "params", c.templ));
+  }
+  st.SetBytesProcessed(st.iterations() * 400000000);
+}
+BENCHMARK(BM_RestoreTwoRankCheckpoint400MB)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // What AsyncCheckpointer::save blocks for: copying 400 MB (100 fp32 tensors) into the previous
 // snapshot's host buffers, against one memcpy per tensor on one thread.
 void BM_SnapshotToHost400MB(benchmark::State& st) {
