@@ -14,7 +14,9 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -308,8 +310,8 @@ class ReadPipeline {
  public:
   // `file` must stay open until finish() or destruction; its descriptor is read with pread().
   ReadPipeline(const H5File& file, bool verify, ReadStats* stats)
-      : fd_(sec2_descriptor(file.id())), verify_(verify), stats_(stats),
-        workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
+      : file_id_(file.id()), dir_(std::filesystem::path(file.path()).parent_path()), fd_(sec2_descriptor(file.id())),
+        verify_(verify), stats_(stats), workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
   ~ReadPipeline() { workers_.finish_quietly(); }
   // pread() works on this file: HDF5's own descriptor (the sec2 driver), so the bytes come
   // from the very file HDF5 opened even if its path is renamed, deleted or replaced since.
@@ -328,16 +330,20 @@ class ReadPipeline {
   // Fills contiguous `t` from the file's bytes [offset, offset + nbytes) on a reader thread and
   // verifies them against `expected` (when verifying).
   void read_at(const at::Tensor& t, uint64_t offset, std::string expected, std::string where) {
-    NNX_INTERNAL_ASSERT(fd_ >= 0, "no descriptor for direct reads of ", where);
+    read_at(t, fd_, offset, std::move(expected), std::move(where));
+  }
+  // The same from another file's descriptor (a source of a virtual dataset, see source()).
+  void read_at(const at::Tensor& t, int fd, uint64_t offset, std::string expected, std::string where) {
+    NNX_INTERNAL_ASSERT(fd >= 0, "no descriptor for direct reads of ", where);
     count(true, t.numel() * t.element_size());
-    workers_.submit([this, t, offset, expected = std::move(expected), where = std::move(where)] {
+    workers_.submit([this, t, fd, offset, expected = std::move(expected), where = std::move(where)] {
       char* p = static_cast<char*>(t.data_ptr());
       const size_t n = static_cast<size_t>(t.numel() * t.element_size());
       std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash(verify_ ? XXH3_createState() : nullptr, XXH3_freeState);
       NNX_CHECK(!verify_ || (hash && XXH3_64bits_reset(hash.get()) == XXH_OK), "cannot start a checksum for ", where);
       for (size_t done = 0; done < n;) {
         const size_t want = std::min(n - done, kSlice);
-        ssize_t r = ::pread(fd_, p + done, want, static_cast<off_t>(offset + done));
+        ssize_t r = ::pread(fd, p + done, want, static_cast<off_t>(offset + done));
         if (r < 0 && errno == EINTR) continue;
         NNX_CHECK(r > 0, "cannot read ", where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
                   " (file truncated or corrupt?)");
@@ -354,6 +360,29 @@ class ReadPipeline {
   // Waits for every read and checksum; throws the first failure.
   void finish() { workers_.finish(); }
 
+  // A source file of a virtual dataset (a rank's shard), opened once per read_state and kept
+  // open until the reads finish: its HDF5 id and its descriptor (-1, -1 when it cannot be
+  // opened or is not on the sec2 driver; the caller then reads through H5Dread). Names are
+  // relative to this file's directory, "." is this file.
+  struct Source {
+    hid_t file = -1;
+    int fd = -1;
+  };
+  Source source(const std::string& name) {
+    if (name == ".") return {file_id_, fd_};
+    auto it = sources_.find(name);
+    if (it == sources_.end()) {
+      std::filesystem::path p(name);
+      if (p.is_relative()) p = dir_ / p;
+      try {
+        it = sources_.emplace(name, H5File::open(p.string())).first;
+      } catch (const Error&) {
+        return {};
+      }
+    }
+    return {it->second.id(), sec2_descriptor(it->second.id())};
+  }
+
   static constexpr int64_t kLarge = int64_t(1) << 20;  // smaller tensors are read and hashed in line
  private:
   static constexpr size_t kSlice = size_t(256) << 10;   // read, then hashed from the cache
@@ -363,9 +392,12 @@ class ReadPipeline {
     if (!fapl.ok() || H5Pget_driver(fapl) != H5FD_SEC2 || H5Fget_vfd_handle(file, fapl, &handle) < 0 || !handle) return -1;
     return *static_cast<int*>(handle);
   }
+  hid_t file_id_;
+  std::filesystem::path dir_;
   int fd_;
   bool verify_;
   ReadStats* stats_;
+  std::map<std::string, H5File> sources_;  // declared before workers_: closed after the reads end
   Workers workers_;
 };
 
@@ -695,6 +727,80 @@ void check_sum(const at::Tensor& t, const std::string& expected, const std::stri
   check_sum_now(t, expected, where);
 }
 
+// A virtual dataset (a multi-rank checkpoint's checkpoint.h5) whose mappings are whole row
+// blocks of contiguous source datasets in exactly the memory type is read piece by piece with
+// pread() from the source files, each piece verified against its checksum (the dataset's own
+// for a single piece, the `pieces` entry for a dim-0 stitched one). Returns false, having
+// submitted nothing, when any mapping does not qualify; the caller then uses H5Dread.
+bool read_virtual_direct(hid_t dset, hid_t mtype, const at::Tensor& t, const StoredInfo& info, bool verify,
+                         const std::string& where, ReadPipeline& pipeline) {
+  if (t.dim() == 0 || t.size(0) == 0) return false;
+  Hid dcpl(H5Dget_create_plist(dset), H5Pclose);
+  size_t count = 0;
+  if (!dcpl.ok() || H5Pget_layout(dcpl) != H5D_VIRTUAL || H5Pget_virtual_count(dcpl, &count) < 0 || count == 0) return false;
+  const bool stitched = !info.pieces.empty();
+  if (stitched && info.piece_dim != 0) return false;
+  const int64_t rows = t.size(0), row_elems = t.numel() / rows, row_bytes = row_elems * static_cast<int64_t>(t.element_size());
+  struct Plan {
+    int64_t start, rows;
+    int fd;
+    haddr_t offset;
+    std::string expected, where;
+  };
+  std::vector<Plan> plans;
+  auto name_of = [&](auto get, size_t i) {
+    ssize_t n = get(dcpl, i, nullptr, 0);
+    std::string out(n > 0 ? static_cast<size_t>(n) + 1 : 0, '\0');
+    if (n > 0) get(dcpl, i, out.data(), out.size());
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+  };
+  for (size_t i = 0; i < count; ++i) {
+    Hid vspace(H5Pget_virtual_vspace(dcpl, i), H5Sclose);
+    if (!vspace.ok() || H5Sget_select_type(vspace) != H5S_SEL_HYPERSLABS || H5Sget_select_hyper_nblocks(vspace) != 1) return false;
+    const int nd = H5Sget_simple_extent_ndims(vspace);
+    if (nd != t.dim()) return false;
+    std::vector<hsize_t> lo(static_cast<size_t>(nd)), hi(static_cast<size_t>(nd));
+    if (H5Sget_select_bounds(vspace, lo.data(), hi.data()) < 0) return false;
+    for (int d = 1; d < nd; ++d)
+      if (lo[d] != 0 || static_cast<int64_t>(hi[d]) + 1 != t.size(d)) return false;  // whole rows only
+    const int64_t start = static_cast<int64_t>(lo[0]), n = static_cast<int64_t>(hi[0] - lo[0]) + 1;
+    const std::string file = name_of(H5Pget_virtual_filename, i), name = name_of(H5Pget_virtual_dsetname, i);
+    if (file.empty() || name.empty()) return false;
+    const auto src = pipeline.source(file);
+    if (src.fd < 0) return false;
+    Hid sd(H5Dopen2(src.file, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!sd.ok()) return false;
+    Hid stype(H5Dget_type(sd), H5Tclose), sspace(H5Dget_space(sd), H5Sclose);
+    const haddr_t offset = H5Dget_offset(sd);
+    const hsize_t bytes = static_cast<hsize_t>(n * row_bytes);
+    if (H5Tequal(stype, mtype) <= 0 || offset == HADDR_UNDEF || H5Dget_storage_size(sd) != bytes ||
+        H5Sget_simple_extent_npoints(sspace) != n * row_elems)
+      return false;
+    std::string expected, piece_where = where;
+    if (stitched) {
+      auto p = std::find_if(info.pieces.begin(), info.pieces.end(), [&](const auto& pc) { return pc.start == start && pc.size == n; });
+      if (p == info.pieces.end()) return false;
+      expected = p->checksum;
+      piece_where += " (piece at " + std::to_string(start) + " along dim 0)";
+    } else {
+      if (count != 1 || start != 0 || n != rows) return false;
+      expected = info.checksum;
+    }
+    plans.push_back({start, n, src.fd, offset, expected, piece_where});
+  }
+  // The pieces must tile the rows exactly.
+  std::sort(plans.begin(), plans.end(), [](const Plan& a, const Plan& b) { return a.start < b.start; });
+  int64_t next = 0;
+  for (const auto& p : plans) {
+    if (p.start != next) return false;
+    next += p.rows;
+  }
+  if (next != rows) return false;
+  for (auto& p : plans) pipeline.read_at(t.narrow(0, p.start, p.rows), p.fd, p.offset, verify ? p.expected : std::string(), p.where);
+  return true;
+}
+
 // Reads a dataset, or with `range` only those elements. Every byte read is verified: against the
 // dataset's checksum, or for a stitched dataset against each piece read (a range is widened to
 // whole pieces so that their checksums can be checked).
@@ -744,15 +850,16 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   // virtual storage) in exactly the memory type is read with pread() at its offset on the
   // pipeline's reader thread, while this thread opens the next dataset.
   const int64_t nbytes = t.numel() * t.element_size();
-  if (pipeline && pipeline->direct() && dim < 0 && !stitched && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
+  if (pipeline && pipeline->direct() && dim < 0 && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
     // HADDR_UNDEF for chunked, compact, virtual and external storage; the storage size rules
     // out a contiguous dataset whose space was never allocated (in a file with a userblock
     // H5Dget_offset would then return a wrapped address).
-    const haddr_t offset = H5Dget_offset(dset);
+    const haddr_t offset = stitched ? HADDR_UNDEF : H5Dget_offset(dset);
     if (offset != HADDR_UNDEF && H5Dget_storage_size(dset) == static_cast<hsize_t>(nbytes)) {
       pipeline->read_at(t, offset, verify ? info.checksum : std::string(), where);
       return t;
     }
+    if (offset == HADDR_UNDEF && read_virtual_direct(dset, mtype, t, info, verify, where, *pipeline)) return t;
   }
   if (pipeline) pipeline->count(false, nbytes);
   read_hyperslab(dset, mtype, t, dim, lo, where);

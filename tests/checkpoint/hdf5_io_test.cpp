@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "framework/error.h"
 #include "test_util.h"
@@ -503,4 +504,66 @@ TEST(Hdf5Io, DatasetsRewrittenBigEndianOrChunkedAreReadThroughHdf5) {
   EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
   EXPECT_EQ(stats.direct_reads, 0);
   EXPECT_EQ(stats.hdf5_reads, 2);
+}
+
+// A multi-rank checkpoint's virtual datasets are read directly from the shard files when
+// their pieces are whole row blocks: a dim-0 stitched array piece by piece (each piece checked
+// against its own checksum), and replicated tensors mapped onto one rank's dataset.
+TEST(Hdf5Io, LargeVirtualDatasetsAreReadFromTheShardFiles) {
+  const at::Tensor global = at::randn({3001, 100});  // 1.2 MB; 3 uneven pieces
+  for (int64_t dim : {0, 1}) {
+    test::TempDir dir;
+    const auto spec = PartitionSpec::sharded(dim, 2);
+    const auto path = write_stitched(dir.path(), global, spec, 3);
+    H5File f = H5File::open(path);
+    ReadOptions o;
+    ReadStats stats;
+    o.stats = &stats;
+    State whole = read_state(f, "opt", sharded_template({3001, 100}, PartitionSpec(), {}), o);
+    EXPECT_TRUE(at::equal(whole.at("w").value, global)) << dim;
+    EXPECT_EQ(stats.direct_reads, dim == 0 ? 3 : 0) << dim;  // along dim 1 the pieces are not row blocks
+    EXPECT_EQ(stats.hdf5_reads, dim == 0 ? 0 : 1) << dim;
+  }
+  // Replicated tensors, each written by one of two ranks.
+  test::TempDir dir;
+  std::map<std::string, VirtualSource> sources;
+  State all;
+  for (int r = 0; r < 2; ++r) {
+    const std::string name = "shard-" + std::to_string(r) + "-of-2.h5";
+    State mine;
+    mine.insert("p" + std::to_string(r), {Param, at::randn({600, 1000}), {}});
+    H5File f = H5File::create((dir / name).string());
+    write_state(f, "params", mine);
+    for (const auto& info : list_item(f, "params")) sources[info.path].pieces.push_back({name, info.checksum, info.shape});
+    f.close();
+    for (const auto& [p, vs] : mine) all.insert(p, vs);
+  }
+  {
+    H5File f = H5File::create((dir / "checkpoint.h5").string());
+    write_state_virtual(f, "params", all, sources);
+    f.close();
+  }
+  H5File f = H5File::open((dir / "checkpoint.h5").string());
+  ReadOptions o;
+  ReadStats stats;
+  o.stats = &stats;
+  State back = read_state(f, "params", all, o);
+  EXPECT_TRUE(back.equal(all)) << back.first_difference(all);
+  EXPECT_EQ(stats.direct_reads, 2);
+  EXPECT_EQ(stats.hdf5_reads, 0);
+}
+
+TEST(Hdf5Io, ACorruptPieceOfALargeStitchedArrayIsNamed) {
+  test::TempDir dir;
+  const at::Tensor global = at::full({3000, 100}, 1.0f);
+  const auto path = write_stitched(dir.path(), global, PartitionSpec::sharded(0, 2), 3);
+  flip_byte_after((dir / "shard-2-of-3.h5").string(), std::string("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8), 100000);
+  H5File f = H5File::open(path);
+  try {
+    read_state(f, "opt", sharded_template({3000, 100}, PartitionSpec(), {}));
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("piece at 2000 along dim 0"), std::string::npos) << e.what();
+  }
 }
