@@ -69,8 +69,7 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path) 
     XXH3_64bits_update_dispatch(st, buf.data(), static_cast<size_t>(n));
     total += n;
   }
-  char out[32];
-  std::snprintf(out, sizeof(out), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(st)));
+  const std::string out = format_checksum(XXH3_64bits_digest(st));
   XXH3_freeState(st);
   return {total, out};
 }

@@ -27,6 +27,10 @@ namespace nnx::checkpoint {
 
 namespace {
 
+// Datasets of this many bytes or more take the I/O fast paths: their writeback starts as soon as
+// they are written, and restores read them with pread() on reader threads.
+constexpr int64_t kLargeDataset = int64_t(1) << 20;
+
 void silence_hdf5() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -61,6 +65,15 @@ struct Hid {
   operator hid_t() const { return id; }
   bool ok() const { return id >= 0; }
 };
+
+// The file descriptor of an open HDF5 file on the sec2 driver (HDF5's own; valid while the file
+// is open), or -1 for any other driver.
+int sec2_descriptor(hid_t file) {
+  Hid fapl(H5Fget_access_plist(file), H5Pclose);
+  void* handle = nullptr;
+  if (!fapl.ok() || H5Pget_driver(fapl) != H5FD_SEC2 || H5Fget_vfd_handle(file, fapl, &handle) < 0 || !handle) return -1;
+  return *static_cast<int*>(handle);
+}
 
 hid_t float16_type() {
   // IEEE half precision as h5py defines it: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
@@ -243,7 +256,6 @@ class Workers {
     join();
     if (error_) std::rethrow_exception(error_);
   }
-  void finish_quietly() { join(); }
 
  private:
   void join() {
@@ -312,7 +324,6 @@ class ReadPipeline {
   ReadPipeline(const H5File& file, bool verify, ReadStats* stats)
       : file_id_(file.id()), dir_(std::filesystem::path(file.path()).parent_path()), fd_(sec2_descriptor(file.id())),
         verify_(verify), stats_(stats), workers_(std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 4)) {}
-  ~ReadPipeline() { workers_.finish_quietly(); }
   // pread() works on this file: HDF5's own descriptor (the sec2 driver), so the bytes come
   // from the very file HDF5 opened even if its path is renamed, deleted or replaced since.
   bool direct() const { return fd_ >= 0; }
@@ -324,11 +335,11 @@ class ReadPipeline {
   // Verifies `t` (already read) against `expected`: here when small, else on a reader thread.
   void check(const at::Tensor& t, std::string expected, std::string where) {
     if (!verify_) return;
-    if (t.numel() * t.element_size() < kLarge) return check_sum_now(t, expected, where);
+    if (t.numel() * t.element_size() < kLargeDataset) return check_sum_now(t, expected, where);
     workers_.submit([t, expected = std::move(expected), where = std::move(where)] { check_sum_now(t, expected, where); });
   }
-  // Fills contiguous `t` from the file's bytes [offset, offset + nbytes) on a reader thread and
-  // verifies them against `expected` (when verifying).
+  // Fills contiguous `t` from the file's bytes [offset, offset + nbytes) on a reader thread and,
+  // when this pipeline verifies, checks them against `expected`.
   void read_at(const at::Tensor& t, uint64_t offset, std::string expected, std::string where) {
     read_at(t, fd_, offset, std::move(expected), std::move(where));
   }
@@ -351,8 +362,7 @@ class ReadPipeline {
         done += static_cast<size_t>(r);
       }
       if (!hash) return;
-      char sum[32];
-      std::snprintf(sum, sizeof(sum), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(hash.get())));
+      const std::string sum = format_checksum(XXH3_64bits_digest(hash.get()));
       NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum,
                 "); the checkpoint is corrupt");
     });
@@ -383,29 +393,25 @@ class ReadPipeline {
     return {it->second.id(), sec2_descriptor(it->second.id())};
   }
 
-  static constexpr int64_t kLarge = int64_t(1) << 20;  // smaller tensors are read and hashed in line
  private:
   static constexpr size_t kSlice = size_t(256) << 10;   // read, then hashed from the cache
-  static int sec2_descriptor(hid_t file) {
-    Hid fapl(H5Fget_access_plist(file), H5Pclose);
-    void* handle = nullptr;
-    if (!fapl.ok() || H5Pget_driver(fapl) != H5FD_SEC2 || H5Fget_vfd_handle(file, fapl, &handle) < 0 || !handle) return -1;
-    return *static_cast<int*>(handle);
-  }
   hid_t file_id_;
   std::filesystem::path dir_;
   int fd_;
   bool verify_;
   ReadStats* stats_;
-  std::map<std::string, H5File> sources_;  // declared before workers_: closed after the reads end
+  std::map<std::string, H5File> sources_;  // declared before workers_, so destroyed after it: the
+                                           // workers' destructor joins the reads first
   Workers workers_;
 };
 
 }  // namespace
 
-std::string checksum_bytes(const void* data, size_t n) {
+std::string checksum_bytes(const void* data, size_t n) { return format_checksum(XXH3_64bits_dispatch(data, n)); }
+
+std::string format_checksum(uint64_t xxh3_64) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "xxh3_64:%016llx", static_cast<unsigned long long>(XXH3_64bits_dispatch(data, n)));
+  std::snprintf(buf, sizeof(buf), "xxh3_64:%016llx", static_cast<unsigned long long>(xxh3_64));
   return buf;
 }
 
@@ -489,11 +495,8 @@ struct ItemWriter {
   nlohmann::json paths = nlohmann::json::array();
   int fd = -1;  // the file's descriptor (sec2 driver), to start writeback early
 
-  ItemWriter(H5File& file, const std::string& item_name) : file_path(file.path()), item(item_name) {
-    Hid fapl(H5Fget_access_plist(file.id()), H5Pclose);
-    void* handle = nullptr;
-    if (fapl.ok() && H5Pget_driver(fapl) == H5FD_SEC2 && H5Fget_vfd_handle(file.id(), fapl, &handle) >= 0 && handle)
-      fd = *static_cast<int*>(handle);
+  ItemWriter(H5File& file, const std::string& item_name)
+      : file_path(file.path()), item(item_name), fd(sec2_descriptor(file.id())) {
     NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
               "invalid checkpoint item name '", item, "'");
     lcpl = Hid(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
@@ -540,7 +543,7 @@ struct ItemWriter {
     const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
     // Start writing a large dataset's pages to disk now (sync_file_range only queues them), so
     // the disk works while the next tensors are copied; the commit's fsync waits for them all.
-    if (fd >= 0 && nbytes >= (size_t(1) << 20)) {
+    if (fd >= 0 && static_cast<int64_t>(nbytes) >= kLargeDataset) {
       const haddr_t offset = H5Dget_offset(dset);
       if (offset != HADDR_UNDEF) ::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(nbytes), SYNC_FILE_RANGE_WRITE);
     }
@@ -732,8 +735,8 @@ void check_sum(const at::Tensor& t, const std::string& expected, const std::stri
 // pread() from the source files, each piece verified against its checksum (the dataset's own
 // for a single piece, the `pieces` entry for a dim-0 stitched one). Returns false, having
 // submitted nothing, when any mapping does not qualify; the caller then uses H5Dread.
-bool read_virtual_direct(hid_t dset, hid_t mtype, const at::Tensor& t, const StoredInfo& info, bool verify,
-                         const std::string& where, ReadPipeline& pipeline) {
+bool read_virtual_direct(hid_t dset, hid_t mtype, const at::Tensor& t, const StoredInfo& info, const std::string& where,
+                         ReadPipeline& pipeline) {
   if (t.dim() == 0 || t.size(0) == 0) return false;
   Hid dcpl(H5Dget_create_plist(dset), H5Pclose);
   size_t count = 0;
@@ -797,7 +800,7 @@ bool read_virtual_direct(hid_t dset, hid_t mtype, const at::Tensor& t, const Sto
     next += p.rows;
   }
   if (next != rows) return false;
-  for (auto& p : plans) pipeline.read_at(t.narrow(0, p.start, p.rows), p.fd, p.offset, verify ? p.expected : std::string(), p.where);
+  for (auto& p : plans) pipeline.read_at(t.narrow(0, p.start, p.rows), p.fd, p.offset, p.expected, p.where);
   return true;
 }
 
@@ -850,16 +853,16 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   // virtual storage) in exactly the memory type is read with pread() at its offset on the
   // pipeline's reader thread, while this thread opens the next dataset.
   const int64_t nbytes = t.numel() * t.element_size();
-  if (pipeline && pipeline->direct() && dim < 0 && nbytes >= ReadPipeline::kLarge && H5Tequal(ftype, mtype) > 0) {
+  if (pipeline && pipeline->direct() && dim < 0 && nbytes >= kLargeDataset && H5Tequal(ftype, mtype) > 0) {
     // HADDR_UNDEF for chunked, compact, virtual and external storage; the storage size rules
     // out a contiguous dataset whose space was never allocated (in a file with a userblock
     // H5Dget_offset would then return a wrapped address).
     const haddr_t offset = stitched ? HADDR_UNDEF : H5Dget_offset(dset);
     if (offset != HADDR_UNDEF && H5Dget_storage_size(dset) == static_cast<hsize_t>(nbytes)) {
-      pipeline->read_at(t, offset, verify ? info.checksum : std::string(), where);
+      pipeline->read_at(t, offset, info.checksum, where);
       return t;
     }
-    if (offset == HADDR_UNDEF && read_virtual_direct(dset, mtype, t, info, verify, where, *pipeline)) return t;
+    if (offset == HADDR_UNDEF && read_virtual_direct(dset, mtype, t, info, where, *pipeline)) return t;
   }
   if (pipeline) pipeline->count(false, nbytes);
   read_hyperslab(dset, mtype, t, dim, lo, where);

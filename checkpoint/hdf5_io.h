@@ -78,8 +78,9 @@ void write_state_virtual(H5File& file, const std::string& item, const State& sta
 
 /// How read_state read the tensor datasets (filled in when ReadOptions::stats points here).
 struct ReadStats {
-  /// Datasets of 1 MiB or more stored contiguously in exactly the memory type: read with
-  /// pread() at their file offset on reader threads.
+  /// Datasets of 1 MiB or more stored contiguously in exactly the memory type (and pieces of
+  /// such virtual datasets, one count per piece): read with pread() at their file offset on
+  /// reader threads.
   int64_t direct_reads = 0;
   /// Datasets read through H5Dread (small, stitched, a shard's hyperslab, chunked, another
   /// byte order, ...).
@@ -147,5 +148,7 @@ at::ScalarType dtype_from_name(const std::string& name);
 
 /// "xxh3_64:<16 hex digits>" of `n` bytes.
 std::string checksum_bytes(const void* data, size_t n);
+/// The same text for a 64-bit XXH3 value computed elsewhere (streaming over a file or slices).
+std::string format_checksum(uint64_t xxh3_64);
 
 }  // namespace nnx::checkpoint

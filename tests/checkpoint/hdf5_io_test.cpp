@@ -16,6 +16,26 @@ using namespace nnx;
 using namespace nnx::checkpoint;
 
 namespace {
+// Two float32 ones: how a dataset of 1.0f values is found in a file's bytes.
+const std::string kOnes("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8);
+
+// Flips one byte of `path`, `offset` bytes after the first occurrence of `pattern` at or after
+// byte `from`, and returns where the pattern starts (throws when it is not there).
+size_t flip_byte_after(const std::string& path, const std::string& pattern, size_t offset, size_t from = 0) {
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const size_t pos = bytes.find(pattern, from);
+  if (pos == std::string::npos || pos + offset >= bytes.size())
+    throw std::runtime_error("'" + path + "' lacks the pattern to corrupt");
+  bytes[pos + offset] ^= 0x01;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+  return pos;
+}
+
 State every_dtype() {
   State s;
   s.insert("f64", {Param, at::randn({3, 2}, at::kDouble), {}});
@@ -133,20 +153,7 @@ TEST(Hdf5Io, ChecksumDetectsFlippedBytes) {
     write_state(f, "params", s);
     f.close();
   }
-  // Flip one byte inside the data (find the run of 1.0f = 0x3f800000).
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  const std::string pattern("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8);
-  size_t pos = bytes.find(pattern);
-  ASSERT_NE(pos, std::string::npos);
-  bytes[pos + 2000] ^= 0x01;
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+  flip_byte_after(path, kOnes, 2000);  // one byte inside the data
   H5File f = H5File::open(path);
   try {
     read_state(f, "params", s);
@@ -249,20 +256,7 @@ TEST(Hdf5Io, ACorruptShardIsDetectedByTheRanksThatReadIt) {
   const at::Tensor global = at::full({4096, 2}, 1.0f);
   const auto spec = PartitionSpec::sharded(0, 2);
   const auto path = write_stitched(dir.path(), global, spec, 2);
-  // Flip a byte inside shard 1's data.
-  const auto shard1 = (dir / "shard-1-of-2.h5").string();
-  std::string bytes;
-  {
-    std::ifstream in(shard1, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  size_t pos = bytes.find(std::string("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8));
-  ASSERT_NE(pos, std::string::npos);
-  bytes[pos + 1000] ^= 0x01;
-  {
-    std::ofstream out(shard1, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+  flip_byte_after((dir / "shard-1-of-2.h5").string(), kOnes, 1000);  // a byte inside shard 1's data
   H5File f = H5File::open(path);
   ReadOptions r0;
   r0.mesh = Mesh{0, 2};
@@ -295,23 +289,6 @@ TEST(Hdf5Io, AMalformedPiecesAttributeIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("/opt/w has a malformed 'pieces' attribute"), std::string::npos) << e.what();
   }
 }
-
-namespace {
-// Flips one byte of `path` at `offset` from the first occurrence of `pattern`.
-void flip_byte_after(const std::string& path, const std::string& pattern, size_t offset) {
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  size_t pos = bytes.find(pattern);
-  ASSERT_NE(pos, std::string::npos);
-  ASSERT_LT(pos + offset, bytes.size());
-  bytes[pos + offset] ^= 0x01;
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-}  // namespace
 
 // Datasets of 1 MiB and more are read with pread() at their file offset on reader threads and
 // hashed slice by slice; these tests cover that path for every 1- to 8-byte dtype, corruption
@@ -390,11 +367,10 @@ TEST(Hdf5Io, CorruptionInAnySliceOfALargeDatasetIsDetected) {
     write_state(f, "params", s);
     f.close();
   }
-  const std::string ones("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8);
   for (size_t at_byte : {size_t(0), size_t(3 << 19) + 5, size_t(4 << 20) - 1}) {
     const auto path = (dir / ("c" + std::to_string(at_byte) + ".h5")).string();
     std::filesystem::copy_file(clean, path);
-    flip_byte_after(path, ones, at_byte);
+    flip_byte_after(path, kOnes, at_byte);
     H5File f = H5File::open(path);
     try {
       read_state(f, "params", s);
@@ -421,24 +397,8 @@ TEST(Hdf5Io, OfSeveralCorruptDatasetsTheFirstReadIsNamedEveryTime) {
     write_state(f, "params", s);
     f.close();
   }
-  // Corrupt the last byte of every dataset's data (the runs of 1.0f, in file order).
-  std::string bytes;
-  {
-    std::ifstream in(path, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  const std::string one("\x00\x00\x80\x3f", 4);
-  size_t pos = 0;
-  for (int k = 0; k < 3; ++k) {
-    pos = bytes.find(one, pos);
-    ASSERT_NE(pos, std::string::npos);
-    bytes[pos + (size_t(2) << 20) - 1] ^= 0x01;
-    pos += size_t(2) << 20;
-  }
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+  // Corrupt the last byte of every dataset's data (the 2 MiB runs of 1.0f, in file order).
+  for (size_t k = 0, pos = 0; k < 3; ++k) pos = flip_byte_after(path, kOnes, (size_t(2) << 20) - 1, pos) + (size_t(2) << 20);
   H5File f = H5File::open(path);
   const std::string first = "/params/" + s.paths()[0] + ":";
   for (int i = 0; i < 10; ++i) {
@@ -557,7 +517,7 @@ TEST(Hdf5Io, ACorruptPieceOfALargeStitchedArrayIsNamed) {
   test::TempDir dir;
   const at::Tensor global = at::full({3000, 100}, 1.0f);
   const auto path = write_stitched(dir.path(), global, PartitionSpec::sharded(0, 2), 3);
-  flip_byte_after((dir / "shard-2-of-3.h5").string(), std::string("\x00\x00\x80\x3f\x00\x00\x80\x3f", 8), 100000);
+  flip_byte_after((dir / "shard-2-of-3.h5").string(), kOnes, 100000);
   H5File f = H5File::open(path);
   try {
     read_state(f, "opt", sharded_template({3000, 100}, PartitionSpec(), {}));

@@ -5,7 +5,6 @@
 #include <torch/optim/adam.h>
 
 #include <fcntl.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -15,6 +14,7 @@
 #include "checkpoint/hdf5_io.h"
 #include "framework/graph.h"
 #include "optim/optimizer.h"
+#include "tools/trainer/trainer.h"
 
 namespace {
 
@@ -72,8 +72,7 @@ struct CachedCheckpoint {
   explicit CachedCheckpoint(int64_t numel)
       : dir(std::filesystem::temp_directory_path() /
             ("nnx-microbench-" + std::to_string(::getpid()) + "-" + std::to_string(numel))) {
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    nnx::trainer::keep_freed_memory();  // as nnx-train: no page faults for re-allocated tensors
     std::filesystem::create_directories(dir);
     nnx::State s;
     for (int i = 0; i < 100; ++i) {
@@ -122,8 +121,7 @@ struct TwoRankCheckpoint {
   nnx::State templ;
   TwoRankCheckpoint() {
     namespace ck = nnx::checkpoint;
-    mallopt(M_MMAP_THRESHOLD, 256 << 20);  // freed memory kept, as for BM_Restore400MB
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    nnx::trainer::keep_freed_memory();  // as nnx-train: no page faults for re-allocated tensors
     std::filesystem::create_directories(dir);
     std::map<std::string, ck::VirtualSource> sources;
     nnx::State all;

@@ -69,8 +69,6 @@ double median_time(int reps, F&& f) {
   return median(t);
 }
 
-
-
 std::string fmt(double v, const char* unit, int prec = 3) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(prec) << v << unit;
@@ -85,8 +83,6 @@ void add(const std::string& name, double ours, double anchor, const std::string&
                   target > 0 ? (lower_is_better ? "<= " : ">= ") + fmt(target, "", 2) : "reported",
                   target > 0 ? (ok ? "ok" : "MISSED") : ""});
 }
-
-
 
 // A row from alternating rounds: medians of each contender and the median of per-round ratios.
 void add_rounds(const std::string& name, const std::vector<double>& ours, const std::vector<double>& anchor,
@@ -143,7 +139,8 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   // reports the median of the per-round ratios, so drift of this machine's speed between
   // blocks of repetitions does not enter a ratio.
   Checkpointer ck;
-  auto raw_write = [&](const std::string& p) {
+  auto save_ours = [&](const stdfs::path& p) { ck.save(p, Composite{{"params", StandardSave(s)}}); };
+  auto raw_write = [&](const stdfs::path& p) {
     int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     for (auto& t : tensors) {
       const char* b = static_cast<const char*>(t.data_ptr());
@@ -153,15 +150,15 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
     ::fsync(fd);
     ::close(fd);
   };
+  auto save_torch = [&](const stdfs::path& p) {
+    torch::save(tensors, p.string());
+    fsync_file(p.string());
+  };
   std::vector<double> ours_v, raw_v, torch_v;
   for (int i = 0; i < reps; ++i) {
-    ours_v.push_back(time_once([&] { ck.save(dir / ("ours" + std::to_string(i)), Composite{{"params", StandardSave(s)}}); }));
-    raw_v.push_back(time_once([&] { raw_write((dir / ("raw" + std::to_string(i))).string()); }));
-    torch_v.push_back(time_once([&] {
-      std::string p = (dir / ("torch" + std::to_string(i) + ".pt")).string();
-      torch::save(tensors, p);
-      fsync_file(p);
-    }));
+    ours_v.push_back(time_once([&] { save_ours(dir / ("ours" + std::to_string(i))); }));
+    raw_v.push_back(time_once([&] { raw_write(dir / ("raw" + std::to_string(i))); }));
+    torch_v.push_back(time_once([&] { save_torch(dir / ("torch" + std::to_string(i) + ".pt")); }));
   }
   const double t_ours = median(ours_v);
   add_rounds("save 400 MB fsync'd (100 fp32 tensors)", ours_v, raw_v, " s", "raw write+fsync", 1.10);
@@ -188,12 +185,9 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
       if (i > 0) out.push_back(t);
     };
     for (int i = 0; i <= reps; ++i) {
-      keep1("keep-ours", i, ours_k, [&](const stdfs::path& p) { ck.save(p, Composite{{"params", StandardSave(s)}}); });
-      keep1("keep-raw", i, raw_k, [&](const stdfs::path& p) { raw_write(p.string()); });
-      keep1("keep-torch", i, torch_k, [&](const stdfs::path& p) {
-        torch::save(tensors, p.string());
-        fsync_file(p.string());
-      });
+      keep1("keep-ours", i, ours_k, save_ours);
+      keep1("keep-raw", i, raw_k, raw_write);
+      keep1("keep-torch", i, torch_k, save_torch);
     }
     std::error_code ec;
     for (const char* b : {"keep-ours", "keep-raw", "keep-torch"}) stdfs::remove_all(dir / (b + std::to_string(reps)), ec);
