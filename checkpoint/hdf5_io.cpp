@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
@@ -405,7 +406,171 @@ class ReadPipeline {
   Workers workers_;
 };
 
+// O_DIRECT needs the file offset, the length and the memory address of each write aligned to
+// the file system's block size; 4 KiB covers every Linux file system on disks with logical
+// blocks of 512 bytes or 4 KiB.
+constexpr size_t kPage = 4096;
+// The largest single write of the direct path (and the size of a staging buffer).
+constexpr size_t kDirectSlice = size_t(4) << 20;
+// Staging buffers in use at once, process-wide (32 MiB): the bound on the direct path's extra
+// memory, and enough to keep every writer thread busy while the next slices are staged.
+constexpr size_t kStagingBuffers = 8;
+
+// Page-aligned kDirectSlice buffers through which memory that is not page-aligned reaches an
+// O_DIRECT write. At most kStagingBuffers exist (take() waits for one to come back), and they
+// are kept for the process's lifetime, so a save does not fault in fresh pages for them.
+class StagingBuffers {
+ public:
+  static StagingBuffers& instance() {
+    static StagingBuffers* pool = new StagingBuffers;  // never destroyed: no order problem at exit
+    return *pool;
+  }
+  char* take() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !free_.empty() || made_ < kStagingBuffers; });
+    if (!free_.empty()) {
+      char* p = free_.back();
+      free_.pop_back();
+      return p;
+    }
+    void* p = nullptr;
+    if (::posix_memalign(&p, kPage, kDirectSlice) != 0) throw std::bad_alloc();
+    ++made_;
+    return static_cast<char*>(p);
+  }
+  void give(char* p) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back(p);
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<char*> free_;
+  size_t made_ = 0;
+};
+
+// Writes `n` bytes at `offset` through `fd` (buffered); throws nnx::IOError naming `where`.
+void pwrite_all(int fd, const char* p, size_t n, uint64_t offset, const std::string& where) {
+  for (size_t done = 0; done < n;) {
+    ssize_t r = ::pwrite(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    NNX_CHECK_IO(r > 0, "cannot write ", n - done, " bytes of ", where, " at file offset ", offset + done, ": ",
+                 r < 0 ? std::strerror(errno) : "no progress", " (disk full?)");
+    done += static_cast<size_t>(r);
+  }
+}
+
 }  // namespace
+
+// The direct write path (WriteOptions::direct_io). HDF5 allocates a large dataset's space when
+// it is created (contiguous, 4 KiB aligned) and never touches those bytes; this writes them with
+// O_DIRECT, in slices of up to 4 MiB on 4 writer threads (they wait on the disk, not on a core),
+// so several writes are in flight and no copy goes through the page cache. The calling thread
+// hashes each slice for the dataset's checksum while it stages it: memory that is not page-aligned
+// is copied into a staging buffer in 256 KiB pieces, each hashed while it is in the core's cache,
+// so the bytes are read once for both. The dataset's last partial page is written through the
+// page cache: O_DIRECT writes cover whole pages that nothing else writes, so the two never meet
+// in one page. finish() waits for every write.
+class DirectWriter {
+ public:
+  // `fd` is HDF5's descriptor of the file; the file is opened again through /proc/self/fd
+  // (so the writes reach the very file HDF5 created), once with O_DIRECT and once without
+  // (partial pages; writes O_DIRECT refuses), and these writes may go on after HDF5 closed it.
+  explicit DirectWriter(int fd) : workers_(4) {
+    const std::string self = "/proc/self/fd/" + std::to_string(fd);
+    fd_.fd = ::open(self.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_.fd >= 0) direct_fd_.fd = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  }
+  DirectWriter(const DirectWriter&) = delete;
+  DirectWriter& operator=(const DirectWriter&) = delete;
+  bool enabled() const { return direct_fd_.fd >= 0; }
+
+  // Writes contiguous CPU tensor `t`'s bytes at file offset `offset` (a multiple of kPage) and
+  // returns their checksum (checksum_bytes's value). Keeps `t` alive until this writer is
+  // destroyed. Waits while every staging buffer is in use.
+  std::string write(const at::Tensor& t, uint64_t offset, const std::string& where) {
+    NNX_INTERNAL_ASSERT(offset % kPage == 0 && t.is_contiguous() && t.is_cpu(), "bad direct write of ", where);
+    const char* p = static_cast<const char*>(t.data_ptr());
+    const uint64_t n = static_cast<uint64_t>(t.numel()) * t.element_size();
+    const uint64_t body = n / kPage * kPage;
+    keep_.push_back(t);
+    ranges_.push_back({static_cast<int64_t>(offset), static_cast<int64_t>(n), p});
+    NNX_CHECK(hash_ && XXH3_64bits_reset(hash_.get()) == XXH_OK, "cannot start a checksum for ", where);
+    const bool aligned = reinterpret_cast<uintptr_t>(p) % kPage == 0;
+    for (uint64_t off = 0; off < body; off += kDirectSlice) {
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(kDirectSlice, body - off));
+      char* staged = nullptr;
+      if (aligned) {
+        XXH3_64bits_update_dispatch(hash_.get(), p + off, len);
+      } else {
+        staged = StagingBuffers::instance().take();
+        for (size_t piece = 0; piece < len; piece += kHashPiece) {
+          const size_t m = std::min(kHashPiece, len - piece);
+          std::memcpy(staged + piece, p + off + piece, m);
+          XXH3_64bits_update_dispatch(hash_.get(), staged + piece, m);
+        }
+      }
+      workers_.submit([this, from = staged ? staged : p + off, staged, len, at = offset + off, where] {
+        struct GiveBack {
+          char* p;
+          ~GiveBack() {
+            if (p) StagingBuffers::instance().give(p);
+          }
+        } give_back{staged};
+        write_slice(from, len, at, where);
+      });
+    }
+    // The last partial page, through the page cache (on a writer thread too: a write that
+    // extends the file waits for the inode lock the direct writes hold).
+    if (body < n) {
+      XXH3_64bits_update_dispatch(hash_.get(), p + body, n - body);
+      workers_.submit([this, src = p + body, len = n - body, at = offset + body, where] { pwrite_all(fd_.fd, src, len, at, where); });
+    }
+    return format_checksum(XXH3_64bits_digest(hash_.get()));
+  }
+  // Waits for every write; throws the nnx::IOError of the earliest that failed.
+  void finish() { workers_.finish(); }
+  const std::vector<fs::MemoryRange>& ranges() const { return ranges_; }
+
+ private:
+  static constexpr size_t kHashPiece = size_t(256) << 10;
+
+  // Writes page-aligned `len` bytes at `at` with O_DIRECT (through the page cache once the file
+  // system refused an O_DIRECT write with EINVAL).
+  void write_slice(const char* from, size_t len, uint64_t at, const std::string& where) {
+    for (size_t done = 0; done < len;) {
+      const bool direct = !buffered_.load();
+      ssize_t r = ::pwrite(direct ? direct_fd_.fd : fd_.fd, from + done, len - done, static_cast<off_t>(at + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EINVAL && direct) {  // the file system refuses this O_DIRECT write
+        buffered_ = true;
+        continue;
+      }
+      NNX_CHECK_IO(r > 0, "cannot write ", len - done, " bytes of ", where, " at file offset ", at + done, ": ",
+                   r < 0 ? std::strerror(errno) : "no progress", " (disk full?)");
+      done += static_cast<size_t>(r);
+    }
+  }
+
+  struct Fd {
+    int fd = -1;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+  std::atomic<bool> buffered_{false};
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash_{XXH3_createState(), XXH3_freeState};
+  // Declared before workers_, so the writer threads are joined (by its destructor) before the
+  // descriptors close and the memory of ranges_ is released.
+  Fd fd_, direct_fd_;
+  std::vector<at::Tensor> keep_;
+  std::vector<fs::MemoryRange> ranges_;
+  Workers workers_;
+};
 
 std::string checksum_bytes(const void* data, size_t n) { return format_checksum(XXH3_64bits_dispatch(data, n)); }
 
@@ -465,12 +630,17 @@ H5File H5File::open(const std::string& path) {
   return H5File(id, path);
 }
 
-H5File::H5File(H5File&& o) noexcept : id_(o.id_), path_(std::move(o.path_)) { o.id_ = -1; }
+H5File::H5File(H5File&& o) noexcept
+    : id_(o.id_), path_(std::move(o.path_)), direct_(std::move(o.direct_)), direct_tried_(o.direct_tried_) {
+  o.id_ = -1;
+}
 H5File& H5File::operator=(H5File&& o) noexcept {
   if (this != &o) {
     if (id_ >= 0) H5Fclose(id_);
     id_ = o.id_;
     path_ = std::move(o.path_);
+    direct_ = std::move(o.direct_);
+    direct_tried_ = o.direct_tried_;
     o.id_ = -1;
   }
   return *this;
@@ -484,19 +654,59 @@ void H5File::close() {
   id_ = -1;
   herr_t r1 = H5Fflush(id, H5F_SCOPE_LOCAL);
   herr_t r2 = H5Fclose(id);
+  if (direct_) direct_->finish();  // names the dataset of a failed write
   NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
+}
+std::pair<int64_t, std::string> H5File::commit() {
+  if (!direct_) {
+    close();
+    return fs::fsync_and_checksum(path_);
+  }
+  hid_t id = id_;
+  id_ = -1;
+  herr_t r1 = H5Fflush(id, H5F_SCOPE_LOCAL);
+  herr_t r2 = H5Fclose(id);  // the file now has its final size (HDF5 extends it to its end of
+                             // allocation), so it can be hashed while the direct writes go on
+  std::pair<int64_t, std::string> out;
+  std::exception_ptr hash_error;
+  if (r1 >= 0 && r2 >= 0) {
+    try {
+      std::vector<fs::MemoryRange> ranges = direct_->ranges();
+      std::sort(ranges.begin(), ranges.end(), [](const fs::MemoryRange& a, const fs::MemoryRange& b) { return a.offset < b.offset; });
+      out = fs::file_size_and_checksum(path_, ranges);
+    } catch (...) {
+      hash_error = std::current_exception();
+    }
+  }
+  direct_->finish();
+  NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
+  fs::fsync_path(path_);
+  if (hash_error) std::rethrow_exception(hash_error);
+  return out;
+}
+DirectWriter* H5File::direct_writer() {
+  if (!direct_tried_ && id_ >= 0) {
+    direct_tried_ = true;
+    const int fd = sec2_descriptor(id_);
+    if (fd >= 0) {
+      auto w = std::make_shared<DirectWriter>(fd);
+      if (w->enabled()) direct_ = std::move(w);
+    }
+  }
+  return direct_.get();
 }
 
 namespace {
 
 struct ItemWriter {
-  Hid lcpl, gcpl, dcpl, group;
+  Hid lcpl, gcpl, dcpl, dcpl_early, group;
+  H5File& file;
   std::string file_path, item;
   nlohmann::json paths = nlohmann::json::array();
   int fd = -1;  // the file's descriptor (sec2 driver), to start writeback early
 
-  ItemWriter(H5File& file, const std::string& item_name)
-      : file_path(file.path()), item(item_name), fd(sec2_descriptor(file.id())) {
+  ItemWriter(H5File& f, const std::string& item_name)
+      : file(f), file_path(f.path()), item(item_name), fd(sec2_descriptor(f.id())) {
     NNX_CHECK(!item.empty() && item != "json" && item.find('/') == std::string::npos,
               "invalid checkpoint item name '", item, "'");
     lcpl = Hid(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
@@ -509,6 +719,11 @@ struct ItemWriter {
     dcpl = Hid(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every byte is written; no fill pass
     H5Pset_obj_track_times(dcpl, 0);
+    // The direct write path's datasets: contiguous, their space allocated at creation (so its
+    // file offset is known) and never written by HDF5.
+    dcpl_early = Hid(H5Pcopy(dcpl), H5Pclose);
+    H5Pset_layout(dcpl_early, H5D_CONTIGUOUS);
+    H5Pset_alloc_time(dcpl_early, H5D_ALLOC_TIME_EARLY);
   }
 
   static Hid dataspace(const std::vector<int64_t>& shape) {
@@ -537,17 +752,31 @@ struct ItemWriter {
     t = t.contiguous();  // a view writes only its own elements
     Hid type = storage_type(t.scalar_type());
     Hid space = dataspace(t.sizes().vec());
-    Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
-    NNX_CHECK_IO(dset.ok(), "cannot create ", where);
-    dataset_io(true, dset, type, t, options.max_write_bytes, where);
     const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
-    // Start writing a large dataset's pages to disk now (sync_file_range only queues them), so
-    // the disk works while the next tensors are copied; the commit's fsync waits for them all.
-    if (fd >= 0 && static_cast<int64_t>(nbytes) >= kLargeDataset) {
-      const haddr_t offset = H5Dget_offset(dset);
-      if (offset != HADDR_UNDEF) ::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(nbytes), SYNC_FILE_RANGE_WRITE);
+    const bool large = static_cast<int64_t>(nbytes) >= kLargeDataset;
+    // The stored type has the memory's bytes (little-endian; bool and bfloat16 as their bits),
+    // so the direct path writes the tensor's bytes as they are.
+    DirectWriter* direct = options.direct_io && large ? file.direct_writer() : nullptr;
+    Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, direct ? dcpl_early : dcpl, H5P_DEFAULT), H5Dclose);
+    NNX_CHECK_IO(dset.ok(), "cannot create ", where);
+    const haddr_t offset = large ? H5Dget_offset(dset) : HADDR_UNDEF;
+    const bool written_directly = direct && offset != HADDR_UNDEF && offset % kPage == 0;
+    std::string checksum;
+    if (written_directly) {
+      checksum = direct->write(t, offset, where);
+    } else {
+      checksum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
+      dataset_io(true, dset, type, t, options.max_write_bytes, where);
+      // Start writing a large dataset's pages to disk now (sync_file_range only queues them),
+      // so the disk works while the next tensors are copied; the commit's fsync waits for them.
+      if (fd >= 0 && offset != HADDR_UNDEF)
+        ::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(nbytes), SYNC_FILE_RANGE_WRITE);
     }
-    attrs(dset, where, vs, dtype_name(t.scalar_type()), t.sizes().vec(), checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes));
+    if (options.stats) {
+      (written_directly ? options.stats->direct_writes : options.stats->hdf5_writes) += 1;
+      options.stats->bytes += static_cast<int64_t>(nbytes);
+    }
+    attrs(dset, where, vs, dtype_name(t.scalar_type()), t.sizes().vec(), checksum);
     paths.push_back(path);
   }
 

@@ -6,9 +6,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "checkpoint/fs.h"
 #include "checkpoint/metadata.h"
 #include "framework/filter.h"
 #include "framework/sharding.h"
@@ -16,6 +19,7 @@
 
 namespace nnx::checkpoint {
 
+class DirectWriter;
 
 /// An open HDF5 file (RAII). Errors name the file.
 class H5File {
@@ -27,15 +31,36 @@ class H5File {
   H5File(H5File&& o) noexcept;
   H5File& operator=(H5File&& o) noexcept;
   ~H5File();
-  /// Flushes and closes; throws nnx::IOError naming the file on failure (full disk, ...).
+  /// Flushes and closes, then waits for the writes of large datasets (WriteOptions::direct_io);
+  /// throws nnx::IOError naming the file (and the dataset of a failed write) on failure.
   void close();
+  /// The commit protocol's end of a written file: close(), fsync, and its size and
+  /// "xxh3_64:<hex>" checksum (fs::file_size_and_checksum). The bytes the direct path wrote are
+  /// hashed from their memory while those writes finish; the rest is read from the page cache.
+  /// Throws nnx::IOError for a failed write or fsync (before any hash error).
+  std::pair<int64_t, std::string> commit();
   int64_t id() const { return id_; }
   const std::string& path() const { return path_; }
+  /// Internal (the writer of large datasets): created on first use; null when the file system
+  /// refuses O_DIRECT or the file is not on HDF5's sec2 driver.
+  DirectWriter* direct_writer();
 
  private:
   H5File(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
   int64_t id_ = -1;
   std::string path_;
+  std::shared_ptr<DirectWriter> direct_;  // joined before the file is closed
+  bool direct_tried_ = false;
+};
+
+/// How write_state wrote the tensor datasets (filled in when WriteOptions::stats points here).
+struct WriteStats {
+  /// Datasets of 1 MiB or more whose bytes went to the file with O_DIRECT writes on writer threads.
+  int64_t direct_writes = 0;
+  /// Datasets written through H5Dwrite (small ones, or all with direct_io off or refused).
+  int64_t hdf5_writes = 0;
+  /// Bytes written by both, in bytes.
+  int64_t bytes = 0;
 };
 
 /// Options of write_state.
@@ -43,6 +68,15 @@ struct WriteOptions {
   /// Largest single H5Dwrite, in bytes; bigger tensors are written in slabs along dim 0
   /// (so tensors over 4 GiB never need one huge I/O call).
   int64_t max_write_bytes = int64_t(1) << 30;
+  /// Datasets of 1 MiB or more get their file space when they are created (contiguous, 4 KiB
+  /// aligned) and their bytes are written there with O_DIRECT on 2-4 writer threads, bypassing
+  /// the page cache (memory not 4 KiB aligned is copied through 4 MiB page-aligned buffers;
+  /// the last partial page goes through the page cache). The stored bytes and the format are
+  /// the same either way. Where the file system refuses O_DIRECT (at open or with EINVAL on a
+  /// write), the same bytes go through the page cache. Off: every dataset through H5Dwrite.
+  bool direct_io = true;
+  /// When set, write_state adds how it wrote each dataset here (not thread-safe: one writer).
+  WriteStats* stats = nullptr;
 };
 
 /// Writes every tensor of `state` as a dataset /<item>/<path> with attributes nnx_kind, dtype

@@ -69,6 +69,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
   NNX_CHECK(stdfs::is_directory(directory_), "'", directory_.string(), "' is not a directory");
   const bool leader = !options_.process_group || options_.process_group->rank() == 0;
   sync_.process_group = options_.process_group;  // restores are collective, read-only or not
+  sync_.write_options.direct_io = options_.direct_io;
   if (!options_.read_only) {
     if (leader) {
       lock_ = std::make_unique<fs::DirectoryLock>(directory_);
@@ -78,6 +79,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
     if (options_.enable_async_checkpointing) {
       async_ = std::make_unique<AsyncCheckpointer>();
       async_->process_group = options_.process_group;
+      async_->write_options.direct_io = options_.direct_io;
     }
     if (options_.handle_preemption_signals) {
       install_signals();

@@ -48,6 +48,9 @@ struct CheckpointManagerOptions {
   /// Saves return after snapshotting to host memory; writing and committing go on in the
   /// background.
   bool enable_async_checkpointing = true;
+  /// Write datasets of 1 MiB or more with O_DIRECT (WriteOptions::direct_io); off: through
+  /// the page cache.
+  bool direct_io = true;
   /// Remove <step>.tmp-* leftovers of interrupted saves at start-up.
   bool cleanup_tmp_directories = true;
   /// Catch SIGTERM/SIGINT so reached_preemption() can report them (restored by close()).
