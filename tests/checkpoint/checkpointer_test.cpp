@@ -99,6 +99,16 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
       if (vs.value.numel() > 0) {
         EXPECT_NE(vs.value.data_ptr(), s.at(p).value.data_ptr()) << p;
       }
+      // Buffers of 1 MiB or more are page-aligned (written with O_DIRECT without staging),
+      // from 2 MiB on 2 MiB aligned (huge pages).
+      const int64_t nbytes = vs.value.numel() * static_cast<int64_t>(vs.value.element_size());
+      const auto addr = reinterpret_cast<uintptr_t>(vs.value.data_ptr());
+      if (nbytes >= (1 << 20)) {
+        EXPECT_EQ(addr % 4096, 0u) << p;
+      }
+      if (nbytes >= (2 << 20)) {
+        EXPECT_EQ(addr % (2 << 20), 0u) << p;
+      }
     }
     EXPECT_TRUE(std::holds_alternative<JsonSave>(snap.items()[1].second));
     ptrs.clear();
