@@ -26,9 +26,13 @@ TEST(Config, ShippedConfigsLoad) {
 
 TEST(Config, DottedOverridesApplyAndAreNamedInErrors) {
   auto c = load_config(test::source_dir() + "/configs/tiny_synthetic.yaml",
-                       {"train.max_steps=7", "checkpoint.async=false", "model.hidden=[8, 4]", "seed=3", "run.dir=/tmp/x"});
+                       {"train.max_steps=7", "checkpoint.async=false", "model.hidden=[8, 4]", "seed=3", "run.dir=/tmp/x",
+                        "checkpoint.direct_io=false"});
   EXPECT_EQ(c.train.max_steps, 7);
   EXPECT_FALSE(c.checkpoint.async);
+  EXPECT_FALSE(c.checkpoint.direct_io);
+  EXPECT_EQ(c.to_json()["checkpoint"]["direct_io"], false);
+  EXPECT_TRUE(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml").checkpoint.direct_io);
   EXPECT_EQ(c.model.options["hidden"], nlohmann::json({8, 4}));
   EXPECT_EQ(c.seed, 3u);
   EXPECT_EQ(c.to_json()["run"]["dir"], "/tmp/x");

@@ -325,6 +325,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", {"", "eval_loss", "eval_accuracy", "loss"});
   c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
+  c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
   ck.finish();
 
   Section dist = top.sub("distributed");
@@ -355,7 +356,7 @@ nlohmann::json Config::to_json() const {
       {"checkpoint", {{"save_interval_steps", checkpoint.save_interval_steps}, {"max_to_keep", checkpoint.max_to_keep},
                       {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
-                      {"fallback_to_verified", checkpoint.fallback_to_verified}}},
+                      {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io}}},
       {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},
   };
 }

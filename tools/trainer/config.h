@@ -77,6 +77,9 @@ struct CheckpointConfig {
   /// On resume, when the latest step does not restore (corrupt, truncated), fall back to the
   /// newest step that does, and say so. Off: such a resume is an error naming the problem.
   bool fallback_to_verified = false;
+  /// Write datasets of 1 MiB or more with O_DIRECT (checkpoint::WriteOptions::direct_io); off:
+  /// through the page cache.
+  bool direct_io = true;
 };
 
 /// distributed: data parallel over the ranks nnx-launch (or torchrun/mpirun variables) starts.

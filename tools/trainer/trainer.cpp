@@ -259,6 +259,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
   if (cfg.checkpoint.keep_period > 0) mo.keep_period = cfg.checkpoint.keep_period;
   mo.save_interval_steps = cfg.checkpoint.save_interval_steps;
   mo.enable_async_checkpointing = cfg.checkpoint.async;
+  mo.direct_io = cfg.checkpoint.direct_io;
   if (!cfg.checkpoint.best_metric.empty()) {
     std::string key = cfg.checkpoint.best_metric;
     mo.best_fn = [key](const nlohmann::json& m) {
