@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <unordered_set>
 
@@ -246,12 +247,22 @@ class Workers {
   Workers& operator=(const Workers&) = delete;
   ~Workers() { join(); }
   void submit(std::function<void()> job) {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back({submitted_++, std::move(job)});
-    // Threads start with the first jobs: a restore of small variables starts none.
-    if (static_cast<int>(threads_.size()) < max_threads_ && queue_.size() > idle_)
-      threads_.emplace_back([this] { run(); });
-    cv_.notify_one();
+    bool run_here = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      NNX_INTERNAL_ASSERT(!done_, "a job submitted after finish()");
+      queue_.push_back({submitted_++, std::move(job)});
+      // Threads start with the first jobs: a restore of small variables starts none.
+      if (static_cast<int>(threads_.size()) < max_threads_ && queue_.size() > idle_) {
+        try {
+          threads_.emplace_back([this] { run(); });
+        } catch (const std::system_error&) {  // no thread to be had: with none running, the
+          run_here = threads_.empty();        // caller runs the queue itself, so no job is lost
+        }
+      }
+      cv_.notify_one();
+    }
+    if (run_here) drain();
   }
   void finish() {
     join();
@@ -259,6 +270,10 @@ class Workers {
   }
 
  private:
+  struct Job {
+    uint64_t index = 0;
+    std::function<void()> run;
+  };
   void join() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -280,23 +295,35 @@ class Workers {
         job = std::move(queue_.front());
         queue_.pop_front();
       }
-      try {
-        job.run();
-      } catch (...) {
+      run_one(job);
+    }
+  }
+  // Runs the queued jobs on the calling thread until the queue is empty.
+  void drain() {
+    while (true) {
+      Job job;
+      {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!error_ || job.index < error_index_) {
-          error_ = std::current_exception();
-          error_index_ = job.index;
-        }
+        if (queue_.empty()) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      run_one(job);
+    }
+  }
+  void run_one(Job& job) {
+    try {
+      job.run();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!error_ || job.index < error_index_) {
+        error_ = std::current_exception();
+        error_index_ = job.index;
       }
     }
   }
   std::mutex mu_;
   std::condition_variable cv_;
-  struct Job {
-    uint64_t index = 0;
-    std::function<void()> run;
-  };
   std::deque<Job> queue_;
   uint64_t submitted_ = 0;
   bool done_ = false;
@@ -499,6 +526,8 @@ class DirectWriter {
     const uint64_t body = n / kPage * kPage;
     keep_.push_back(t);
     ranges_.push_back({static_cast<int64_t>(offset), static_cast<int64_t>(n), p});
+    // After a failed write the save fails at finish(): stage and write nothing more.
+    if (failed_.load()) return std::string();
     NNX_CHECK(hash_ && XXH3_64bits_reset(hash_.get()) == XXH_OK, "cannot start a checksum for ", where);
     const bool aligned = reinterpret_cast<uintptr_t>(p) % kPage == 0;
     for (uint64_t off = 0; off < body; off += kDirectSlice) {
@@ -521,22 +550,37 @@ class DirectWriter {
             if (p) StagingBuffers::instance().give(p);
           }
         } give_back{staged};
-        write_slice(from, len, at, where);
+        if (!failed_.load()) guarded([&] { write_slice(from, len, at, where); });
       });
     }
     // The last partial page, through the page cache (on a writer thread too: a write that
     // extends the file waits for the inode lock the direct writes hold).
     if (body < n) {
       XXH3_64bits_update_dispatch(hash_.get(), p + body, n - body);
-      workers_.submit([this, src = p + body, len = n - body, at = offset + body, where] { pwrite_all(fd_.fd, src, len, at, where); });
+      workers_.submit([this, src = p + body, len = n - body, at = offset + body, where] {
+        if (!failed_.load()) guarded([&] { pwrite_all(fd_.fd, src, len, at, where); });
+      });
     }
     return format_checksum(XXH3_64bits_digest(hash_.get()));
   }
   // Waits for every write; throws the nnx::IOError of the earliest that failed.
   void finish() { workers_.finish(); }
   const std::vector<fs::MemoryRange>& ranges() const { return ranges_; }
+  // Unwinding (a save that failed before commit): the queued writes are skipped, not made.
+  ~DirectWriter() { failed_ = true; }
 
  private:
+  // Runs a write; on failure marks the writer failed (later writes are skipped) and rethrows.
+  template <typename F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      failed_ = true;
+      throw;
+    }
+  }
+
   static constexpr size_t kHashPiece = size_t(256) << 10;
 
   // Writes page-aligned `len` bytes at `at` with O_DIRECT (through the page cache once the file
@@ -563,6 +607,7 @@ class DirectWriter {
     }
   };
   std::atomic<bool> buffered_{false};
+  std::atomic<bool> failed_{false};
   std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash_{XXH3_createState(), XXH3_freeState};
   // Declared before workers_, so the writer threads are joined (by its destructor) before the
   // descriptors close and the memory of ranges_ is released.
@@ -658,6 +703,7 @@ void H5File::close() {
   NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
 }
 std::pair<int64_t, std::string> H5File::commit() {
+  NNX_CHECK(id_ >= 0, "cannot commit '", path_, "': it is already closed");
   if (!direct_) {
     close();
     return fs::fsync_and_checksum(path_);
@@ -685,7 +731,8 @@ std::pair<int64_t, std::string> H5File::commit() {
   return out;
 }
 DirectWriter* H5File::direct_writer() {
-  if (!direct_tried_ && id_ >= 0) {
+  if (id_ < 0) return nullptr;
+  if (!direct_tried_) {
     direct_tried_ = true;
     const int fd = sec2_descriptor(id_);
     if (fd >= 0) {
@@ -756,7 +803,10 @@ struct ItemWriter {
     const bool large = static_cast<int64_t>(nbytes) >= kLargeDataset;
     // The stored type has the memory's bytes (little-endian; bool and bfloat16 as their bits),
     // so the direct path writes the tensor's bytes as they are.
-    DirectWriter* direct = options.direct_io && large ? file.direct_writer() : nullptr;
+    // Only the caller's own memory: the direct path keeps what it writes until commit (the file
+    // checksum is computed from it), which for a temporary (a CUDA tensor's host copy, a view
+    // made contiguous) would hold a host copy of the whole state; those go through H5Dwrite.
+    DirectWriter* direct = options.direct_io && large && t.is_alias_of(vs.value) ? file.direct_writer() : nullptr;
     Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, direct ? dcpl_early : dcpl, H5P_DEFAULT), H5Dclose);
     NNX_CHECK_IO(dset.ok(), "cannot create ", where);
     const haddr_t offset = large ? H5Dget_offset(dset) : HADDR_UNDEF;

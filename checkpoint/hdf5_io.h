@@ -68,12 +68,15 @@ struct WriteOptions {
   /// Largest single H5Dwrite, in bytes; bigger tensors are written in slabs along dim 0
   /// (so tensors over 4 GiB never need one huge I/O call).
   int64_t max_write_bytes = int64_t(1) << 30;
-  /// Datasets of 1 MiB or more get their file space when they are created (contiguous, 4 KiB
-  /// aligned) and their bytes are written there with O_DIRECT on 2-4 writer threads, bypassing
-  /// the page cache (memory not 4 KiB aligned is copied through 4 MiB page-aligned buffers;
-  /// the last partial page goes through the page cache). The stored bytes and the format are
-  /// the same either way. Where the file system refuses O_DIRECT (at open or with EINVAL on a
-  /// write), the same bytes go through the page cache. Off: every dataset through H5Dwrite.
+  /// Datasets of 1 MiB or more whose tensor is contiguous CPU memory get their file space when
+  /// they are created (contiguous, 4 KiB aligned) and their bytes are written there with
+  /// O_DIRECT on 4 writer threads, bypassing the page cache (memory not 4 KiB aligned is
+  /// copied through page-aligned 4 MiB staging buffers; the last partial page goes through the
+  /// page cache). Temporaries (a CUDA tensor's host copy, a view made contiguous) go through
+  /// H5Dwrite, so a save never holds a host copy of the whole state. The stored bytes and the
+  /// format are the same either way. Where the file system refuses O_DIRECT (at open, or with
+  /// EINVAL on a write), the same bytes go through the page cache. Off: every dataset through
+  /// H5Dwrite.
   bool direct_io = true;
   /// When set, write_state adds how it wrote each dataset here (not thread-safe: one writer).
   WriteStats* stats = nullptr;
@@ -83,7 +86,10 @@ struct WriteOptions {
 /// (logical: bfloat16 is stored as uint16, bool as uint8), shape, sharding, metadata (JSON) and
 /// checksum ("xxh3_64:<16 hex digits>" of the stored bytes, C order, little-endian). CUDA tensors
 /// are copied to the host, views written as their elements only. Throws nnx::IOError naming the
-/// file and dataset on failure.
+/// file and dataset on failure. With WriteOptions::direct_io, the bytes of large datasets may
+/// still be on their way when this returns: their tensors must not change until the file's
+/// close() or commit(), which report a failed write (an H5File destroyed without either drops
+/// the writes, as a failed save does).
 void write_state(H5File& file, const std::string& item, const State& state,
                  const WriteOptions& options = {});
 
