@@ -456,9 +456,8 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
   Composite out;
   size_t next = 0;
   std::vector<at::Tensor> used;
-  // Contiguous CPU sources are copied below in 4 MiB pieces on several threads (one thread's
-  // memcpy reaches ~8 GB/s on the 2-core test machine, two ~14 GB/s); anything else (views,
-  // device tensors) is copied by ATen here.
+  // Contiguous CPU sources are copied below in 4 MiB pieces on several threads (copy_streaming);
+  // anything else (views, device tensors) is copied by ATen here.
   struct Piece {
     char* dst;
     const char* src;

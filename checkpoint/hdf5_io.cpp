@@ -29,8 +29,8 @@ namespace nnx::checkpoint {
 
 namespace {
 
-// Datasets of this many bytes or more take the I/O fast paths: their writeback starts as soon as
-// they are written, and restores read them with pread() on reader threads.
+// Datasets of this many bytes or more take the I/O fast paths: saves write them with O_DIRECT
+// (DirectWriter), restores read them with pread() on reader threads (ReadPipeline).
 constexpr int64_t kLargeDataset = int64_t(1) << 20;
 
 void silence_hdf5() {
@@ -334,10 +334,13 @@ class Workers {
   std::vector<std::thread> threads_;
 };
 
+void expect_checksum(const std::string& sum, const std::string& expected, const std::string& where) {
+  NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum, "); the checkpoint is corrupt");
+}
+
 void check_sum_now(const at::Tensor& t, const std::string& expected, const std::string& where) {
   size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
-  std::string sum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
-  NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum, "); the checkpoint is corrupt");
+  expect_checksum(checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes), expected, where);
 }
 
 // How read_state overlaps its work: HDF5 calls (opening datasets, reading attributes) stay on
@@ -389,10 +392,7 @@ class ReadPipeline {
         if (hash) XXH3_64bits_update_dispatch(hash.get(), p + done, static_cast<size_t>(r));
         done += static_cast<size_t>(r);
       }
-      if (!hash) return;
-      const std::string sum = format_checksum(XXH3_64bits_digest(hash.get()));
-      NNX_CHECK(sum == expected, where, ": checksum mismatch (stored ", expected, ", data ", sum,
-                "); the checkpoint is corrupt");
+      if (hash) expect_checksum(format_checksum(XXH3_64bits_digest(hash.get())), expected, where);
     });
   }
   // Waits for every read and checksum; throws the first failure.
@@ -693,14 +693,18 @@ H5File& H5File::operator=(H5File&& o) noexcept {
 H5File::~H5File() {
   if (id_ >= 0) H5Fclose(id_);
 }
-void H5File::close() {
-  if (id_ < 0) return;
+bool H5File::close_hdf5() {
   hid_t id = id_;
   id_ = -1;
   herr_t r1 = H5Fflush(id, H5F_SCOPE_LOCAL);
   herr_t r2 = H5Fclose(id);
+  return r1 >= 0 && r2 >= 0;
+}
+void H5File::close() {
+  if (id_ < 0) return;
+  const bool closed = close_hdf5();
   if (direct_) direct_->finish();  // names the dataset of a failed write
-  NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
+  NNX_CHECK_IO(closed, "cannot flush and close '", path_, "' (disk full?)");
 }
 std::pair<int64_t, std::string> H5File::commit() {
   NNX_CHECK(id_ >= 0, "cannot commit '", path_, "': it is already closed");
@@ -708,14 +712,12 @@ std::pair<int64_t, std::string> H5File::commit() {
     close();
     return fs::fsync_and_checksum(path_);
   }
-  hid_t id = id_;
-  id_ = -1;
-  herr_t r1 = H5Fflush(id, H5F_SCOPE_LOCAL);
-  herr_t r2 = H5Fclose(id);  // the file now has its final size (HDF5 extends it to its end of
-                             // allocation), so it can be hashed while the direct writes go on
+  // Closed, the file has its final size (HDF5 extends it to its end of allocation), so it can be
+  // hashed while the direct writes go on.
+  const bool closed = close_hdf5();
   std::pair<int64_t, std::string> out;
   std::exception_ptr hash_error;
-  if (r1 >= 0 && r2 >= 0) {
+  if (closed) {
     try {
       std::vector<fs::MemoryRange> ranges = direct_->ranges();
       std::sort(ranges.begin(), ranges.end(), [](const fs::MemoryRange& a, const fs::MemoryRange& b) { return a.offset < b.offset; });
@@ -725,7 +727,7 @@ std::pair<int64_t, std::string> H5File::commit() {
     }
   }
   direct_->finish();
-  NNX_CHECK_IO(r1 >= 0 && r2 >= 0, "cannot flush and close '", path_, "' (disk full?)");
+  NNX_CHECK_IO(closed, "cannot flush and close '", path_, "' (disk full?)");
   fs::fsync_path(path_);
   if (hash_error) std::rethrow_exception(hash_error);
   return out;
@@ -802,10 +804,10 @@ struct ItemWriter {
     const size_t nbytes = static_cast<size_t>(t.numel() * t.element_size());
     const bool large = static_cast<int64_t>(nbytes) >= kLargeDataset;
     // The stored type has the memory's bytes (little-endian; bool and bfloat16 as their bits),
-    // so the direct path writes the tensor's bytes as they are.
-    // Only the caller's own memory: the direct path keeps what it writes until commit (the file
-    // checksum is computed from it), which for a temporary (a CUDA tensor's host copy, a view
-    // made contiguous) would hold a host copy of the whole state; those go through H5Dwrite.
+    // so the direct path writes the tensor's bytes as they are. Only the caller's own memory:
+    // the direct path keeps what it writes until commit (the file checksum is computed from
+    // it), which for a temporary (a CUDA tensor's host copy, a view made contiguous) would hold
+    // a host copy of the whole state; those go through H5Dwrite.
     DirectWriter* direct = options.direct_io && large && t.is_alias_of(vs.value) ? file.direct_writer() : nullptr;
     Hid dset(H5Dcreate2(group, path.c_str(), type, space, lcpl, direct ? dcpl_early : dcpl, H5P_DEFAULT), H5Dclose);
     NNX_CHECK_IO(dset.ok(), "cannot create ", where);

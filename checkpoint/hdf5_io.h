@@ -47,9 +47,11 @@ class H5File {
 
  private:
   H5File(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  // Flushes and closes the HDF5 file (not the direct writes); false when either failed.
+  bool close_hdf5();
   int64_t id_ = -1;
   std::string path_;
-  std::shared_ptr<DirectWriter> direct_;  // joined before the file is closed
+  std::shared_ptr<DirectWriter> direct_;  // its own descriptors: its writes may outlive id_
   bool direct_tried_ = false;
 };
 

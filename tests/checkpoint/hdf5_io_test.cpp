@@ -42,6 +42,14 @@ size_t flip_byte_after(const std::string& path, const std::string& pattern, size
   return pos;
 }
 
+// read_state of /<item> with `o`, and how it read each dataset.
+std::pair<State, ReadStats> read_counted(const H5File& f, const std::string& item, const State& templ, ReadOptions o = {}) {
+  ReadStats stats;
+  o.stats = &stats;
+  State out = read_state(f, item, templ, o);
+  return {std::move(out), stats};
+}
+
 State every_dtype() {
   State s;
   s.insert("f64", {Param, at::randn({3, 2}, at::kDouble), {}});
@@ -324,9 +332,7 @@ TEST(Hdf5Io, LargeDatasetsRoundTripThroughTheParallelReadPath) {
   for (bool verify : {true, false}) {
     ReadOptions o;
     o.verify_checksums = verify;
-    ReadStats stats;
-    o.stats = &stats;
-    State back = read_state(f, "params", s, o);
+    auto [back, stats] = read_counted(f, "params", s, o);
     EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
     EXPECT_EQ(stats.direct_reads, 11);  // every dataset of 1 MiB or more
     EXPECT_EQ(stats.hdf5_reads, 1);     // "small"
@@ -341,9 +347,7 @@ TEST(Hdf5Io, LargeDatasetsRoundTripThroughTheParallelReadPath) {
     ReadOptions o;
     o.mesh = Mesh{n - 1, n};
     o.allow_extra = true;
-    ReadStats stats;
-    o.stats = &stats;
-    State got = read_state(f, "params", templ, o);
+    auto [got, stats] = read_counted(f, "params", templ, o);
     EXPECT_TRUE(at::equal(got.at("a/f32").value, s.at("a/f32").value.narrow(0, n == 1 ? 0 : 150, n == 1 ? 300 : 150)));
     EXPECT_EQ(stats.direct_reads, n == 1 ? 1 : 0) << n;
     EXPECT_EQ(stats.hdf5_reads, n == 1 ? 0 : 1) << n;
@@ -453,10 +457,7 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
     auto [disk_size, disk_sum] = fs::file_size_and_checksum(path);
     EXPECT_EQ(size, disk_size) << direct;
     EXPECT_EQ(sum, disk_sum) << direct;
-    ReadStats rs;
-    ReadOptions ro;
-    ro.stats = &rs;
-    State back = read_state(back_file, "params", s, ro);
+    auto [back, rs] = read_counted(back_file, "params", s);
     EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
     EXPECT_EQ(rs.direct_reads, 6);
     // The dataset checksums (hashed while staging on the direct path) are the same either way.
@@ -598,10 +599,7 @@ TEST(Hdf5Io, DatasetsRewrittenBigEndianOrChunkedAreReadThroughHdf5) {
                         " n=f['params'].create_dataset('v', data=v, chunks=(4096,), compression='gzip'); n.attrs.update(a)\"");
   ASSERT_EQ(edit.exit_code, 0) << edit.output;
   H5File f = H5File::open(path);
-  ReadOptions o;
-  ReadStats stats;
-  o.stats = &stats;
-  State back = read_state(f, "params", s, o);  // checksums cover the values, not the byte order
+  auto [back, stats] = read_counted(f, "params", s);  // checksums cover the values, not the byte order
   EXPECT_TRUE(back.equal(s)) << back.first_difference(s);
   EXPECT_EQ(stats.direct_reads, 0);
   EXPECT_EQ(stats.hdf5_reads, 2);
@@ -617,10 +615,7 @@ TEST(Hdf5Io, LargeVirtualDatasetsAreReadFromTheShardFiles) {
     const auto spec = PartitionSpec::sharded(dim, 2);
     const auto path = write_stitched(dir.path(), global, spec, 3);
     H5File f = H5File::open(path);
-    ReadOptions o;
-    ReadStats stats;
-    o.stats = &stats;
-    State whole = read_state(f, "opt", sharded_template({3001, 100}, PartitionSpec(), {}), o);
+    auto [whole, stats] = read_counted(f, "opt", sharded_template({3001, 100}, PartitionSpec(), {}));
     EXPECT_TRUE(at::equal(whole.at("w").value, global)) << dim;
     EXPECT_EQ(stats.direct_reads, dim == 0 ? 3 : 0) << dim;  // along dim 1 the pieces are not row blocks
     EXPECT_EQ(stats.hdf5_reads, dim == 0 ? 0 : 1) << dim;
@@ -645,10 +640,7 @@ TEST(Hdf5Io, LargeVirtualDatasetsAreReadFromTheShardFiles) {
     f.close();
   }
   H5File f = H5File::open((dir / "checkpoint.h5").string());
-  ReadOptions o;
-  ReadStats stats;
-  o.stats = &stats;
-  State back = read_state(f, "params", all, o);
+  auto [back, stats] = read_counted(f, "params", all);
   EXPECT_TRUE(back.equal(all)) << back.first_difference(all);
   EXPECT_EQ(stats.direct_reads, 2);
   EXPECT_EQ(stats.hdf5_reads, 0);

@@ -64,6 +64,20 @@ void BM_StateSplit1000(benchmark::State& st) {
 }
 BENCHMARK(BM_StateSplit1000)->Unit(benchmark::kMicrosecond);
 
+// 100 fp32 tensors of `numel` elements, named layer<i>/kernel.
+nnx::State hundred_tensors(int64_t numel) {
+  nnx::State s;
+  for (int i = 0; i < 100; ++i) s.insert("layer" + std::to_string(i) + "/kernel", {nnx::Param, at::randn({numel}), {}});
+  return s;
+}
+
+// The restore template of `s`: the same paths, kinds and shapes on the meta device.
+nnx::State abstract_of(const nnx::State& s) {
+  nnx::State t;
+  for (const auto& [p, vs] : s) t.insert(p, {vs.kind, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
+  return t;
+}
+
 // Restore of a page-cached 400 MB checkpoint (100 fp32 tensors of 4 MB) against a raw read()
 // of the same bytes into fresh tensors; freed memory is kept (as nnx-train does), so neither
 // side pays page faults. First arg 1: checksums verified, 0: not. Second arg 1: the checkpoint
@@ -77,12 +91,8 @@ struct CachedCheckpoint {
             ("nnx-microbench-" + std::to_string(::getpid()) + "-" + std::to_string(numel))) {
     nnx::trainer::keep_freed_memory();  // as nnx-train: no page faults for re-allocated tensors
     std::filesystem::create_directories(dir);
-    nnx::State s;
-    for (int i = 0; i < 100; ++i) {
-      const std::string p = "layer" + std::to_string(i) + "/kernel";
-      s.insert(p, {nnx::Param, at::randn({numel}), {}});
-      templ.insert(p, {nnx::Param, at::empty({numel}, at::TensorOptions().device(at::kMeta)), {}});
-    }
+    const nnx::State s = hundred_tensors(numel);
+    templ = abstract_of(s);
     nnx::checkpoint::Checkpointer().save(dir / "ckpt", nnx::checkpoint::Composite{{"params", nnx::checkpoint::StandardSave(s)}});
     nnx::checkpoint::Checkpointer buffered;
     buffered.write_options.direct_io = false;
@@ -145,7 +155,7 @@ struct TwoRankCheckpoint {
     ck::H5File f = ck::H5File::create((dir / "checkpoint.h5").string());
     ck::write_state_virtual(f, "params", all, sources);
     f.close();
-    for (const auto& [p, vs] : all) templ.insert(p, {nnx::Param, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
+    templ = abstract_of(all);
   }
   ~TwoRankCheckpoint() { std::filesystem::remove_all(dir); }
 };
@@ -163,9 +173,7 @@ BENCHMARK(BM_RestoreTwoRankCheckpoint400MB)->Unit(benchmark::kMillisecond)->UseR
 // What AsyncCheckpointer::save blocks for: copying 400 MB (100 fp32 tensors) into the previous
 // snapshot's host buffers, against one memcpy per tensor on one thread.
 void BM_SnapshotToHost400MB(benchmark::State& st) {
-  nnx::State s;
-  for (int i = 0; i < 100; ++i) s.insert("p" + std::to_string(i), {nnx::Param, at::randn({1000 * 1000}), {}});
-  nnx::checkpoint::Composite args{{"params", nnx::checkpoint::StandardSave(s)}};
+  nnx::checkpoint::Composite args{{"params", nnx::checkpoint::StandardSave(hundred_tensors(1000 * 1000))}};
   std::vector<at::Tensor> buffers;
   for (auto _ : st) benchmark::DoNotOptimize(nnx::checkpoint::snapshot_to_host(args, &buffers));
   st.SetBytesProcessed(st.iterations() * 400000000);
@@ -189,16 +197,13 @@ void BM_Save400MB(benchmark::State& st) {
   nnx::trainer::keep_freed_memory();
   const auto dir = std::filesystem::temp_directory_path() / ("nnx-microbench-save-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  nnx::State s;
-  for (int i = 0; i < 100; ++i) {
-    at::Tensor t = at::randn({1000 * 1000});
-    if (st.range(0)) {
-      void* p = nullptr;
-      if (::posix_memalign(&p, 4096, 4000000) != 0) throw std::bad_alloc();
-      t = at::from_blob(p, {1000 * 1000}, [](void* q) { std::free(q); }, at::kFloat).copy_(t);
+  nnx::State s = hundred_tensors(1000 * 1000);
+  if (st.range(0))
+    for (auto& [p, vs] : s) {
+      void* mem = nullptr;
+      if (::posix_memalign(&mem, 4096, 4000000) != 0) throw std::bad_alloc();
+      vs.value = at::from_blob(mem, {1000 * 1000}, [](void* q) { std::free(q); }, at::kFloat).copy_(vs.value);
     }
-    s.insert("p" + std::to_string(i), {nnx::Param, t, {}});
-  }
   nnx::checkpoint::Checkpointer ck;
   int step = 0;
   for (auto _ : st) {

@@ -212,14 +212,16 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   // Every round reads the first save's files (one set, so it stays in the page cache), and the
   // order of the four contenders rotates from round to round (no contender always goes first).
   std::error_code ec;
-  for (int i = 0; i < reps; ++i)
-    for (const std::string& f : {"ours" + std::to_string(i), "raw" + std::to_string(i), "torch" + std::to_string(i) + ".pt",
-                                 "buffered" + std::to_string(i)})
-      if (i > 0 || f.rfind("buffered", 0) == 0) stdfs::remove_all(dir / f, ec);
+  for (int i = 0; i < reps; ++i) {
+    stdfs::remove_all(dir / ("buffered" + std::to_string(i)), ec);
+    if (i > 0)
+      for (const std::string& f : {"ours" + std::to_string(i), "raw" + std::to_string(i), "torch" + std::to_string(i) + ".pt"})
+        stdfs::remove_all(dir / f, ec);
+  }
   // Every contender's file leaves the page cache, and the warm-up round below reads it back in,
   // so all cached pages come from reads: a file written with O_DIRECT has none cached, and on
-  // this kernel pages filled by reads copy slower than pages left by buffered writes (~40 vs
-  // ~26 ms per 400 MB, nnx-microbench BM_Restore400MB/x/1 vs /x/0).
+  // this kernel pages filled by reads copy slower than pages left by buffered writes (38-46 vs
+  // 25-32 ms per 400 MB, nnx-microbench BM_Restore400MB/x/1 vs /x/0).
   auto evict = [](const stdfs::path& f) {
     int fd = ::open(f.c_str(), O_RDONLY);
     if (fd < 0) return;
@@ -228,22 +230,22 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
     ::close(fd);
   };
   for (const stdfs::path& f : {dir / "ours0" / "checkpoint.h5", dir / "raw0", dir / "torch0.pt"}) evict(f);
+  auto restore_ours = [&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ)}}); };
+  auto raw_read = [&] {
+    int fd = ::open((dir / "raw0").c_str(), O_RDONLY);
+    std::vector<at::Tensor> out;
+    for (int j = 0; j < n; ++j) {
+      at::Tensor t = at::empty({numel});
+      char* b = static_cast<char*>(t.data_ptr());
+      size_t len = numel * 4, done = 0;
+      while (done < len) done += static_cast<size_t>(::read(fd, b + done, len - done));
+      out.push_back(t);
+    }
+    ::close(fd);
+  };
   std::vector<std::function<void()>> contenders = {
-      [&] { restore_v.push_back(time_once([&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ)}}); })); },
-      [&] {
-        read_v.push_back(time_once([&] {
-          int fd = ::open((dir / "raw0").c_str(), O_RDONLY);
-          std::vector<at::Tensor> out;
-          for (int j = 0; j < n; ++j) {
-            at::Tensor t = at::empty({numel});
-            char* b = static_cast<char*>(t.data_ptr());
-            size_t len = numel * 4, done = 0;
-            while (done < len) done += static_cast<size_t>(::read(fd, b + done, len - done));
-            out.push_back(t);
-          }
-          ::close(fd);
-        }));
-      },
+      [&] { restore_v.push_back(time_once(restore_ours)); },
+      [&] { read_v.push_back(time_once(raw_read)); },
       [&] { restore_nv_v.push_back(time_once([&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ, no_verify)}}); })); },
       [&] {
         tload_v.push_back(time_once([&] {
@@ -259,22 +261,19 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   add_rounds("restore 400 MB without checksum verification", restore_nv_v, read_v, " s", "raw read", 0);
   add_rounds("restore 400 MB vs torch::load", restore_v, tload_v, " s", "torch::load", 0);
   // Cold: each file dropped from the page cache just before it is read (a resume after
-  // preemption on another machine reads a cold file). Contenders alternate, ours first in even
-  // rounds.
+  // preemption on another machine reads a cold file). Ours goes first in even rounds.
   std::vector<double> cold_ours, cold_raw;
+  auto cold_ours_once = [&] {
+    evict(dir / "ours0" / "checkpoint.h5");
+    cold_ours.push_back(time_once(restore_ours));
+  };
+  auto cold_raw_once = [&] {
+    evict(dir / "raw0");
+    cold_raw.push_back(time_once(raw_read));
+  };
   for (int i = 0; i < reps; ++i) {
-    for (int k = 0; k < 2; ++k) {
-      if ((k == 0) == (i % 2 == 0)) {
-        evict(dir / "ours0" / "checkpoint.h5");
-        cold_ours.push_back(time_once([&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ)}}); }));
-      } else {
-        evict(dir / "raw0");
-        const size_t before = read_v.size();
-        contenders[1]();  // the raw read, timed into read_v
-        cold_raw.push_back(read_v.back());
-        read_v.resize(before);
-      }
-    }
+    if (i % 2 == 0) cold_ours_once(), cold_raw_once();
+    else cold_raw_once(), cold_ours_once();
   }
   add_rounds("restore 400 MB cold (dropped from the page cache first)", cold_ours, cold_raw, " s", "raw read, cold", 0);
 
