@@ -1,5 +1,7 @@
 #include "checkpoint/checkpointer.h"
 
+#include "checkpoint/checkpoint_info.h"
+
 #include <ATen/ATen.h>
 #include <sys/mman.h>
 #if defined(__SSE2__)
@@ -160,7 +162,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
     meta["format_version"] = kFormatVersion;
     meta["items"] = items;
     if (!meta.contains("world_size")) meta["world_size"] = 1;
-    meta["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    if (!meta.contains("time")) meta["time"] = unix_seconds_now();  // a manager passes its save's start
     meta["files"] = {{kCheckpointFile, {{"size", size}, {"checksum", sum}}}};
     fs::write_file_synced(tmp / kMetadataFile, meta.dump(2));
     fs::fsync_path(tmp);
@@ -325,7 +327,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       meta["format_version"] = kFormatVersion;
       meta["items"] = items;
       meta["world_size"] = n;
-      meta["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      if (!meta.contains("time")) meta["time"] = unix_seconds_now();  // a manager passes its save's start
       meta["files"] = nlohmann::json::object();
       meta["files"][kCheckpointFile] = {{"size", h5_size}, {"checksum", h5_sum}};
       for (int r = 0; r < n; ++r) {
@@ -522,37 +524,63 @@ AsyncCheckpointer::~AsyncCheckpointer() {
   if (worker_.joinable()) worker_.join();
 }
 
-bool AsyncCheckpointer::in_progress() const {
+AsyncCheckpointer::Flight AsyncCheckpointer::current() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return worker_.joinable();
+  return flight_;
+}
+
+bool AsyncCheckpointer::in_progress() const {
+  Flight f = current();
+  return f.done.valid() && f.done.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+}
+
+void AsyncCheckpointer::wait() const {
+  Flight f = current();
+  if (f.done.valid()) f.done.wait();
 }
 
 void AsyncCheckpointer::wait_until_finished() {
-  if (worker_.joinable()) worker_.join();
-  std::exception_ptr e;
+  // Waiters share the save's future: each of them sees its failure. The first to return
+  // forgets the save, so a later wait does not report the same failure again.
+  Flight f = current();
+  if (!f.done.valid()) return;
+  f.done.wait();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    std::swap(e, error_);
+    if (flight_.id == f.id) flight_.done = {};
   }
-  if (e) std::rethrow_exception(e);
+  f.done.get();
 }
 
 void AsyncCheckpointer::save(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata) {
   save_async(path, args, metadata, nullptr);
 }
 
-void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& args,
-                                   const nlohmann::json& metadata, std::function<void()> on_commit) {
+void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata,
+                                   std::function<void()> on_commit,
+                                   std::function<void(std::exception_ptr)> on_failure) {
   wait_until_finished();
+  if (worker_.joinable()) worker_.join();  // finished: its promise is set
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
   Composite snap = snapshot_to_host(args, &buffers_);
-  worker_ = std::thread([this, path, snap = std::move(snap), metadata, on_commit = std::move(on_commit)] {
+  std::promise<void> promise;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    flight_ = Flight{promise.get_future().share(), ++next_id_};
+  }
+  worker_ = std::thread([this, path, snap = std::move(snap), metadata, on_commit = std::move(on_commit),
+                         on_failure = std::move(on_failure), promise = std::move(promise)]() mutable {
     try {
       Checkpointer::save(path, snap, metadata);
       if (on_commit) on_commit();
+      promise.set_value();
     } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      error_ = std::current_exception();
+      auto e = std::current_exception();
+      try {
+        if (on_failure) on_failure(e);
+      } catch (...) {  // the waiters must still learn of the failure
+      }
+      promise.set_exception(e);
     }
   });
 }

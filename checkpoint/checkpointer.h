@@ -6,6 +6,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -101,7 +102,10 @@ class StandardCheckpointer {
 /// Asynchronous checkpointer (ocp.AsyncCheckpointer): save() copies every tensor to host memory
 /// (the caller may change its tensors as soon as save() returns), then writes and commits on a
 /// background thread. One save is in flight at a time: save() first waits for the previous one.
-/// A failed background save is rethrown by the next save() or wait_until_finished().
+/// A failed background save is rethrown by the next save() or wait_until_finished(): by every
+/// wait_until_finished() that was waiting for it, on any thread, and by the first one after it.
+/// save() is called from one thread at a time; wait_until_finished(), wait() and in_progress()
+/// from any.
 class AsyncCheckpointer : public Checkpointer {
  public:
   AsyncCheckpointer() = default;
@@ -109,16 +113,26 @@ class AsyncCheckpointer : public Checkpointer {
   ~AsyncCheckpointer() override;
   void save(const std::filesystem::path& path, const Composite& args,
             const nlohmann::json& metadata = nlohmann::json::object()) override;
-  /// Like save(); `on_commit` runs on the background thread after the commit succeeded.
-  void save_async(const std::filesystem::path& path, const Composite& args,
-                  const nlohmann::json& metadata, std::function<void()> on_commit);
-  /// Blocks until no save is in flight; rethrows a background failure (once).
+  /// Like save(); `on_commit` runs on the background thread after the commit succeeded, and
+  /// `on_failure` (with the error) when the save failed; waiters return after either.
+  void save_async(const std::filesystem::path& path, const Composite& args, const nlohmann::json& metadata,
+                  std::function<void()> on_commit, std::function<void(std::exception_ptr)> on_failure = nullptr);
+  /// Blocks until no save is in flight; rethrows a background failure (see the class comment).
   void wait_until_finished();
+  /// Blocks until no save is in flight; never throws, reports nothing (a failure stays for
+  /// wait_until_finished()).
+  void wait() const;
   bool in_progress() const;
 
  private:
-  std::thread worker_;
-  std::exception_ptr error_;
+  struct Flight {
+    std::shared_future<void> done;  // ready when the save committed or failed
+    uint64_t id = 0;
+  };
+  Flight current() const;
+  std::thread worker_;  // joined only by save_async and the destructor (one thread)
+  Flight flight_;       // done invalid: nothing in flight and no failure left to report
+  uint64_t next_id_ = 0;
   std::vector<at::Tensor> buffers_;  // the last snapshot's host buffers, reused by the next
   mutable std::mutex mu_;
 };

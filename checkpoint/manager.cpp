@@ -1,5 +1,6 @@
 #include "checkpoint/manager.h"
 
+#include <ATen/ATen.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include "checkpoint/fs.h"
 #include "framework/distributed.h"
 #include "framework/error.h"
+#include "framework/log.h"
 
 namespace nnx::checkpoint {
 
@@ -54,6 +56,23 @@ void CheckpointManagerOptions::validate() const {
             "step_format_fixed_length must be in [0, 20], got ", step_format_fixed_length);
   NNX_CHECK(step_prefix.find('/') == std::string::npos && step_prefix.find(".tmp-") == std::string::npos,
             "invalid step_prefix '", step_prefix, "'");
+  NNX_CHECK(!preservation_policy || (!max_to_keep && !keep_period),
+            "set either preservation_policy or max_to_keep/keep_period, not both");
+}
+
+SaveDecisionPolicyPtr CheckpointManagerOptions::resolved_save_decision_policy() const {
+  if (save_decision_policy) return save_decision_policy;
+  return std::make_shared<AnySavePolicy>(std::vector<SaveDecisionPolicyPtr>{
+      std::make_shared<FixedIntervalPolicy>(save_interval_steps), std::make_shared<PreemptionCheckpointingPolicy>()});
+}
+
+PreservationPolicyPtr CheckpointManagerOptions::resolved_preservation_policy() const {
+  if (preservation_policy) return preservation_policy;
+  if (!max_to_keep) return std::make_shared<PreserveAll>();
+  PreservationPolicyPtr n = std::make_shared<MaxToKeep>(*max_to_keep, best_fn, best_mode, keep_checkpoints_without_metrics);
+  if (!keep_period) return n;
+  return std::make_shared<AnyPreservationPolicy>(
+      std::vector<PreservationPolicyPtr>{n, std::make_shared<EveryNSteps>(*keep_period)});
 }
 
 CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOptions options)
@@ -67,7 +86,9 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
     NNX_CHECK_IO(!ec, "cannot create checkpoint directory '", directory_.string(), "': ", ec.message());
   }
   NNX_CHECK(stdfs::is_directory(directory_), "'", directory_.string(), "' is not a directory");
-  const bool leader = !options_.process_group || options_.process_group->rank() == 0;
+  save_policy_ = options_.resolved_save_decision_policy();
+  keep_policy_ = options_.resolved_preservation_policy();
+  const bool leader = this->leader();
   sync_.process_group = options_.process_group;  // restores are collective, read-only or not
   sync_.write_options.direct_io = options_.direct_io;
   if (!options_.read_only) {
@@ -86,7 +107,16 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
       signals_installed_ = true;
     }
   }
+  if (options_.process_group && options_.process_group->world_size() > 1) {
+    // Every rank creates its managers in the same order, so the n-th manager's group matches.
+    static std::atomic<int> managers{0};
+    decision_group_ = options_.process_group->new_group("ckpt-decisions-" + std::to_string(managers++));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  refresh_locked();
 }
+
+bool CheckpointManager::leader() const { return !options_.process_group || options_.process_group->rank() == 0; }
 
 CheckpointManager::~CheckpointManager() {
   try {
@@ -143,8 +173,28 @@ stdfs::path CheckpointManager::step_path(int64_t step) const {
   return directory_ / (options_.step_prefix.empty() ? num : options_.step_prefix + "_" + num);
 }
 
-std::vector<int64_t> CheckpointManager::all_steps() const {
-  std::vector<int64_t> steps;
+
+namespace {
+// The step information of a committed step, from its metadata (time 0 and no metrics when the
+// metadata does not parse: restore then reports why).
+CheckpointInfo read_info(int64_t step, const stdfs::path& path) {
+  CheckpointInfo info{step, 0, nlohmann::json()};
+  try {
+    auto meta = read_metadata(path);
+    auto t = meta.find("time");
+    if (t != meta.end() && t->is_number()) info.time = t->get<double>();
+    auto m = meta.find("metrics");
+    if (m != meta.end() && m->is_object()) info.metrics = *m;
+  } catch (const Error&) {
+  }
+  return info;
+}
+
+bool by_step(const CheckpointInfo& a, int64_t step) { return a.step < step; }
+}  // namespace
+
+void CheckpointManager::refresh_locked() const {
+  std::vector<CheckpointInfo> found;
   std::error_code ec;
   // Entries may vanish while we list (another process's retention): error codes, not throws.
   for (stdfs::directory_iterator it(directory_, ec), end; !ec && it != end; it.increment(ec)) {
@@ -152,69 +202,134 @@ std::vector<int64_t> CheckpointManager::all_steps() const {
     if (!it->is_directory(e2) || e2) continue;
     auto s = parse_step(it->path().filename().string());
     // The rename makes a step appear complete; the metadata check guards against foreign dirs.
-    if (s && stdfs::exists(it->path() / kMetadataFile, e2)) steps.push_back(*s);
+    if (!s || !stdfs::exists(it->path() / kMetadataFile, e2)) continue;
+    auto known = std::lower_bound(committed_.begin(), committed_.end(), *s, by_step);
+    found.push_back(known != committed_.end() && known->step == *s ? *known : read_info(*s, it->path()));
   }
   NNX_CHECK_IO(!ec, "cannot list checkpoint directory '", directory_.string(), "': ", ec.message());
-  std::sort(steps.begin(), steps.end());
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
+  committed_ = std::move(found);
+}
+
+void CheckpointManager::reload() {
+  std::lock_guard<std::mutex> lock(mu_);
+  refresh_locked();
+}
+
+void CheckpointManager::add_committed_locked(const CheckpointInfo& info) {
+  auto it = std::lower_bound(committed_.begin(), committed_.end(), info.step, by_step);
+  if (it != committed_.end() && it->step == info.step) {
+    *it = info;  // a reload() already found it on disk
+  } else {
+    committed_.insert(it, info);
+  }
+}
+
+std::vector<int64_t> CheckpointManager::steps_locked() const {
+  if (options_.read_only) refresh_locked();  // someone else writes this directory
+  std::vector<int64_t> steps;
+  steps.reserve(committed_.size() + 1);
+  for (const auto& c : committed_) steps.push_back(c.step);
+  if (pending_ && (steps.empty() || steps.back() < pending_->step)) steps.push_back(pending_->step);
   return steps;
 }
 
+std::vector<int64_t> CheckpointManager::all_steps() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return steps_locked();
+}
+
 std::optional<int64_t> CheckpointManager::latest_step() const {
-  auto s = all_steps();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto s = steps_locked();
   if (s.empty()) return std::nullopt;
   return s.back();
 }
 
-nlohmann::json CheckpointManager::metrics(int64_t step) const {
-  try {
-    auto meta = read_metadata(step_path(step));
-    return meta.value("metrics", nlohmann::json());
-  } catch (const Error&) {
-    return nlohmann::json();
-  }
+std::vector<CheckpointInfo> CheckpointManager::checkpoints() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (options_.read_only) refresh_locked();
+  return committed_;
 }
 
-namespace {
-std::optional<double> finite_metric(const CheckpointManagerOptions& o, const nlohmann::json& m) {
-  if (!o.best_fn || m.is_null()) return std::nullopt;
-  double v;
-  try {
-    v = o.best_fn(m);
-  } catch (const std::exception&) {
-    return std::nullopt;
+nlohmann::json CheckpointManager::metrics(int64_t step) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::lower_bound(committed_.begin(), committed_.end(), step, by_step);
+    if (it != committed_.end() && it->step == step) return it->metrics;
+    if (pending_ && pending_->step == step) return pending_->metrics;
   }
-  if (!std::isfinite(v)) return std::nullopt;
-  return v;
+  return read_info(step, step_path(step)).metrics;  // not listed here (another process's step)
 }
-}  // namespace
 
 std::optional<int64_t> CheckpointManager::best_step() const {
+  if (!options_.best_fn) return std::nullopt;
+  MetricCache metric(options_.best_fn);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (options_.read_only) refresh_locked();
   std::optional<int64_t> best;
   double best_v = 0;
-  for (int64_t s : all_steps()) {
-    auto v = finite_metric(options_, metrics(s));
+  for (const auto& c : committed_) {
+    auto v = metric.get(c);
     if (!v) continue;
-    bool better = !best || (options_.best_mode == "min" ? *v < best_v : *v > best_v);
-    if (better) {
-      best = s;
+    if (!best || (options_.best_mode == "min" ? *v < best_v : *v > best_v)) {
+      best = c.step;
       best_v = *v;
     }
   }
   return best;
 }
 
-bool CheckpointManager::reached_preemption(int64_t) const { return g_signal.load() != 0; }
+bool CheckpointManager::reached_preemption(int64_t step) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (decision_group_ && agreed_preemption_ && agreed_preemption_->first == step) return agreed_preemption_->second;
+  return g_signal.load() != 0;
+}
+
+bool CheckpointManager::is_saving_in_progress() const { return async_ && async_->in_progress(); }
 
 bool CheckpointManager::should_save(int64_t step) const {
-  auto latest = latest_step();
-  if (latest && step <= *latest) return false;
-  // With a process group, a signal seen by this rank alone must not make it save alone: the
-  // caller agrees on preemption across ranks (all-reduce reached_preemption()) and forces a save.
-  return step % options_.save_interval_steps == 0 || (!options_.process_group && reached_preemption(step));
+  if (options_.read_only) return false;
+  DecisionContext ctx;
+  ctx.is_saving_in_progress = is_saving_in_progress();
+  ctx.reached_preemption = g_signal.load() != 0;
+  ctx.now = unix_seconds_now();
+  const CheckpointInfo info{step, ctx.now, nlohmann::json()};
+  bool save = false, save_if_preempted = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const bool newer = (committed_.empty() || committed_.back().step < step) && (!pending_ || pending_->step < step);
+    if (newer && !decision_group_) return save_policy_->should_save(info, committed_, ctx);
+    if (newer) {  // both answers, so that the ranks can agree on either
+      DecisionContext without = ctx, with = ctx;
+      without.reached_preemption = false;
+      with.reached_preemption = true;
+      save = save_policy_->should_save(info, committed_, without);
+      save_if_preempted = save_policy_->should_save(info, committed_, with);
+    }
+  }
+  if (!decision_group_) return false;
+  return agree(step, save, save_if_preempted, ctx.reached_preemption);
+}
+
+bool CheckpointManager::agree(int64_t step, bool local_save, bool local_save_if_preempted, bool preempted) const {
+  // One all-reduce of three counts: ranks that saw a signal, ranks that would not save without
+  // one, ranks that would not save with one. Any signal counts; a save needs every rank.
+  std::vector<at::Tensor> v = {at::tensor(
+      {preempted ? 1.0 : 0.0, local_save ? 0.0 : 1.0, local_save_if_preempted ? 0.0 : 1.0}, at::kDouble)};
+  decision_group_->all_reduce_sum(v);
+  const bool any_preempted = v[0][0].item<double>() > 0;
+  const bool save = any_preempted ? v[0][2].item<double>() == 0 : v[0][1].item<double>() == 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  agreed_preemption_ = std::make_pair(step, any_preempted);
+  return save;
 }
 
 bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann::json& metrics, bool force) {
-  NNX_CHECK(!options_.read_only, "CheckpointManager on '", directory_.string(), "' is read-only");
+  if (options_.read_only) {
+    log::warn_parts("CheckpointManager on '", directory_.string(), "' is read-only; step ", step, " not saved");
+    return false;
+  }
   NNX_CHECK(!closed_, "CheckpointManager on '", directory_.string(), "' is closed");
   NNX_CHECK(step >= 0, "checkpoint steps must be >= 0, got ", step);
   if (async_) async_->wait_until_finished();  // one save in flight; surfaces a failed one
@@ -223,59 +338,126 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
             "'; checkpoints are never overwritten");
   if (!force && !should_save(step)) return false;
   NNX_CHECK(metrics.is_null() || metrics.is_object(), "metrics must be a JSON object");
-  nlohmann::json meta = {{"step", step}, {"metrics", metrics}};
-  if (async_) {
-    async_->save_async(path, args, meta, [this] {
-      std::lock_guard<std::mutex> lock(mu_);
-      apply_retention();
-    });
-  } else {
+  const CheckpointInfo info{step, unix_seconds_now(), metrics};
+  const nlohmann::json meta = {{"step", step}, {"metrics", metrics}, {"time", info.time}};
+  if (!async_) {
     sync_.save(path, args, meta);
-    std::lock_guard<std::mutex> lock(mu_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      add_committed_locked(info);
+    }
     apply_retention();
+    return true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_ = info;
+  }
+  auto committed = [this, info] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      add_committed_locked(info);
+      pending_.reset();
+    }
+    apply_retention();
+  };
+  auto failed = [this](std::exception_ptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.reset();
+  };
+  try {
+    async_->save_async(path, args, meta, committed, failed);
+  } catch (...) {  // the snapshot failed: nothing is in flight
+    failed(nullptr);
+    throw;
   }
   return true;
 }
 
-void CheckpointManager::apply_retention() {
-  if (!options_.max_to_keep) return;
-  if (options_.process_group && options_.process_group->rank() != 0) return;  // rank 0 deletes
-  auto steps = all_steps();
-  if (steps.size() <= 1) return;
-  const int keep_n = *options_.max_to_keep;
-  std::set<int64_t> keep = {steps.back()};  // the latest is always kept
-  if (options_.best_fn) {
-    std::vector<std::pair<double, int64_t>> ranked;
-    for (int64_t s : steps) {
-      auto v = finite_metric(options_, metrics(s));
-      if (v) {
-        ranked.emplace_back(options_.best_mode == "min" ? *v : -*v, s);
-      } else if (options_.keep_checkpoints_without_metrics && metrics(s).is_null()) {
-        keep.insert(s);
-      }
+std::vector<stdfs::path> CheckpointManager::retention_locked() {
+  if (committed_.size() <= 1) return {};
+  const auto keep = keep_policy_->should_preserve(committed_, PreservationContext{unix_seconds_now()});
+  NNX_CHECK(keep.size() == committed_.size(), "preservation policy returned ", keep.size(), " flags for ",
+            committed_.size(), " steps");
+  std::vector<bool> dropped(committed_.size(), false);
+  auto forget_dropped = [&] {  // the cache keeps what is still on disk, even after a failed rename
+    std::vector<CheckpointInfo> kept;
+    kept.reserve(committed_.size());
+    for (size_t i = 0; i < committed_.size(); ++i)
+      if (!dropped[i]) kept.push_back(std::move(committed_[i]));
+    committed_ = std::move(kept);
+  };
+  std::vector<stdfs::path> gone;
+  try {
+    for (size_t i = 0; i + 1 < committed_.size(); ++i) {  // the latest is always kept
+      if (keep[i]) continue;
+      if (leader()) gone.push_back(rename_away_locked(committed_[i].step));  // other ranks only forget it
+      dropped[i] = true;
     }
-    std::sort(ranked.begin(), ranked.end());
-    for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < keep_n; ++i) keep.insert(ranked[i].second);
-  } else {
-    for (size_t i = steps.size() > static_cast<size_t>(keep_n) ? steps.size() - keep_n : 0; i < steps.size(); ++i)
-      keep.insert(steps[i]);
+  } catch (...) {
+    forget_dropped();
+    throw;
   }
-  for (int64_t s : steps) {
-    if (keep.count(s)) continue;
-    if (options_.keep_period && s % *options_.keep_period == 0) continue;
-    delete_step(s);
+  forget_dropped();
+  return gone;
+}
+
+void CheckpointManager::apply_retention() {
+  std::vector<stdfs::path> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    gone = retention_locked();
+  }
+  remove_renamed(gone);  // outside the lock: listing need not wait for the disk
+}
+
+stdfs::path CheckpointManager::rename_away_locked(int64_t step) {
+  const stdfs::path path = step_path(step);
+  // Rename first: listing never shows a half-deleted step.
+  const stdfs::path gone = directory_ / (path.filename().string() + ".deleting-" + fs::unique_suffix());
+  fs::rename_no_replace(path, gone);
+  return gone;
+}
+
+void CheckpointManager::remove_renamed(const std::vector<stdfs::path>& gone) const {
+  for (const auto& g : gone) {
+    std::error_code ec;
+    stdfs::remove_all(g, ec);  // a leftover is removed at the next start-up
   }
 }
 
 void CheckpointManager::delete_step(int64_t step) {
-  NNX_CHECK(!options_.read_only, "CheckpointManager on '", directory_.string(), "' is read-only");
-  const stdfs::path path = step_path(step);
-  NNX_CHECK(stdfs::exists(path), "step ", step, " does not exist in '", directory_.string(), "'");
-  // Rename first: listing never shows a half-deleted step.
-  const stdfs::path gone = directory_ / (path.filename().string() + ".deleting-" + fs::unique_suffix());
-  fs::rename_no_replace(path, gone);
-  std::error_code ec;
-  stdfs::remove_all(gone, ec);
+  if (options_.read_only) {
+    log::warn_parts("CheckpointManager on '", directory_.string(), "' is read-only; step ", step, " not deleted");
+    return;
+  }
+  stdfs::path gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    NNX_CHECK(!pending_ || pending_->step != step, "step ", step, " of '", directory_.string(),
+              "' is being saved; wait_until_finished() first");
+    NNX_CHECK(stdfs::exists(step_path(step)), "step ", step, " does not exist in '", directory_.string(), "'");
+    gone = rename_away_locked(step);
+    auto it = std::lower_bound(committed_.begin(), committed_.end(), step, by_step);
+    if (it != committed_.end() && it->step == step) committed_.erase(it);
+  }
+  remove_renamed({gone});
+}
+
+void CheckpointManager::wait_for_pending(int64_t step) const {
+  bool pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending = pending_ && pending_->step == step;
+  }
+  if (!pending) return;
+  async_->wait();
+  std::lock_guard<std::mutex> lock(mu_);
+  const bool committed = std::binary_search(
+      committed_.begin(), committed_.end(), CheckpointInfo{step, 0, {}},
+      [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });
+  NNX_CHECK(committed, "step ", step, " of '", directory_.string(),
+            "' was being saved and its save failed (wait_until_finished() reports why)");
 }
 
 Restored CheckpointManager::restore(std::optional<int64_t> step, const Composite& args) const {
@@ -283,6 +465,7 @@ Restored CheckpointManager::restore(std::optional<int64_t> step, const Composite
     step = latest_step();
     NNX_CHECK(step.has_value(), "no committed checkpoint in '", directory_.string(), "'");
   }
+  wait_for_pending(*step);
   const stdfs::path path = step_path(*step);
   NNX_CHECK(stdfs::exists(path), "no step ", *step, " in '", directory_.string(), "'");
   return sync_.restore(path, args);
@@ -294,6 +477,7 @@ CheckpointManager::FallbackResult CheckpointManager::restore_newest_valid(const 
   NNX_CHECK(!steps.empty(), "no committed checkpoint in '", directory_.string(), "'");
   for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
     try {
+      wait_for_pending(*it);
       r.restored = sync_.restore(step_path(*it), args);
       r.step = *it;
       return r;

@@ -14,7 +14,10 @@
 #include <vector>
 
 #include "checkpoint/args.h"
+#include "checkpoint/checkpoint_info.h"
 #include "checkpoint/checkpointer.h"
+#include "checkpoint/preservation_policy.h"
+#include "checkpoint/save_decision_policy.h"
 
 namespace nnx::checkpoint {
 
@@ -24,26 +27,39 @@ class DirectoryLock;
 
 /// Options of a CheckpointManager (ocp.CheckpointManagerOptions).
 struct CheckpointManagerOptions {
-  /// Keep at most this many steps (the latest always, the best by metric alongside); unset = all.
+  /// Keep exactly this many steps once that many exist (MaxToKeep): the latest, then the best
+  /// by best_fn among the steps that have a finite metric, then the newest steps without one.
+  /// Unset = all (unless preservation_policy).
   std::optional<int> max_to_keep;
-  /// Steps divisible by keep_period are never deleted by retention; unset = none.
+  /// With max_to_keep: steps divisible by keep_period are kept too (EveryNSteps); unset = none.
   std::optional<int64_t> keep_period;
-  /// should_save(step) is true when step % save_interval_steps == 0.
+  /// Without save_decision_policy: save steps divisible by this (FixedIntervalPolicy), and
+  /// after a preemption signal (PreemptionCheckpointingPolicy).
   int64_t save_interval_steps = 1;
-  /// Metric to rank steps by (from the metrics passed to save); with it, retention keeps the
-  /// best max_to_keep steps plus the latest. A NaN or infinite value never counts as best.
-  std::function<double(const nlohmann::json& metrics)> best_fn;
+  /// Metric to rank steps by (from the metrics passed to save), for max_to_keep and best_step().
+  /// A NaN or infinite value, or a throw, never counts as best.
+  MetricFn best_fn;
   /// "min" or "max".
   std::string best_mode = "min";
-  /// With best_fn: keep steps saved without metrics (else they may be deleted).
+  /// With best_fn and max_to_keep: steps without a finite metric fill the places the best
+  /// leave (newest first); false: only the latest and the best are kept.
   bool keep_checkpoints_without_metrics = true;
+  /// When to save (Orbax's save_decision_policy). Unset: FixedIntervalPolicy(save_interval_steps)
+  /// or PreemptionCheckpointingPolicy.
+  SaveDecisionPolicyPtr save_decision_policy;
+  /// Which committed steps retention keeps (Orbax's preservation_policy); the latest is always
+  /// kept as well. Unset: from max_to_keep, keep_period and best_fn (see above); setting both
+  /// this and max_to_keep or keep_period is an error.
+  PreservationPolicyPtr preservation_policy;
   /// Step directories are named "<step_prefix>_<step>" when set, else "<step>".
   std::string step_prefix;
   /// Zero-pad step numbers to this width (0 = no padding).
   int step_format_fixed_length = 0;
   /// Create the directory when missing (else a missing directory is an error).
   bool create = true;
-  /// Never write or delete (no lock is taken); save() and delete_step() throw.
+  /// Never write or delete (no lock is taken): should_save() is false, save() returns false and
+  /// delete_step() does nothing (each with a warning). Such a manager rereads the directory on
+  /// every listing, since someone else writes it.
   bool read_only = false;
   /// Saves return after snapshotting to host memory; writing and committing go on in the
   /// background.
@@ -64,26 +80,36 @@ struct CheckpointManagerOptions {
 
   /// Throws nnx::Error naming the bad value.
   void validate() const;
+  /// save_decision_policy, or the one the flags above describe.
+  SaveDecisionPolicyPtr resolved_save_decision_policy() const;
+  /// preservation_policy, or the one the flags above describe (PreserveAll without them).
+  PreservationPolicyPtr resolved_preservation_policy() const;
 };
 
 /// Manages the checkpoints of one run under `directory` (layout: docs/checkpoint-format.md).
 /// One writer per directory: a second writing manager gets an error naming the holder's pid.
-/// Bookkeeping (steps, metrics) is read from the committed steps, so it survives restarts.
+/// Step information (steps, times, metrics) is read from the directory once, at construction,
+/// kept in memory, updated by this manager's own saves and deletes, and reread by reload().
+/// Its methods may be called from several threads (save() from one at a time).
 class CheckpointManager {
  public:
   /// Opens `directory`; throws nnx::Error when it is missing (and create is false), locked by
-  /// another writer, or options are invalid.
+  /// another writer, or options are invalid. With a process group of world_size > 1 it is
+  /// collective (it creates a group of its own for save decisions).
   CheckpointManager(std::filesystem::path directory, CheckpointManagerOptions options = {});
   /// Waits for the save in flight and closes (errors are reported on stderr, not thrown).
   ~CheckpointManager();
 
   /// Saves `args` as `step` when should_save(step) or `force`; returns whether it saved.
   /// `metrics` (a JSON object) is stored in the step's metadata. Throws nnx::Error when the step
-  /// is already committed, and rethrows a failed previous async save.
+  /// is already committed, and rethrows a failed previous async save. An async save is listed
+  /// by all_steps() and latest_step() as soon as save() returns; restore() of it waits for it.
+  /// A read-only manager returns false with a warning.
   bool save(int64_t step, const Composite& args, const nlohmann::json& metrics = nlohmann::json(),
             bool force = false);
-  /// Restores `args` from `step` (default: the latest). Throws nnx::Error naming the directory
-  /// when there is no such step.
+  /// Restores `args` from `step` (default: the latest), waiting first when that step's save is
+  /// in flight. Throws nnx::Error naming the directory when there is no such step, or when its
+  /// save failed.
   Restored restore(std::optional<int64_t> step, const Composite& args) const;
   /// What restore_newest_valid() restored, and why newer steps were skipped.
   struct FallbackResult {
@@ -95,22 +121,35 @@ class CheckpointManager {
   /// every item read), trying older steps when a newer one is corrupt. Throws nnx::Error listing
   /// every failure when no step restores.
   FallbackResult restore_newest_valid(const Composite& args) const;
-  /// Committed steps, ascending.
+  /// Steps, ascending: the committed ones and the save in flight.
   std::vector<int64_t> all_steps() const;
   std::optional<int64_t> latest_step() const;
   /// The best committed step by best_fn (finite metrics only); nullopt without best_fn/metrics.
   std::optional<int64_t> best_step() const;
-  /// Whether save(step) would save: step % save_interval_steps == 0 or a preemption was seen,
-  /// and step is newer than the latest committed one. With a process group a preemption seen by
-  /// this rank does not count (ranks see signals at different steps and must save together):
-  /// all-reduce reached_preemption() over the ranks and pass force to save().
+  /// Whether save(step) would save: step is newer than the latest step and the save decision
+  /// policy says so. Reads no file. With a process group of world_size > 1 it is collective
+  /// (one small all-reduce; every rank calls it at the same steps) and every rank gets the same
+  /// answer: a preemption seen by any rank counts, and the other decisions must hold on every
+  /// rank (so no rank waits for a save in flight). False on a read-only manager.
   bool should_save(int64_t step) const;
-  /// Deletes a committed step (renamed away atomically first, then removed).
+  /// Deletes a committed step (renamed away atomically first, then removed); a read-only
+  /// manager skips it with a warning. Throws nnx::Error when there is no such step or its save
+  /// is in flight.
   void delete_step(int64_t step);
-  /// True once SIGTERM or SIGINT was received (the run should save and stop).
+  /// True once SIGTERM or SIGINT was received (the run should save and stop). With a process
+  /// group, after should_save(step) at this step: whether any rank had received one.
   bool reached_preemption(int64_t step) const;
-  /// Blocks until the async save in flight has committed; rethrows its failure.
+  /// Blocks until the async save in flight has committed; rethrows its failure. Several threads
+  /// may wait at once; each of them sees the failure.
   void wait_until_finished();
+  /// Whether an async save has not committed yet.
+  bool is_saving_in_progress() const;
+  /// Rereads the directory's steps (for a directory another process changed); the save in
+  /// flight stays listed. Metadata of steps already known is not parsed again.
+  void reload();
+  /// The cached information (step, save time, metrics) of every committed step, ascending; the
+  /// save in flight is not among them. Reads no file (a read-only manager rereads the directory).
+  std::vector<CheckpointInfo> checkpoints() const;
   /// The metrics saved with `step` (null when none).
   nlohmann::json metrics(int64_t step) const;
   /// The directory of `step`.
@@ -122,15 +161,30 @@ class CheckpointManager {
 
  private:
   std::optional<int64_t> parse_step(const std::string& name) const;
+  void refresh_locked() const;
+  std::vector<int64_t> steps_locked() const;
+  void add_committed_locked(const CheckpointInfo& info);
+  std::vector<std::filesystem::path> retention_locked();
   void apply_retention();
+  void remove_renamed(const std::vector<std::filesystem::path>& gone) const;
+  std::filesystem::path rename_away_locked(int64_t step);
+  bool agree(int64_t step, bool local_save, bool local_save_if_preempted, bool preempted) const;
+  void wait_for_pending(int64_t step) const;
   void cleanup_leftovers();
+  bool leader() const;
 
   std::filesystem::path directory_;
   CheckpointManagerOptions options_;
+  SaveDecisionPolicyPtr save_policy_;
+  PreservationPolicyPtr keep_policy_;
   std::unique_ptr<fs::DirectoryLock> lock_;
   std::unique_ptr<AsyncCheckpointer> async_;
   Checkpointer sync_;
-  mutable std::mutex mu_;
+  std::shared_ptr<distributed::ProcessGroup> decision_group_;  // should_save's all-reduce
+  mutable std::mutex mu_;                                      // guards the step information
+  mutable std::vector<CheckpointInfo> committed_;              // ascending steps
+  std::optional<CheckpointInfo> pending_;                      // the async save in flight
+  mutable std::optional<std::pair<int64_t, bool>> agreed_preemption_;  // (step, any rank saw one)
   bool closed_ = false;
   bool signals_installed_ = false;
 };

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <condition_variable>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -58,10 +59,17 @@ TEST(CheckpointManager, RetentionTables) {
       {"keep last 2", 2, {}, false, "min", {{1, 0}, {2, 0}, {3, 0}, {4, 0}}, {3, 4}},
       {"keep all", {}, {}, false, "min", {{1, 0}, {2, 0}, {3, 0}}, {1, 2, 3}},
       {"keep_period 2", 1, 2, false, "min", {{1, 0}, {2, 0}, {3, 0}, {4, 0}, {5, 0}}, {2, 4, 5}},
-      {"best min + latest", 1, {}, true, "min", {{1, 0.5}, {2, 0.1}, {3, 0.9}, {4, 0.7}}, {2, 4}},
-      {"best max 2", 2, {}, true, "max", {{1, 0.5}, {2, 0.1}, {3, 0.9}, {4, 0.7}, {5, 0.2}}, {3, 4, 5}},
-      {"nan never best", 1, {}, true, "min", {{1, 0.5}, {2, nan}, {3, 0.9}}, {1, 3}},
-      {"without metrics kept", 1, {}, true, "min", {{1, 0.5}, {2, none}, {3, 0.9}}, {1, 2, 3}},
+      // max_to_keep is the number kept (issue 17): the latest, then the best, then the newest
+      // steps without a metric.
+      {"best min + latest", 2, {}, true, "min", {{1, 0.5}, {2, 0.1}, {3, 0.9}, {4, 0.7}}, {2, 4}},
+      {"max_to_keep 1 keeps the latest only", 1, {}, true, "min", {{1, 0.5}, {2, 0.1}, {3, 0.9}, {4, 0.7}}, {4}},
+      {"best max 3", 3, {}, true, "max", {{1, 0.5}, {2, 0.1}, {3, 0.9}, {4, 0.7}, {5, 0.2}}, {3, 4, 5}},
+      {"nan never best", 2, {}, true, "min", {{1, 0.5}, {2, nan}, {3, 0.9}}, {1, 3}},
+      {"without metrics kept", 3, {}, true, "min", {{1, 0.5}, {2, none}, {3, 0.9}}, {1, 2, 3}},
+      {"without metrics fill the places the best leave", 3, {}, true, "min",
+       {{1, none}, {2, 0.5}, {3, none}, {4, none}}, {2, 3, 4}},
+      {"max_to_keep 5 keeps 5", 5, {}, true, "min",
+       {{10, none}, {20, 0.5}, {30, none}, {40, 0.4}, {50, none}, {60, 0.9}, {70, none}}, {20, 40, 50, 60, 70}},
   };
   for (const auto& c : cases) {
     test::TempDir dir;
@@ -92,7 +100,7 @@ TEST(CheckpointManager, RetentionTables) {
 TEST(CheckpointManager, BestStepMetricsAndRestartRetention) {
   test::TempDir dir;
   auto o = sync_opts();
-  o.max_to_keep = 2;
+  o.max_to_keep = 3;  // the latest, the best, the next best
   o.best_fn = [](const nlohmann::json& m) { return m.at("loss").get<double>(); };
   {
     CheckpointManager m(dir.path(), o);
@@ -152,7 +160,14 @@ TEST(CheckpointManager, LockReadOnlyCleanupAndPreemption) {
     CheckpointManager reader(dir.path(), ro);  // readers take no lock
     m.save(1, item(1));
     EXPECT_EQ(reader.latest_step(), 1);
-    EXPECT_THROW(reader.save(2, item(2)), Error);
+    // A read-only manager never writes: no save, no delete, each with a warning.
+    EXPECT_FALSE(reader.should_save(2));
+    EXPECT_FALSE(reader.save(2, item(2)));
+    EXPECT_FALSE(reader.save(3, item(3), {}, /*force=*/true));
+    reader.delete_step(1);
+    EXPECT_EQ(reader.all_steps(), (std::vector<int64_t>{1}));
+    EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1}));
+    EXPECT_FALSE(stdfs::exists(dir / "2"));
   }
   auto o = sync_opts();
   o.handle_preemption_signals = true;
@@ -340,4 +355,186 @@ TEST(CheckpointManager, FullLoopMountedFilesystemFailsCleanly) {
   auto v = verify(m.step_path(1));  // byte-identical: size and file checksum as committed
   EXPECT_TRUE(v.ok) << (v.problems.empty() ? "" : v.problems[0]);
   EXPECT_EQ(fs::file_size_and_checksum(m.step_path(1) / kCheckpointFile).second, before_sum);
+}
+
+namespace {
+CheckpointManagerOptions with_keep(PreservationPolicyPtr p) {
+  auto o = sync_opts();
+  o.preservation_policy = std::move(p);
+  return o;
+}
+Composite big_item(float v) {  // 64 MB: an async save of it is still in flight when save() returns
+  State s;
+  s.insert("w", {Param, at::full({16 << 20}, v), {}});
+  return Composite{{"params", StandardSave(s)}};
+}
+}  // namespace
+
+// Preservation policies through a manager, across a restart: steps 1..5, a new manager, 6..10.
+TEST(CheckpointManager, PreservationPoliciesAcrossRestarts) {
+  auto loss = metric_key("loss");
+  struct Row {
+    const char* name;
+    PreservationPolicyPtr policy;
+    std::vector<int64_t> kept;
+  };
+  std::vector<Row> rows = {
+      {"LatestN(2) | EveryNSteps(4)",
+       std::make_shared<AnyPreservationPolicy>(
+           std::vector<PreservationPolicyPtr>{std::make_shared<LatestN>(2), std::make_shared<EveryNSteps>(4)}),
+       {4, 8, 9, 10}},
+      // loss = |step - 3.5|: steps 3 and 4 are the best.
+      {"BestN(2)", std::make_shared<BestN>(loss, "min", 2), {3, 4, 10}},
+      {"CustomSteps(2, 7)", std::make_shared<CustomSteps>(std::set<int64_t>{2, 7}), {2, 7, 10}},
+      // Saves within seconds of each other: one per hour keeps the first (and the latest).
+      {"EveryNSeconds(3600)", std::make_shared<EveryNSeconds>(3600), {1, 10}},
+      {"LatestDuration(1 day)", std::make_shared<LatestDuration>(86400), {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
+  };
+  for (const auto& r : rows) {
+    test::TempDir dir;
+    for (int session = 0; session < 2; ++session) {
+      CheckpointManager m(dir.path(), with_keep(r.policy));
+      for (int64_t s = 1 + 5 * session; s <= 5 + 5 * session; ++s)
+        EXPECT_TRUE(m.save(s, item(static_cast<float>(s)), {{"loss", std::abs(static_cast<double>(s) - 3.5)}})) << r.name;
+    }
+    CheckpointManager m(dir.path(), with_keep(r.policy));
+    EXPECT_EQ(m.all_steps(), r.kept) << r.name;
+    EXPECT_FLOAT_EQ(restored_value(m, r.kept.front()), static_cast<float>(r.kept.front())) << r.name;
+  }
+  auto both = sync_opts();
+  both.max_to_keep = 2;
+  both.preservation_policy = std::make_shared<LatestN>(2);
+  test::TempDir dir;
+  EXPECT_THROW(CheckpointManager(dir.path(), both), Error);
+}
+
+TEST(CheckpointManager, SaveDecisionPolicies) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.save_decision_policy = std::make_shared<AnySavePolicy>(std::vector<SaveDecisionPolicyPtr>{
+      std::make_shared<InitialSavePolicy>(), std::make_shared<SpecificStepsPolicy>(std::set<int64_t>{3, 7, 12})});
+  {
+    CheckpointManager m(dir.path(), o);
+    for (int64_t s = 1; s <= 8; ++s) m.save(s, item(static_cast<float>(s)));
+    EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 3, 7}));
+  }
+  CheckpointManager m(dir.path(), o);  // not the initial save any more
+  for (int64_t s = 9; s <= 12; ++s) EXPECT_EQ(m.should_save(s), s == 12) << s;
+}
+
+// Continuous saving starts the next save once the previous committed: never two in flight.
+TEST(CheckpointManager, ContinuousSavingNeverHasTwoSavesInFlight) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.enable_async_checkpointing = true;
+  o.max_to_keep = 2;
+  o.save_decision_policy = std::make_shared<ContinuousCheckpointingPolicy>();
+  CheckpointManager m(dir.path(), o);
+  int saves = 0;
+  for (int64_t s = 1; s <= 300 && saves < 4; ++s) {
+    if (!m.should_save(s)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a training step
+      continue;
+    }
+    EXPECT_FALSE(m.is_saving_in_progress()) << s;
+    EXPECT_TRUE(m.save(s, big_item(static_cast<float>(s)), {}, /*force=*/true));
+    EXPECT_FALSE(m.should_save(s + 1) && m.is_saving_in_progress()) << s;
+    ++saves;
+  }
+  m.wait_until_finished();
+  EXPECT_GE(saves, 2);
+  EXPECT_EQ(m.all_steps().size(), 2u);
+}
+
+// Right after an async save(n), n is listed and restore(n) waits for it (Orbax's behaviour).
+TEST(CheckpointManager, SaveInFlightIsListedAndRestoreWaitsForIt) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.enable_async_checkpointing = true;
+  CheckpointManager m(dir.path(), o);
+  ASSERT_TRUE(m.save(1, big_item(1)));
+  ASSERT_TRUE(m.save(2, big_item(2)));
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(m.latest_step(), 2);
+  EXPECT_FALSE(m.should_save(2));
+  State t;
+  t.insert("w", {Param, at::empty({16 << 20}), {}});
+  auto r = m.restore(std::nullopt, Composite{{"params", StandardRestore(t)}});
+  EXPECT_FLOAT_EQ(r.state("params").at("w").value[5].item<float>(), 2.0f);
+  EXPECT_FALSE(m.is_saving_in_progress());
+}
+
+namespace {
+// Blocks retention until released, then fails it: a save whose failure the test controls.
+class BlockingFailingPolicy : public PreservationPolicy {
+ public:
+  std::vector<bool> should_preserve(const std::vector<CheckpointInfo>& c, const PreservationContext&) const override {
+    std::unique_lock<std::mutex> lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+    throw Error("retention failed on purpose");
+    return std::vector<bool>(c.size(), true);
+  }
+  mutable std::mutex mu;
+  mutable std::condition_variable cv;
+  mutable bool entered = false;
+  bool released = false;
+};
+}  // namespace
+
+// wait_until_finished() from several threads at once: every waiter returns, each sees the error.
+TEST(CheckpointManager, ConcurrentWaitersAllReturnAndEachSeesTheFailure) {
+  test::TempDir dir;
+  auto policy = std::make_shared<BlockingFailingPolicy>();
+  auto o = with_keep(policy);
+  o.enable_async_checkpointing = true;
+  CheckpointManager m(dir.path(), o);
+  m.save(1, item(1));
+  m.save(2, item(2));  // retention runs with two steps: it blocks
+  {
+    std::unique_lock<std::mutex> lock(policy->mu);
+    policy->cv.wait(lock, [&] { return policy->entered; });
+  }
+  std::atomic<int> started{0}, failed{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 10; ++i)
+    waiters.emplace_back([&] {
+      ++started;
+      try {
+        m.wait_until_finished();
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("retention failed on purpose") != std::string::npos) ++failed;
+      }
+    });
+  while (started < 10) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // all ten are inside the wait
+  {
+    std::lock_guard<std::mutex> lock(policy->mu);
+    policy->released = true;
+  }
+  policy->cv.notify_all();
+  for (auto& w : waiters) w.join();
+  EXPECT_EQ(failed, 10);
+  m.wait_until_finished();  // reported to the waiters: not again
+}
+
+// reload() picks up steps another process added or removed.
+TEST(CheckpointManager, ReloadSeesChangesMadeByAnotherProcess) {
+  test::TempDir dir, other;
+  CheckpointManager m(dir.path(), sync_opts());
+  m.save(1, item(1));
+  m.save(2, item(2));
+  {
+    CheckpointManager o(other.path(), sync_opts());
+    o.save(7, item(7));
+  }
+  stdfs::copy(other / "7", dir / "7", stdfs::copy_options::recursive);
+  stdfs::remove_all(dir / "1");
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 2}));  // cached: the directory is not listed
+  m.reload();
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{2, 7}));
+  EXPECT_FLOAT_EQ(restored_value(m, 7), 7.0f);
+  EXPECT_FALSE(m.should_save(5));
+  EXPECT_TRUE(m.should_save(8));
 }
