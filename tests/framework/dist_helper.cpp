@@ -9,9 +9,12 @@
 //   disagree      rank 1 annotates a variable as sharded, rank 0 does not: the save must fail
 //                 on every rank instead of writing a wrong global array
 //   different-steps  rank 0 saves step 2 while rank 1 saves step 1: both must fail, nothing commits
+//   preemption    rank 1 alone receives SIGTERM before step 5; should_save() must agree to save
+//                 step 5 on every rank (and no earlier step), reached_preemption() true on each
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
+#include <signal.h>
 
 #include <filesystem>
 #include <fstream>
@@ -145,6 +148,27 @@ int zero1(distributed::ProcessGroup& pg, const std::string& dir) {
   std::cout << "zero1 ok on rank " << r << ": " << sa.nbytes() << " of " << sb.nbytes() << " state bytes" << std::endl;
   return 0;
 }
+// Steps 1..8 with saves every 1000 steps; rank 1 raises SIGTERM at step 5.
+int preemption(const std::shared_ptr<distributed::ProcessGroup>& pg, const std::string& dir) {
+  checkpoint::CheckpointManagerOptions o;
+  o.enable_async_checkpointing = false;
+  o.save_interval_steps = 1000;
+  o.process_group = pg->new_group("ckpt");  // handle_preemption_signals: the default (true)
+  checkpoint::CheckpointManager mgr(dir, o);
+  State s;
+  s.insert("w", {Param, at::arange(100, at::kFloat), {}});
+  for (int64_t step = 1; step <= 8; ++step) {
+    if (step == 5 && pg->rank() == 1) ::raise(SIGTERM);
+    if (!mgr.should_save(step)) continue;
+    const bool preempted = mgr.reached_preemption(step);
+    mgr.save(step, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, {}, /*force=*/true);
+    std::cout << "saved step " << step << " on rank " << pg->rank() << " (preempted " << preempted << ", signal here "
+              << (checkpoint::preemption_signal() != 0) << ")" << std::endl;
+    return step == 5 && preempted ? 0 : 50;  // a preempted run stops after its save
+  }
+  std::cout << "no save on rank " << pg->rank() << std::endl;
+  return 51;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -173,6 +197,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "zero1") return zero1(*pg, dir);
+    if (mode == "preemption") return preemption(pg, dir);
     if (mode == "corrupt-restore" || mode == "disagree") return sharded_modes(*pg, mode, dir);
     if (mode == "different-steps") {  // rank 0 saves step 2 while rank 1 saves step 1
       checkpoint::Checkpointer c;

@@ -1,4 +1,5 @@
 #include "tools/trainer/config.h"
+#include "tools/trainer/checkpoint_options.h"
 
 #include <gtest/gtest.h>
 
@@ -100,4 +101,71 @@ TEST(Config, BadConfigCorpusExitsTwoWithOneLineError) {
     ++n;
   }
   EXPECT_GE(n, 30);
+}
+
+// checkpoint.save and checkpoint.keep: lists of Orbax policies, normalized, built into the
+// manager's options, and each policy behaving as its YAML says.
+TEST(Config, CheckpointPolicyListsParseAndBuild) {
+  test::TempDir dir;
+  const stdfs::path f = dir / "p.yaml";
+  std::ofstream(f) << "model: {type: mlp}\n"
+                      "checkpoint:\n"
+                      "  best_metric: eval_accuracy\n"
+                      "  save:\n"
+                      "    - fixed_interval: 1000\n"
+                      "    - specific_steps: [50, 75]\n"
+                      "    - initial_save: true\n"
+                      "    - continuous: {minimum_interval_steps: 10, minimum_interval_seconds: 60}\n"
+                      "  keep:\n"
+                      "    - latest_n: 3\n"
+                      "    - every_n_steps: 4000\n"
+                      "    - best_n: 2\n"
+                      "    - best_n: {n: 1, metric: loss, keep_checkpoints_without_metrics: false}\n"
+                      "    - every_n_seconds: 3600\n"
+                      "    - custom_steps: [3000]\n"
+                      "    - latest_duration_seconds: 86400\n";
+  auto c = load_config(f.string());
+  EXPECT_EQ(c.checkpoint.save, nlohmann::json::parse(R"([{"fixed_interval": 1000}, {"specific_steps": [50, 75]},
+      {"initial_save": true}, {"continuous": {"minimum_interval_steps": 10, "minimum_interval_seconds": 60.0}}])"));
+  EXPECT_EQ(c.checkpoint.keep[2], nlohmann::json::parse(
+      R"({"best_n": {"n": 2, "metric": "eval_accuracy", "mode": "max", "keep_checkpoints_without_metrics": true}})"));
+  EXPECT_EQ(c.checkpoint.keep[3], nlohmann::json::parse(
+      R"({"best_n": {"n": 1, "metric": "loss", "mode": "min", "keep_checkpoints_without_metrics": false}})"));
+  EXPECT_EQ(c.to_json()["checkpoint"]["keep"], c.checkpoint.keep);
+  auto mo = manager_options(c.checkpoint);
+  EXPECT_FALSE(mo.max_to_keep.has_value());
+  ASSERT_TRUE(mo.preservation_policy && mo.save_decision_policy);
+  // Steps 1000..10000, step s saved at t = s seconds; eval_accuracy rises, 2000 is the best by loss.
+  std::vector<checkpoint::CheckpointInfo> infos;
+  for (int64_t s = 1000; s <= 10000; s += 1000)
+    infos.push_back({s, static_cast<double>(s), {{"eval_accuracy", 1e-4 * s}, {"loss", s == 2000 ? 0.1 : 1.0}}});
+  // latest_n: 8000-10000; every_n_steps: 4000, 8000; best_n by accuracy: 9000, 10000; by loss:
+  // 2000; every_n_seconds: 1000, 5000, 9000; custom_steps: 3000; nothing younger than a day.
+  auto flags = mo.preservation_policy->should_preserve(infos, {10000.0 + 86400});
+  std::vector<int64_t> kept;
+  for (size_t i = 0; i < infos.size(); ++i)
+    if (flags[i]) kept.push_back(infos[i].step);
+  EXPECT_EQ(kept, (std::vector<int64_t>{1000, 2000, 3000, 4000, 5000, 8000, 9000, 10000}));
+  checkpoint::DecisionContext ctx;
+  ctx.now = 100;
+  auto saves = [&](int64_t step, std::vector<checkpoint::CheckpointInfo> prev) {
+    return mo.save_decision_policy->should_save({step, ctx.now, nullptr}, prev, ctx);
+  };
+  EXPECT_TRUE(saves(1, {}));                     // initial_save
+  EXPECT_TRUE(saves(50, {{1, 99, nullptr}}));    // specific_steps
+  EXPECT_FALSE(saves(51, {{1, 99, nullptr}}));   // continuous: under 60 s since step 1
+  EXPECT_TRUE(saves(51, {{1, 30, nullptr}}));    // continuous: 50 steps and 70 s
+  ctx.reached_preemption = true;                 // nnx-train always saves on preemption
+  EXPECT_TRUE(saves(52, {{51, 99, nullptr}}));
+  // Overrides take the same lists; an error inside one names the override.
+  auto o = load_config(test::source_dir() + "/configs/tiny_synthetic.yaml",
+                       {"checkpoint.keep=[{latest_n: 2}, {every_n_steps: 10}]", "checkpoint.max_to_keep=null"});
+  EXPECT_EQ(o.checkpoint.keep, nlohmann::json::parse(R"([{"latest_n": 2}, {"every_n_steps": 10}])"));
+  try {
+    load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"checkpoint.save=[{fixed_interval: 0}]"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("override 'checkpoint.save=[{fixed_interval: 0}]': 'checkpoint.save[0].fixed_interval' = 0 is out of range"),
+              std::string::npos) << e.what();
+  }
 }

@@ -93,6 +93,19 @@ TEST(DistributedCheckpoint, FailureOnOneRankFailsTheSaveEverywhere) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+// A preemption signal seen by one rank saves on every rank at the same step: the manager's
+// should_save() agrees it across ranks.
+TEST(DistributedCheckpoint, PreemptionSeenByOneRankSavesOnEveryRankAtTheSameStep) {
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " preemption " + dir.path().string()));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank 0] saved step 5 on rank 0 (preempted 1, signal here 0)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank 1] saved step 5 on rank 1 (preempted 1, signal here 1)"), std::string::npos) << r.output;
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  EXPECT_EQ(CheckpointManager(dir.path(), ro).all_steps(), (std::vector<int64_t>{5}));
+}
+
 TEST(DistributedCheckpoint, RanksSavingDifferentStepsFailInsteadOfMixingThem) {
   test::TempDir dir;
   auto r = test::run(launch(2, helper() + " different-steps " + dir.path().string()));

@@ -168,3 +168,39 @@ TEST(Trainer, CheckpointHoldsEveryItemAndVerifies) {
   EXPECT_EQ(bad.exit_code, 1) << bad.output;
   EXPECT_NE(bad.output.find("FAILED"), std::string::npos);
 }
+
+// Saves every 10 steps, evaluation every 20, max_to_keep 5: step 10 has no eval_loss and is
+// kept all the same (max_to_keep keeps 5 once 5 exist), and the run resumes from it.
+TEST(Trainer, MaxToKeepKeepsStepsWithoutEvalMetricsAndResumesFromThem) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  const std::string o = "checkpoint.save_interval_steps=10 checkpoint.max_to_keep=5 checkpoint.async=false";
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", run_dir, o + " train.max_steps=20"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  {
+    CheckpointManagerOptions ro;
+    ro.read_only = true;
+    CheckpointManager m(stdfs::path(run_dir) / "checkpoints", ro);
+    EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{10, 20}));
+    EXPECT_FALSE(m.metrics(10).contains("eval_loss"));
+  }
+  auto back = test::run(train_cmd("tiny_synthetic.yaml", run_dir, o + " train.max_steps=15 --resume-from 10"));
+  EXPECT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_NE(back.output.find("resumed from step 10"), std::string::npos) << back.output;
+}
+
+// checkpoint.save and checkpoint.keep lists drive nnx-train's saves and retention.
+TEST(Trainer, SaveAndKeepPolicyListsFromTheConfig) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", run_dir,
+                               "train.max_steps=50 checkpoint.async=false checkpoint.save_interval_steps=null "
+                               "checkpoint.max_to_keep=null 'checkpoint.save=[{specific_steps: [5, 25]}, {fixed_interval: 10}]' "
+                               "'checkpoint.keep=[{latest_n: 2}, {custom_steps: [5]}, {every_n_steps: 20}]'"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  CheckpointManager m(stdfs::path(run_dir) / "checkpoints", ro);
+  // Saved 5, 10, 20, 25, 30, 40, 50; kept: the latest two, step 5, multiples of 20.
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{5, 20, 40, 50}));
+}

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -43,6 +44,10 @@ class Section {
   std::string where(const YAML::Node& n, const std::string& dotted) const {
     auto it = src_.overrides.find(dotted);
     if (it != src_.overrides.end()) return "override '" + it->second + "'";
+    for (const auto& [key, text] : src_.overrides)  // inside an overridden list or mapping
+      if (dotted.size() > key.size() && dotted.compare(0, key.size(), key) == 0 &&
+          (dotted[key.size()] == '.' || dotted[key.size()] == '['))
+        return "override '" + text + "'";
     YAML::Mark m = n ? n.Mark() : mark_;
     if (m.line < 0) return src_.file;
     return src_.file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
@@ -106,6 +111,9 @@ class Section {
     }
     return v;
   }
+
+  /// A section over `n` (part of this one's node), named `dotted` in errors.
+  Section child(const YAML::Node& n, const std::string& dotted) const { return Section(n, dotted, src_, n.Mark()); }
 
   Section sub(const std::string& key) {
     YAML::Node n = raw(key);
@@ -218,6 +226,116 @@ nlohmann::json model_options(Section& m, const std::string& type) {
   return o;
 }
 
+std::string join(const std::vector<std::string>& names) {
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  return list;
+}
+
+// The value of one policy entry ({kind: value}), normalized to JSON; fails naming the entry.
+using PolicyValue = std::function<nlohmann::json(Section& entry, const std::string& kind)>;
+
+// checkpoint.save or checkpoint.keep: a non-empty list of one-key mappings, each naming a kind.
+nlohmann::json policy_list(Section& ck, const std::string& key, const std::vector<std::string>& kinds,
+                           const PolicyValue& value) {
+  YAML::Node list = ck.raw(key);
+  if (!list || list.IsNull()) return nullptr;
+  const std::string dotted = ck.key_path(key);
+  if (!list.IsSequence() || list.size() == 0)
+    ck.fail_at(list, dotted, " must be a non-empty list of policies, e.g. [{", kinds[0], ": ...}] (kinds: ", join(kinds), ")");
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i < list.size(); ++i) {
+    const YAML::Node item = list[i];
+    const std::string at = dotted + "[" + std::to_string(i) + "]";
+    if (!item.IsMap() || item.size() != 1 || !item.begin()->first.IsScalar())
+      ck.fail_at(item, at, " must be a mapping with one key naming the policy (one of: ", join(kinds), ")");
+    const std::string kind = item.begin()->first.Scalar();
+    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
+      std::string best;
+      for (const auto& k : kinds)
+        if (edit_distance(kind, k) < 4 && (best.empty() || edit_distance(kind, k) < edit_distance(kind, best))) best = k;
+      ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'",
+                 best.empty() ? std::string() : " (did you mean '" + best + "'?)", "; one of: ", join(kinds));
+    }
+    Section entry = ck.child(item, at);
+    out.push_back({{kind, value(entry, kind)}});
+  }
+  return out;
+}
+
+// A list of steps: non-empty, each >= `lo`.
+nlohmann::json step_list(Section& entry, const std::string& kind, int64_t lo) {
+  auto steps = entry.get<std::vector<int64_t>>(kind, {});
+  if (steps.empty()) entry.fail_at(entry.raw(kind), entry.key_path(kind), " must be a non-empty list of steps");
+  for (auto v : steps)
+    if (v < lo) entry.fail_at(entry.raw(kind), entry.key_path(kind), " has step ", v, "; steps must be >= ", lo);
+  return steps;
+}
+
+// `kind: true` (the only value that means something for a policy without parameters).
+nlohmann::json must_be_true(Section& entry, const std::string& kind) {
+  if (!entry.get<bool>(kind, false)) entry.fail_at(entry.raw(kind), entry.key_path(kind), " must be true (remove the entry to turn it off)");
+  return true;
+}
+
+nlohmann::json save_policy_value(Section& e, const std::string& kind) {
+  if (kind == "fixed_interval") return e.in_range<int64_t>(kind, 0, 1, 1e12);
+  if (kind == "specific_steps") return step_list(e, kind, 1);
+  if (kind == "preemption" || kind == "initial_save") return must_be_true(e, kind);
+  // continuous: true, or {minimum_interval_steps, minimum_interval_seconds}
+  if (e.raw(kind).IsScalar()) {
+    must_be_true(e, kind);
+    return {{"minimum_interval_steps", 1}, {"minimum_interval_seconds", 0.0}};
+  }
+  Section c = e.sub(kind);
+  nlohmann::json v = {{"minimum_interval_steps", c.in_range<int64_t>("minimum_interval_steps", 1, 0, 1e12)},
+                      {"minimum_interval_seconds", c.in_range<double>("minimum_interval_seconds", 0.0, 0.0, 1e12)}};
+  c.finish();
+  return v;
+}
+
+const std::vector<std::string> kMetrics = {"eval_loss", "eval_accuracy", "loss"};
+
+// best_n: N, or {n, metric, mode, keep_checkpoints_without_metrics}.
+nlohmann::json best_n_value(Section& e, const std::string& default_metric) {
+  const std::string metric0 = default_metric.empty() ? "eval_loss" : default_metric;
+  if (e.raw("best_n").IsScalar())
+    return {{"n", e.in_range<int>("best_n", 1, 1, 1000000)}, {"metric", metric0},
+            {"mode", metric0 == "eval_accuracy" ? "max" : "min"}, {"keep_checkpoints_without_metrics", true}};
+  Section b = e.sub("best_n");
+  nlohmann::json v;
+  v["n"] = b.in_range<int>("n", 1, 1, 1000000);
+  v["metric"] = b.one_of("metric", metric0, kMetrics);
+  v["mode"] = b.one_of("mode", v["metric"] == "eval_accuracy" ? "max" : "min", {"min", "max"});
+  v["keep_checkpoints_without_metrics"] = b.get<bool>("keep_checkpoints_without_metrics", true);
+  b.finish();
+  return v;
+}
+
+nlohmann::json keep_policy_value(Section& e, const std::string& kind, const std::string& default_metric) {
+  if (kind == "latest_n") return e.in_range<int>(kind, 0, 1, 1000000);
+  if (kind == "every_n_steps") return e.in_range<int64_t>(kind, 0, 1, 1e12);
+  if (kind == "custom_steps") return step_list(e, kind, 0);
+  if (kind == "best_n") return best_n_value(e, default_metric);
+  const double v = e.get<double>(kind, 0);  // every_n_seconds, latest_duration_seconds
+  if (!(v > 0 && v <= 1e12)) e.fail_at(e.raw(kind), e.key_path(kind), " = ", v, " must be a number of seconds > 0");
+  return v;
+}
+
+// checkpoint.save and checkpoint.keep; each replaces the flags it would contradict.
+void checkpoint_policies(Section& ck, CheckpointConfig& c) {
+  auto given = [&](const char* key) { return ck.has(key) && !ck.raw(key).IsNull(); };
+  const bool interval_set = given("save_interval_steps"), keep_flags_set = given("max_to_keep") || given("keep_period");
+  c.save = policy_list(ck, "save", {"fixed_interval", "specific_steps", "preemption", "continuous", "initial_save"},
+                       save_policy_value);
+  if (!c.save.is_null() && interval_set)
+    ck.fail_at(ck.raw("save"), "checkpoint.save", " replaces checkpoint.save_interval_steps; set one of them (e.g. {fixed_interval: N} in the list)");
+  c.keep = policy_list(ck, "keep", {"latest_n", "best_n", "every_n_steps", "every_n_seconds", "custom_steps", "latest_duration_seconds"},
+                       [&](Section& e, const std::string& kind) { return keep_policy_value(e, kind, c.best_metric); });
+  if (!c.keep.is_null() && keep_flags_set)
+    ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list)");
+}
+
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -326,6 +444,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
+  checkpoint_policies(ck, c.checkpoint);
   ck.finish();
 
   Section dist = top.sub("distributed");
@@ -356,7 +475,8 @@ nlohmann::json Config::to_json() const {
       {"checkpoint", {{"save_interval_steps", checkpoint.save_interval_steps}, {"max_to_keep", checkpoint.max_to_keep},
                       {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
-                      {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io}}},
+                      {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
+                      {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
       {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},
   };
 }

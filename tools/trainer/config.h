@@ -80,6 +80,14 @@ struct CheckpointConfig {
   /// Write datasets of 1 MiB or more with O_DIRECT (checkpoint::WriteOptions::direct_io); off:
   /// through the page cache.
   bool direct_io = true;
+  /// checkpoint.save: save decision policies, a union, each one object naming its kind, e.g.
+  /// [{"fixed_interval": 1000}, {"specific_steps": [50]}] (docs/config.md); null = from
+  /// save_interval_steps.
+  nlohmann::json save;
+  /// checkpoint.keep: preservation policies, a union in the same form, e.g. [{"latest_n": 3},
+  /// {"best_n": {"n": 2, "metric": "eval_loss", "mode": "min"}}]; null = from max_to_keep,
+  /// keep_period and best_metric.
+  nlohmann::json keep;
 };
 
 /// distributed: data parallel over the ranks nnx-launch (or torchrun/mpirun variables) starts.

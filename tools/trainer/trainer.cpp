@@ -25,6 +25,7 @@
 #include "framework/log.h"
 #include "models/models.h"
 #include "optim/optimizer.h"
+#include "tools/trainer/checkpoint_options.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/import_read.h>
@@ -254,19 +255,7 @@ int train(const Config& cfg, const RunOptions& ropts) {
   const int64_t global_batch = cfg.train.batch_size * env.world_size;
 
   stdfs::create_directories(cfg.run_dir);
-  checkpoint::CheckpointManagerOptions mo;
-  mo.max_to_keep = cfg.checkpoint.max_to_keep;
-  if (cfg.checkpoint.keep_period > 0) mo.keep_period = cfg.checkpoint.keep_period;
-  mo.save_interval_steps = cfg.checkpoint.save_interval_steps;
-  mo.enable_async_checkpointing = cfg.checkpoint.async;
-  mo.direct_io = cfg.checkpoint.direct_io;
-  if (!cfg.checkpoint.best_metric.empty()) {
-    std::string key = cfg.checkpoint.best_metric;
-    mo.best_fn = [key](const nlohmann::json& m) {
-      return m.contains(key) && m[key].is_number() ? m[key].get<double>() : std::nan("");
-    };
-    mo.best_mode = cfg.checkpoint.best_mode;
-  }
+  checkpoint::CheckpointManagerOptions mo = manager_options(cfg.checkpoint);
   mo.process_group = ckpt_pg;
   checkpoint::CheckpointManager manager(stdfs::path(cfg.run_dir) / "checkpoints", mo);
 
@@ -438,14 +427,11 @@ int train(const Config& cfg, const RunOptions& ropts) {
       window_examples += x.size(0);
     }
     State g = grads(*model);
-    bool preempt_seen = manager.reached_preemption(step);
     if (pg) {
       distributed::all_reduce_mean(g, *pg);
-      // One small all-reduce: the mean loss, and whether any rank saw SIGTERM/SIGINT.
-      std::vector<at::Tensor> v = {at::tensor({loss_value, preempt_seen ? 1.0 : 0.0}, at::kDouble)};
+      std::vector<at::Tensor> v = {at::tensor({loss_value}, at::kDouble)};  // the mean loss
       pg->all_reduce_sum(v);
       loss_value = v[0][0].item<double>() / env.world_size;
-      preempt_seen = v[0][1].item<double>() > 0;
       if (cfg.distributed.batch_stats == "sync") {
         State stats = state(*model, BatchStat);
         if (!stats.empty()) distributed::all_reduce_mean(stats, *pg);
@@ -503,9 +489,11 @@ int train(const Config& cfg, const RunOptions& ropts) {
       window_steps = 0;
     }
 
-    const bool preempted = preempt_seen;
-    // The same decision on every rank: the interval, the last step, or preemption as all-reduced above.
-    if (step % cfg.checkpoint.save_interval_steps == 0 || step == cfg.train.max_steps || preempted) {
+    // The manager's save decision policy; with several ranks should_save() agrees the decision
+    // (and a preemption seen by any rank) across them, so every rank saves the same steps.
+    const bool save_now = manager.should_save(step);
+    const bool preempted = manager.reached_preemption(step);
+    if (save_now || step == cfg.train.max_steps || preempted) {
       nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step}, {"loss", loss_value}} : rec;
       if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
       save(step, metrics, /*force=*/true);
