@@ -72,6 +72,18 @@ MetricFn metric_key(std::string key) {
 
 std::optional<double> MetricCache::get(const CheckpointInfo& info) const {
   std::lock_guard<std::mutex> lock(mu_);
+  return get_locked(info);
+}
+
+std::vector<std::optional<double>> MetricCache::values(const Infos& infos) const {
+  std::vector<std::optional<double>> v;
+  v.reserve(infos.size());
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& info : infos) v.push_back(get_locked(info));
+  return v;
+}
+
+std::optional<double> MetricCache::get_locked(const CheckpointInfo& info) const {
   auto it = values_.find(info.step);
   if (it != values_.end()) return it->second;
   std::optional<double> v;
@@ -93,13 +105,16 @@ void check_mode(const std::string& mode, const char* who) {
 }
 
 // Indices of the steps with a finite metric, best first (ties: the newer step first).
-std::vector<size_t> ranked_by_metric(const Infos& c, const MetricCache& metric, bool max) {
+std::vector<size_t> ranked_by_metric(const std::vector<std::optional<double>>& values, bool max) {
+  const size_t n = values.size();
   std::vector<std::pair<double, size_t>> ranked;
-  for (size_t i = 0; i < c.size(); ++i)
-    if (auto v = metric.get(c[i])) ranked.emplace_back(max ? -*v : *v, c.size() - i);
+  ranked.reserve(n);
+  for (size_t i = 0; i < n; ++i)
+    if (values[i]) ranked.emplace_back(max ? -*values[i] : *values[i], n - i);
   std::sort(ranked.begin(), ranked.end());
   std::vector<size_t> order;
-  for (const auto& r : ranked) order.push_back(c.size() - r.second);
+  order.reserve(ranked.size());
+  for (const auto& r : ranked) order.push_back(n - r.second);
   return order;
 }
 }  // namespace
@@ -112,11 +127,12 @@ BestN::BestN(MetricFn metric, std::string mode, int n, bool keep_checkpoints_wit
 
 std::vector<bool> BestN::should_preserve(const Infos& c, const PreservationContext&) const {
   std::vector<bool> keep(c.size(), false);
-  auto order = ranked_by_metric(c, metric_, max_);
+  const auto values = metric_.values(c);
+  auto order = ranked_by_metric(values, max_);
   for (size_t k = 0; k < order.size() && k < static_cast<size_t>(n_); ++k) keep[order[k]] = true;
   if (keep_without_)
     for (size_t i = 0; i < c.size(); ++i)
-      if (!metric_.get(c[i])) keep[i] = true;
+      if (!values[i]) keep[i] = true;
   return keep;
 }
 
@@ -138,10 +154,11 @@ std::vector<bool> MaxToKeep::should_preserve(const Infos& c, const PreservationC
     }
   };
   take(c.size() - 1);  // the latest, always
+  const auto values = metric_ ? metric_->values(c) : std::vector<std::optional<double>>(c.size());
   if (metric_)
-    for (size_t i : ranked_by_metric(c, *metric_, max_)) take(i);
+    for (size_t i : ranked_by_metric(values, max_)) take(i);
   for (size_t i = c.size(); i-- > 0 && left > 0;)
-    if (!metric_ || (keep_without_ && !metric_->get(c[i]))) take(i);
+    if (!metric_ || (keep_without_ && !values[i])) take(i);
   return keep;
 }
 

@@ -101,8 +101,11 @@ class MetricCache {
  public:
   explicit MetricCache(MetricFn fn) : fn_(std::move(fn)) {}
   std::optional<double> get(const CheckpointInfo& info) const;
+  /// get() of each entry of `infos`, under one lock (retention asks for every step at once).
+  std::vector<std::optional<double>> values(const std::vector<CheckpointInfo>& infos) const;
 
  private:
+  std::optional<double> get_locked(const CheckpointInfo& info) const;
   MetricFn fn_;
   mutable std::mutex mu_;  // a policy may be shared by managers on several threads
   mutable std::unordered_map<int64_t, std::optional<double>> values_;

@@ -21,14 +21,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <map>
 
 #include "checkpoint/checkpointer.h"
+#include "checkpoint/manager.h"
 #include "framework/data/dataset.h"
 #include "framework/distributed.h"
 #include "framework/graph.h"
@@ -349,6 +352,71 @@ void bench_eval_shape() {
                   "~0 (" + fmt(params * 4 / 1e9, " GB", 1) + " if real)", (after - before) < 64 * 1024 ? "ok" : "MISSED"});
 }
 
+// ---- CheckpointManager: should_save + retention per step, by the number of committed steps ----
+// The manager nnx-train builds by default (saves every 100 steps or on preemption; max_to_keep
+// and best by eval_loss), reopened on a directory of `n` committed steps (read once). Per step:
+// one should_save(), plus one evaluation of the preservation policy over the cached step
+// information, which a manager runs only after a save (counted at every step here: a bound).
+struct ManagerStepCost {
+  double should_save_us, retention_us;
+};
+
+ManagerStepCost manager_step_cost(const stdfs::path& dir, int64_t n) {
+  CheckpointManagerOptions o;
+  o.enable_async_checkpointing = false;
+  o.handle_preemption_signals = false;
+  o.save_interval_steps = 100;
+  o.max_to_keep = static_cast<int>(n);  // keeps all n: every step is still there at the end
+  o.best_fn = metric_key("eval_loss");
+  State tiny = make_state(1, 16);
+  {
+    CheckpointManager m(dir, o);
+    for (int64_t s = 1; s <= n; ++s) {
+      nlohmann::json metrics = {{"loss", 1.0 / static_cast<double>(s)}};
+      if (s % 3 == 0) metrics["eval_loss"] = std::abs(std::sin(static_cast<double>(s)));  // some steps have no eval
+      m.save(s * 100, Composite{{"params", StandardSave(tiny)}}, metrics, /*force=*/true);
+    }
+  }
+  CheckpointManager m(dir, o);
+  NNX_CHECK(m.all_steps().size() == static_cast<size_t>(n), "expected ", n, " committed steps in ", dir.string());
+  const int64_t calls = 200000, first = (n + 1) * 100;
+  bool sink = false;
+  auto t0 = Clock::now();
+  for (int64_t s = first; s < first + calls; ++s) sink |= m.should_save(s);
+  const double should_save_us = secs_since(t0) / calls * 1e6;
+  const auto infos = m.checkpoints();
+  const auto policy = o.resolved_preservation_policy();
+  const int reps = 2000;
+  size_t kept = 0;
+  t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) {
+    auto flags = policy->should_preserve(infos, PreservationContext{unix_seconds_now()});
+    kept += static_cast<size_t>(std::count(flags.begin(), flags.end(), true));
+  }
+  const double retention_us = secs_since(t0) / reps * 1e6;
+  NNX_CHECK(kept == static_cast<size_t>(n) * reps && sink, "unexpected retention result");  // every 100th step saves
+  return {should_save_us, retention_us};
+}
+
+void bench_manager(const stdfs::path& dir) {
+  std::map<int64_t, ManagerStepCost> cost;
+  for (int64_t n : {10, 1000}) {
+    auto t0 = Clock::now();
+    cost[n] = manager_step_cost(dir / ("manager-" + std::to_string(n)), n);
+    std::cerr << "  " << n << " steps: " << secs_since(t0) << " s (saves included)\n";
+  }
+  const ManagerStepCost& big = cost[1000];
+  const ManagerStepCost& small = cost[10];
+  add("CheckpointManager should_save per step, 1,000 committed steps (flat: vs 10)", big.should_save_us,
+      small.should_save_us, " us", "10 steps", 1.5);
+  // Retention evaluates the policy over every cached step (as Orbax's policies do): linear.
+  add("CheckpointManager retention per save, 1,000 committed steps (vs 10)", big.retention_us, small.retention_us,
+      " us", "10 steps", 0);
+  const double total = big.should_save_us + big.retention_us;
+  rows.push_back({"CheckpointManager should_save + retention per step (retention counted every step), 1,000 steps",
+                  fmt(total, " us", 2), "-", "-", "< 50 us", total < 50 ? "ok" : "MISSED"});
+}
+
 // ---- training step: nnx-train vs a plain libtorch loop vs Python ------------------------------
 double nnx_train_examples_per_sec(const std::string& config, int steps, int threads, const stdfs::path& dir) {
   const int log_every = std::max(steps / 5, 10);
@@ -503,7 +571,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps (under 3 minutes)");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;
@@ -542,6 +610,7 @@ int main(int argc, char** argv) {
     if (want("checkpoint")) { std::cerr << "checkpoint (400 MB)...\n"; bench_checkpoint(dir, reps); }
     if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
     if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
+    if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";
     return 1;
