@@ -76,6 +76,32 @@ nlohmann::json read_metadata(const stdfs::path& directory) {
   return j;
 }
 
+namespace {
+// The structure check of one listed file (see open_verified).
+void verify_file_structure(const stdfs::path& file, const nlohmann::json& entry) {
+  const auto st = entry.find("structure");
+  if (st == entry.end()) {  // written before structure checksums: the whole file
+    const std::string want = entry.at("checksum").get<std::string>();
+    const std::string have = fs::file_size_and_checksum(file).second;
+    NNX_CHECK(have == want, "checkpoint file '", file.string(), "' is corrupt: checksum ", have, ", ", kMetadataFile,
+              " says ", want, "; not opened");
+    return;
+  }
+  std::vector<fs::ByteRange> skip;
+  for (const auto& r : st->at("skip")) skip.push_back({r.at(0).get<int64_t>(), r.at(1).get<int64_t>()});
+  const std::string want = st->at("checksum").get<std::string>();
+  const std::string have = fs::checksum_outside(file, skip).second;
+  NNX_CHECK(have == want, "checkpoint file '", file.string(), "' is corrupt: the checksum of its HDF5 structure is ",
+            have, ", ", kMetadataFile, " says ", want, "; not opened");
+}
+}  // namespace
+
+H5File open_verified(const stdfs::path& directory, const nlohmann::json& meta) {
+  for (auto it = meta.at("files").begin(); it != meta.at("files").end(); ++it)
+    verify_file_structure(directory / it.key(), it.value());
+  return H5File::open((directory / kCheckpointFile).string());
+}
+
 VerifyReport verify(const stdfs::path& directory) {
   VerifyReport r;
   auto fail = [&](const std::string& s) {
@@ -96,8 +122,9 @@ VerifyReport verify(const stdfs::path& directory) {
     const std::string want = it.value().value("checksum", "");
     if (sum != want) fail("'" + f.string() + "': file checksum " + sum + ", metadata says " + want);
   }
+  if (!r.ok) return r;  // a corrupt file is never handed to HDF5's parser
   try {
-    H5File file = H5File::open((directory / kCheckpointFile).string());
+    H5File file = open_verified(directory, meta);
     for (const auto& item : list_items(file)) {
       for (const auto& d : list_item(file, item)) {
         try {
@@ -142,6 +169,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
     nlohmann::json items = nlohmann::json::object();
     int64_t size = 0;
     std::string sum;
+    nlohmann::json structure;
     {
       H5File file = H5File::create(h5.string());
       for (const auto& [name, a] : args.items()) {
@@ -156,6 +184,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
         }
       }
       std::tie(size, sum) = file.commit();
+      structure = file.structure();
     }
     nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
     meta["format"] = "nnx-checkpoint";
@@ -163,7 +192,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
     meta["items"] = items;
     if (!meta.contains("world_size")) meta["world_size"] = 1;
     if (!meta.contains("time")) meta["time"] = unix_seconds_now();  // a manager passes its save's start
-    meta["files"] = {{kCheckpointFile, {{"size", size}, {"checksum", sum}}}};
+    meta["files"] = {{kCheckpointFile, {{"size", size}, {"checksum", sum}, {"structure", structure}}}};
     fs::write_file_synced(tmp / kMetadataFile, meta.dump(2));
     fs::fsync_path(tmp);
     fs::rename_no_replace(tmp, path);
@@ -274,7 +303,8 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       }
     // Each rank hashes its own shard (while its disk writes it) for rank 0's metadata.
     auto [size, sum] = f.commit();
-    pg.store_set(key + "/file" + std::to_string(rank), nlohmann::json{{"size", size}, {"checksum", sum}}.dump());
+    pg.store_set(key + "/file" + std::to_string(rank),
+                 nlohmann::json{{"size", size}, {"checksum", sum}, {"structure", f.structure()}}.dump());
   } catch (const std::exception& e) {
     my_error = e.what();
   }
@@ -298,6 +328,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       nlohmann::json items = nlohmann::json::object();
       int64_t h5_size = 0;
       std::string h5_sum;
+      nlohmann::json h5_structure;
       {
         std::vector<H5File> shards;
         for (int r = 0; r < n; ++r) shards.push_back(H5File::open((tmp / shard_name(r, n)).string()));
@@ -321,6 +352,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
           }
         }
         std::tie(h5_size, h5_sum) = file.commit();
+        h5_structure = file.structure();
       }
       nlohmann::json meta = metadata.is_object() ? metadata : nlohmann::json::object();
       meta["format"] = "nnx-checkpoint";
@@ -329,14 +361,15 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
       meta["world_size"] = n;
       if (!meta.contains("time")) meta["time"] = unix_seconds_now();  // a manager passes its save's start
       meta["files"] = nlohmann::json::object();
-      meta["files"][kCheckpointFile] = {{"size", h5_size}, {"checksum", h5_sum}};
+      meta["files"][kCheckpointFile] = {{"size", h5_size}, {"checksum", h5_sum}, {"structure", h5_structure}};
       for (int r = 0; r < n; ++r) {
         const std::string reported = pg.store_get(key + "/file" + std::to_string(r));
         auto j = nlohmann::json::parse(reported, nullptr, false);
         const bool ok = j.is_object() && j.contains("size") && j["size"].is_number_unsigned() && j.contains("checksum") &&
                         j["checksum"].is_string() && j["checksum"].get<std::string>().rfind("xxh3_64:", 0) == 0;
-        NNX_CHECK(ok, "rank ", r, " reported a malformed size and checksum of its shard: '", reported, "'");
-        meta["files"][shard_name(r, n)] = {{"size", j["size"]}, {"checksum", j["checksum"]}};
+        NNX_CHECK(ok && j.contains("structure") && j["structure"].is_object(), "rank ", r,
+                  " reported a malformed size and checksum of its shard: '", reported, "'");
+        meta["files"][shard_name(r, n)] = {{"size", j["size"]}, {"checksum", j["checksum"]}, {"structure", j["structure"]}};
       }
       fs::write_file_synced(tmp / kMetadataFile, meta.dump(2));
       fs::fsync_path(tmp);
@@ -355,7 +388,7 @@ void Checkpointer::save_distributed(const stdfs::path& path, const Composite& ar
 Restored Checkpointer::restore(const stdfs::path& path, const Composite& args) const {
   auto read_all = [&] {
     nlohmann::json meta = read_metadata(path);
-    H5File file = H5File::open((path / kCheckpointFile).string());
+    H5File file = open_verified(path, meta);
     Restored out;
     for (const auto& [name, a] : args.items()) {
       NNX_CHECK(meta["items"].contains(name), "checkpoint '", path.string(), "' has no item '", name, "'");

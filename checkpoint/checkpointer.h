@@ -31,6 +31,15 @@ inline constexpr const char* kMetadataFile = "_CHECKPOINT_METADATA";
 /// an error naming it), sizes of the files it lists. Throws nnx::Error naming the file.
 nlohmann::json read_metadata(const std::filesystem::path& directory);
 
+class H5File;
+
+/// Checks each file `meta` (read_metadata(directory)) lists before anything parses it: its
+/// structure checksum (H5File::structure(): HDF5's metadata and small datasets) where the
+/// metadata has one, else, for checkpoints written before it existed, the whole file's
+/// checksum. Then opens <directory>/checkpoint.h5 read-only. Throws nnx::Error naming the file
+/// and both checksums: a file that fails is never handed to HDF5's parser.
+H5File open_verified(const std::filesystem::path& directory, const nlohmann::json& meta);
+
 /// Result of verify().
 struct VerifyReport {
   bool ok = true;

@@ -4,13 +4,16 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -84,6 +87,151 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, 
   NNX_CHECK(::fstat(fd, &sb) == 0 && sb.st_size == pos, "'", path.string(), "' has ", sb.st_size,
             " bytes, but bytes up to offset ", pos, " were written (truncated?)");
   return {pos, format_checksum(XXH3_64bits_digest(st.get()))};
+}
+
+namespace {
+constexpr int64_t kPage = 4096;
+
+// Reads the blocks of a file that a hash needs without disturbing the page cache's readahead:
+// blocks whose pages are all cached (mincore on a mapping, which starts no I/O, unlike a
+// RWF_NOWAIT read) are read normally; the others with O_DIRECT, all at once on a few threads
+// before the hash, so a cold file gets no scattered cached pages that break the kernel's
+// sequential readahead for the data reads that follow. Measured in Python on a cold 400 MB
+// checkpoint: 60 ms of data reads became 130-170 ms after buffered reads of its 100 gaps, and
+// stayed 58-63 ms after O_DIRECT ones. Falls back to plain reads where O_DIRECT or the mapping
+// is refused.
+class CacheNeutralReader {
+ public:
+  static constexpr int64_t kBlock = 256 << 10;
+
+  CacheNeutralReader(int fd, const stdfs::path& path, int64_t size) : fd_(fd), path_(path), size_(size) {
+    if (size_ > 0) {
+      map_ = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_SHARED, fd_, 0);
+      if (map_ == MAP_FAILED) map_ = nullptr;
+    }
+  }
+  ~CacheNeutralReader() {
+    if (map_) ::munmap(map_, static_cast<size_t>(size_));
+    if (direct_fd_ >= 0) ::close(direct_fd_);
+  }
+
+  // Reads the uncached ones of `blocks` ((offset, length <= kBlock) pairs) with O_DIRECT on up
+  // to 8 threads, up to 64 MiB in all (the rest is read when hashed).
+  void prefetch(const std::vector<ByteRange>& blocks) {
+    if (!map_) return;
+    std::vector<size_t> cold;
+    int64_t bytes = 0;
+    for (size_t i = 0; i < blocks.size() && bytes < (int64_t(64) << 20); ++i)
+      if (!cached(blocks[i])) cold.push_back(i), bytes += blocks[i].size;
+    if (cold.empty()) return;
+    direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (direct_fd_ < 0) return;
+    std::vector<std::unique_ptr<char, decltype(&std::free)>> bufs;
+    for (size_t k = 0; k < cold.size(); ++k) bufs.emplace_back(aligned_block(), &std::free);
+    std::vector<const char*> got(cold.size(), nullptr);
+    const size_t threads = std::min<size_t>(8, cold.size());
+    std::vector<std::thread> pool;
+    for (size_t t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        for (size_t k = t; k < cold.size(); k += threads) got[k] = read_direct(blocks[cold[k]], bufs[k].get());
+      });
+    for (auto& th : pool) th.join();
+    for (size_t k = 0; k < cold.size(); ++k)
+      if (got[k]) prefetched_.emplace(blocks[cold[k]].offset, Prefetched{std::move(bufs[k]), got[k]});
+  }
+
+  // The bytes of `b`, from the prefetch or read now.
+  const char* read(const ByteRange& b) {
+    auto it = prefetched_.find(b.offset);
+    if (it != prefetched_.end()) return it->second.data;
+    if (!buf_) buf_.reset(aligned_block());
+    size_t done = 0;
+    while (done < static_cast<size_t>(b.size)) {
+      ssize_t n = ::pread(fd_, buf_.get() + done, static_cast<size_t>(b.size) - done, static_cast<off_t>(b.offset) + static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      NNX_CHECK(n > 0, "cannot read '", path_.string(), "' at offset ", b.offset + static_cast<int64_t>(done), ": ",
+                n == 0 ? "unexpected end of file" : std::strerror(errno));
+      done += static_cast<size_t>(n);
+    }
+    return buf_.get();
+  }
+
+ private:
+  struct Prefetched {
+    std::unique_ptr<char, decltype(&std::free)> buf;
+    const char* data;
+  };
+  static char* aligned_block() {
+    void* p = nullptr;
+    if (::posix_memalign(&p, kPage, static_cast<size_t>(kBlock + 2 * kPage)) != 0) throw std::bad_alloc();
+    return static_cast<char*>(p);
+  }
+  bool cached(const ByteRange& b) const {
+    const int64_t from = b.offset / kPage * kPage, to = b.offset + b.size;
+    unsigned char resident[kBlock / kPage + 2];
+    if (::mincore(static_cast<char*>(map_) + from, static_cast<size_t>(to - from), resident) != 0) return true;
+    for (int64_t i = 0; i < (to - from + kPage - 1) / kPage; ++i)
+      if (!(resident[i] & 1)) return false;
+    return true;
+  }
+  // `b` read with O_DIRECT into `buf` (whole pages around it); null when the read fails.
+  const char* read_direct(const ByteRange& b, char* buf) const {
+    const int64_t from = b.offset / kPage * kPage;
+    const int64_t to = std::min((b.offset + b.size + kPage - 1) / kPage * kPage, (size_ + kPage - 1) / kPage * kPage);
+    int64_t done = 0;
+    while (from + done < to) {
+      ssize_t n = ::pread(direct_fd_, buf + done, static_cast<size_t>(to - from - done), static_cast<off_t>(from + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // the end of the file (its last partial page), or O_DIRECT refused
+      done += n;
+    }
+    return done >= b.offset + b.size - from ? buf + (b.offset - from) : nullptr;
+  }
+
+  int fd_;
+  const stdfs::path& path_;
+  int64_t size_;
+  void* map_ = nullptr;
+  int direct_fd_ = -1;
+  std::unique_ptr<char, decltype(&std::free)> buf_{nullptr, &std::free};
+  std::map<int64_t, Prefetched> prefetched_;
+};
+}  // namespace
+
+std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const std::vector<ByteRange>& skip) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { ::close(fd); }
+  } closer{fd};
+  struct stat sb {};
+  NNX_CHECK(::fstat(fd, &sb) == 0, "cannot stat '", path.string(), "': ", std::strerror(errno));
+  const int64_t size = sb.st_size;
+  int64_t pos = 0;
+  for (const ByteRange& r : skip) {
+    NNX_CHECK(r.offset >= pos && r.size >= 0 && r.size <= size - r.offset, "'", path.string(), "': raw data range [",
+              r.offset, ", +", r.size, ") is out of order or past the end of the file (", size, " bytes)");
+    pos = r.offset + r.size;
+  }
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
+  NNX_CHECK(st && XXH3_64bits_reset(st.get()) == XXH_OK, "cannot start a checksum of '", path.string(), "'");
+  if (!skip.empty()) XXH3_64bits_update(st.get(), skip.data(), skip.size() * sizeof(ByteRange));
+  std::vector<ByteRange> blocks;  // the bytes outside `skip`, in blocks of at most kBlock
+  auto add = [&](int64_t from, int64_t to) {
+    for (; from < to; from += CacheNeutralReader::kBlock)
+      blocks.push_back({from, std::min<int64_t>(to - from, CacheNeutralReader::kBlock)});
+  };
+  pos = 0;
+  for (const ByteRange& r : skip) {
+    add(pos, r.offset);
+    pos = r.offset + r.size;
+  }
+  add(pos, size);
+  CacheNeutralReader reader(fd, path, size);
+  reader.prefetch(blocks);
+  for (const ByteRange& b : blocks) XXH3_64bits_update(st.get(), reader.read(b), static_cast<size_t>(b.size));
+  return {size, format_checksum(XXH3_64bits_digest(st.get()))};
 }
 
 std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {

@@ -30,6 +30,16 @@ struct MemoryRange {
 /// Throws nnx::Error naming the file, also when it is shorter than a range's end.
 std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path,
                                                        const std::vector<MemoryRange>& from_memory = {});
+/// Bytes [offset, offset + size) of a file.
+struct ByteRange {
+  int64_t offset = 0;
+  int64_t size = 0;
+};
+/// Size and "xxh3_64:<hex>" of the bytes of `path` outside `skip` (sorted by offset, not
+/// overlapping): a file's structure without the raw data the ranges cover. The ranges
+/// themselves are hashed first, so a changed list gives another checksum. Throws nnx::Error
+/// naming the file when the ranges are unsorted, overlap or end past the file's end.
+std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const std::vector<ByteRange>& skip);
 /// fsync_path(path) on a second thread while this one computes file_size_and_checksum(path):
 /// the hash reads the page cache while the disk writes. Throws the fsync's nnx::IOError if it
 /// failed, else the hash's error.

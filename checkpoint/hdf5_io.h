@@ -44,6 +44,14 @@ class H5File {
   /// Internal (the writer of large datasets): created on first use; null when the file system
   /// refuses O_DIRECT or the file is not on HDF5's sec2 driver.
   DirectWriter* direct_writer();
+  /// Internal (the writer): bytes of the file that hold one large dataset's raw data only.
+  void note_raw_extent(int64_t offset, int64_t size) { raw_extents_.push_back({offset, size}); }
+  /// After commit(): the file's structure checksum, {"checksum": "xxh3_64:<hex>", "skip":
+  /// [[offset, size], ...]}: everything HDF5 parses (superblock, object headers, attributes,
+  /// small datasets) without the raw data of large datasets, which carry checksums of their
+  /// own (fs::checksum_outside). Restores check it before HDF5 opens the file. Throws
+  /// nnx::Error naming the file when it cannot be read.
+  nlohmann::json structure() const;
 
  private:
   H5File(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
@@ -53,6 +61,7 @@ class H5File {
   std::string path_;
   std::shared_ptr<DirectWriter> direct_;  // its own descriptors: its writes may outlive id_
   bool direct_tried_ = false;
+  std::vector<fs::ByteRange> raw_extents_;  // in the order the datasets were written
 };
 
 /// How write_state wrote the tensor datasets (filled in when WriteOptions::stats points here).

@@ -466,9 +466,22 @@ Restored CheckpointManager::restore(std::optional<int64_t> step, const Composite
     NNX_CHECK(step.has_value(), "no committed checkpoint in '", directory_.string(), "'");
   }
   wait_for_pending(*step);
-  const stdfs::path path = step_path(*step);
-  NNX_CHECK(stdfs::exists(path), "no step ", *step, " in '", directory_.string(), "'");
-  return sync_.restore(path, args);
+  return restore_existing(*step, args);
+}
+
+Restored CheckpointManager::restore_existing(int64_t step, const Composite& args) const {
+  const stdfs::path path = step_path(step);
+  NNX_CHECK(stdfs::exists(path), "no step ", step, " in '", directory_.string(), "'");
+  try {
+    return sync_.restore(path, args);
+  } catch (const Error& e) {
+    // A writer's retention renames a step away before removing it: a step that was there when
+    // the restore began and is gone now was deleted under the reader, whatever HDF5 then said.
+    NNX_CHECK(stdfs::exists(path), "step ", step, " of '", directory_.string(),
+              "' was deleted while being read (retention by the writing manager); restore a newer step (",
+              e.what(), ")");
+    throw;
+  }
 }
 
 CheckpointManager::FallbackResult CheckpointManager::restore_newest_valid(const Composite& args) const {
@@ -478,7 +491,7 @@ CheckpointManager::FallbackResult CheckpointManager::restore_newest_valid(const 
   for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
     try {
       wait_for_pending(*it);
-      r.restored = sync_.restore(step_path(*it), args);
+      r.restored = restore_existing(*it, args);
       r.step = *it;
       return r;
     } catch (const Error& e) {

@@ -170,6 +170,7 @@ class CheckpointManager {
   std::filesystem::path rename_away_locked(int64_t step);
   bool agree(int64_t step, bool local_save, bool local_save_if_preempted, bool preempted) const;
   void wait_for_pending(int64_t step) const;
+  Restored restore_existing(int64_t step, const Composite& args) const;
   void cleanup_leftovers();
   bool leader() const;
 

@@ -4,6 +4,19 @@
 
 namespace nnx::checkpoint {
 
+namespace {
+// A file's structure checksum: {"checksum": string, "skip": [[offset >= 0, size >= 0], ...]}.
+void check_structure(const nlohmann::json& s, const std::string& where, const std::string& file) {
+  bool ok = s.is_object() && s.contains("checksum") && s["checksum"].is_string() && s.contains("skip") &&
+            s["skip"].is_array();
+  if (ok)
+    for (const auto& r : s["skip"])
+      ok = ok && r.is_array() && r.size() == 2 && r[0].is_number_integer() && r[1].is_number_integer() &&
+           r[0].get<int64_t>() >= 0 && r[1].get<int64_t>() >= 0;
+  NNX_CHECK(ok, "'", where, "': file '", file, "' has a malformed structure checksum");
+}
+}  // namespace
+
 nlohmann::json parse_metadata(const std::string& text, const std::string& where) {
   auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   NNX_CHECK(!j.is_discarded() && j.is_object(), "'", where, "' is not valid JSON (an object)");
@@ -19,6 +32,7 @@ nlohmann::json parse_metadata(const std::string& text, const std::string& where)
     NNX_CHECK(f.is_object() && f.contains("size") && f["size"].is_number_integer() && f["size"].get<int64_t>() >= 0,
               "'", where, "': file '", it.key(), "' has no valid size");
     NNX_CHECK(f.contains("checksum") && f["checksum"].is_string(), "'", where, "': file '", it.key(), "' has no checksum");
+    if (f.contains("structure")) check_structure(f["structure"], where, it.key());
   }
   NNX_CHECK(j.contains("items") && j["items"].is_object(), "'", where, "' lists no items");
   for (auto it = j["items"].begin(); it != j["items"].end(); ++it)

@@ -115,7 +115,7 @@ int cmd_show(const std::string& dir, std::optional<int64_t> step) {
   std::cout << "checkpoint " << p.string() << " (format v" << meta["format_version"] << ", step "
             << meta.value("step", nlohmann::json()).dump() << ", world_size "
             << meta.value("world_size", 1) << ")\n";
-  H5File f = H5File::open((p / kCheckpointFile).string());
+  H5File f = open_verified(p, meta);
   for (const auto& item : list_items(f)) {
     auto infos = list_item(f, item);
     int64_t total = 0;
@@ -169,8 +169,7 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
 
 int cmd_diff(const std::string& a, const std::string& b) {
   stdfs::path pa = resolve(a, std::nullopt), pb = resolve(b, std::nullopt);
-  H5File fa = H5File::open((pa / kCheckpointFile).string()),
-         fb = H5File::open((pb / kCheckpointFile).string());
+  H5File fa = open_verified(pa, read_metadata(pa)), fb = open_verified(pb, read_metadata(pb));
   int differences = 0;
   auto items_a = list_items(fa), items_b = list_items(fb);
   for (const auto& item : items_a) {
@@ -222,7 +221,7 @@ int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::s
   NNX_CHECK(format == "torch", "unknown export format '", format, "' (supported: torch)");
   NNX_CHECK(!out_path.empty(), "export needs -o OUT.pt");
   stdfs::path p = resolve(dir, step);
-  H5File f = H5File::open((p / kCheckpointFile).string());
+  H5File f = open_verified(p, read_metadata(p));
   State s = read_state_untemplated(f, item);
   // torch.save's layout of a state dict: an ordered dict of dotted names to tensors.
   c10::Dict<std::string, at::Tensor> dict;

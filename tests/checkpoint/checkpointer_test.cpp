@@ -4,7 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <fstream>
+#include <random>
 
 #include "framework/error.h"
 #include "test_util.h"
@@ -180,4 +186,155 @@ TEST(Checkpointer, VerifyFlagsNonFiniteParams) {
   EXPECT_FALSE(r.ok);
   ASSERT_EQ(r.problems.size(), 1u);
   EXPECT_NE(r.problems[0].find("/params/fc1/bias holds non-finite values"), std::string::npos) << r.problems[0];
+}
+
+namespace {
+// Params and a 2 MiB tensor (raw data the structure checksum skips), a JSON item, saved to `p`.
+Composite corruptible_item(float v) {
+  State s = small_state(v);
+  s.insert("big", {Param, at::full({512 << 10}, v), {}});
+  return Composite{{"params", StandardSave(s)}, {"graphdef", JsonSave(nlohmann::json{{"layers", {1, 2, 3}}})}};
+}
+Composite corruptible_template() {
+  State s = small_state(0);
+  s.insert("big", {Param, at::zeros({512 << 10}), {}});
+  return Composite{{"params", StandardRestore(s)}, {"graphdef", JsonRestore()}};
+}
+void flip(const stdfs::path& f, int64_t offset, char mask) {
+  std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekg(offset);
+  char c = 0;
+  io.read(&c, 1);
+  io.seekp(offset);
+  c ^= mask;
+  io.write(&c, 1);
+}
+}  // namespace
+
+// The structure checksum covers everything HDF5 parses and skips exactly the large datasets'
+// raw data; a restore checks it (or, for older checkpoints without one, the whole file) before
+// HDF5 opens the file.
+TEST(Checkpointer, CorruptStructureIsRejectedBeforeHdf5OpensTheFile) {
+  test::TempDir dir;
+  Checkpointer ck;
+  ck.save(dir / "1", corruptible_item(1.0f));
+  const auto meta = read_metadata(dir / "1");
+  const auto& st = meta["files"][kCheckpointFile]["structure"];
+  ASSERT_EQ(st["skip"].size(), 1u);  // the 2 MiB tensor only
+  EXPECT_EQ(st["skip"][0][1].get<int64_t>(), int64_t(2) << 20);
+  EXPECT_EQ(ck.restore(dir / "1", corruptible_template()).json_item("graphdef")["layers"][2], 3);
+  // A byte of the superblock's neighbourhood (HDF5 metadata): not opened, named as such.
+  stdfs::copy(dir / "1", dir / "2", stdfs::copy_options::recursive);
+  flip(dir / "2" / kCheckpointFile, 100, 0x10);
+  try {
+    ck.restore(dir / "2", corruptible_template());
+    FAIL();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("'" + (dir / "2" / kCheckpointFile).string() + "' is corrupt: the checksum of its HDF5 structure"),
+              std::string::npos) << m;
+    EXPECT_NE(m.find("not opened"), std::string::npos) << m;
+  }
+  EXPECT_FALSE(verify(dir / "2").ok);
+  // A byte of the skipped raw data: the dataset's own checksum names it.
+  stdfs::copy(dir / "1", dir / "3", stdfs::copy_options::recursive);
+  flip(dir / "3" / kCheckpointFile, st["skip"][0][0].get<int64_t>() + 12345, 0x01);
+  try {
+    ck.restore(dir / "3", corruptible_template());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/params/big"), std::string::npos) << e.what();
+  }
+  // A checkpoint written before structure checksums: the whole file is checked first.
+  for (const char* name : {"4", "5"}) {
+    stdfs::copy(dir / "1", dir / name, stdfs::copy_options::recursive);
+    auto old = meta;
+    old["files"][kCheckpointFile].erase("structure");
+    std::ofstream(dir / name / kMetadataFile, std::ios::trunc) << old.dump(2);
+  }
+  EXPECT_EQ(ck.restore(dir / "4", corruptible_template()).state("params").at("big").value[7].item<float>(), 1.0f);
+  flip(dir / "5" / kCheckpointFile, 100, 0x10);
+  try {
+    ck.restore(dir / "5", corruptible_template());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is corrupt: checksum"), std::string::npos) << e.what();
+  }
+  // A skip list that does not fit the file is an error, not a read past its end.
+  stdfs::copy(dir / "1", dir / "6", stdfs::copy_options::recursive);
+  auto bad = meta;
+  bad["files"][kCheckpointFile]["structure"]["skip"][0][1] = int64_t(1) << 40;
+  std::ofstream(dir / "6" / kMetadataFile, std::ios::trunc) << bad.dump(2);
+  EXPECT_THROW(ck.restore(dir / "6", corruptible_template()), Error);
+}
+
+// The experiment, in process and deterministic: 1-8 random bytes of a checkpoint file
+// flipped, 300 times. Every restore fails with nnx::Error (none crashes, none goes ahead
+// silently), and every unchanged copy restores.
+TEST(Checkpointer, RandomByteFlipsAlwaysFailCleanly) {
+  test::TempDir dir;
+  Checkpointer ck;
+  ck.save(dir / "clean", corruptible_item(2.0f));
+  const stdfs::path clean = dir / "clean" / kCheckpointFile;
+  const auto size = static_cast<int64_t>(stdfs::file_size(clean));
+  std::mt19937_64 rng(17);
+  int failed = 0;
+  for (int i = 0; i < 300; ++i) {
+    const stdfs::path d = dir / ("c" + std::to_string(i));
+    stdfs::copy(dir / "clean", d, stdfs::copy_options::recursive);
+    const int n = 1 + static_cast<int>(rng() % 8);
+    for (int k = 0; k < n; ++k) flip(d / kCheckpointFile, static_cast<int64_t>(rng() % size), static_cast<char>(1 + rng() % 255));
+    try {
+      ck.restore(d, corruptible_template());
+    } catch (const Error&) {
+      ++failed;
+    }
+    stdfs::remove_all(d);
+  }
+  EXPECT_EQ(failed, 300);
+  EXPECT_EQ(ck.restore(dir / "clean", corruptible_template()).state("params").at("big").value[0].item<float>(), 2.0f);
+}
+
+// HDF5's own error stacks never reach the terminal, on any thread: a save past a file-size
+// limit fails with one error naming the file, on the caller's thread and on the async writer's.
+TEST(Checkpointer, FailedSavesPrintNoHdf5DiagnosticsOnAnyThread) {
+  test::TempDir dir;
+  const stdfs::path log = dir / "stderr.txt";
+  State s;
+  for (int i = 0; i < 4; ++i) s.insert("w" + std::to_string(i), {Param, at::full({256 << 10}, 1.0f), {}});
+  // stderr to a file and a 1 MiB file-size limit, for this test only (restored below).
+  const int saved_stderr = ::dup(2);
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ::dup2(fd, 2);
+  ::close(fd);
+  auto old_xfsz = ::signal(SIGXFSZ, SIG_IGN);  // writes past the limit fail with EFBIG, not a kill
+  struct rlimit old_lim {};
+  ::getrlimit(RLIMIT_FSIZE, &old_lim);
+  struct rlimit lim {1 << 20, old_lim.rlim_max};
+  ::setrlimit(RLIMIT_FSIZE, &lim);
+  std::vector<std::string> errors;
+  try {
+    Checkpointer().save(dir / "sync", Composite{{"params", StandardSave(s)}});
+  } catch (const Error& e) {
+    errors.push_back(e.what());
+  }
+  AsyncCheckpointer async;
+  async.save(dir / "async", Composite{{"params", StandardSave(s)}});
+  try {
+    async.wait_until_finished();
+  } catch (const Error& e) {
+    errors.push_back(e.what());
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old_lim);
+  ::signal(SIGXFSZ, old_xfsz);
+  ::fflush(stderr);
+  ::dup2(saved_stderr, 2);
+  ::close(saved_stderr);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[0].find((dir / "sync").string()), std::string::npos) << errors[0];
+  EXPECT_NE(errors[1].find((dir / "async").string()), std::string::npos) << errors[1];
+  std::ifstream in(log);
+  const std::string err((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(err.find("HDF5-DIAG"), std::string::npos) << err.substr(0, 2000);
 }

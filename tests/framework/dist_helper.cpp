@@ -63,7 +63,9 @@ int sharded_modes(distributed::ProcessGroup& pg, const std::string& mode, const 
   std::shared_ptr<distributed::ProcessGroup> group(&pg, [](distributed::ProcessGroup*) {});
   const auto spec = PartitionSpec::sharded(0, 2);
   State s;
-  s.insert("w", {OptState, shard_of(at::full({4096, 2}, 1.0f), spec, Mesh{r, n}).clone(), {}});
+  // 1 MiB per piece: raw data that the structure check before HDF5 opens a file skips (each
+  // piece has its own checksum), so only the rank that reads the corrupt piece finds it.
+  s.insert("w", {OptState, shard_of(at::full({262144, 2}, 1.0f), spec, Mesh{r, n}).clone(), {}});
   if (mode == "corrupt-restore" || r == 1) s.at("w").metadata[kShardingKey] = spec.to_string();
   s.insert("b", {Param, at::arange(1000, at::kFloat), {}});
   checkpoint::Checkpointer c;

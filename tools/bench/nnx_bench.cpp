@@ -31,6 +31,7 @@
 #include <map>
 
 #include "checkpoint/checkpointer.h"
+#include "checkpoint/fs.h"
 #include "checkpoint/manager.h"
 #include "framework/data/dataset.h"
 #include "framework/distributed.h"
@@ -211,7 +212,7 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   for (auto& [p, vs] : s) templ.insert(p, {vs.kind, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
   ReadOptions no_verify;
   no_verify.verify_checksums = false;
-  std::vector<double> restore_v, restore_nv_v, read_v, tload_v;
+  std::vector<double> restore_v, restore_nv_v, read_v, tload_v, unchecked_v;
   // Every round reads the first save's files (one set, so it stays in the page cache), and the
   // order of the four contenders rotates from round to round (no contender always goes first).
   std::error_code ec;
@@ -234,6 +235,13 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   };
   for (const stdfs::path& f : {dir / "ours0" / "checkpoint.h5", dir / "raw0", dir / "torch0.pt"}) evict(f);
   auto restore_ours = [&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ)}}); };
+  // The restore without the structure check before HDF5 opens the file (what it was before):
+  // the same metadata read, open and read_state.
+  auto restore_unchecked = [&] {
+    read_metadata(dir / "ours0");
+    H5File f = H5File::open((dir / "ours0" / kCheckpointFile).string());
+    read_state(f, "params", templ, ReadOptions{});
+  };
   auto raw_read = [&] {
     int fd = ::open((dir / "raw0").c_str(), O_RDONLY);
     std::vector<at::Tensor> out;
@@ -250,6 +258,7 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
       [&] { restore_v.push_back(time_once(restore_ours)); },
       [&] { read_v.push_back(time_once(raw_read)); },
       [&] { restore_nv_v.push_back(time_once([&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ, no_verify)}}); })); },
+      [&] { unchecked_v.push_back(time_once(restore_unchecked)); },
       [&] {
         tload_v.push_back(time_once([&] {
           std::vector<at::Tensor> out;
@@ -257,15 +266,17 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
         }));
       }};
   for (const auto& c : contenders) c();  // warm-up round: every file read once, not counted
-  restore_v.clear(), read_v.clear(), restore_nv_v.clear(), tload_v.clear();
+  restore_v.clear(), read_v.clear(), restore_nv_v.clear(), tload_v.clear(), unchecked_v.clear();
   for (int i = 0; i < reps; ++i)
     for (size_t k = 0; k < contenders.size(); ++k) contenders[(k + static_cast<size_t>(i)) % contenders.size()]();
   add_rounds("restore 400 MB (checksums verified)", restore_v, read_v, " s", "raw read", 1.10);
   add_rounds("restore 400 MB without checksum verification", restore_nv_v, read_v, " s", "raw read", 0);
   add_rounds("restore 400 MB vs torch::load", restore_v, tload_v, " s", "torch::load", 0);
+  add_rounds("restore 400 MB: the structure check before HDF5 opens the file", restore_v, unchecked_v, " s",
+             "without it", 1.05);
   // Cold: each file dropped from the page cache just before it is read (a resume after
   // preemption on another machine reads a cold file). Ours goes first in even rounds.
-  std::vector<double> cold_ours, cold_raw;
+  std::vector<double> cold_ours, cold_raw, cold_unchecked;
   auto cold_ours_once = [&] {
     evict(dir / "ours0" / "checkpoint.h5");
     cold_ours.push_back(time_once(restore_ours));
@@ -274,11 +285,35 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
     evict(dir / "raw0");
     cold_raw.push_back(time_once(raw_read));
   };
+  auto cold_unchecked_once = [&] {
+    evict(dir / "ours0" / "checkpoint.h5");
+    cold_unchecked.push_back(time_once(restore_unchecked));
+  };
   for (int i = 0; i < reps; ++i) {
-    if (i % 2 == 0) cold_ours_once(), cold_raw_once();
-    else cold_raw_once(), cold_ours_once();
+    if (i % 2 == 0) cold_ours_once(), cold_raw_once(), cold_unchecked_once();
+    else cold_unchecked_once(), cold_raw_once(), cold_ours_once();
   }
   add_rounds("restore 400 MB cold (dropped from the page cache first)", cold_ours, cold_raw, " s", "raw read, cold", 0);
+  add_rounds("restore 400 MB cold: the structure check before HDF5 opens the file", cold_ours, cold_unchecked, " s",
+             "without it, cold", 1.05);
+  // The structure check alone (what the two rows above add), warm and cold, against the restore.
+  {
+    const auto st = read_metadata(dir / "ours0")["files"][kCheckpointFile]["structure"];
+    std::vector<fs::ByteRange> skip;
+    for (const auto& r : st["skip"]) skip.push_back({r[0].get<int64_t>(), r[1].get<int64_t>()});
+    const stdfs::path f = dir / "ours0" / kCheckpointFile;
+    std::vector<double> warm, cold;
+    for (int i = 0; i < reps; ++i) warm.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+    for (int i = 0; i < reps; ++i) {
+      evict(f);
+      cold.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+    }
+    rows.push_back({"structure check alone, 400 MB checkpoint (" + std::to_string(skip.size()) + " large datasets)",
+                    "warm " + fmt(median(warm) * 1e3, " ms", 2) + ", cold " + fmt(median(cold) * 1e3, " ms", 2),
+                    "restore " + fmt(median(restore_v) * 1e3, " ms", 1) + ", cold " + fmt(median(cold_ours) * 1e3, " ms", 1),
+                    fmt(median(warm) / median(restore_v), "", 3) + ", cold " + fmt(median(cold) / median(cold_ours), "", 3),
+                    "reported", ""});
+  }
 
   // Async: how long save() blocks the caller (the previous save has finished each time),
   // against the sync save.
