@@ -385,6 +385,8 @@ class ReadPipeline {
   void read_at(const at::Tensor& t, int fd, uint64_t offset, std::string expected, std::string where) {
     NNX_INTERNAL_ASSERT(fd >= 0, "no descriptor for direct reads of ", where);
     count(true, t.numel() * t.element_size());
+    if (static_cast<size_t>(t.numel() * t.element_size()) >= 2 * kPiece)
+      return read_in_pieces(t, fd, offset, std::move(expected), std::move(where));
     workers_.submit([this, t, fd, offset, expected = std::move(expected), where = std::move(where)] {
       char* p = static_cast<char*>(t.data_ptr());
       const size_t n = static_cast<size_t>(t.numel() * t.element_size());
@@ -401,6 +403,29 @@ class ReadPipeline {
       }
       if (hash) expect_checksum(format_checksum(XXH3_64bits_digest(hash.get())), expected, where);
     });
+  }
+  // A dataset of 64 MiB or more: its 32 MiB pieces are read by all reader threads at once
+  // (one stream of preads leaves the disk idle between requests: a 2.4 GB tensor read 2.5 x
+  // slower than the file), then the last piece's thread hashes the whole tensor.
+  void read_in_pieces(const at::Tensor& t, int fd, uint64_t offset, std::string expected, std::string where) {
+    char* p = static_cast<char*>(t.data_ptr());
+    const size_t n = static_cast<size_t>(t.numel() * t.element_size());
+    const size_t pieces = (n + kPiece - 1) / kPiece;
+    auto left = std::make_shared<std::atomic<size_t>>(pieces);
+    auto shared_where = std::make_shared<const std::string>(std::move(where));
+    auto shared_expected = std::make_shared<const std::string>(std::move(expected));
+    for (size_t i = 0; i < pieces; ++i)
+      workers_.submit([this, t, p, n, i, fd, offset, left, shared_where, shared_expected] {
+        const size_t from = i * kPiece, len = std::min(kPiece, n - from);
+        for (size_t done = 0; done < len;) {
+          ssize_t r = ::pread(fd, p + from + done, len - done, static_cast<off_t>(offset + from + done));
+          if (r < 0 && errno == EINTR) continue;
+          NNX_CHECK(r > 0, "cannot read ", *shared_where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
+                    " (file truncated or corrupt?)");
+          done += static_cast<size_t>(r);
+        }
+        if (left->fetch_sub(1) == 1 && verify_) check_sum_now(t, *shared_expected, *shared_where);
+      });
   }
   // Waits for every read and checksum; throws the first failure.
   void finish() { workers_.finish(); }
@@ -430,6 +455,7 @@ class ReadPipeline {
 
  private:
   static constexpr size_t kSlice = size_t(256) << 10;   // read, then hashed from the cache
+  static constexpr size_t kPiece = size_t(32) << 20;    // of a dataset read by several threads
   hid_t file_id_;
   std::filesystem::path dir_;
   int fd_;
