@@ -197,7 +197,19 @@ std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>
     NNX_CHECK(all.contains(path), "merge: no state holds variable '", path, "' (",
               var.kind().name(), ", ", format_shape(var.value().sizes()), ")");
     const VariableState& vs = all.at(path);
-    var.set_value(vs.value);
+    const at::Tensor& proto = var.value();
+    at::Tensor v = vs.value;
+    if (proto.defined() && v.defined()) {  // as update() checks: a state made for another model
+      NNX_CHECK(proto.sizes() == v.sizes(), "merge: shape mismatch at '", path, "': graphdef ",
+                format_shape(proto.sizes()), ", state ", format_shape(v.sizes()));
+      NNX_CHECK(proto.scalar_type() == v.scalar_type(), "merge: dtype mismatch at '", path, "': graphdef ",
+                proto.scalar_type(), ", state ", v.scalar_type());
+    }
+    // A merged model trains: its floating-point Params require grad, as the modules' constructors
+    // make them (on a new tensor sharing the state's storage, so the state's own is untouched).
+    if (v.defined() && !v.is_meta() && vs.kind.is_a(Param) && v.is_floating_point() && !v.requires_grad())
+      v = v.detach().requires_grad_(true);
+    var.set_value(v);
     var.set_kind(vs.kind);
     var.metadata() = vs.metadata;
     used.insert(path);

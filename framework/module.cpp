@@ -54,8 +54,29 @@ void Module::register_child(const std::string& name, std::shared_ptr<Module> mod
   check_name(name);
   NNX_CHECK(module != nullptr, "registering a null module as '", join(name), "'");
   NNX_CHECK(module.get() != this, "a module cannot be its own child ('", join(name), "')");
+  // A cycle (the new child already holds this module somewhere below it) would make every walk
+  // of the tree (split, graphdef, clone, set_path) recurse forever: reject it here, by name.
+  if (auto inside = module->path_to(this))
+    NNX_CHECK(false, "cannot register module '", join(name), "': it already contains this module (at '",
+              join(name), "/", *inside, "'), which would make a cycle; modules form a tree (shared ",
+              "children are fine, cycles are not)");
   module->set_path(join(name));
   slots_.push_back(Slot{name, Variable(), std::move(module)});
+}
+
+std::optional<std::string> Module::path_to(const Module* target) const {
+  std::unordered_set<const Module*> seen;
+  std::function<std::optional<std::string>(const Module&, const std::string&)> rec =
+      [&](const Module& m, const std::string& prefix) -> std::optional<std::string> {
+    for (const auto& s : m.slots_) {
+      if (!s.child || !seen.insert(s.child.get()).second) continue;
+      const std::string path = prefix.empty() ? s.name : prefix + "/" + s.name;
+      if (s.child.get() == target) return path;
+      if (auto found = rec(*s.child, path)) return found;
+    }
+    return std::nullopt;
+  };
+  return rec(*this, "");
 }
 
 void Module::set_path(const std::string& path) {

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,7 +74,10 @@ class Module {
   /// Every variable of the tree as (path, Variable), depth-first in registration order. A shared
   /// variable (weight tying) appears once, under its first path, unless `with_duplicates`.
   std::vector<std::pair<std::string, Variable>> named_variables(bool with_duplicates = false) const;
-  /// Every module of the tree as (path, module), root first with path "".
+  /// Every module below this one as (path, module), depth-first in registration order; a shared
+  /// child appears once, under its first path. The root itself is not listed (it need not be
+  /// owned by a shared_ptr): where Flax's iter_modules yields ("", root) first, visit the root
+  /// yourself.
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_modules() const;
 
   /// Sets training mode on the whole tree (Dropout active, BatchNorm uses batch statistics).
@@ -117,6 +121,8 @@ class Module {
   void check_name(const std::string& name) const;
   std::string join(const std::string& name) const;
   void set_path(const std::string& path);
+  // The path of `target` below this module (depth-first), or nullopt.
+  std::optional<std::string> path_to(const Module* target) const;
   Slot* find(const std::string& name);
   const Slot* find(const std::string& name) const;
 

@@ -45,10 +45,13 @@ void AdamOptions::validate() const {
   NNX_CHECK(beta1 >= 0 && beta1 < 1, "invalid beta1: ", beta1, " (expected [0, 1))");
   NNX_CHECK(beta2 >= 0 && beta2 < 1, "invalid beta2: ", beta2, " (expected [0, 1))");
   NNX_CHECK(eps >= 0, "invalid eps: ", eps);
-  NNX_CHECK(weight_decay >= 0, "invalid weight_decay: ", weight_decay);
+  NNX_CHECK(weight_decay.value_or(0) >= 0, "invalid weight_decay: ", weight_decay.value_or(0));
 }
 
-ScaleByAdam::ScaleByAdam(AdamOptions options) : options_(std::move(options)) { options_.validate(); }
+ScaleByAdam::ScaleByAdam(AdamOptions options) : options_(std::move(options)) {
+  if (!options_.weight_decay) options_.weight_decay = options_.decoupled_weight_decay ? 0.01 : 0.0;
+  options_.validate();
+}
 
 namespace {
 bool low_precision(const at::Tensor& t) {
@@ -116,10 +119,10 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     mu.push_back(state_var(ctx.state, "mu/" + path).value());
     nu.push_back(state_var(ctx.state, "nu/" + path).value());
     if (o.amsgrad) nu_max.push_back(state_var(ctx.state, "nu_max/" + path).value());
-    decay[i] = o.weight_decay != 0 && o.weight_decay_mask(path, Param);
+    decay[i] = *o.weight_decay != 0 && o.weight_decay_mask(path, Param);
   }
 
-  if (o.weight_decay != 0) {
+  if (*o.weight_decay != 0) {
     std::vector<at::Tensor> dp, dg;
     std::vector<size_t> idx;
     for (size_t i = 0; i < n; ++i)
@@ -129,10 +132,10 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
       }
     if (!dp.empty()) {
       if (o.decoupled_weight_decay) {
-        at::_foreach_mul_(dp, 1.0 - lr * o.weight_decay);  // torch.optim.AdamW
+        at::_foreach_mul_(dp, 1.0 - lr * *o.weight_decay);  // torch.optim.AdamW
       } else {
         for (size_t k = 0; k < idx.size(); ++k) dg.push_back(grads[idx[k]]);
-        auto decayed = at::_foreach_add(dg, dp, o.weight_decay);  // grad + wd * param (Adam)
+        auto decayed = at::_foreach_add(dg, dp, *o.weight_decay);  // grad + wd * param (Adam)
         for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
       }
     }
@@ -191,7 +194,7 @@ nlohmann::json ScaleByAdam::to_json() const {
           {"beta1", o.beta1},
           {"beta2", o.beta2},
           {"eps", o.eps},
-          {"weight_decay", o.weight_decay},
+          {"weight_decay", *o.weight_decay},
           {"amsgrad", o.amsgrad},
           {"weight_decay_mask", o.weight_decay_mask.description()}};
 }

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,7 +70,8 @@ struct AdamOptions {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0.0;
+  /// Unset: PyTorch's defaults, 0 for adam() and 0.01 for adamw() (torch.optim.Adam / AdamW).
+  std::optional<double> weight_decay;
   /// AdamW's decoupled decay p *= 1 - lr * wd (Loshchilov & Hutter, 2019) instead of Adam's L2
   /// term added to the gradient.
   bool decoupled_weight_decay = false;
@@ -103,9 +105,9 @@ class ScaleByAdam : public Transform {
   at::Tensor scratch_;  // reused denominators of one group (not state)
 };
 
-/// torch.optim.Adam as a transformation.
+/// torch.optim.Adam as a transformation (weight_decay unset means 0, as in PyTorch).
 std::shared_ptr<Transform> adam(AdamOptions options = {});
-/// torch.optim.AdamW (decoupled weight decay, default 0.01 as in PyTorch).
+/// torch.optim.AdamW (decoupled weight decay; weight_decay unset means 0.01, as in PyTorch).
 std::shared_ptr<Transform> adamw(AdamOptions options = {});
 /// Global-norm gradient clipping.
 std::shared_ptr<Transform> clip_by_global_norm(double max_norm);

@@ -176,3 +176,31 @@ TEST(Graph, GradsAndZeroGrad) {
   EXPECT_FALSE(net.child("fc2").variable("kernel").value().grad().defined());
   EXPECT_THROW(grads(net, BatchStat), Error);
 }
+
+// A model merged from restored (plain, grad-less) tensors trains: its Params require grad, the
+// state's own tensors are left as they were, and other kinds stay without grad. A state shaped
+// or typed for another model is an error naming the path, as in update().
+TEST(Graph, MergedModelTrainsAndMergeChecksShapeAndDtype) {
+  Rngs rngs({{"params", 0}, {"dropout", 1}});
+  Net net(rngs);
+  auto [gd, params, rest] = split(net, Param, Everything());
+  State restored;  // what a checkpoint restore returns: detached tensors
+  for (const auto& [p, vs] : params) restored.insert(p, {vs.kind, vs.value.detach().clone(), vs.metadata});
+  auto merged = merge_as<Net>(gd, restored, rest);
+  for (const auto& [p, vs] : state(*merged, Param)) EXPECT_TRUE(vs.value.requires_grad()) << p;
+  for (const auto& [p, vs] : restored) EXPECT_FALSE(vs.value.requires_grad()) << p;
+  EXPECT_FALSE(merged->child("bn").variable("mean").value().requires_grad());
+  merged->train();
+  merged->forward(at::randn({3, 4})).sum().backward();  // threw "does not require grad" before
+  EXPECT_TRUE(merged->child("fc1").variable("kernel").value().grad().defined());
+  State wrong = restored;
+  wrong.at("fc2/bias").value = at::zeros({5});
+  try {
+    merge(gd, {wrong, rest});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("merge: shape mismatch at 'fc2/bias'"), std::string::npos) << e.what();
+  }
+  wrong.at("fc2/bias").value = at::zeros({4}, at::kDouble);
+  EXPECT_THROW(merge(gd, {wrong, rest}), Error);
+}

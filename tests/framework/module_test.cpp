@@ -104,3 +104,26 @@ TEST(Module, SequentialRunsChildrenAndInsertVariableBuildsDicts) {
   EXPECT_EQ(state(root).paths(), (std::vector<std::string>{"mu/fc1/kernel", "mu/fc1/bias"}));
   EXPECT_THROW(insert_variable(root, "mu/fc1/kernel/x", OptState(at::zeros({2}))), Error);
 }
+
+// Two modules registering each other: rejected at registration, naming both paths (a cycle
+// made split, graphdef and clone recurse until the stack overflowed).
+TEST(Module, ACycleIsRejectedAtRegistrationNamingBothPaths) {
+  auto a = std::make_shared<ModuleDict>();
+  auto b = std::make_shared<ModuleDict>();
+  a->register_module("b", b);
+  try {
+    b->register_module("a", a);
+    FAIL();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("cannot register module 'b/a'"), std::string::npos) << m;
+    EXPECT_NE(m.find("at 'b/a/b'"), std::string::npos) << m;
+  }
+  auto c = std::make_shared<ModuleDict>();
+  b->register_module("c", c);
+  EXPECT_THROW(c->register_module("up", a), Error);  // a cycle through two levels
+  auto shared = std::make_shared<ModuleDict>();
+  a->register_module("s1", shared);
+  b->register_module("s2", shared);  // a shared child is no cycle
+  EXPECT_EQ(a->named_modules().size(), 3u);  // b, b/c, b/s2: the shared child once, first path
+}

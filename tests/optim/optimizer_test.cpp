@@ -37,7 +37,8 @@ State golden_state(const nlohmann::json& j) {
 std::shared_ptr<Transform> make_tx(const nlohmann::json& o, bool adamw_case) {
   AdamOptions opts;
   opts.learning_rate = o.at("lr").get<double>();
-  if (o.contains("weight_decay")) opts.weight_decay = o["weight_decay"];
+  // The cases give PyTorch's keyword arguments; an absent one is PyTorch's default, as here.
+  if (o.contains("weight_decay")) opts.weight_decay = o["weight_decay"].get<double>();
   if (o.contains("amsgrad")) opts.amsgrad = o["amsgrad"];
   if (o.contains("eps")) opts.eps = o["eps"];
   if (o.contains("betas")) {

@@ -42,3 +42,16 @@ TEST(Transform, AdamOptionsValidateNamingTheValue) {
   EXPECT_THROW(adam(lr), Error);
   EXPECT_EQ(adamw()->to_json()["type"], "adamw");
 }
+
+// PyTorch's defaults: AdamW decays by 0.01 unless told otherwise, Adam not at all; an explicit
+// value (0 included) is kept.
+TEST(Transform, WeightDecayDefaultsFollowPyTorch) {
+  EXPECT_EQ(adamw()->to_json()["weight_decay"], 0.01);
+  EXPECT_EQ(adam()->to_json()["weight_decay"], 0.0);
+  AdamOptions none;
+  none.weight_decay = 0.0;
+  EXPECT_EQ(adamw(none)->to_json()["weight_decay"], 0.0);
+  AdamOptions bad;
+  bad.weight_decay = -0.1;
+  EXPECT_THROW(adamw(bad), Error);
+}

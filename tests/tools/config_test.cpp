@@ -169,3 +169,17 @@ TEST(Config, CheckpointPolicyListsParseAndBuild) {
               std::string::npos) << e.what();
   }
 }
+
+// A shortened run of a config with a warmup schedule: the warmup is clamped below decay_steps
+// (which follows train.max_steps), with a warning; a decay_steps the config gives stays strict.
+TEST(Config, ShortRunsClampTheWarmupWithAWarning) {
+  auto c = load_config(test::source_dir() + "/configs/char_gpt.yaml", {"train.max_steps=100"});
+  EXPECT_EQ(c.schedule.decay_steps, 100);
+  EXPECT_EQ(c.schedule.warmup_steps, 99);
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_NE(c.warnings[0].find("schedule.warmup_steps"), std::string::npos) << c.warnings[0];
+  EXPECT_THROW(load_config(test::source_dir() + "/configs/char_gpt.yaml",
+                           {"train.max_steps=100", "schedule.decay_steps=50", "schedule.warmup_steps=60"}),
+               Error);
+  EXPECT_TRUE(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml").warnings.empty());
+}

@@ -204,3 +204,10 @@ TEST(Trainer, SaveAndKeepPolicyListsFromTheConfig) {
   // Saved 5, 10, 20, 25, 30, 40, 50; kept: the latest two, step 5, multiples of 20.
   EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{5, 20, 40, 50}));
 }
+
+// A run.dir that cannot be created is a config error: exit 2, one line naming run.dir.
+TEST(Trainer, UncreatableRunDirExitsTwoNamingIt) {
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", "/proc/nnx-no-such-dir/run", "train.max_steps=2"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("nnx-train: error: run.dir '/proc/nnx-no-such-dir/run'"), std::string::npos) << r.output;
+}

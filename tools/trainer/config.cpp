@@ -336,6 +336,25 @@ void checkpoint_policies(Section& ck, CheckpointConfig& c) {
     ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list)");
 }
 
+// Fails on the first top-level key that is not a section or setting of the config, with a
+// suggestion (the full check runs at the end; this one comes before any "missing key" error).
+void unknown_top_level_keys(const YAML::Node& root, const Source& src) {
+  static const std::vector<std::string> known = {"seed",  "device", "threads",  "log_level", "run",
+                                                 "model", "data",   "optimizer", "train",    "schedule",
+                                                 "eval",  "checkpoint", "distributed"};
+  Section top(root, "", src, root.Mark());
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (!it->first.IsScalar()) continue;  // reported by finish()
+    const std::string k = it->first.Scalar();
+    if (std::find(known.begin(), known.end(), k) != known.end()) continue;
+    std::string best;
+    for (const auto& c : known)
+      if (edit_distance(k, c) < 4 && (best.empty() || edit_distance(k, c) < edit_distance(k, best))) best = c;
+    throw Error(top.where(it->first, k) + ": unknown key '" + k + "'" +
+                (best.empty() ? std::string() : " (did you mean '" + best + "'?)"));
+  }
+}
+
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -368,6 +387,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (c.run_dir.empty()) run.fail_at(run.raw("dir"), "run.dir", " must not be empty");
   run.finish();
 
+  unknown_top_level_keys(root, src);  // a typo'd section is named as such, not as a missing key
   Section model = top.sub("model");
   if (!model.has("type")) throw Error(model.where(root["model"], "model") + ": missing required key 'model.type' (mlp, cnn or gpt)");
   std::string type = model.one_of("type", "", {"mlp", "cnn", "gpt"});
@@ -423,10 +443,21 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.schedule.alpha = sch.in_range<double>("alpha", 0.0, 0.0, 1.0);
   c.schedule.gamma = sch.in_range<double>("gamma", 0.1, 0.0, 1.0);
   c.schedule.step_size = sch.in_range<int64_t>("step_size", 1000, 1, 1e12);
-  if (c.schedule.decay_steps == 0) c.schedule.decay_steps = c.train.max_steps;
-  if (c.schedule.type == "warmup_cosine" && c.schedule.warmup_steps >= c.schedule.decay_steps)
-    sch.fail_at(sch.raw("warmup_steps"), "schedule.warmup_steps", " = ", c.schedule.warmup_steps,
-                " must be below schedule.decay_steps (", c.schedule.decay_steps, ")");
+  const bool decay_given = c.schedule.decay_steps != 0;
+  if (!decay_given) c.schedule.decay_steps = c.train.max_steps;
+  if (c.schedule.type == "warmup_cosine" && c.schedule.warmup_steps >= c.schedule.decay_steps) {
+    // decay_steps follows train.max_steps unless given: a shortened run (a smoke test with
+    // train.max_steps=100) clamps the warmup instead of failing. A decay_steps the config gives
+    // is the user's own contradiction: an error.
+    if (decay_given)
+      sch.fail_at(sch.raw("warmup_steps"), "schedule.warmup_steps", " = ", c.schedule.warmup_steps,
+                  " must be below schedule.decay_steps (", c.schedule.decay_steps, ")");
+    const int64_t clamped = c.schedule.decay_steps - 1;
+    c.warnings.push_back("schedule.warmup_steps = " + std::to_string(c.schedule.warmup_steps) +
+                         " is not below schedule.decay_steps (" + std::to_string(c.schedule.decay_steps) +
+                         ", from train.max_steps); using " + std::to_string(clamped));
+    c.schedule.warmup_steps = clamped;
+  }
   sch.finish();
 
   Section ev = top.sub("eval");

@@ -115,6 +115,9 @@ struct Config {
   CheckpointConfig checkpoint;
   DistributedConfig distributed;
   std::string source;  ///< the YAML file
+  /// What load_config() adjusted and the run should be told (e.g. a warmup clamped to a
+  /// shortened run); nnx-train prints each as a warning. Not part of to_json().
+  std::vector<std::string> warnings;
 
   /// Every value, defaults included (printed at start, saved in every checkpoint).
   nlohmann::json to_json() const;

@@ -193,6 +193,8 @@ int train(const Config& cfg, const RunOptions& ropts) {
   const bool lead = env.rank == 0;  // rank 0 prints, logs metrics and evaluates
   log::configure("nnx-train", env.rank, env.world_size);
   if (!cfg.log_level.empty()) log::set_level(log::level_from_string(cfg.log_level));
+  if (lead)
+    for (const auto& w : cfg.warnings) log::warn_parts(w);
   static std::ostream null_stream(nullptr);  // discards: only rank 0 prints
   std::ostream& out = lead ? std::cout : null_stream;
 
@@ -254,7 +256,11 @@ int train(const Config& cfg, const RunOptions& ropts) {
   data::DataLoader loader(ds.train, lo);
   const int64_t global_batch = cfg.train.batch_size * env.world_size;
 
-  stdfs::create_directories(cfg.run_dir);
+  {
+    std::error_code ec;  // a run.dir that cannot be made is a config error (exit 2), named as such
+    stdfs::create_directories(cfg.run_dir, ec);
+    NNX_CHECK(!ec, "run.dir '", cfg.run_dir, "' (", cfg.source, "): cannot create it: ", ec.message());
+  }
   checkpoint::CheckpointManagerOptions mo = manager_options(cfg.checkpoint);
   mo.process_group = ckpt_pg;
   checkpoint::CheckpointManager manager(stdfs::path(cfg.run_dir) / "checkpoints", mo);
