@@ -33,10 +33,16 @@ struct StandardRestore {
 struct JsonSave {
   nlohmann::json value;
   explicit JsonSave(nlohmann::json v) : value(std::move(v)) {}
+  /// JsonSave({{"epoch", 3}, {"index", 17}}): an object literal (without this overload the
+  /// braces were ambiguous with the copy constructor and did not compile).
+  JsonSave(nlohmann::json::initializer_list_t init) : value(init) {}
 };
 
 /// Restore a JSON item (ocp.args.JsonRestore).
 struct JsonRestore {};
+
+/// The item a single-State save and restore use (Orbax's name for a manager's only item).
+inline constexpr const char* kDefaultItem = "default";
 
 /// One item's arguments.
 using ItemArgs = std::variant<StandardSave, StandardRestore, JsonSave, JsonRestore>;

@@ -469,6 +469,14 @@ Restored CheckpointManager::restore(std::optional<int64_t> step, const Composite
   return restore_existing(*step, args);
 }
 
+bool CheckpointManager::save(int64_t step, const StandardSave& args, const nlohmann::json& metrics, bool force) {
+  return save(step, Composite{{kDefaultItem, args}}, metrics, force);
+}
+
+State CheckpointManager::restore(std::optional<int64_t> step, const StandardRestore& args) const {
+  return restore(step, Composite{{kDefaultItem, args}}).state(kDefaultItem);
+}
+
 Restored CheckpointManager::restore_existing(int64_t step, const Composite& args) const {
   const stdfs::path path = step_path(step);
   NNX_CHECK(stdfs::exists(path), "no step ", step, " in '", directory_.string(), "'");

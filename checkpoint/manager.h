@@ -107,10 +107,20 @@ class CheckpointManager {
   /// A read-only manager returns false with a warning.
   bool save(int64_t step, const Composite& args, const nlohmann::json& metrics = nlohmann::json(),
             bool force = false);
+  /// Saves one State as the item "default": Orbax's save(step, args=StandardSave(state)).
+  bool save(int64_t step, const StandardSave& args, const nlohmann::json& metrics = nlohmann::json(),
+            bool force = false);
   /// Restores `args` from `step` (default: the latest), waiting first when that step's save is
   /// in flight. Throws nnx::Error naming the directory when there is no such step, or when its
   /// save failed.
   Restored restore(std::optional<int64_t> step, const Composite& args) const;
+  /// restore(latest_step(), args).
+  Restored restore(const Composite& args) const { return restore(std::nullopt, args); }
+  /// The State of the item "default" (saved by save(step, StandardSave)): Orbax's
+  /// restore(step, args=StandardRestore(abstract_state)); the latest step when `step` is unset.
+  State restore(std::optional<int64_t> step, const StandardRestore& args) const;
+  /// restore(latest_step(), args) for the item "default".
+  State restore(const StandardRestore& args) const { return restore(std::nullopt, args); }
   /// What restore_newest_valid() restored, and why newer steps were skipped.
   struct FallbackResult {
     int64_t step = -1;

@@ -542,3 +542,19 @@ TEST(CheckpointManager, ReloadSeesChangesMadeByAnotherProcess) {
   EXPECT_FALSE(m.should_save(5));
   EXPECT_TRUE(m.should_save(8));
 }
+
+// The Orbax tutorial's spellings: save(step, StandardSave(state)), restore(StandardRestore(
+// abstract)) of the latest step, and a JsonSave object literal.
+TEST(CheckpointManager, SingleItemSaveAndRestoreOfTheLatestStep) {
+  test::TempDir dir;
+  CheckpointManager m(dir.path(), sync_opts());
+  State s;
+  s.insert("linear/kernel", {Param, at::arange(6, at::kFloat).view({2, 3}), {}});
+  EXPECT_TRUE(m.save(1, StandardSave(s)));
+  EXPECT_TRUE(m.save(2, Composite{{"default", StandardSave(s)}, {"data", JsonSave({{"epoch", 3}, {"index", 17}})}}));
+  State abstract;
+  abstract.insert("linear/kernel", {Param, at::empty({2, 3}, at::TensorOptions().device(at::kMeta)), {}});
+  EXPECT_TRUE(m.restore(StandardRestore(abstract)).equal(s));
+  EXPECT_TRUE(m.restore(1, StandardRestore(abstract)).equal(s));
+  EXPECT_EQ(m.restore(Composite{{"data", JsonRestore()}}).json_item("data")["index"], 17);
+}
