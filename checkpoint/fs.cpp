@@ -119,10 +119,9 @@ class CacheNeutralReader {
   // to 8 threads, up to 64 MiB in all (the rest is read when hashed).
   void prefetch(const std::vector<ByteRange>& blocks) {
     if (!map_) return;
-    std::vector<size_t> cold;
-    int64_t bytes = 0;
-    for (size_t i = 0; i < blocks.size() && bytes < (int64_t(64) << 20); ++i)
-      if (!cached(blocks[i])) cold.push_back(i), bytes += blocks[i].size;
+    std::vector<size_t> cold;  // at most 256 blocks (66 MiB of buffers) are read ahead
+    for (size_t i = 0; i < blocks.size() && cold.size() < 256; ++i)
+      if (!cached(blocks[i])) cold.push_back(i);
     if (cold.empty()) return;
     direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (direct_fd_ < 0) return;
@@ -131,10 +130,13 @@ class CacheNeutralReader {
     std::vector<const char*> got(cold.size(), nullptr);
     const size_t threads = std::min<size_t>(8, cold.size());
     std::vector<std::thread> pool;
-    for (size_t t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        for (size_t k = t; k < cold.size(); k += threads) got[k] = read_direct(blocks[cold[k]], bufs[k].get());
-      });
+    try {
+      for (size_t t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+          for (size_t k = t; k < cold.size(); k += threads) got[k] = read_direct(blocks[cold[k]], bufs[k].get());
+        });
+    } catch (const std::system_error&) {  // no more threads: those started finish the blocks they own
+    }
     for (auto& th : pool) th.join();
     for (size_t k = 0; k < cold.size(); ++k)
       if (got[k]) prefetched_.emplace(blocks[cold[k]].offset, Prefetched{std::move(bufs[k]), got[k]});

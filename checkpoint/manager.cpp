@@ -299,13 +299,24 @@ bool CheckpointManager::should_save(int64_t step) const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     const bool newer = (committed_.empty() || committed_.back().step < step) && (!pending_ || pending_->step < step);
-    if (newer && !decision_group_) return save_policy_->should_save(info, committed_, ctx);
+    // The policies see every step of the run so far: the committed ones and the save in flight
+    // (appended for this call, under the lock, instead of copying the list at every step).
+    struct AppendPending {
+      std::vector<CheckpointInfo>& v;
+      bool on;
+      ~AppendPending() {
+        if (on) v.pop_back();
+      }
+    } append{committed_, newer && pending_.has_value()};
+    if (append.on) committed_.push_back(*pending_);
+    const std::vector<CheckpointInfo>* previous = &committed_;
+    if (newer && !decision_group_) return save_policy_->should_save(info, *previous, ctx);
     if (newer) {  // both answers, so that the ranks can agree on either
       DecisionContext without = ctx, with = ctx;
       without.reached_preemption = false;
       with.reached_preemption = true;
-      save = save_policy_->should_save(info, committed_, without);
-      save_if_preempted = save_policy_->should_save(info, committed_, with);
+      save = save_policy_->should_save(info, *previous, without);
+      save_if_preempted = save_policy_->should_save(info, *previous, with);
     }
   }
   if (!decision_group_) return false;
@@ -342,9 +353,10 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
   const nlohmann::json meta = {{"step", step}, {"metrics", metrics}, {"time", info.time}};
   if (!async_) {
     sync_.save(path, args, meta);
+    const CheckpointInfo saved = committed_info(info, path);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      add_committed_locked(info);
+      add_committed_locked(saved);
     }
     apply_retention();
     return true;
@@ -353,10 +365,11 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
     std::lock_guard<std::mutex> lock(mu_);
     pending_ = info;
   }
-  auto committed = [this, info] {
+  auto committed = [this, info, path] {
+    const CheckpointInfo saved = committed_info(info, path);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      add_committed_locked(info);
+      add_committed_locked(saved);
       pending_.reset();
     }
     apply_retention();
@@ -372,6 +385,14 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
     throw;
   }
   return true;
+}
+
+CheckpointInfo CheckpointManager::committed_info(const CheckpointInfo& mine, const stdfs::path& path) const {
+  // Rank 0 writes the step's metadata (its metrics and time): other ranks read them back, so
+  // every rank's retention decides on the same information (only rank 0 evaluates, in nnx-train).
+  if (leader()) return mine;
+  CheckpointInfo info = read_info(mine.step, path);
+  return info.time > 0 ? info : mine;
 }
 
 std::vector<stdfs::path> CheckpointManager::retention_locked() {
@@ -391,7 +412,17 @@ std::vector<stdfs::path> CheckpointManager::retention_locked() {
   try {
     for (size_t i = 0; i + 1 < committed_.size(); ++i) {  // the latest is always kept
       if (keep[i]) continue;
-      if (leader()) gone.push_back(rename_away_locked(committed_[i].step));  // other ranks only forget it
+      // Other ranks only forget the step: rank 0 deletes it. A step someone removed by hand is
+      // just forgotten (renaming it would fail, and fail every later retention with it).
+      if (leader() && stdfs::exists(step_path(committed_[i].step))) {
+        try {
+          gone.push_back(rename_away_locked(committed_[i].step));
+        } catch (const Error& e) {  // the step stays (listed, restorable); the save that committed is fine
+          log::warn_parts("CheckpointManager on '", directory_.string(), "': cannot delete step ",
+                          committed_[i].step, " (kept): ", e.what());
+          continue;
+        }
+      }
       dropped[i] = true;
     }
   } catch (...) {

@@ -175,6 +175,7 @@ class CheckpointManager {
   std::vector<int64_t> steps_locked() const;
   void add_committed_locked(const CheckpointInfo& info);
   std::vector<std::filesystem::path> retention_locked();
+  CheckpointInfo committed_info(const CheckpointInfo& mine, const std::filesystem::path& path) const;
   void apply_retention();
   void remove_renamed(const std::vector<std::filesystem::path>& gone) const;
   std::filesystem::path rename_away_locked(int64_t step);

@@ -84,7 +84,8 @@ std::vector<std::optional<double>> MetricCache::values(const Infos& infos) const
 }
 
 std::optional<double> MetricCache::get_locked(const CheckpointInfo& info) const {
-  auto it = values_.find(info.step);
+  const auto key = std::make_pair(info.step, info.time);
+  auto it = values_.find(key);
   if (it != values_.end()) return it->second;
   std::optional<double> v;
   if (info.metrics.is_object()) {
@@ -95,7 +96,7 @@ std::optional<double> MetricCache::get_locked(const CheckpointInfo& info) const 
     }
   }
   if (values_.size() > 100000) values_.clear();  // deleted steps' entries: bounded, recomputed on demand
-  values_.emplace(info.step, v);
+  values_.emplace(key, v);
   return v;
 }
 
@@ -172,6 +173,7 @@ std::vector<bool> AnyPreservationPolicy::should_preserve(const Infos& c, const P
   std::vector<bool> keep(c.size(), false);
   for (const auto& p : policies_) {
     auto k = p->should_preserve(c, ctx);
+    NNX_CHECK(k.size() == c.size(), "a preservation policy returned ", k.size(), " flags for ", c.size(), " steps");
     for (size_t i = 0; i < c.size(); ++i) keep[i] = keep[i] || k[i];
   }
   return keep;

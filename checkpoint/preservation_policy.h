@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -95,8 +96,8 @@ using MetricFn = std::function<double(const nlohmann::json& metrics)>;
 /// A metric function reading the number `key` from a step's metrics (NaN when absent).
 MetricFn metric_key(std::string key);
 
-/// The finite metric of `info`, or nullopt (see MetricFn). Each step's value is computed once
-/// and cached by step number: a committed step's metrics never change.
+/// The finite metric of `info`, or nullopt (see MetricFn). Each checkpoint's value is computed
+/// once and cached by (step, save time): a committed step's metrics never change.
 class MetricCache {
  public:
   explicit MetricCache(MetricFn fn) : fn_(std::move(fn)) {}
@@ -108,7 +109,9 @@ class MetricCache {
   std::optional<double> get_locked(const CheckpointInfo& info) const;
   MetricFn fn_;
   mutable std::mutex mu_;  // a policy may be shared by managers on several threads
-  mutable std::unordered_map<int64_t, std::optional<double>> values_;
+  // Keyed by step and save time: a policy shared by managers of several directories, or a step
+  // deleted and saved again, never gets another checkpoint's value.
+  mutable std::map<std::pair<int64_t, double>, std::optional<double>> values_;
 };
 
 /// Keeps the `n` best steps by `metric` ("min": lowest is best, "max": highest), NaN and Inf

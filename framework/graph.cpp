@@ -205,10 +205,13 @@ std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>
       NNX_CHECK(proto.scalar_type() == v.scalar_type(), "merge: dtype mismatch at '", path, "': graphdef ",
                 proto.scalar_type(), ", state ", v.scalar_type());
     }
-    // A merged model trains: its floating-point Params require grad, as the modules' constructors
-    // make them (on a new tensor sharing the state's storage, so the state's own is untouched).
-    if (v.defined() && !v.is_meta() && vs.kind.is_a(Param) && v.is_floating_point() && !v.requires_grad())
-      v = v.detach().requires_grad_(true);
+    // As update() does: a leaf of its own (detached, sharing the state's storage, so the state's
+    // tensor is untouched), and a merged model trains: its floating-point Params require grad,
+    // as the modules' constructors make them.
+    if (v.defined() && !v.is_meta()) {
+      v = v.detach();
+      if (vs.kind.is_a(Param) && v.is_floating_point()) v.requires_grad_(true);
+    }
     var.set_value(v);
     var.set_kind(vs.kind);
     var.metadata() = vs.metadata;

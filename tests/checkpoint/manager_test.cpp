@@ -558,3 +558,48 @@ TEST(CheckpointManager, SingleItemSaveAndRestoreOfTheLatestStep) {
   EXPECT_TRUE(m.restore(1, StandardRestore(abstract)).equal(s));
   EXPECT_EQ(m.restore(Composite{{"data", JsonRestore()}}).json_item("data")["index"], 17);
 }
+
+// A step removed by hand (an operator freeing space) is forgotten by retention instead of
+// failing it, then and at every later save.
+TEST(CheckpointManager, RetentionForgetsAStepRemovedByHand) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.max_to_keep = 2;
+  CheckpointManager m(dir.path(), o);
+  m.save(1, item(1));
+  m.save(2, item(2));
+  stdfs::remove_all(dir / "1");
+  EXPECT_TRUE(m.save(3, item(3)));
+  EXPECT_TRUE(m.save(4, item(4)));
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{3, 4}));
+}
+
+// Save decisions see the save in flight: with an initial save and async saving, the step after
+// the first is not "the first save" again.
+TEST(CheckpointManager, SaveDecisionsSeeTheSaveInFlight) {
+  test::TempDir dir;
+  auto o = sync_opts();
+  o.enable_async_checkpointing = true;
+  o.save_decision_policy = std::make_shared<InitialSavePolicy>();
+  CheckpointManager m(dir.path(), o);
+  ASSERT_TRUE(m.save(1, big_item(1)));
+  EXPECT_FALSE(m.should_save(2));  // true before, while step 1 was in flight
+  m.wait_until_finished();
+  EXPECT_FALSE(m.should_save(2));
+}
+
+// A metric cache shared by two managers' policies (one policy object) never mixes their steps:
+// values are keyed by step and save time.
+TEST(CheckpointManager, ASharedBestNPolicyKeepsEachDirectorysOwnBest) {
+  auto policy = std::make_shared<BestN>(metric_key("loss"), "min", 1, false);
+  test::TempDir a, b;
+  CheckpointManager ma(a.path(), with_keep(policy));
+  CheckpointManager mb(b.path(), with_keep(policy));
+  ma.save(1, item(1), {{"loss", 0.1}});
+  mb.save(1, item(1), {{"loss", 0.9}});
+  ma.save(2, item(2), {{"loss", 0.5}});
+  mb.save(2, item(2), {{"loss", 0.2}});
+  mb.save(3, item(3), {{"loss", 0.3}});
+  EXPECT_EQ(ma.all_steps(), (std::vector<int64_t>{1, 2}));  // 1 best, 2 latest
+  EXPECT_EQ(mb.all_steps(), (std::vector<int64_t>{2, 3}));  // 2 best (not step 1's 0.1 of a)
+}

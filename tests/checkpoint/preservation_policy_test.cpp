@@ -103,3 +103,17 @@ TEST(PreservationPolicy, BadArgumentsAreErrors) {
   EXPECT_THROW(AnyPreservationPolicy({}), Error);
   EXPECT_THROW(AnyPreservationPolicy({nullptr}), Error);
 }
+
+namespace {
+struct ShortPolicy : PreservationPolicy {
+  std::vector<bool> should_preserve(const std::vector<CheckpointInfo>&, const PreservationContext&) const override {
+    return {true};
+  }
+};
+}  // namespace
+
+// A union over a policy that returns the wrong number of flags is an error, not a read past it.
+TEST(PreservationPolicy, UnionChecksEachPolicysAnswer) {
+  AnyPreservationPolicy any({std::make_shared<LatestN>(1), std::make_shared<ShortPolicy>()});
+  EXPECT_THROW(any.should_preserve(ten_steps(kLoss), PreservationContext{0}), Error);
+}

@@ -503,8 +503,12 @@ nlohmann::json Config::to_json() const {
       {"train", {{"max_steps", train.max_steps}, {"batch_size", train.batch_size},
                  {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", train.nonfinite}}},
       {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
-      {"checkpoint", {{"save_interval_steps", checkpoint.save_interval_steps}, {"max_to_keep", checkpoint.max_to_keep},
-                      {"keep_period", checkpoint.keep_period}, {"async", checkpoint.async},
+      // A key that checkpoint.save or checkpoint.keep replaces prints as null, so the printed
+      // config loads again (giving both is an error).
+      {"checkpoint", {{"save_interval_steps", checkpoint.save.is_null() ? nlohmann::json(checkpoint.save_interval_steps) : nlohmann::json()},
+                      {"max_to_keep", checkpoint.keep.is_null() ? nlohmann::json(checkpoint.max_to_keep) : nlohmann::json()},
+                      {"keep_period", checkpoint.keep.is_null() ? nlohmann::json(checkpoint.keep_period) : nlohmann::json()},
+                      {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
