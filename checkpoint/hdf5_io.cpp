@@ -658,34 +658,6 @@ std::string format_checksum(uint64_t xxh3_64) {
   return buf;
 }
 
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return "float64";
-    case at::kFloat: return "float32";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: NNX_CHECK(false, "dtype ", t, " cannot be checkpointed");
-  }
-  return "";
-}
-
-at::ScalarType dtype_from_name(const std::string& n) {
-  static const std::pair<const char*, at::ScalarType> table[] = {
-      {"float64", at::kDouble}, {"float32", at::kFloat}, {"float16", at::kHalf},
-      {"bfloat16", at::kBFloat16}, {"int64", at::kLong}, {"int32", at::kInt},
-      {"int16", at::kShort}, {"int8", at::kChar}, {"uint8", at::kByte}, {"bool", at::kBool}};
-  for (const auto& [name, t] : table)
-    if (n == name) return t;
-  NNX_CHECK(false, "unknown dtype '", n, "'");
-  return at::kFloat;
-}
-
 H5File H5File::create(const std::string& path) {
   silence_hdf5();
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);

@@ -13,6 +13,7 @@
 
 #include "checkpoint/fs.h"
 #include "checkpoint/metadata.h"
+#include "framework/dtype.h"
 #include "framework/filter.h"
 #include "framework/sharding.h"
 #include "framework/state.h"
@@ -192,10 +193,9 @@ void write_json(H5File& file, const std::string& item, const nlohmann::json& val
 /// Reads /json/<item>; throws nnx::Error naming the file and item when absent or not JSON.
 nlohmann::json read_json(const H5File& file, const std::string& item);
 
-/// Logical dtype name ("float32", "bfloat16", ...) of a torch dtype; throws for unsupported.
-std::string dtype_name(at::ScalarType t);
-/// Inverse of dtype_name; throws nnx::Error naming the value.
-at::ScalarType dtype_from_name(const std::string& name);
+/// The `dtype` attribute's names (framework/dtype.h).
+using nnx::dtype_from_name;
+using nnx::dtype_name;
 
 /// "xxh3_64:<16 hex digits>" of `n` bytes.
 std::string checksum_bytes(const void* data, size_t n);

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "framework/dtype.h"
 #include "framework/graph.h"
 #include "framework/state.h"
 
@@ -34,7 +35,7 @@ Variable param(at::Tensor t) {
 }  // namespace
 
 Linear::Linear(int64_t in, int64_t out, Rngs& rngs, bool bias, init::Scheme s, at::ScalarType dtype)
-    : in_features(in), out_features(out), use_bias(bias), scheme(s) {
+    : in_features(in), out_features(out), use_bias(bias), scheme(s), dtype(dtype) {
   NNX_CHECK(in > 0 && out > 0, "Linear needs positive sizes, got in_features=", in,
             " out_features=", out);
   register_variable("kernel", param(init_kernel({in, out}, in, s, rngs, dtype)));
@@ -49,8 +50,10 @@ at::Tensor Linear::forward(const at::Tensor& x) {
 }
 
 nlohmann::json Linear::config() const {
-  return {{"in_features", in_features}, {"out_features", out_features}, {"use_bias", use_bias},
-          {"init", init::to_string(scheme)}};
+  nlohmann::json c = {{"in_features", in_features}, {"out_features", out_features}, {"use_bias", use_bias},
+                      {"init", init::to_string(scheme)}};
+  if (dtype != at::kFloat) c["dtype"] = dtype_name(dtype);  // a bf16 Linear rebuilds as bf16
+  return c;
 }
 
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Rngs& rngs, int64_t stride_, int64_t padding_,
@@ -218,8 +221,8 @@ void register_builtin_layers() {
     using J = nlohmann::json;
     auto scheme = [](const J& c) { return init::scheme_from_string(c.value("init", "pytorch")); };
     ModuleRegistry::add("Linear", [scheme](const J& c, Rngs& r) {
-      return std::make_shared<Linear>(c.at("in_features"), c.at("out_features"), r,
-                                      c.value("use_bias", true), scheme(c));
+      return std::make_shared<Linear>(c.at("in_features"), c.at("out_features"), r, c.value("use_bias", true),
+                                      scheme(c), dtype_from_name(c.value("dtype", "float32")));
     });
     ModuleRegistry::add("Conv2d", [scheme](const J& c, Rngs& r) {
       return std::make_shared<Conv2d>(c.at("in_channels"), c.at("out_channels"),

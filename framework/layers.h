@@ -28,6 +28,7 @@ class Linear : public ModuleBase<Linear> {
   int64_t in_features, out_features;
   bool use_bias;
   init::Scheme scheme;
+  at::ScalarType dtype;  ///< of the params (config "dtype", omitted for float32)
 };
 
 /// 2-D convolution (at::conv2d), NCHW. kernel: [out, in, kh, kw] (PyTorch's layout); bias: [out].

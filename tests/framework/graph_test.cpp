@@ -204,3 +204,16 @@ TEST(Graph, MergedModelTrainsAndMergeChecksShapeAndDtype) {
   wrong.at("fc2/bias").value = at::zeros({4}, at::kDouble);
   EXPECT_THROW(merge(gd, {wrong, rest}), Error);
 }
+
+// A bf16 Linear rebuilt from its GraphDef's JSON is bf16 again (config() kept no dtype, and the
+// merge then failed on the dtype check, or trained in float32 before it).
+TEST(Graph, Bfloat16LinearRebuildsFromJsonAsBfloat16) {
+  Rngs rngs(0);
+  Linear lin(3, 4, rngs, true, init::Scheme::kPyTorch, at::kBFloat16);
+  EXPECT_EQ(lin.config()["dtype"], "bfloat16");
+  EXPECT_FALSE(Linear(3, 4, rngs).config().contains("dtype"));  // float32 stays implicit
+  GraphDef restored = GraphDef::from_json(nlohmann::json::parse(graphdef(lin).to_json().dump()));
+  auto m = merge(restored, {state(lin)});
+  EXPECT_EQ(m->variable("kernel").value().scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(state(*m).equal(state(lin)));
+}
