@@ -28,18 +28,14 @@ at::Tensor init_bias(int64_t n, int64_t fan_in, init::Scheme scheme, Rngs& rngs,
   double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
   return init::uniform({n}, -bound, bound, *rngs.stream("params"), dtype);
 }
-Variable param(at::Tensor t) {
-  if (!t.is_meta()) t.requires_grad_(true);
-  return Param(std::move(t));
-}
 }  // namespace
 
 Linear::Linear(int64_t in, int64_t out, Rngs& rngs, bool bias, init::Scheme s, at::ScalarType dtype)
     : in_features(in), out_features(out), use_bias(bias), scheme(s), dtype(dtype) {
   NNX_CHECK(in > 0 && out > 0, "Linear needs positive sizes, got in_features=", in,
             " out_features=", out);
-  register_variable("kernel", param(init_kernel({in, out}, in, s, rngs, dtype)));
-  if (bias) register_variable("bias", param(init_bias(out, in, s, rngs, dtype)));
+  register_variable("kernel", Param(init_kernel({in, out}, in, s, rngs, dtype)));
+  if (bias) register_variable("bias", Param(init_bias(out, in, s, rngs, dtype)));
 }
 
 at::Tensor Linear::forward(const at::Tensor& x) {
@@ -64,8 +60,8 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Rngs& rngs, int64_t stride_, 
             "Conv2d: invalid sizes in_channels=", in, " out_channels=", out, " kernel_size=", k,
             " stride=", stride_, " padding=", padding_);
   int64_t fan_in = in * k * k;
-  register_variable("kernel", param(init_kernel({out, in, k, k}, fan_in, s, rngs)));
-  if (bias) register_variable("bias", param(init_bias(out, fan_in, s, rngs)));
+  register_variable("kernel", Param(init_kernel({out, in, k, k}, fan_in, s, rngs)));
+  if (bias) register_variable("bias", Param(init_bias(out, fan_in, s, rngs)));
 }
 
 at::Tensor Conv2d::forward(const at::Tensor& x) {
@@ -101,8 +97,8 @@ BatchNorm::BatchNorm(int64_t n, int dims, double m, double e)
   NNX_CHECK(n > 0, "BatchNorm needs num_features > 0, got ", n);
   NNX_CHECK(dims == 0 || dims == 2, "BatchNorm supports 0 (1d) or 2 (2d) spatial dims, got ", dims);
   NNX_CHECK(m >= 0 && m <= 1, "BatchNorm momentum must be in [0, 1], got ", m);
-  register_variable("scale", param(init::ones({n})));
-  register_variable("bias", param(init::zeros({n})));
+  register_variable("scale", Param(init::ones({n})));
+  register_variable("bias", Param(init::zeros({n})));
   register_variable("mean", BatchStat(init::zeros({n})));
   register_variable("var", BatchStat(init::ones({n})));
 }
@@ -123,8 +119,8 @@ nlohmann::json BatchNorm::config() const {
 
 LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
   NNX_CHECK(d > 0, "LayerNorm needs dim > 0, got ", d);
-  register_variable("scale", param(init::ones({d})));
-  register_variable("bias", param(init::zeros({d})));
+  register_variable("scale", Param(init::ones({d})));
+  register_variable("bias", Param(init::zeros({d})));
 }
 
 at::Tensor LayerNorm::forward(const at::Tensor& x) {
@@ -156,7 +152,7 @@ Embedding::Embedding(int64_t n, int64_t f, Rngs& rngs, init::Scheme s)
   // PyTorch: N(0, 1) (torch.nn.Embedding); Flax: variance_scaling(1, fan_in, normal) -> std
   // 1/sqrt(features).
   double std = s == init::Scheme::kPyTorch ? 1.0 : 1.0 / std::sqrt(static_cast<double>(f));
-  register_variable("embedding", param(init::normal({n, f}, std, *rngs.stream("params"))));
+  register_variable("embedding", Param(init::normal({n, f}, std, *rngs.stream("params"))));
 }
 
 at::Tensor Embedding::forward(const at::Tensor& ids) {

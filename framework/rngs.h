@@ -49,6 +49,10 @@ class Rngs : public ModuleBase<Rngs> {
   explicit Rngs(const std::map<std::string, uint64_t>& streams);
   /// The stream `name`, or "default"; throws nnx::Error naming both when neither exists.
   std::shared_ptr<RngStream> stream(const std::string& name) const;
+  /// Flax's rngs.params() / rngs.dropout(): the stream of that name (or "default"); throws as
+  /// stream() does. E.g. init::normal(shape, 0.02, rngs.params()).
+  RngStream& params() const { return *stream("params"); }
+  RngStream& dropout() const { return *stream("dropout"); }
   /// Shorthand for stream(name)->next_seed().
   uint64_t next_seed(const std::string& name) { return stream(name)->next_seed(); }
   /// Independent streams for a layer or a rank: every stream forked with `index`.

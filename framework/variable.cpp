@@ -51,6 +51,10 @@ bool Kind::is_a(const Kind& other) const {
 }
 
 Variable Kind::operator()(at::Tensor value, Metadata metadata) const {
+  // A Param is trainable, as in Flax: a floating-point value gets requires_grad (on a tensor of
+  // its own sharing the storage, as torch.nn.Parameter does), so modules need not set it.
+  if (is_a(Param) && value.defined() && !value.is_meta() && value.is_floating_point() && !value.requires_grad())
+    value = value.detach().requires_grad_(true);
   return Variable(*this, std::move(value), std::move(metadata));
 }
 

@@ -38,7 +38,9 @@ class Kind {
   const std::string& name() const { return info_->name; }
   /// True if this kind is `other` or descends from it.
   bool is_a(const Kind& other) const;
-  /// Makes a new Variable of this kind: `nnx::Param(at::zeros({3}))`, like `nnx.Param(x)`.
+  /// Makes a new Variable of this kind: `nnx::Param(at::zeros({3}))`, like `nnx.Param(x)`. A
+  /// Param (or a kind of Param) of floating-point values requires grad: a new tensor sharing
+  /// `value`'s storage, with requires_grad set (torch.nn.Parameter's rule); meta values are kept.
   Variable operator()(at::Tensor value, Metadata metadata = {}) const;
 
   bool operator==(const Kind& o) const { return info_ == o.info_; }

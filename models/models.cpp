@@ -88,9 +88,7 @@ GPT::GPT(const GptOptions& o, std::shared_ptr<Rngs> rngs) : options(o) {
   NNX_CHECK(o.vocab_size > 0 && o.block_size > 0 && o.num_layers > 0, "GPT: vocab_size, block_size and num_layers must be positive");
   register_module("rngs", rngs);
   register_module("embed", std::make_shared<Embedding>(o.vocab_size, o.d_model, *rngs, o.init));
-  auto pos = init::normal({o.block_size, o.d_model}, 0.02, *rngs->stream("params"));
-  if (!pos.is_meta()) pos.requires_grad_(true);
-  register_variable("pos_embedding", Param(pos));
+  register_variable("pos_embedding", Param(init::normal({o.block_size, o.d_model}, 0.02, *rngs->stream("params"))));
   auto blocks = std::make_shared<ModuleList>();
   for (int64_t i = 0; i < o.num_layers; ++i)
     blocks->push_back(std::make_shared<TransformerBlock>(o.d_model, o.num_heads, o.dropout, *rngs, o.init));

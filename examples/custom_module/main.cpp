@@ -15,9 +15,7 @@ struct Regressor : nnx::ModuleBase<Regressor> {
   explicit Regressor(nnx::Rngs& rngs) {
     register_module("hidden", std::make_shared<nnx::Linear>(3, 16, rngs));
     register_module("out", std::make_shared<nnx::Linear>(16, 1, rngs));
-    auto s = nnx::init::ones({1});
-    if (!s.is_meta()) s.requires_grad_(true);
-    register_variable("scale", Scale(s));
+    register_variable("scale", Scale(nnx::init::ones({1})));  // a kind of Param: trainable
   }
   at::Tensor forward(const at::Tensor& x) override {
     return child("out").forward(at::tanh(child("hidden").forward(x))) * variable("scale").value();

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "framework/error.h"
 #include "framework/graph.h"
 #include "framework/layers.h"
 
@@ -58,4 +59,15 @@ TEST(Rngs, DropoutMaskReproducedFromRestoredState) {
   drop.eval();
   EXPECT_TRUE(at::equal(drop.forward(x), x));
   EXPECT_THROW(Dropout(1.0, rngs), Error);
+}
+
+// rngs.params() and rngs.dropout() are the named streams (or "default"), as in Flax.
+TEST(Rngs, ParamsAndDropoutShorthands) {
+  Rngs two({{"params", 0}, {"dropout", 1}});
+  EXPECT_EQ(&two.params(), two.stream("params").get());
+  EXPECT_EQ(&two.dropout(), two.stream("dropout").get());
+  Rngs one(7);
+  EXPECT_EQ(&one.params(), one.stream("default").get());
+  Rngs only({{"noise", 3}});
+  EXPECT_THROW(only.params(), Error);
 }

@@ -30,3 +30,18 @@ TEST(Variable, SharedHandleSeesReplacement) {
   nnx::Variable c = nnx::Param(at::ones({3}));
   EXPECT_FALSE(a.is(c));
 }
+
+// A Param (and a kind of Param) is trainable as made, as in Flax: floating values require grad
+// on a tensor of their own (the caller's keeps its flag); other kinds, integer and meta values
+// are left as they are.
+TEST(Variable, ParamsOfFloatsRequireGradAsMade) {
+  at::Tensor w = at::zeros({3});
+  auto p = nnx::Param(w);
+  EXPECT_TRUE(p.value().requires_grad());
+  EXPECT_FALSE(w.requires_grad());
+  EXPECT_EQ(p.value().data_ptr(), w.data_ptr());  // the same storage
+  EXPECT_TRUE(LoraParam(at::ones({2})).value().requires_grad());
+  EXPECT_FALSE(nnx::BatchStat(at::ones({2})).value().requires_grad());
+  EXPECT_FALSE(nnx::Param(at::zeros({2}, at::kLong)).value().requires_grad());
+  EXPECT_FALSE(nnx::Param(at::empty({2}, at::TensorOptions().device(at::kMeta))).value().requires_grad());
+}
