@@ -392,15 +392,7 @@ class ReadPipeline {
       const size_t n = static_cast<size_t>(t.numel() * t.element_size());
       std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash(verify_ ? XXH3_createState() : nullptr, XXH3_freeState);
       NNX_CHECK(!verify_ || (hash && XXH3_64bits_reset(hash.get()) == XXH_OK), "cannot start a checksum for ", where);
-      for (size_t done = 0; done < n;) {
-        const size_t want = std::min(n - done, kSlice);
-        ssize_t r = ::pread(fd, p + done, want, static_cast<off_t>(offset + done));
-        if (r < 0 && errno == EINTR) continue;
-        NNX_CHECK(r > 0, "cannot read ", where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
-                  " (file truncated or corrupt?)");
-        if (hash) XXH3_64bits_update_dispatch(hash.get(), p + done, static_cast<size_t>(r));
-        done += static_cast<size_t>(r);
-      }
+      read_slices(fd, p, n, offset, where, hash.get());
       if (hash) expect_checksum(format_checksum(XXH3_64bits_digest(hash.get())), expected, where);
     });
   }
@@ -416,19 +408,26 @@ class ReadPipeline {
     auto shared_expected = std::make_shared<const std::string>(std::move(expected));
     for (size_t i = 0; i < pieces; ++i)
       workers_.submit([this, t, p, n, i, fd, offset, left, shared_where, shared_expected] {
-        const size_t from = i * kPiece, len = std::min(kPiece, n - from);
-        for (size_t done = 0; done < len;) {
-          ssize_t r = ::pread(fd, p + from + done, len - done, static_cast<off_t>(offset + from + done));
-          if (r < 0 && errno == EINTR) continue;
-          NNX_CHECK(r > 0, "cannot read ", *shared_where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
-                    " (file truncated or corrupt?)");
-          done += static_cast<size_t>(r);
-        }
+        const size_t from = i * kPiece;
+        read_slices(fd, p + from, std::min(kPiece, n - from), offset + from, *shared_where, nullptr);
         if (left->fetch_sub(1) == 1 && verify_) check_sum_now(t, *shared_expected, *shared_where);
       });
   }
   // Waits for every read and checksum; throws the first failure.
   void finish() { workers_.finish(); }
+
+  // Reads the file's bytes [offset, offset + n) into `p` in kSlice slices, each added to `hash`
+  // (when set) while it is still in the core's cache. Throws nnx::Error naming `where`.
+  static void read_slices(int fd, char* p, size_t n, uint64_t offset, const std::string& where, XXH3_state_t* hash) {
+    for (size_t done = 0; done < n;) {
+      ssize_t r = ::pread(fd, p + done, std::min(n - done, kSlice), static_cast<off_t>(offset + done));
+      if (r < 0 && errno == EINTR) continue;
+      NNX_CHECK(r > 0, "cannot read ", where, ": ", r < 0 ? std::strerror(errno) : "unexpected end of file",
+                " (file truncated or corrupt?)");
+      if (hash) XXH3_64bits_update_dispatch(hash, p + done, static_cast<size_t>(r));
+      done += static_cast<size_t>(r);
+    }
+  }
 
   // A source file of a virtual dataset (a rank's shard), opened once per read_state and kept
   // open until the reads finish: its HDF5 id and its descriptor (-1, -1 when it cannot be

@@ -160,6 +160,27 @@ std::pair<GraphDef, std::vector<State>> split_states(const Module& module,
   return {graphdef(module), state(module).split(filters)};
 }
 
+namespace {
+// The value merge() binds at `path`: checked against the graphdef's prototype `proto` as
+// update() checks (a state made for another model), detached as update() does (a leaf of its
+// own sharing the state's storage, so the state's tensor is untouched), and trainable when a
+// floating-point Param, as the Param kind makes it.
+at::Tensor merged_value(const at::Tensor& proto, const VariableState& vs, const std::string& path) {
+  at::Tensor v = vs.value;
+  if (proto.defined() && v.defined()) {
+    NNX_CHECK(proto.sizes() == v.sizes(), "merge: shape mismatch at '", path, "': graphdef ",
+              format_shape(proto.sizes()), ", state ", format_shape(v.sizes()));
+    NNX_CHECK(proto.scalar_type() == v.scalar_type(), "merge: dtype mismatch at '", path, "': graphdef ",
+              proto.scalar_type(), ", state ", v.scalar_type());
+  }
+  if (v.defined() && !v.is_meta()) {
+    v = v.detach();
+    if (vs.kind.is_a(Param) && v.is_floating_point()) v.requires_grad_(true);
+  }
+  return v;
+}
+}  // namespace
+
 std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>& states) {
   std::shared_ptr<Module> root;
   if (graphdef.prototype_) {
@@ -197,22 +218,7 @@ std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>
     NNX_CHECK(all.contains(path), "merge: no state holds variable '", path, "' (",
               var.kind().name(), ", ", format_shape(var.value().sizes()), ")");
     const VariableState& vs = all.at(path);
-    const at::Tensor& proto = var.value();
-    at::Tensor v = vs.value;
-    if (proto.defined() && v.defined()) {  // as update() checks: a state made for another model
-      NNX_CHECK(proto.sizes() == v.sizes(), "merge: shape mismatch at '", path, "': graphdef ",
-                format_shape(proto.sizes()), ", state ", format_shape(v.sizes()));
-      NNX_CHECK(proto.scalar_type() == v.scalar_type(), "merge: dtype mismatch at '", path, "': graphdef ",
-                proto.scalar_type(), ", state ", v.scalar_type());
-    }
-    // As update() does: a leaf of its own (detached, sharing the state's storage, so the state's
-    // tensor is untouched), and a merged model trains: its floating-point Params require grad,
-    // as the modules' constructors make them.
-    if (v.defined() && !v.is_meta()) {
-      v = v.detach();
-      if (vs.kind.is_a(Param) && v.is_floating_point()) v.requires_grad_(true);
-    }
-    var.set_value(v);
+    var.set_value(merged_value(var.value(), vs, path));
     var.set_kind(vs.kind);
     var.metadata() = vs.metadata;
     used.insert(path);

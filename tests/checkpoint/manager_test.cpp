@@ -583,6 +583,9 @@ TEST(CheckpointManager, SaveDecisionsSeeTheSaveInFlight) {
   o.save_decision_policy = std::make_shared<InitialSavePolicy>();
   CheckpointManager m(dir.path(), o);
   ASSERT_TRUE(m.save(1, big_item(1)));
+  // Only while step 1 is in flight does this tell the fix apart (once committed, step 1 counts
+  // either way); 64 MB take far longer to write than the next line to run.
+  ASSERT_TRUE(m.is_saving_in_progress()) << "the 64 MB save committed before the check; the test proves nothing";
   EXPECT_FALSE(m.should_save(2));  // true before, while step 1 was in flight
   m.wait_until_finished();
   EXPECT_FALSE(m.should_save(2));

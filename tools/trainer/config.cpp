@@ -294,6 +294,7 @@ nlohmann::json save_policy_value(Section& e, const std::string& kind) {
   return v;
 }
 
+// The metrics nnx-train's records hold, by which checkpoints can be ranked.
 const std::vector<std::string> kMetrics = {"eval_loss", "eval_accuracy", "loss"};
 
 // best_n: N, or {n, metric, mode, keep_checkpoints_without_metrics}.
@@ -471,7 +472,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.max_to_keep = ck.in_range<int>("max_to_keep", 3, 1, 1000000);
   c.checkpoint.keep_period = ck.in_range<int64_t>("keep_period", 0, 0, 1e12);
   c.checkpoint.async = ck.get<bool>("async", true);
-  c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", {"", "eval_loss", "eval_accuracy", "loss"});
+  std::vector<std::string> best_metrics = kMetrics;
+  best_metrics.insert(best_metrics.begin(), "");  // "" = no best tracking
+  c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", best_metrics);
   c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
