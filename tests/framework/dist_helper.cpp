@@ -11,6 +11,7 @@
 //   different-steps  rank 0 saves step 2 while rank 1 saves step 1: both must fail, nothing commits
 //   preemption    rank 1 alone receives SIGTERM before step 5; should_save() must agree to save
 //                 step 5 on every rank (and no earlier step), reached_preemption() true on each
+//   fixture       saves the format fixture (tests/checkpoint/fixture_state.h) as DIR/fixture
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
@@ -29,6 +30,7 @@
 #include "framework/graph.h"
 #include "framework/sharding.h"
 #include "optim/optimizer.h"
+#include "../checkpoint/fixture_state.h"
 
 using namespace nnx;
 
@@ -199,6 +201,15 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "zero1") return zero1(*pg, dir);
+    if (mode == "fixture") {
+      checkpoint::Checkpointer c;
+      c.process_group = pg;
+      c.save(dir + "/fixture", checkpoint::Composite{{"state", checkpoint::StandardSave(test::fixture_state(r, n))},
+                                                     {"extra", checkpoint::JsonSave(test::fixture_json())}},
+             {{"step", 7}, {"metrics", {{"loss", 0.5}}}});
+      std::cout << "fixture saved on rank " << r << std::endl;
+      return 0;
+    }
     if (mode == "preemption") return preemption(pg, dir);
     if (mode == "corrupt-restore" || mode == "disagree") return sharded_modes(*pg, mode, dir);
     if (mode == "different-steps") {  // rank 0 saves step 2 while rank 1 saves step 1

@@ -283,6 +283,21 @@ TEST(ZeroOne, Bfloat16ParamsTrainAcrossRanksShardedOrNot) {
     EXPECT_TRUE(a.at(item).equal(b.at(item))) << item << ": " << a.at(item).first_difference(b.at(item));
 }
 
+// The format is a promise: a 2-rank save today writes the same files (datasets, attributes,
+// virtual mappings) as the fixture an earlier version wrote (tests/data/checkpoints-v1).
+TEST(FormatFixtures, ATwoRankSaveWritesTheSameFilesAsTheFixture) {
+  if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code != 0) GTEST_SKIP() << "python3-h5py is not installed";
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " fixture " + dir.path().string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto fixture = test::tests_dir() / "data" / "checkpoints-v1" / "2-ranks";
+  for (const std::string f : {"checkpoint.h5", "shard-0-of-2.h5", "shard-1-of-2.h5"}) {
+    auto c = test::run("/usr/bin/python3 " + (test::tests_dir() / "checkpoint" / "compare_h5.py").string() + " " +
+                       (fixture / f).string() + " " + (dir / "fixture" / f).string());
+    EXPECT_EQ(c.exit_code, 0) << f << ": " << c.output;
+  }
+}
+
 TEST(ZeroOne, ACorruptPieceFailsTheRestoreOnEveryRank) {
   test::TempDir dir;
   // Rank 0 reads only its own piece; rank 1's is corrupt: both must fail, naming it.
