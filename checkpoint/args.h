@@ -3,13 +3,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include <any>
 #include <map>
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <typeindex>
 #include <utility>
-#include <variant>
 #include <vector>
 
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/format/state_reader.h"
 #include "framework/state.h"
 
 namespace nnx::checkpoint {
@@ -44,8 +47,30 @@ struct JsonRestore {};
 /// The item a single-State save and restore use (Orbax's name for a manager's only item).
 inline constexpr const char* kDefaultItem = "default";
 
-/// One item's arguments.
-using ItemArgs = std::variant<StandardSave, StandardRestore, JsonSave, JsonRestore>;
+/// One item's arguments: a value of any args type with a registered handler
+/// (handlers/registry.h): StandardSave, StandardRestore, JsonSave, JsonRestore, or a user's.
+/// Copies share the (immutable) value.
+class ItemArgs {
+ public:
+  template <typename T, typename = std::enable_if_t<!std::is_same_v<std::decay_t<T>, ItemArgs>>>
+  ItemArgs(T&& args)  // NOLINT: implicit, as the variant it replaces
+      : value_(std::make_shared<const std::decay_t<T>>(std::forward<T>(args))), type_(typeid(std::decay_t<T>)) {}
+  /// The args type (what handlers are registered by).
+  std::type_index type() const { return type_; }
+  /// The value when it is a T, else null.
+  template <typename T>
+  const T* get_if() const {
+    return type_ == std::type_index(typeid(T)) ? static_cast<const T*>(value_.get()) : nullptr;
+  }
+  template <typename T>
+  bool holds() const {
+    return get_if<T>() != nullptr;
+  }
+
+ private:
+  std::shared_ptr<const void> value_;
+  std::type_index type_;
+};
 
 /// Named items saved or restored together (ocp.args.Composite). Item names: non-empty, no '/',
 /// not "json". A restore may name a subset of the saved items.
@@ -56,21 +81,34 @@ class Composite {
   /// Adds an item; throws nnx::Error for a bad or repeated name.
   Composite& add(const std::string& name, ItemArgs args);
   const std::vector<std::pair<std::string, ItemArgs>>& items() const { return items_; }
-  /// Total bytes of the StandardSave items.
+  /// Total bytes of the items' tensors (ItemHandler::nbytes).
   int64_t nbytes() const;
 
  private:
   std::vector<std::pair<std::string, ItemArgs>> items_;
 };
 
-/// What a restore returns: one State per StandardRestore item, one JSON value per JsonRestore.
+/// What a restore returns: one State per StandardRestore item, one JSON value per JsonRestore,
+/// and the value of each item of a user's kind (its handler's choice).
 struct Restored {
   std::map<std::string, State> states;
   std::map<std::string, nlohmann::json> json;
+  std::map<std::string, std::any> others;
   /// The State of `item`; throws nnx::Error naming it when it was not restored.
   const State& state(const std::string& item) const;
   /// The JSON of `item`; throws nnx::Error naming it when it was not restored.
   const nlohmann::json& json_item(const std::string& item) const;
+  /// The value of a user kind's `item`; throws nnx::Error naming it when it was not restored
+  /// or is not a T.
+  template <typename T>
+  const T& get(const std::string& item) const {
+    const T* v = others.count(item) ? std::any_cast<T>(&others.at(item)) : nullptr;
+    if (!v) missing(item);
+    return *v;
+  }
+
+ private:
+  [[noreturn]] static void missing(const std::string& item);
 };
 
 }  // namespace nnx::checkpoint

@@ -9,7 +9,7 @@
 #include <regex>
 #include <set>
 
-#include "checkpoint/fs.h"
+#include "checkpoint/io/fs.h"
 #include "framework/distributed.h"
 #include "framework/error.h"
 #include "framework/log.h"
@@ -17,63 +17,6 @@
 namespace nnx::checkpoint {
 
 namespace stdfs = std::filesystem;
-
-namespace {
-std::atomic<int> g_signal{0};
-std::mutex g_sig_mu;
-int g_sig_users = 0;
-struct sigaction g_old_term, g_old_int;
-
-extern "C" void on_preemption_signal(int sig) { g_signal.store(sig); }
-
-void install_signals() {
-  std::lock_guard<std::mutex> lock(g_sig_mu);
-  if (g_sig_users++ > 0) return;
-  struct sigaction sa {};
-  sa.sa_handler = on_preemption_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, &g_old_term);
-  sigaction(SIGINT, &sa, &g_old_int);
-}
-
-void uninstall_signals() {
-  std::lock_guard<std::mutex> lock(g_sig_mu);
-  if (--g_sig_users > 0) return;
-  sigaction(SIGTERM, &g_old_term, nullptr);
-  sigaction(SIGINT, &g_old_int, nullptr);
-}
-}  // namespace
-
-int preemption_signal() { return g_signal.load(); }
-void reset_preemption() { g_signal.store(0); }
-
-void CheckpointManagerOptions::validate() const {
-  NNX_CHECK(!max_to_keep || *max_to_keep >= 1, "max_to_keep must be >= 1, got ", *max_to_keep);
-  NNX_CHECK(!keep_period || *keep_period >= 1, "keep_period must be >= 1, got ", *keep_period);
-  NNX_CHECK(save_interval_steps >= 1, "save_interval_steps must be >= 1, got ", save_interval_steps);
-  NNX_CHECK(best_mode == "min" || best_mode == "max", "best_mode must be 'min' or 'max', got '", best_mode, "'");
-  NNX_CHECK(step_format_fixed_length >= 0 && step_format_fixed_length <= 20,
-            "step_format_fixed_length must be in [0, 20], got ", step_format_fixed_length);
-  NNX_CHECK(step_prefix.find('/') == std::string::npos && step_prefix.find(".tmp-") == std::string::npos,
-            "invalid step_prefix '", step_prefix, "'");
-  NNX_CHECK(!preservation_policy || (!max_to_keep && !keep_period),
-            "set either preservation_policy or max_to_keep/keep_period, not both");
-}
-
-SaveDecisionPolicyPtr CheckpointManagerOptions::resolved_save_decision_policy() const {
-  if (save_decision_policy) return save_decision_policy;
-  return std::make_shared<AnySavePolicy>(std::vector<SaveDecisionPolicyPtr>{
-      std::make_shared<FixedIntervalPolicy>(save_interval_steps), std::make_shared<PreemptionCheckpointingPolicy>()});
-}
-
-PreservationPolicyPtr CheckpointManagerOptions::resolved_preservation_policy() const {
-  if (preservation_policy) return preservation_policy;
-  if (!max_to_keep) return std::make_shared<PreserveAll>();
-  PreservationPolicyPtr n = std::make_shared<MaxToKeep>(*max_to_keep, best_fn, best_mode, keep_checkpoints_without_metrics);
-  if (!keep_period) return n;
-  return std::make_shared<AnyPreservationPolicy>(
-      std::vector<PreservationPolicyPtr>{n, std::make_shared<EveryNSteps>(*keep_period)});
-}
 
 CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOptions options)
     : directory_(std::move(directory)), options_(std::move(options)) {
@@ -103,7 +46,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
       async_->write_options.direct_io = options_.direct_io;
     }
     if (options_.handle_preemption_signals) {
-      install_signals();
+      install_preemption_handlers();
       signals_installed_ = true;
     }
   }
@@ -137,7 +80,7 @@ void CheckpointManager::close() {
       err = std::current_exception();
     }
   }
-  if (signals_installed_) uninstall_signals();
+  if (signals_installed_) uninstall_preemption_handlers();
   lock_.reset();
   if (err) std::rethrow_exception(err);
 }
@@ -283,7 +226,7 @@ std::optional<int64_t> CheckpointManager::best_step() const {
 bool CheckpointManager::reached_preemption(int64_t step) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (decision_group_ && agreed_preemption_ && agreed_preemption_->first == step) return agreed_preemption_->second;
-  return g_signal.load() != 0;
+  return preemption_signal() != 0;
 }
 
 bool CheckpointManager::is_saving_in_progress() const { return async_ && async_->in_progress(); }
@@ -292,7 +235,7 @@ bool CheckpointManager::should_save(int64_t step) const {
   if (options_.read_only) return false;
   DecisionContext ctx;
   ctx.is_saving_in_progress = is_saving_in_progress();
-  ctx.reached_preemption = g_signal.load() != 0;
+  ctx.reached_preemption = preemption_signal() != 0;
   ctx.now = unix_seconds_now();
   const CheckpointInfo info{step, ctx.now, nlohmann::json()};
   bool save = false, save_if_preempted = false;

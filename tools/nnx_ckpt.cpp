@@ -19,7 +19,11 @@
 #include <iostream>
 
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/format/json_item.h"
+#include "checkpoint/format/state_reader.h"
+#include "checkpoint/format/state_writer.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/shard_planner.h"
 #include "checkpoint/manager.h"
 #include "framework/error.h"
 #include "tools/cli.h"

@@ -1,4 +1,4 @@
-#include "checkpoint/checkpointer.h"
+#include "checkpoint/async_checkpointer.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -99,7 +99,7 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
   auto snapshot = [&] {
     Composite snap = snapshot_to_host(args, &buffers);
     ASSERT_EQ(snap.items().size(), 2u);
-    const State& copy = std::get<StandardSave>(snap.items()[0].second).state;
+    const State& copy = snap.items()[0].second.get_if<StandardSave>()->state;
     EXPECT_TRUE(copy.equal(s)) << copy.first_difference(s);
     for (const auto& [p, vs] : copy) {
       EXPECT_TRUE(vs.value.is_contiguous()) << p;
@@ -112,7 +112,7 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
         EXPECT_EQ(reinterpret_cast<uintptr_t>(vs.value.data_ptr()) % 4096, 0u) << p;
       }
     }
-    EXPECT_TRUE(std::holds_alternative<JsonSave>(snap.items()[1].second));
+    EXPECT_TRUE(snap.items()[1].second.holds<JsonSave>());
     ptrs.clear();
     for (const auto& [p, vs] : copy) ptrs.push_back(vs.value.data_ptr());
   };

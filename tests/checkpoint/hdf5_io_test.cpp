@@ -1,4 +1,9 @@
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/format/json_item.h"
+#include "checkpoint/format/state_reader.h"
+#include "checkpoint/format/state_writer.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/io/io_stats.h"
+#include "checkpoint/shard_planner.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -43,11 +48,10 @@ size_t flip_byte_after(const std::string& path, const std::string& pattern, size
 }
 
 // read_state of /<item> with `o`, and how it read each dataset.
-std::pair<State, ReadStats> read_counted(const H5File& f, const std::string& item, const State& templ, ReadOptions o = {}) {
-  ReadStats stats;
-  o.stats = &stats;
+std::pair<State, io::IoStats> read_counted(const H5File& f, const std::string& item, const State& templ, ReadOptions o = {}) {
+  io::IoStatsScope scope;
   State out = read_state(f, item, templ, o);
-  return {std::move(out), stats};
+  return {std::move(out), scope.stats()};
 }
 
 State every_dtype() {
@@ -74,8 +78,8 @@ TEST(Hdf5Io, RoundTripsEveryDtypeAndShapeClass) {
   State s = every_dtype();
   {
     H5File f = H5File::create((dir / "a.h5").string());
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open((dir / "a.h5").string());
   State back = read_state(f, "params", s);
@@ -101,8 +105,8 @@ TEST(Hdf5Io, ViewsWriteOnlyTheirElementsAndSlabsSplitLargeTensors) {
   wo.max_write_bytes = 1000;  // forces many slabs
   {
     H5File f = H5File::create((dir / "v.h5").string());
-    write_state(f, "p", s, wo);
-    f.close();
+    io::PendingWrites pending = write_state(f, "p", s, wo);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open((dir / "v.h5").string());
   auto infos = list_item(f, "p");
@@ -117,8 +121,8 @@ TEST(Hdf5Io, TemplateMismatchesNamePathAndBothValues) {
   s.insert("fc/bias", {Param, at::zeros({3}), {}});
   {
     H5File f = H5File::create((dir / "t.h5").string());
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open((dir / "t.h5").string());
   auto expect_error = [&](const State& templ, std::vector<std::string> needles, ReadOptions o = {}) {
@@ -164,8 +168,8 @@ TEST(Hdf5Io, ChecksumDetectsFlippedBytes) {
   const auto path = (dir / "c.h5").string();
   {
     H5File f = H5File::create(path);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   flip_byte_after(path, kOnes, 2000);  // one byte inside the data
   H5File f = H5File::open(path);
@@ -205,17 +209,17 @@ std::string write_stitched(const std::filesystem::path& dir, const at::Tensor& g
     State mine;
     mine.insert("w", {OptState, shard_of(global, spec, Mesh{r, n}).clone(), {{kShardingKey, spec.to_string()}}});
     H5File f = H5File::create((dir / name).string());
-    write_state(f, "opt", mine);
+    io::PendingWrites pending = write_state(f, "opt", mine);
     auto info = list_item(f, "opt");
     src.pieces.push_back({name, info[0].checksum, info[0].shape});
-    f.close();
+    f.close(std::move(pending));
   }
   State local;
   local.insert("w", {OptState, shard_of(global, spec, Mesh{0, n}), {{kShardingKey, spec.to_string()}}});
   const auto path = (dir / "checkpoint.h5").string();
   H5File f = H5File::create(path);
-  write_state_virtual(f, "opt", local, {{"w", src}});
-  f.close();
+  io::PendingWrites pending = write_state_virtual(f, "opt", local, {{"w", src}});
+  f.close(std::move(pending));
   return path;
 }
 State sharded_template(const std::vector<int64_t>& global, const PartitionSpec& spec, const Mesh& mesh) {
@@ -325,8 +329,8 @@ TEST(Hdf5Io, LargeDatasetsRoundTripThroughTheParallelReadPath) {
   const auto path = (dir / "big.h5").string();
   {
     H5File f = H5File::create(path);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open(path);
   for (bool verify : {true, false}) {
@@ -429,15 +433,14 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
     const auto path = (dir / (direct ? "direct.h5" : "hdf5.h5")).string();
     WriteOptions wo;
     wo.direct_io = direct;
-    WriteStats ws;
-    wo.stats = &ws;
+    io::IoStatsScope scope;
     H5File f = H5File::create(path);
-    write_state(f, "params", s, wo);
-    auto [size, sum] = f.commit();
+    auto [size, sum] = f.commit(write_state(f, "params", s, wo));
     EXPECT_THROW(f.commit(), Error);  // once
+    const io::IoStats ws = scope.stats();
     EXPECT_EQ(ws.direct_writes, direct && odirect ? 5 : 0) << direct;
     EXPECT_EQ(ws.hdf5_writes, direct && odirect ? 2 : 7) << direct;
-    EXPECT_EQ(ws.bytes, s.nbytes());
+    EXPECT_EQ(ws.bytes_written, s.nbytes());
     H5File back_file = H5File::open(path);
     if (direct && odirect) {
       // Written with O_DIRECT, not through the page cache: the middle of the 40 MiB dataset
@@ -480,8 +483,8 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
   }
   {
     H5File f = H5File::create((dir / "after.h5").string());
-    write_state(f, "params", s);
-    auto [size, sum] = f.commit();
+    io::PendingWrites pending = write_state(f, "params", s);
+    auto [size, sum] = f.commit(std::move(pending));
     EXPECT_EQ(fs::file_size_and_checksum(dir / "after.h5").second, sum);
   }
   // python3-h5py reads the directly written bytes as the same arrays.
@@ -506,8 +509,8 @@ TEST(Hdf5Io, CorruptionInAnySliceOfALargeDatasetIsDetected) {
   const auto clean = (dir / "clean.h5").string();
   {
     H5File f = H5File::create(clean);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   for (size_t at_byte : {size_t(0), size_t(3 << 19) + 5, size_t(4 << 20) - 1}) {
     const auto path = (dir / ("c" + std::to_string(at_byte) + ".h5")).string();
@@ -536,8 +539,8 @@ TEST(Hdf5Io, OfSeveralCorruptDatasetsTheFirstReadIsNamedEveryTime) {
   const auto path = (dir / "two.h5").string();
   {
     H5File f = H5File::create(path);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   // Corrupt the last byte of every dataset's data (the 2 MiB runs of 1.0f, in file order).
   for (size_t k = 0, pos = 0; k < 3; ++k) pos = flip_byte_after(path, kOnes, (size_t(2) << 20) - 1, pos) + (size_t(2) << 20);
@@ -561,8 +564,8 @@ TEST(Hdf5Io, AnErrorWhileLargeReadsAreInFlightLeavesCleanly) {
   const auto path = (dir / "e.h5").string();
   {
     H5File f = H5File::create(path);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open(path);
   State wrong = s;
@@ -587,8 +590,8 @@ TEST(Hdf5Io, DatasetsRewrittenBigEndianOrChunkedAreReadThroughHdf5) {
   const auto path = (dir / "be.h5").string();
   {
     H5File f = H5File::create(path);
-    write_state(f, "params", s);
-    f.close();
+    io::PendingWrites pending = write_state(f, "params", s);
+    f.close(std::move(pending));
   }
   // Another tool rewrites w as big-endian float32 and v chunked and gzip-compressed, keeping
   // the attributes: both are read through HDF5 (conversion, filters).
@@ -629,15 +632,15 @@ TEST(Hdf5Io, LargeVirtualDatasetsAreReadFromTheShardFiles) {
     State mine;
     mine.insert("p" + std::to_string(r), {Param, at::randn({600, 1000}), {}});
     H5File f = H5File::create((dir / name).string());
-    write_state(f, "params", mine);
+    io::PendingWrites pending = write_state(f, "params", mine);
     for (const auto& info : list_item(f, "params")) sources[info.path].pieces.push_back({name, info.checksum, info.shape});
-    f.close();
+    f.close(std::move(pending));
     for (const auto& [p, vs] : mine) all.insert(p, vs);
   }
   {
     H5File f = H5File::create((dir / "checkpoint.h5").string());
-    write_state_virtual(f, "params", all, sources);
-    f.close();
+    io::PendingWrites pending = write_state_virtual(f, "params", all, sources);
+    f.close(std::move(pending));
   }
   H5File f = H5File::open((dir / "checkpoint.h5").string());
   auto [back, stats] = read_counted(f, "params", all);

@@ -1,4 +1,4 @@
-#include "checkpoint/fs.h"
+#include "checkpoint/io/fs.h"
 #include "checkpoint/manager.h"
 
 #include <ATen/ATen.h>

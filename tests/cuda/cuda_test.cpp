@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "checkpoint/checkpointer.h"
+#include "checkpoint/async_checkpointer.h"
 #include "framework/compat.h"
 #include "framework/graph.h"
 #include "framework/layers.h"

@@ -1,9 +1,9 @@
-// libFuzzer target: the _CHECKPOINT_METADATA parser (checkpoint/metadata.cpp). Every input must
+// libFuzzer target: the _CHECKPOINT_METADATA parser (checkpoint/format/metadata.cpp). Every input must
 // either parse or raise nnx::Error.
 #include <cstdint>
 #include <string>
 
-#include "checkpoint/metadata.h"
+#include "checkpoint/format/metadata.h"
 #include "framework/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -12,7 +12,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -I"$src")
 "$CXX" "${flags[@]}" "$src/tests/fuzz/config_fuzz.cpp" "$src/tools/trainer/config.cpp" -lyaml-cpp -o "$out/config_fuzz"
-"$CXX" "${flags[@]}" "$src/tests/fuzz/metadata_fuzz.cpp" "$src/checkpoint/metadata.cpp" -o "$out/metadata_fuzz"
+"$CXX" "${flags[@]}" "$src/tests/fuzz/metadata_fuzz.cpp" "$src/checkpoint/format/metadata.cpp" -o "$out/metadata_fuzz"
 for t in config metadata; do
   mkdir -p "$out/work-$t"
   rc=0

@@ -9,7 +9,11 @@
 #include <thread>
 
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/format/json_item.h"
+#include "checkpoint/format/state_reader.h"
+#include "checkpoint/format/state_writer.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/shard_planner.h"
 #include "checkpoint/manager.h"
 #include "test_util.h"
 #include "tools/run_util.h"

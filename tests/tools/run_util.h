@@ -16,7 +16,11 @@
 #include <vector>
 
 #include "checkpoint/checkpointer.h"
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/format/json_item.h"
+#include "checkpoint/format/state_reader.h"
+#include "checkpoint/format/state_writer.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/shard_planner.h"
 #include "checkpoint/manager.h"
 
 extern char** environ;

@@ -11,8 +11,12 @@
 #include <cstring>
 #include <filesystem>
 
-#include "checkpoint/checkpointer.h"
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/async_checkpointer.h"
+#include "checkpoint/format/json_item.h"
+#include "checkpoint/format/state_reader.h"
+#include "checkpoint/format/state_writer.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/shard_planner.h"
 #include "framework/graph.h"
 #include "optim/optimizer.h"
 #include "tools/trainer/trainer.h"
@@ -147,14 +151,13 @@ struct TwoRankCheckpoint {
       nnx::State mine;
       for (int i = r; i < 100; i += 2) mine.insert("layer" + std::to_string(i) + "/kernel", {nnx::Param, at::randn({1000 * 1000}), {}});
       ck::H5File f = ck::H5File::create((dir / name).string());
-      ck::write_state(f, "params", mine);
+      auto pending = ck::write_state(f, "params", mine);
       for (const auto& info : ck::list_item(f, "params")) sources[info.path].pieces.push_back({name, info.checksum, info.shape});
-      f.close();
+      f.close(std::move(pending));
       for (const auto& [p, vs] : mine) all.insert(p, vs);
     }
     ck::H5File f = ck::H5File::create((dir / "checkpoint.h5").string());
-    ck::write_state_virtual(f, "params", all, sources);
-    f.close();
+    f.close(ck::write_state_virtual(f, "params", all, sources));
     templ = abstract_of(all);
   }
   ~TwoRankCheckpoint() { std::filesystem::remove_all(dir); }

@@ -30,8 +30,9 @@
 #include <iostream>
 #include <map>
 
-#include "checkpoint/checkpointer.h"
-#include "checkpoint/fs.h"
+#include "checkpoint/async_checkpointer.h"
+#include "checkpoint/shard_planner.h"
+#include "checkpoint/io/fs.h"
 #include "checkpoint/manager.h"
 #include "framework/data/dataset.h"
 #include "framework/distributed.h"

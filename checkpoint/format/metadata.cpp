@@ -1,4 +1,6 @@
-#include "checkpoint/metadata.h"
+#include "checkpoint/format/metadata.h"
+
+#include <cctype>
 
 #include "framework/error.h"
 
@@ -17,6 +19,15 @@ void check_structure(const nlohmann::json& s, const std::string& where, const st
            r[0].get<int64_t>() >= 0 && r[1].get<int64_t>() >= (int64_t(1) << 20);
   NNX_CHECK(ok, "'", where, "': file '", file, "' has a malformed structure checksum");
 }
+// An item kind names the handler that wrote it (handlers/registry.h): "state", "json", or a
+// user kind's name.
+bool valid_kind(const nlohmann::json& k) {
+  if (!k.is_string() || k.get<std::string>().empty() || k.get<std::string>().size() > 64) return false;
+  for (char c : k.get<std::string>())
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != '.') return false;
+  return true;
+}
+
 }  // namespace
 
 nlohmann::json parse_metadata(const std::string& text, const std::string& where) {
@@ -38,8 +49,8 @@ nlohmann::json parse_metadata(const std::string& text, const std::string& where)
   }
   NNX_CHECK(j.contains("items") && j["items"].is_object(), "'", where, "' lists no items");
   for (auto it = j["items"].begin(); it != j["items"].end(); ++it)
-    NNX_CHECK(it.value() == "state" || it.value() == "json", "'", where, "': item '", it.key(),
-              "' has kind ", it.value().dump(), " (expected \"state\" or \"json\")");
+    NNX_CHECK(valid_kind(it.value()), "'", where, "': item '", it.key(), "' has kind ", it.value().dump(),
+              " (expected \"state\", \"json\" or a registered handler's kind: letters, digits, '_', '-', '.')");
   NNX_CHECK(!j.contains("step") || j["step"].is_number_integer(), "'", where, "': step is not an integer");
   NNX_CHECK(!j.contains("world_size") || (j["world_size"].is_number_integer() && j["world_size"].get<int64_t>() >= 1),
             "'", where, "': world_size is not a positive integer");

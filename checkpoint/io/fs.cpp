@@ -1,4 +1,4 @@
-#include "checkpoint/fs.h"
+#include "checkpoint/io/fs.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -6,8 +6,6 @@
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
-#include <xxh_x86dispatch.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,10 +15,10 @@
 #include <memory>
 #include <random>
 #include <sstream>
-#include <thread>
 #include <vector>
 
-#include "checkpoint/hdf5_io.h"
+#include "checkpoint/io/checksum.h"
+#include "checkpoint/io/task_group.h"
 #include "framework/error.h"
 
 namespace nnx::checkpoint::fs {
@@ -52,15 +50,23 @@ std::string unique_suffix() {
   return os.str();
 }
 
+namespace {
+// A file opened read-only for hashing, closed on scope exit; throws nnx::Error naming it.
+struct ReadOnlyFile {
+  int fd;
+  explicit ReadOnlyFile(const stdfs::path& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
+  }
+  ~ReadOnlyFile() { ::close(fd); }
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+};
+}  // namespace
+
 std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, const std::vector<MemoryRange>& from_memory) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
-  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
-  struct CloseFd {
-    int fd;
-    ~CloseFd() { ::close(fd); }
-  } closer{fd};
-  NNX_CHECK(st && XXH3_64bits_reset(st.get()) == XXH_OK, "cannot start a checksum of '", path.string(), "'");
+  const ReadOnlyFile file(path);
+  const int fd = file.fd;
+  StreamingChecksum st;
   std::vector<char> buf(256 << 10);
   int64_t pos = 0;
   // Hashes the file's bytes [pos, end) (end < 0: to the end of the file); returns false at EOF.
@@ -71,7 +77,7 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, 
       if (n < 0 && errno == EINTR) continue;
       NNX_CHECK(n >= 0, "cannot read '", path.string(), "': ", std::strerror(errno));
       if (n == 0) return false;
-      XXH3_64bits_update_dispatch(st.get(), buf.data(), static_cast<size_t>(n));
+      st.update(buf.data(), static_cast<size_t>(n));
       pos += n;
     }
     return true;
@@ -79,14 +85,14 @@ std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, 
   for (const MemoryRange& r : from_memory) {
     NNX_INTERNAL_ASSERT(r.offset >= pos && r.size >= 0, "memory ranges of '", path.string(), "' overlap or are unsorted");
     NNX_CHECK(read_until(r.offset), "'", path.string(), "' ends before offset ", r.offset, " (truncated?)");
-    XXH3_64bits_update_dispatch(st.get(), r.data, static_cast<size_t>(r.size));
+    st.update(r.data, static_cast<size_t>(r.size));
     pos += r.size;
   }
   read_until(-1);
   struct stat sb {};
   NNX_CHECK(::fstat(fd, &sb) == 0 && sb.st_size == pos, "'", path.string(), "' has ", sb.st_size,
             " bytes, but bytes up to offset ", pos, " were written (truncated?)");
-  return {pos, format_checksum(XXH3_64bits_digest(st.get()))};
+  return {pos, st.hex()};
 }
 
 namespace {
@@ -128,16 +134,10 @@ class CacheNeutralReader {
     std::vector<std::unique_ptr<char, decltype(&std::free)>> bufs;
     for (size_t k = 0; k < cold.size(); ++k) bufs.emplace_back(aligned_block(), &std::free);
     std::vector<const char*> got(cold.size(), nullptr);
-    const size_t threads = std::min<size_t>(8, cold.size());
-    std::vector<std::thread> pool;
-    try {
-      for (size_t t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-          for (size_t k = t; k < cold.size(); k += threads) got[k] = read_direct(blocks[cold[k]], bufs[k].get());
-        });
-    } catch (const std::system_error&) {  // no more threads: those started finish the blocks they own
-    }
-    for (auto& th : pool) th.join();
+    io::TaskGroup readers(8);
+    for (size_t k = 0; k < cold.size(); ++k)
+      readers.submit([&, k] { got[k] = read_direct(blocks[cold[k]], bufs[k].get()); });
+    readers.wait();
     for (size_t k = 0; k < cold.size(); ++k)
       if (got[k]) prefetched_.emplace(blocks[cold[k]].offset, Prefetched{std::move(bufs[k]), got[k]});
   }
@@ -201,12 +201,8 @@ class CacheNeutralReader {
 }  // namespace
 
 std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const std::vector<ByteRange>& skip) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
-  struct CloseFd {
-    int fd;
-    ~CloseFd() { ::close(fd); }
-  } closer{fd};
+  const ReadOnlyFile file(path);
+  const int fd = file.fd;
   struct stat sb {};
   NNX_CHECK(::fstat(fd, &sb) == 0, "cannot stat '", path.string(), "': ", std::strerror(errno));
   const int64_t size = sb.st_size;
@@ -216,9 +212,8 @@ std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const 
               r.offset, ", +", r.size, ") is out of order or past the end of the file (", size, " bytes)");
     pos = r.offset + r.size;
   }
-  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> st(XXH3_createState(), XXH3_freeState);
-  NNX_CHECK(st && XXH3_64bits_reset(st.get()) == XXH_OK, "cannot start a checksum of '", path.string(), "'");
-  if (!skip.empty()) XXH3_64bits_update(st.get(), skip.data(), skip.size() * sizeof(ByteRange));
+  StreamingChecksum st;
+  if (!skip.empty()) st.update(skip.data(), skip.size() * sizeof(ByteRange));
   std::vector<ByteRange> blocks;  // the bytes outside `skip`, in blocks of at most kBlock
   auto add = [&](int64_t from, int64_t to) {
     for (; from < to; from += CacheNeutralReader::kBlock)
@@ -232,19 +227,13 @@ std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const 
   add(pos, size);
   CacheNeutralReader reader(fd, path, size);
   reader.prefetch(blocks);
-  for (const ByteRange& b : blocks) XXH3_64bits_update(st.get(), reader.read(b), static_cast<size_t>(b.size));
-  return {size, format_checksum(XXH3_64bits_digest(st.get()))};
+  for (const ByteRange& b : blocks) st.update(reader.read(b), static_cast<size_t>(b.size));
+  return {size, st.hex()};
 }
 
 std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {
-  std::exception_ptr sync_error;
-  std::thread sync([&] {
-    try {
-      fsync_path(path);
-    } catch (...) {
-      sync_error = std::current_exception();
-    }
-  });
+  io::TaskGroup sync(1);
+  sync.submit([&] { fsync_path(path); });
   std::pair<int64_t, std::string> out;
   std::exception_ptr read_error;
   try {
@@ -252,8 +241,7 @@ std::pair<int64_t, std::string> fsync_and_checksum(const stdfs::path& path) {
   } catch (...) {
     read_error = std::current_exception();
   }
-  sync.join();
-  if (sync_error) std::rethrow_exception(sync_error);  // an I/O failure (exit 1) first
+  sync.wait();  // an I/O failure (exit 1) first
   if (read_error) std::rethrow_exception(read_error);
   return out;
 }

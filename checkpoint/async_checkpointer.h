@@ -1,0 +1,60 @@
+// The asynchronous checkpointer (ocp.AsyncCheckpointer): snapshot now, write in the background.
+#pragma once
+
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "checkpoint/checkpointer.h"
+#include "checkpoint/io/task_group.h"
+
+namespace nnx::checkpoint {
+
+/// Asynchronous checkpointer (ocp.AsyncCheckpointer): save() copies every tensor to host memory
+/// (the caller may change its tensors as soon as save() returns), then writes and commits as a
+/// job on the checkpoint subsystem's pool (io::TaskGroup). One save is in flight at a time:
+/// save() first waits for the previous one. A failed background save is rethrown by the next
+/// save() or wait_until_finished(): by every wait_until_finished() that was waiting for it, on
+/// any thread, and by the first one after it. save() is called from one thread at a time;
+/// wait_until_finished(), wait() and in_progress() from any.
+class AsyncCheckpointer : public Checkpointer {
+ public:
+  AsyncCheckpointer() = default;
+  /// Waits for the save in flight; errors are swallowed here (call wait_until_finished first).
+  ~AsyncCheckpointer() override;
+  void save(const std::filesystem::path& path, const Composite& args,
+            const nlohmann::json& metadata = nlohmann::json::object()) override;
+  /// Like save(); `on_commit` runs on the background job after the commit succeeded, and
+  /// `on_failure` (with the error) when the save failed; waiters return after either.
+  void save_async(const std::filesystem::path& path, const Composite& args, const nlohmann::json& metadata,
+                  std::function<void()> on_commit, std::function<void(std::exception_ptr)> on_failure = nullptr);
+  /// Blocks until no save is in flight; rethrows a background failure (see the class comment).
+  void wait_until_finished();
+  /// Blocks until no save is in flight; never throws, reports nothing (a failure stays for
+  /// wait_until_finished()).
+  void wait() const;
+  bool in_progress() const;
+
+ private:
+  struct Flight {
+    std::shared_future<void> done;  // ready when the save committed or failed
+    uint64_t id = 0;
+  };
+  Flight current() const;
+  std::unique_ptr<io::TaskGroup> worker_;  // replaced only by save_async; waited by it and the destructor
+  Flight flight_;                          // done invalid: nothing in flight and no failure left to report
+  uint64_t next_id_ = 0;
+  std::vector<at::Tensor> buffers_;  // the last snapshot's host buffers, reused by the next
+  mutable std::mutex mu_;
+};
+
+/// Copies the tensors of every item to host memory (an async snapshot) with its handler's
+/// snapshot(): contiguous CPU tensors in 4 MiB pieces on up to 4 pool jobs. Buffers from
+/// `reuse` (a previous snapshot's, in order) are reused where dtype and size match, which saves
+/// the page faults of fresh allocations. Throws nnx::Error for an abstract or undefined tensor.
+Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse = nullptr);
+
+}  // namespace nnx::checkpoint

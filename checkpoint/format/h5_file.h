@@ -1,0 +1,69 @@
+// An open HDF5 file of a checkpoint: creation with the format's file properties, commit.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "checkpoint/io/fs.h"
+#include "checkpoint/io/pending_writes.h"
+
+namespace nnx::checkpoint {
+
+namespace io {
+class DirectWriter;
+}
+
+/// An open HDF5 file (RAII). Errors name the file.
+class H5File {
+ public:
+  /// Creates `path` (must not exist) for writing; throws nnx::IOError naming it on failure.
+  static H5File create(const std::string& path);
+  /// Opens `path` read-only; throws nnx::Error naming it when it is missing or not HDF5.
+  static H5File open(const std::string& path);
+  H5File(H5File&& o) noexcept;
+  H5File& operator=(H5File&& o) noexcept;
+  /// Closes the file; uncommitted direct writes are skipped (a save that failed).
+  ~H5File();
+  /// Flushes and closes, then waits for `pending` (what write_state returned for this file).
+  /// Throws nnx::IOError naming the file (and the dataset of a failed write) on failure, and
+  /// nnx::Error when the file has direct writes that `pending` does not hold.
+  void close(io::PendingWrites pending = {});
+  /// The commit protocol's end of a written file: close(pending), fsync, and its size and
+  /// "xxh3_64:<hex>" checksum (fs::file_size_and_checksum). The bytes the direct path wrote are
+  /// hashed from their memory while those writes finish; the rest is read from the page cache.
+  /// Throws nnx::IOError for a failed write or fsync (before any hash error); nnx::Error as
+  /// close() for writes it was not given.
+  std::pair<int64_t, std::string> commit(io::PendingWrites pending = {});
+  int64_t id() const { return id_; }
+  const std::string& path() const { return path_; }
+  /// Internal (the format's writer): the file's direct writer, created on first use; null when
+  /// the file system refuses O_DIRECT or the file is not on HDF5's sec2 driver.
+  std::shared_ptr<io::DirectWriter> direct_writer();
+  /// Internal (the format's writer): bytes of the file that hold one large dataset's raw data.
+  void note_raw_extent(int64_t offset, int64_t size) { raw_extents_.push_back({offset, size}); }
+  /// After commit(): the file's structure checksum, {"checksum": "xxh3_64:<hex>", "skip":
+  /// [[offset, size], ...]}: everything HDF5 parses (superblock, object headers, attributes,
+  /// small datasets) without the raw data of large datasets, which carry checksums of their
+  /// own (fs::checksum_outside). Restores check it before HDF5 opens the file. Throws
+  /// nnx::Error naming the file when it cannot be read.
+  nlohmann::json structure() const;
+
+ private:
+  H5File(int64_t id, std::string path) : id_(id), path_(std::move(path)) {}
+  // Flushes and closes the HDF5 file (not the direct writes); false when either failed.
+  bool close_hdf5();
+  // Throws unless `pending` holds this file's direct writes (when it has any).
+  void check_pending(const io::PendingWrites& pending) const;
+  int64_t id_ = -1;
+  std::string path_;
+  std::shared_ptr<io::DirectWriter> direct_;  // its own descriptors: its writes may outlive id_
+  bool direct_tried_ = false;
+  std::vector<fs::ByteRange> raw_extents_;  // in the order the datasets were written
+};
+
+}  // namespace nnx::checkpoint

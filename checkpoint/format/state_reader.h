@@ -1,0 +1,76 @@
+// Reading a State item from HDF5, validated against a template; listing items for tools.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoint/format/h5_file.h"
+#include "checkpoint/format/range.h"
+#include "framework/filter.h"
+#include "framework/sharding.h"
+#include "framework/state.h"
+
+namespace nnx::checkpoint {
+
+/// Options of a State restore (StandardRestore's).
+struct ReadOptions {
+  /// Only template paths matching this filter are read (partial restore).
+  Filter filter = Everything();
+  /// Cast to the template's dtype when the stored dtype differs (else a mismatch is an error).
+  bool cast = false;
+  /// Allow the file to hold paths the template lacks (they are ignored).
+  bool allow_extra = false;
+  /// Target device; default: the template tensor's device (CPU for meta templates).
+  std::optional<c10::Device> device;
+  /// Verify each dataset's checksum (default on).
+  bool verify_checksums = true;
+  /// Where this process sits on the 'data' mesh. A template variable whose metadata holds a
+  /// sharded PartitionSpec (framework/sharding.h) is read as this rank's shard of the stored
+  /// global array: its template shape must be that shard's shape. Read by the shard planner
+  /// (checkpoint/shard_planner.h), not by the format. Checkpointer::restore with a process
+  /// group sets it from the group when it is unset; unset elsewhere means rank 0 of 1.
+  std::optional<Mesh> mesh;
+};
+
+/// Decides what of each stored array a template variable reads (checkpoint/shard_planner.h
+/// maps a PartitionSpec and a Mesh onto it; the format knows neither).
+class ReadPlanner {
+ public:
+  virtual ~ReadPlanner() = default;
+  /// std::nullopt: the whole stored array of `stored_shape`, which must then be the template's
+  /// shape; a Range: those elements, whose shape the template must have. Throws nnx::Error
+  /// naming `path`, `where` and both shapes when the template does not fit.
+  virtual std::optional<Range> plan(const std::string& path, const VariableState& templ,
+                                    const std::vector<int64_t>& stored_shape, const std::string& where) const = 0;
+  /// The restored variable's metadata, given the stored one.
+  virtual Metadata restored_metadata(const VariableState& templ, Metadata stored) const = 0;
+};
+
+/// Reads /<item> validated against `templ` (an abstract State from eval_shape, or a real one):
+/// a missing path, an unexpected path, a shape or dtype mismatch, a bad checksum is an nnx::Error
+/// naming the file, the path and both values. What each variable reads is `planner`'s choice.
+/// Every byte is read and verified before any dtype conversion or device copy. Returns a State
+/// in the template's order with the stored kinds.
+State read_item_state(const H5File& file, const std::string& item, const State& templ, const ReadOptions& options,
+                      const ReadPlanner& planner);
+
+/// Reads every dataset under /<item> without a template (tools, conversions).
+State read_state_untemplated(const H5File& file, const std::string& item, bool verify_checksums = true);
+
+/// One dataset's description, for tools.
+struct DatasetInfo {
+  std::string path;  ///< path inside the item
+  std::string kind;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string sharding;
+  std::string checksum;
+  int64_t nbytes = 0;
+};
+/// Lists the datasets under /<item> in file order. Throws nnx::Error when the item is absent.
+std::vector<DatasetInfo> list_item(const H5File& file, const std::string& item);
+/// Names of the top-level State items (groups other than "json").
+std::vector<std::string> list_items(const H5File& file);
+
+}  // namespace nnx::checkpoint
