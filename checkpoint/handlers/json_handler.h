@@ -10,8 +10,8 @@ namespace nnx::checkpoint {
 class JsonHandler : public ItemHandler {
  public:
   std::string kind() const override;
-  io::PendingWrites save(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const override;
   void restore(const RestoreContext& ctx, const std::string& name, const ItemArgs& args, Restored& out) const override;
+  io::PendingWrites save(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const override;
   /// The stored value.
   nlohmann::json describe(const H5File& file, const std::string& name) const override;
 };

@@ -93,7 +93,8 @@ void HostSnapshot::finish() {
   // bound by memory bandwidth). ATen's parallel_for is an OpenMP pragma in a header, inert in
   // code built without -fopenmp, so the pieces go to the pool.
   const size_t jobs = std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()), pieces_.size(), 4});
-  TaskGroup copies(static_cast<int>(jobs));
+  // One pool job fewer than shares: wait() runs the share no pool job took on this thread.
+  TaskGroup copies(static_cast<int>(jobs > 1 ? jobs - 1 : 1));
   for (size_t first = 0; first < jobs; ++first)
     copies.submit([this, first, jobs] {
       for (size_t i = first; i < pieces_.size(); i += jobs) copy_streaming(pieces_[i].dst, pieces_[i].src, pieces_[i].n);

@@ -26,11 +26,11 @@ class IoStatsScope {
  public:
   IoStatsScope();
   ~IoStatsScope();
-  IoStatsScope(const IoStatsScope&) = delete;
-  IoStatsScope& operator=(const IoStatsScope&) = delete;
   const IoStats& stats() const { return stats_; }
 
  private:
+  IoStatsScope(const IoStatsScope&) = delete;
+  IoStatsScope& operator=(const IoStatsScope&) = delete;
   IoStats stats_;
   IoStats* outer_;
 };

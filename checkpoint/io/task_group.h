@@ -19,8 +19,6 @@ class TaskGroup {
   explicit TaskGroup(int max_parallel);
   /// Waits for every job (none outlives the data it uses); a failure is dropped here.
   ~TaskGroup();
-  TaskGroup(const TaskGroup&) = delete;
-  TaskGroup& operator=(const TaskGroup&) = delete;
   /// Queues `job`. Throws nnx::Error after wait() returned.
   void submit(std::function<void()> job);
   /// Waits for every submitted job and rethrows the error of the earliest submitted job that
@@ -30,6 +28,8 @@ class TaskGroup {
   bool busy() const;
 
  private:
+  TaskGroup(const TaskGroup&) = delete;
+  TaskGroup& operator=(const TaskGroup&) = delete;
   struct Shared;
   std::shared_ptr<Shared> shared_;  // also held by the pool's tokens, which may outlive this
 };
