@@ -31,25 +31,32 @@ Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<
   NNX_CHECK(!paths_.empty(), "Optimizer: no variable of the model matches ", wrt_.description());
   register_variable("step", OptState(init::zeros({}, at::kLong)));
   for (auto& t : tx_) t->init(paths_, params, *this);
-  if (mesh_.size > 1) {
-    // Stages keep per-param state at "<prefix>/<param path>" (mu/..., nu/..., ema/mu/...):
-    // the state of a sharded param (the longest param path that ends the state's path) is
-    // annotated. State shaped like a whole sharded param would be saved wrongly: an error.
-    std::unordered_map<std::string, size_t> index;
-    for (size_t i = 0; i < paths_.size(); ++i) index[paths_[i]] = i;
-    for (auto& [path, var] : named_variables()) {
-      if (path == "step") continue;
-      for (size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1)) {
-        auto it = index.find(path.substr(slash + 1));
-        if (it == index.end()) continue;
-        if (sharded_[it->second]) {
-          NNX_CHECK(var.value().sizes() == params[it->second].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
-                    format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[it->second],
-                    "' ", format_shape(params[it->second].sizes()));
-          set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
-        }
-        break;
+  annotate_state_sharding(params);
+}
+
+// Stages keep per-param state at "<prefix>/<param path>" (mu/..., nu/..., ema/mu/...): the state
+// of a param (the longest param path that ends the state's path) is annotated as the param is
+// (Flax propagates a param's sharding to its optimizer state), and under ZeRO-1 as this rank's
+// rows of it. State shaped like a whole ZeRO-sharded param would be saved wrongly: an error.
+void Optimizer::annotate_state_sharding(const std::vector<at::Tensor>& params) {
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < paths_.size(); ++i) index[paths_[i]] = i;
+  for (auto& [path, var] : named_variables()) {
+    if (path == "step") continue;
+    for (size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+      auto it = index.find(path.substr(slash + 1));
+      if (it == index.end()) continue;
+      const size_t i = it->second;
+      if (sharded_[i]) {
+        NNX_CHECK(var.value().sizes() == params[i].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
+                  format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[i], "' ",
+                  format_shape(params[i].sizes()));
+        set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
+      } else if (const PartitionSpec spec = get_partition_spec(vars_[i].metadata());
+                 !spec.replicated() && var.value().sizes() == params[i].sizes()) {
+        set_partition_spec(var, spec);  // a moment of a sharded param holds the same shard
       }
+      break;
     }
   }
 }

@@ -56,6 +56,7 @@ class Optimizer : public ModuleBase<Optimizer> {
   std::string type_name() const override { return "Optimizer"; }
 
  private:
+  void annotate_state_sharding(const std::vector<at::Tensor>& params);
   std::shared_ptr<Module> model_;
   std::vector<std::shared_ptr<Transform>> tx_;
   Filter wrt_;

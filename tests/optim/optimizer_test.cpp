@@ -274,3 +274,19 @@ TEST(Optimizer, ZeroOneShardsStateRowsAndAnnotatesItEvenUnderEvalShape) {
   EXPECT_THROW(Optimizer(m, {bad}, Param, Mesh{0, 2}), Error);
   EXPECT_THROW(Optimizer(m, {adam()}, Param, Mesh{2, 2}), Error);
 }
+
+// Flax's optimizer_test (sharding propagation): the state of a param annotated with a
+// PartitionSpec carries the param's annotation; the state of a replicated param carries none.
+TEST(Optimizer, MomentsCarryTheirParamsPartitionSpec) {
+  Rngs rngs(0);
+  auto m = std::make_shared<Mlp>(rngs);
+  const auto spec = PartitionSpec::sharded(1, 2);
+  set_partition_spec(m->child("fc1").variable("kernel"), spec);
+  optim::AdamOptions ao;
+  ao.amsgrad = true;
+  Optimizer o(m, {adam(ao), std::make_shared<Ema>()}, Param);
+  State t = state(o);
+  for (const char* p : {"mu/fc1/kernel", "nu/fc1/kernel", "nu_max/fc1/kernel", "ema/mu/fc1/kernel"})
+    EXPECT_EQ(get_partition_spec(t.at(p).metadata), spec) << p;
+  for (const char* p : {"mu/fc1/bias", "nu/fc2/kernel", "step"}) EXPECT_TRUE(get_partition_spec(t.at(p).metadata).replicated()) << p;
+}
