@@ -14,6 +14,7 @@
 #include "framework/filter.h"
 #include "framework/init.h"
 #include "framework/module.h"
+#include "framework/module_registry.h"
 #include "framework/rngs.h"
 #include "framework/state.h"
 
@@ -121,27 +122,5 @@ State grads(const Module& module, const Filter& filter = Param);
 /// Clears the gradients of every variable: set to undefined (torch's set_to_none, the default),
 /// or zeroed in place, which reuses the buffers (torch::optim::Optimizer::zero_grad in 1.13).
 void zero_grad(Module& module, bool set_to_none = true);
-
-/// Builds registered module types from (type name, config). Layers and models register
-/// themselves; users add their own with NNX_REGISTER_MODULE or ModuleRegistry::add.
-class ModuleRegistry {
- public:
-  using Factory = std::function<std::shared_ptr<Module>(const nlohmann::json& config, Rngs& rngs)>;
-  /// Registers `factory` for `type`; throws nnx::Error if `type` is taken.
-  static void add(const std::string& type, Factory factory);
-  static bool contains(const std::string& type);
-  /// Builds a `type` from `config`; throws nnx::Error naming the type (and the known ones) when
-  /// it is not registered.
-  static std::shared_ptr<Module> create(const std::string& type, const nlohmann::json& config,
-                                        Rngs& rngs);
-  static std::vector<std::string> types();
-};
-
-/// Registers a module type at static-initialisation time from a factory expression.
-#define NNX_REGISTER_MODULE(TYPE_NAME, FACTORY)                                   \
-  static const bool nnx_registered_##TYPE_NAME = [] {                             \
-    ::nnx::ModuleRegistry::add(#TYPE_NAME, FACTORY);                              \
-    return true;                                                                  \
-  }()
 
 }  // namespace nnx

@@ -1,4 +1,5 @@
 #include "models/models.h"
+#include <algorithm>
 
 #include <ATen/ATen.h>
 
@@ -162,7 +163,10 @@ void register_models() {
 
 std::shared_ptr<Module> build_model(const std::string& type, const nlohmann::json& config, std::shared_ptr<Rngs> rngs) {
   register_models();
-  NNX_CHECK(type == "MLP" || type == "CNN" || type == "GPT", "unknown model type '", type, "' (expected MLP, CNN or GPT)");
+  std::string known;
+  for (const auto& t : model_types()) known += (known.empty() ? "" : ", ") + t.registry_type;
+  NNX_CHECK(std::any_of(model_types().begin(), model_types().end(), [&](const ModelType& t) { return t.registry_type == type; }),
+            "unknown model type '", type, "' (expected ", known, ")");
   try {
     // Through the registry, as a checkpoint's GraphDef would rebuild it. The registry's factory
     // takes a copy of the streams (same keys and counts).

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "models/model_types.h"
 #include "framework/init.h"
 #include "framework/module.h"
 #include "framework/rngs.h"

@@ -73,8 +73,9 @@ Schedule Schedule::from_json(const nlohmann::json& j) {
     return warmup_cosine(num("peak_value"), cnt("warmup_steps"), cnt("decay_steps"), j.value("end_value", 0.0),
                          j.value("init_value", 0.0));
   if (type == "step_decay") return step_decay(num("init_value"), cnt("step_size"), num("gamma"));
-  NNX_CHECK(false, "unknown schedule type '", type,
-            "' (expected constant, linear_warmup, cosine_decay, warmup_cosine, step_decay)");
+  std::string known;
+  for (const auto& t : schedule_types()) known += (known.empty() ? "" : ", ") + t;
+  NNX_CHECK(false, "unknown schedule type '", type, "' (expected ", known, ")");
   return constant(0);
 }
 

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include "optim/schedule_types.h"
 
 namespace nnx::optim {
 

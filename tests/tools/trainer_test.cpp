@@ -115,6 +115,9 @@ TEST(Trainer, StructuralChangeOnResumeIsAnError) {
   auto r = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 model.hidden=[64]"));
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("model.hidden: [32] -> [64]"), std::string::npos) << r.output;
+  // Found by comparing the checkpoint's GraphDef with the model the config builds.
+  EXPECT_NE(r.output.find("the model changed since the checkpoint was written (its GraphDef differs)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("graphdef slots["), std::string::npos) << r.output;
   auto ok = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 optimizer.learning_rate=0.02"));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_NE(ok.output.find("optimizer.learning_rate: 0.01 -> 0.02"), std::string::npos) << ok.output;

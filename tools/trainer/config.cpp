@@ -8,6 +8,8 @@
 #include <set>
 
 #include "framework/error.h"
+#include "models/model_types.h"
+#include "optim/schedule_types.h"
 
 namespace nnx::trainer {
 
@@ -391,7 +393,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   unknown_top_level_keys(root, src);  // a typo'd section is named as such, not as a missing key
   Section model = top.sub("model");
   if (!model.has("type")) throw Error(model.where(root["model"], "model") + ": missing required key 'model.type' (mlp, cnn or gpt)");
-  std::string type = model.one_of("type", "", {"mlp", "cnn", "gpt"});
+  std::string type = model.one_of("type", "", models::model_config_names());
   c.model.type = type;
   c.model.dtype = model.one_of("dtype", "float32", {"float32", "bfloat16"});
   c.model.options = model_options(model, type);
@@ -436,7 +438,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   tr.finish();
 
   Section sch = top.sub("schedule");
-  c.schedule.type = sch.one_of("type", "constant", {"constant", "linear_warmup", "cosine_decay", "warmup_cosine", "step_decay"});
+  c.schedule.type = sch.one_of("type", "constant", optim::schedule_types());
   c.schedule.warmup_steps = sch.in_range<int64_t>("warmup_steps", 0, 0, 1e12);
   c.schedule.decay_steps = sch.in_range<int64_t>("decay_steps", 0, 0, 1e12);
   c.schedule.end_value = sch.in_range<double>("end_value", 0.0, 0.0, 10.0);
@@ -541,6 +543,26 @@ std::vector<std::string> structural_differences(const nlohmann::json& saved, con
   diff(saved, now, "", all);
   for (auto& l : all)
     if (structural(l)) out.push_back(l);
+  return out;
+}
+
+std::vector<std::string> json_differences(const nlohmann::json& a, const nlohmann::json& b) {
+  std::vector<std::string> out;
+  std::function<void(const nlohmann::json&, const nlohmann::json&, const std::string&)> walk =
+      [&](const nlohmann::json& x, const nlohmann::json& y, const std::string& at) {
+        if (x.is_array() && y.is_array() && x.size() == y.size()) {
+          for (size_t i = 0; i < x.size(); ++i) walk(x[i], y[i], at + "[" + std::to_string(i) + "]");
+        } else if (x.is_object() && y.is_object()) {
+          std::set<std::string> keys;
+          for (auto it = x.begin(); it != x.end(); ++it) keys.insert(it.key());
+          for (auto it = y.begin(); it != y.end(); ++it) keys.insert(it.key());
+          for (const auto& k : keys)
+            walk(x.contains(k) ? x[k] : nlohmann::json(), y.contains(k) ? y[k] : nlohmann::json(), at.empty() ? k : at + "." + k);
+        } else if (x != y) {
+          out.push_back(at + ": " + x.dump() + " -> " + y.dump());
+        }
+      };
+  walk(a, b, "");
   return out;
 }
 

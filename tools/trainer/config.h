@@ -133,5 +133,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::vector<std::string> structural_differences(const nlohmann::json& saved, const nlohmann::json& now);
 /// Every other key whose value differs, as "key: old -> new".
 std::vector<std::string> other_differences(const nlohmann::json& saved, const nlohmann::json& now);
+/// Every leaf that differs between two JSON values, as "path: old -> new" (object keys joined
+/// with '.', elements of arrays of equal length as [i]), in key order.
+std::vector<std::string> json_differences(const nlohmann::json& a, const nlohmann::json& b);
 
 }  // namespace nnx::trainer

@@ -1,0 +1,97 @@
+// One nnx-train run in named stages: build, restore, step, evaluate, save, report.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "checkpoint/manager.h"
+#include "framework/data/loader.h"
+#include "framework/distributed.h"
+#include "framework/module.h"
+#include "optim/optimizer.h"
+#include "tools/trainer/datasets.h"
+#include "tools/trainer/trainer.h"
+
+namespace nnx::trainer {
+
+/// The checkpoint's model no longer matches the one the config builds: their GraphDefs differ.
+/// Exit code 2 (bad input: use a new run.dir or the original model settings).
+class ModelChangedError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// The checkpoint items of a run, listed once: saved by save(), read back by restore() (all but
+/// "graphdef", which restore() reads first, alone, to find a changed model).
+struct CheckpointItem {
+  const char* name;
+  bool is_state;  ///< a State (StandardSave/Restore), else JSON
+  bool restored;
+};
+inline constexpr CheckpointItem kCheckpointItems[] = {
+    {"params", true, true},   {"batch_stats", true, true}, {"rngs", true, true},     {"optimizer", true, true},
+    {"data", false, true},    {"config", false, true},     {"metrics", false, true}, {"trainer", false, true},
+    {"graphdef", false, false}};
+
+/// A training run: the objects built from a config, and the stages that use them.
+class Run {
+ public:
+  /// Build: device, process group, data, model, optimizer, loader, checkpoint manager.
+  Run(const Config& cfg, const RunOptions& ropts);
+  /// Restore (or initialise), then step / evaluate / save until train.max_steps or a
+  /// preemption, then report. Returns the exit code (see train()).
+  int execute();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  void build_distributed();
+  void build_model(const Datasets& ds);
+  void build_optimizer();
+  void build_loader_and_manager();
+  bool restore();
+  void check_same_model(int64_t step);
+  void apply_restored(const checkpoint::Restored& r, int64_t at);
+  void set_data_position(const nlohmann::json& d);
+  bool import_torch();
+  // One optimizer step over train.grad_accum_steps micro-batches: (mean loss, finite).
+  std::pair<double, bool> step();
+  std::pair<double, double> evaluate();
+  void save(int64_t at_step, const nlohmann::json& metrics, bool force);
+  nlohmann::json report_step(double loss, bool finite);
+  void report_start() const;
+  void report_done() const;
+  bool after_step(double loss, bool finite);
+
+  const Config& cfg_;
+  const RunOptions& ropts_;
+  Clock::time_point t_start_ = Clock::now();
+  c10::Device device_;
+  distributed::Env env_;
+  std::shared_ptr<distributed::ProcessGroup> pg_, ckpt_pg_;
+  bool lead_ = true;
+  std::ostream* out_;
+  Datasets ds_;
+  std::string model_type_;
+  std::shared_ptr<Module> model_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  bool zero1_ = false;
+  std::unique_ptr<data::DataLoader> loader_;
+  int64_t global_batch_ = 0;
+  std::unique_ptr<checkpoint::CheckpointManager> manager_;
+  std::filesystem::path metrics_path_;
+  nlohmann::json history_ = nlohmann::json::array();
+  int64_t step_ = 0, skipped_ = 0, first_step_ = 0;
+  double last_loss_ = 0;
+  bool resumed_ = false;
+  Clock::time_point window_start_ = Clock::now();
+  int64_t window_examples_ = 0, window_steps_ = 0;
+};
+
+}  // namespace nnx::trainer
