@@ -1,8 +1,8 @@
-#include "checkpoint/args.h"
+#include "nnx/checkpoint/args.h"
 
-#include "checkpoint/format/schema.h"
-#include "checkpoint/handlers/registry.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/handlers/registry.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

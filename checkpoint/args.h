@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "checkpoint/format/state_reader.h"
-#include "framework/state.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::checkpoint {
 

@@ -1,10 +1,10 @@
-#include "checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/async_checkpointer.h"
 
 #include <chrono>
 
-#include "checkpoint/handlers/registry.h"
-#include "checkpoint/io/host_snapshot.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/handlers/registry.h"
+#include "nnx/checkpoint/io/host_snapshot.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -8,8 +8,8 @@
 #include <mutex>
 #include <vector>
 
-#include "checkpoint/checkpointer.h"
-#include "checkpoint/io/task_group.h"
+#include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/io/task_group.h"
 
 namespace nnx::checkpoint {
 

@@ -1,15 +1,15 @@
-#include "checkpoint/checkpointer.h"
+#include "nnx/checkpoint/checkpointer.h"
 
 #include <xxhash.h>
 
 #include <functional>
 
-#include "checkpoint/checkpoint_info.h"
-#include "checkpoint/commit.h"
-#include "checkpoint/coordinator.h"
-#include "checkpoint/handlers/registry.h"
-#include "framework/distributed.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/checkpoint_info.h"
+#include "nnx/checkpoint/commit.h"
+#include "nnx/checkpoint/coordinator.h"
+#include "nnx/checkpoint/handlers/registry.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -6,12 +6,12 @@
 #include <filesystem>
 #include <memory>
 
-#include "checkpoint/args.h"
-#include "checkpoint/format/directory.h"
-#include "checkpoint/format/schema.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/handlers/state_handler.h"
-#include "checkpoint/verify.h"
+#include "nnx/checkpoint/args.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/handlers/state_handler.h"
+#include "nnx/checkpoint/verify.h"
 
 namespace nnx::distributed {
 class ProcessGroup;

@@ -1,10 +1,10 @@
-#include "checkpoint/commit.h"
+#include "nnx/checkpoint/commit.h"
 
 #include <system_error>
 
-#include "checkpoint/format/schema.h"
-#include "checkpoint/io/fs.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

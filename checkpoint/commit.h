@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/coordinator.h"
+#include "nnx/checkpoint/coordinator.h"
 
 namespace nnx::checkpoint {
 

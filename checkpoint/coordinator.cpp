@@ -1,9 +1,9 @@
-#include "checkpoint/coordinator.h"
+#include "nnx/checkpoint/coordinator.h"
 
 #include <ATen/ATen.h>
 
-#include "framework/distributed.h"
-#include "framework/error.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "checkpoint/manager.h"
+#include "nnx/checkpoint/manager.h"
 
 #include <ATen/ATen.h>
 #include <signal.h>
@@ -9,10 +9,10 @@
 #include <regex>
 #include <set>
 
-#include "checkpoint/io/fs.h"
-#include "framework/distributed.h"
-#include "framework/error.h"
-#include "framework/log.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/log.h"
 
 namespace nnx::checkpoint {
 

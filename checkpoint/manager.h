@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/args.h"
-#include "checkpoint/checkpoint_info.h"
-#include "checkpoint/manager_options.h"
-#include "checkpoint/preemption.h"
-#include "checkpoint/async_checkpointer.h"
-#include "checkpoint/preservation_policy.h"
-#include "checkpoint/save_decision_policy.h"
+#include "nnx/checkpoint/args.h"
+#include "nnx/checkpoint/checkpoint_info.h"
+#include "nnx/checkpoint/manager_options.h"
+#include "nnx/checkpoint/preemption.h"
+#include "nnx/checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/preservation_policy.h"
+#include "nnx/checkpoint/save_decision_policy.h"
 
 namespace nnx::checkpoint {
 

@@ -1,6 +1,6 @@
-#include "checkpoint/manager_options.h"
+#include "nnx/checkpoint/manager_options.h"
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -6,8 +6,8 @@
 #include <optional>
 #include <string>
 
-#include "checkpoint/preservation_policy.h"
-#include "checkpoint/save_decision_policy.h"
+#include "nnx/checkpoint/preservation_policy.h"
+#include "nnx/checkpoint/save_decision_policy.h"
 
 namespace nnx::distributed {
 class ProcessGroup;

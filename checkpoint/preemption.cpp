@@ -1,4 +1,4 @@
-#include "checkpoint/preemption.h"
+#include "nnx/checkpoint/preemption.h"
 
 #include <signal.h>
 

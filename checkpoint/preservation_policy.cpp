@@ -1,9 +1,9 @@
-#include "checkpoint/preservation_policy.h"
+#include "nnx/checkpoint/preservation_policy.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -11,7 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "checkpoint/checkpoint_info.h"
+#include "nnx/checkpoint/checkpoint_info.h"
 
 namespace nnx::checkpoint {
 

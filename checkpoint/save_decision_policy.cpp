@@ -1,6 +1,6 @@
-#include "checkpoint/save_decision_policy.h"
+#include "nnx/checkpoint/save_decision_policy.h"
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

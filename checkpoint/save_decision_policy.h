@@ -5,7 +5,7 @@
 #include <set>
 #include <vector>
 
-#include "checkpoint/checkpoint_info.h"
+#include "nnx/checkpoint/checkpoint_info.h"
 
 namespace nnx::checkpoint {
 

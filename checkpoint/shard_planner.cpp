@@ -1,6 +1,6 @@
-#include "checkpoint/shard_planner.h"
+#include "nnx/checkpoint/shard_planner.h"
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/format/state_reader.h"
-#include "framework/sharding.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/framework/sharding.h"
 
 namespace nnx::checkpoint {
 

@@ -1,13 +1,13 @@
-#include "checkpoint/verify.h"
+#include "nnx/checkpoint/verify.h"
 
 #include <ATen/ATen.h>
 
-#include "checkpoint/format/directory.h"
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/state_reader.h"
-#include "checkpoint/io/fs.h"
-#include "checkpoint/shard_planner.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

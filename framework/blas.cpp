@@ -1,4 +1,4 @@
-#include "framework/blas.h"
+#include "nnx/framework/blas.h"
 
 #include <dlfcn.h>
 #include <limits.h>

@@ -1,9 +1,9 @@
-#include "framework/compat.h"
+#include "nnx/framework/compat.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 #ifdef NNX_WITH_CUDA
 #include <ATen/cuda/CUDAGeneratorImpl.h>

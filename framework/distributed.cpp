@@ -1,4 +1,4 @@
-#include "framework/distributed.h"
+#include "nnx/framework/distributed.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -9,9 +9,9 @@
 #include <cstdlib>
 #include <map>
 
-#include "framework/error.h"
-#include "framework/sharding.h"
-#include "framework/graph.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/framework/graph.h"
 
 namespace nnx::distributed {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "framework/module.h"
-#include "framework/state.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::distributed {
 

@@ -1,8 +1,8 @@
-#include "framework/dtype.h"
+#include "nnx/framework/dtype.h"
 
 #include <utility>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx {
 

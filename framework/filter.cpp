@@ -1,9 +1,9 @@
-#include "framework/filter.h"
+#include "nnx/framework/filter.h"
 
 #include <regex>
 #include <set>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx {
 

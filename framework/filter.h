@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/variable.h"
+#include "nnx/framework/variable.h"
 
 namespace nnx {
 

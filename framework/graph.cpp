@@ -1,4 +1,6 @@
-#include "framework/graph.h"
+#include "nnx/framework/graph.h"
+
+#include "nnx/framework/log.h"
 
 
 #include <ATen/ATen.h>
@@ -297,5 +299,14 @@ void zero_grad(Module& module, bool set_to_none) {
   }
 }
 
+
+namespace detail {
+void warn_allocated(const Module& module) {
+  for (const auto& [path, var] : module.named_variables())
+    if (var.value().defined() && !var.value().is_meta())
+      log::warn_parts("eval_shape: '", path, "' holds real memory (", format_bytes(var.value().numel() * var.value().element_size()),
+                      "): it was made with a plain ATen factory; use nnx::init:: (zeros, ones, normal, ...) so that it is abstract");
+}
+}  // namespace detail
 
 }  // namespace nnx

@@ -8,15 +8,16 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "framework/filter.h"
-#include "framework/init.h"
-#include "framework/module.h"
-#include "framework/module_registry.h"
-#include "framework/rngs.h"
-#include "framework/state.h"
+#include "nnx/framework/filter.h"
+#include "nnx/framework/init.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/module_registry.h"
+#include "nnx/framework/rngs.h"
+#include "nnx/framework/state.h"
 
 namespace nnx {
 
@@ -107,12 +108,21 @@ void update(Module& module, const State& first, const States&... rest) {
 /// Removes the variables matching `filter` from `module` and returns them (nnx.pop).
 State pop(Module& module, const Filter& filter);
 
+namespace detail {
+/// Warns (nnx's log) for each variable of `module` that holds real memory after eval_shape.
+void warn_allocated(const Module& module);
+}  // namespace detail
+
 /// Runs `factory` with every initialiser producing meta tensors: the result has shapes and
 /// dtypes and allocates no data (nnx.eval_shape). Use nnx::state() of it as a restore template.
+/// A variable made with a plain ATen factory (at::zeros, at::randn) cannot be intercepted and
+/// holds real memory: eval_shape warns naming it (create it with nnx::init:: instead).
 template <class F>
 auto eval_shape(F&& factory) {
   AbstractScope scope;
-  return factory();
+  auto out = factory();
+  if constexpr (std::is_convertible_v<decltype(out), std::shared_ptr<const Module>>) detail::warn_allocated(*out);
+  return out;
 }
 
 /// The gradients of the variables matching `filter` (default Param), keyed by path, after a

@@ -1,11 +1,11 @@
-#include "framework/init.h"
+#include "nnx/framework/init.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 
-#include "framework/error.h"
-#include "framework/rngs.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/rngs.h"
 
 namespace nnx {
 

@@ -1,4 +1,4 @@
-#include "framework/layers.h"
+#include "nnx/framework/layers.h"
 
 #include <ATen/ATen.h>
 
@@ -6,9 +6,9 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "framework/dtype.h"
-#include "framework/graph.h"
-#include "framework/state.h"
+#include "nnx/framework/dtype.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/state.h"
 
 namespace nnx {
 

@@ -7,9 +7,9 @@
 #include <memory>
 #include <vector>
 
-#include "framework/init.h"
-#include "framework/module.h"
-#include "framework/rngs.h"
+#include "nnx/framework/init.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/rngs.h"
 
 namespace nnx {
 

@@ -1,4 +1,4 @@
-#include "framework/log.h"
+#include "nnx/framework/log.h"
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::log {
 

@@ -1,4 +1,4 @@
-#include "framework/module.h"
+#include "nnx/framework/module.h"
 
 #include <ATen/ATen.h>
 #include <cxxabi.h>
@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "framework/state.h"
+#include "nnx/framework/state.h"
 
 namespace nnx {
 

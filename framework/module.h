@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
-#include "framework/error.h"
-#include "framework/variable.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/variable.h"
 
 namespace nnx {
 

@@ -1,10 +1,10 @@
-#include "framework/module_registry.h"
+#include "nnx/framework/module_registry.h"
 
 #include <map>
 #include <mutex>
 
-#include "framework/error.h"
-#include "framework/layers.h"  // the built-in layers register on the registry's first use
+#include "nnx/framework/error.h"
+#include "nnx/framework/layers.h"  // the built-in layers register on the registry's first use
 
 namespace nnx {
 

@@ -1,12 +1,12 @@
-#include "framework/rngs.h"
+#include "nnx/framework/rngs.h"
 
 #include <ATen/ATen.h>
 #include <xxhash.h>
 
 #include <nlohmann/json.hpp>
 
-#include "framework/compat.h"
-#include "framework/init.h"
+#include "nnx/framework/compat.h"
+#include "nnx/framework/init.h"
 
 namespace nnx {
 

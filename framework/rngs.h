@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "framework/module.h"
+#include "nnx/framework/module.h"
 
 namespace nnx {
 

@@ -1,9 +1,11 @@
-#include "framework/sharding.h"
+#include "nnx/framework/sharding.h"
+
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx {
 
@@ -56,7 +58,15 @@ void PartitionSpec::check_rank(int64_t ndim, const std::string& where) const {
 
 PartitionSpec get_partition_spec(const Metadata& metadata) {
   auto it = metadata.find(kShardingKey);
-  return it == metadata.end() ? PartitionSpec() : PartitionSpec::parse(it->second);
+  if (it == metadata.end() || it->second.empty()) return PartitionSpec();
+  // Metadata stays a string map (it is saved as the dataset's JSON attributes); each distinct
+  // text is parsed once per thread, so queries on hot paths (restore planning, the optimizer)
+  // parse no JSON. Bad text throws every time and is not cached.
+  thread_local std::unordered_map<std::string, PartitionSpec> parsed;
+  if (auto c = parsed.find(it->second); c != parsed.end()) return c->second;
+  PartitionSpec spec = PartitionSpec::parse(it->second);
+  if (parsed.size() < 4096) parsed.emplace(it->second, spec);
+  return spec;
 }
 
 std::vector<std::pair<std::string, PartitionSpec>> get_partition_spec(const State& state) {

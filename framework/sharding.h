@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "framework/state.h"
-#include "framework/variable.h"
+#include "nnx/framework/state.h"
+#include "nnx/framework/variable.h"
 
 namespace nnx {
 

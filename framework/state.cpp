@@ -1,11 +1,11 @@
-#include "framework/state.h"
+#include "nnx/framework/state.h"
 
 #include <ATen/ATen.h>
 
 #include <iomanip>
 #include <ostream>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx {
 

@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include "framework/filter.h"
-#include "framework/variable.h"
+#include "nnx/framework/filter.h"
+#include "nnx/framework/variable.h"
 
 namespace nnx {
 

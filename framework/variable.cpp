@@ -1,9 +1,9 @@
-#include "framework/variable.h"
+#include "nnx/framework/variable.h"
 
 #include <mutex>
 #include <unordered_map>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx {
 namespace {

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::models {
 

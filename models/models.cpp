@@ -1,13 +1,13 @@
-#include "models/models.h"
+#include "nnx/models/models.h"
 #include <algorithm>
 
 #include <ATen/ATen.h>
 
 #include <mutex>
 
-#include "framework/graph.h"
-#include "framework/layers.h"
-#include "framework/state.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::models {
 

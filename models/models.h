@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "models/model_types.h"
-#include "framework/init.h"
-#include "framework/module.h"
-#include "framework/rngs.h"
+#include "nnx/models/model_types.h"
+#include "nnx/framework/init.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/rngs.h"
 
 namespace nnx::models {
 

@@ -1,12 +1,12 @@
-#include "optim/optimizer.h"
+#include "nnx/optim/optimizer.h"
 
 #include <ATen/ATen.h>
 
 #include <unordered_map>
 #include <unordered_set>
 
-#include "framework/graph.h"
-#include "framework/init.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/init.h"
 
 namespace nnx::optim {
 

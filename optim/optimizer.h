@@ -5,12 +5,12 @@
 #include <string>
 #include <vector>
 
-#include "framework/distributed.h"
-#include "framework/filter.h"
-#include "framework/module.h"
-#include "framework/sharding.h"
-#include "framework/state.h"
-#include "optim/transform.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/filter.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/framework/state.h"
+#include "nnx/optim/transform.h"
 
 namespace nnx::optim {
 

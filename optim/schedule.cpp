@@ -1,8 +1,8 @@
-#include "optim/schedule.h"
+#include "nnx/optim/schedule.h"
 
 #include <cmath>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::optim {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "optim/schedule_types.h"
+#include "nnx/optim/schedule_types.h"
 
 namespace nnx::optim {
 

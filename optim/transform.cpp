@@ -1,12 +1,12 @@
-#include "optim/transform.h"
+#include "nnx/optim/transform.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
 
-#include "framework/error.h"
-#include "framework/init.h"
-#include "framework/state.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/init.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::optim {
 

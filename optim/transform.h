@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "framework/filter.h"
-#include "framework/module.h"
-#include "framework/sharding.h"
-#include "optim/schedule.h"
+#include "nnx/framework/filter.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/optim/schedule.h"
 
 namespace nnx::optim {
 
@@ -66,7 +66,10 @@ class ClipByGlobalNorm : public Transform {
 
 /// Options of Adam / AdamW (torch.optim.Adam / AdamW's hyper-parameters).
 struct AdamOptions {
-  Schedule learning_rate = 1e-3;
+  /// AdamOptions(1e-3), as torch::optim::AdamOptions(lr). The other options are fields, set by
+  /// name (docs/from-flax.md says why there are no chained setters).
+  AdamOptions(Schedule lr = 1e-3) : learning_rate(std::move(lr)) {}  // NOLINT: {} and adam({}) keep working
+  Schedule learning_rate;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <string>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::tools {
 

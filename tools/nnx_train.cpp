@@ -5,7 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "tools/cli.h"
 #include "tools/trainer/config.h"
 #include "tools/trainer/plot.h"

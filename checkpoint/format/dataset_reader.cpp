@@ -1,12 +1,12 @@
-#include "checkpoint/format/dataset_reader.h"
+#include "nnx/checkpoint/format/dataset_reader.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 
-#include "checkpoint/format/schema.h"
-#include "checkpoint/io/io_stats.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/io/io_stats.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::h5 {
 

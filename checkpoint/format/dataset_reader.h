@@ -6,10 +6,10 @@
 #include <optional>
 #include <string>
 
-#include "checkpoint/format/range.h"
-#include "checkpoint/format/stored_info.h"
-#include "checkpoint/format/virtual_dataset.h"
-#include "checkpoint/io/parallel_reader.h"
+#include "nnx/checkpoint/format/range.h"
+#include "nnx/checkpoint/format/stored_info.h"
+#include "nnx/checkpoint/format/virtual_dataset.h"
+#include "nnx/checkpoint/io/parallel_reader.h"
 
 namespace nnx::checkpoint::h5 {
 

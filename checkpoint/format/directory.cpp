@@ -1,11 +1,11 @@
-#include "checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/directory.h"
 
 #include <system_error>
 #include <vector>
 
-#include "checkpoint/format/metadata.h"
-#include "checkpoint/io/fs.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/metadata.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -5,8 +5,8 @@
 
 #include <filesystem>
 
-#include "checkpoint/format/h5_file.h"
-#include "checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/schema.h"
 
 namespace nnx::checkpoint {
 

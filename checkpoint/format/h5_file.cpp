@@ -1,11 +1,11 @@
-#include "checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/h5_file.h"
 
 #include <algorithm>
 #include <exception>
 
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/io/direct_writer.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/io/direct_writer.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 
@@ -37,6 +37,18 @@ H5File H5File::open(const std::string& path) {
   hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   NNX_CHECK(id >= 0, "cannot open '", path, "' as HDF5 (missing, truncated or not a checkpoint)");
   return H5File(id, path);
+}
+
+H5File H5File::open_image(const void* data, size_t size, const std::string& name) {
+  silence_hdf5();
+  NNX_CHECK(size > 0, "'", name, "' is empty, not HDF5");
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  NNX_CHECK(H5Pset_fapl_core(fapl, 64 << 10, /*backing_store=*/0) >= 0 &&
+                H5Pset_file_image(fapl, const_cast<void*>(data), size) >= 0,
+            "cannot hand the image '", name, "' to HDF5");
+  hid_t id = H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl);
+  NNX_CHECK(id >= 0, "cannot open the image '", name, "' as HDF5 (truncated or not a checkpoint)");
+  return H5File(id, name);
 }
 
 H5File::H5File(H5File&& o) noexcept

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "checkpoint/io/fs.h"
-#include "checkpoint/io/pending_writes.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/io/pending_writes.h"
 
 namespace nnx::checkpoint {
 
@@ -25,6 +25,10 @@ class H5File {
   static H5File create(const std::string& path);
   /// Opens `path` read-only; throws nnx::Error naming it when it is missing or not HDF5.
   static H5File open(const std::string& path);
+  /// Opens `size` bytes of memory as a read-only HDF5 file (HDF5's core driver; the bytes are
+  /// copied, nothing touches the disk). `name` stands for the file in errors. Throws
+  /// nnx::Error naming it when the bytes are empty or not HDF5. (The fuzz target's way in.)
+  static H5File open_image(const void* data, size_t size, const std::string& name);
   H5File(H5File&& o) noexcept;
   H5File& operator=(H5File&& o) noexcept;
   /// Closes the file; uncommitted direct writes are skipped (a save that failed).

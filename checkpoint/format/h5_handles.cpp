@@ -1,10 +1,10 @@
-#include "checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/h5_handles.h"
 
 #include <algorithm>
 #include <cstring>
 #include <mutex>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::h5 {
 

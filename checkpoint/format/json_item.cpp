@@ -1,9 +1,9 @@
-#include "checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/json_item.h"
 
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/format/schema.h"
-#include "checkpoint/io/checksum.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/h5_file.h"
 
 namespace nnx::checkpoint {
 

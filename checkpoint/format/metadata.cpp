@@ -1,8 +1,8 @@
-#include "checkpoint/format/metadata.h"
+#include "nnx/checkpoint/format/metadata.h"
 
 #include <cctype>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/schema.h"
 
 namespace nnx::checkpoint {
 

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "framework/dtype.h"
+#include "nnx/framework/dtype.h"
 
 namespace nnx::checkpoint {
 

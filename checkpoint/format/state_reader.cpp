@@ -1,17 +1,17 @@
-#include "checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/state_reader.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include <unordered_set>
 
-#include "checkpoint/format/dataset_reader.h"
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/format/schema.h"
-#include "checkpoint/format/stored_info.h"
-#include "checkpoint/format/virtual_dataset.h"
-#include "checkpoint/io/parallel_reader.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/dataset_reader.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/stored_info.h"
+#include "nnx/checkpoint/format/virtual_dataset.h"
+#include "nnx/checkpoint/io/parallel_reader.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/format/h5_file.h"
-#include "checkpoint/format/range.h"
-#include "framework/filter.h"
-#include "framework/sharding.h"
-#include "framework/state.h"
+#include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/range.h"
+#include "nnx/framework/filter.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::checkpoint {
 

@@ -1,18 +1,18 @@
-#include "checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/format/state_writer.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
 
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/format/schema.h"
-#include "checkpoint/format/virtual_dataset.h"
-#include "checkpoint/io/direct_writer.h"
-#include "checkpoint/io/io_stats.h"
-#include "checkpoint/io/parallel_reader.h"
-#include "checkpoint/io/staging_buffers.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/virtual_dataset.h"
+#include "nnx/checkpoint/io/direct_writer.h"
+#include "nnx/checkpoint/io/io_stats.h"
+#include "nnx/checkpoint/io/parallel_reader.h"
+#include "nnx/checkpoint/io/staging_buffers.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/format/h5_file.h"
-#include "checkpoint/io/pending_writes.h"
-#include "framework/state.h"
+#include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/io/pending_writes.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::checkpoint {
 

@@ -1,10 +1,10 @@
-#include "checkpoint/format/stored_info.h"
+#include "nnx/checkpoint/format/stored_info.h"
 
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/format/schema.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::h5 {
 

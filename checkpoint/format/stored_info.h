@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/state.h"
+#include "nnx/framework/state.h"
 
 namespace nnx::checkpoint::h5 {
 

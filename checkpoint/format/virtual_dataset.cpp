@@ -1,4 +1,4 @@
-#include "checkpoint/format/virtual_dataset.h"
+#include "nnx/checkpoint/format/virtual_dataset.h"
 
 #include <ATen/ATen.h>
 
@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <optional>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::h5 {
 

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/format/h5_file.h"
-#include "checkpoint/format/h5_handles.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/format/stored_info.h"
-#include "checkpoint/io/parallel_reader.h"
+#include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/h5_handles.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/format/stored_info.h"
+#include "nnx/checkpoint/io/parallel_reader.h"
 
 namespace nnx::checkpoint::h5 {
 

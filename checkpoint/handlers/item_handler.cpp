@@ -1,4 +1,4 @@
-#include "checkpoint/handlers/item_handler.h"
+#include "nnx/checkpoint/handlers/item_handler.h"
 
 namespace nnx::checkpoint {
 

@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/args.h"
-#include "checkpoint/format/h5_file.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/host_snapshot.h"
-#include "checkpoint/io/pending_writes.h"
-#include "framework/sharding.h"
+#include "nnx/checkpoint/args.h"
+#include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/host_snapshot.h"
+#include "nnx/checkpoint/io/pending_writes.h"
+#include "nnx/framework/sharding.h"
 
 namespace nnx::checkpoint {
 

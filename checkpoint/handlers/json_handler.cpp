@@ -1,7 +1,7 @@
-#include "checkpoint/handlers/json_handler.h"
+#include "nnx/checkpoint/handlers/json_handler.h"
 
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/schema.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/schema.h"
 
 namespace nnx::checkpoint {
 

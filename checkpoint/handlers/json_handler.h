@@ -1,7 +1,7 @@
 // The "json" item kind: a JSON value (JsonSave / JsonRestore).
 #pragma once
 
-#include "checkpoint/handlers/item_handler.h"
+#include "nnx/checkpoint/handlers/item_handler.h"
 
 namespace nnx::checkpoint {
 

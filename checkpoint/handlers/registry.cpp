@@ -1,12 +1,12 @@
-#include "checkpoint/handlers/registry.h"
+#include "nnx/checkpoint/handlers/registry.h"
 
 #include <c10/util/Type.h>
 
 #include <cctype>
 
-#include "checkpoint/handlers/json_handler.h"
-#include "checkpoint/handlers/state_handler.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/handlers/json_handler.h"
+#include "nnx/checkpoint/handlers/state_handler.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <typeindex>
 
-#include "checkpoint/handlers/item_handler.h"
+#include "nnx/checkpoint/handlers/item_handler.h"
 
 namespace nnx::checkpoint {
 

@@ -1,12 +1,12 @@
-#include "checkpoint/handlers/state_handler.h"
+#include "nnx/checkpoint/handlers/state_handler.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 
-#include "checkpoint/format/schema.h"
-#include "checkpoint/shard_planner.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

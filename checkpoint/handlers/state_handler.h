@@ -4,7 +4,7 @@
 #include <map>
 #include <string>
 
-#include "checkpoint/handlers/item_handler.h"
+#include "nnx/checkpoint/handlers/item_handler.h"
 
 namespace nnx::checkpoint {
 

@@ -1,11 +1,11 @@
-#include "checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/checksum.h"
 
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>  // XXH3 with the best SIMD the CPU has (AVX2 here); same hash values
 
 #include <cstdio>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
 

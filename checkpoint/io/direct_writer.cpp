@@ -1,4 +1,4 @@
-#include "checkpoint/io/direct_writer.h"
+#include "nnx/checkpoint/io/direct_writer.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -7,8 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "checkpoint/io/staging_buffers.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/io/staging_buffers.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::io {
 

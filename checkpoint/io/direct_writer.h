@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/io/fs.h"
-#include "checkpoint/io/task_group.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/io/task_group.h"
 
 namespace nnx::checkpoint::io {
 

@@ -1,4 +1,4 @@
-#include "checkpoint/io/fs.h"
+#include "nnx/checkpoint/io/fs.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -17,9 +17,9 @@
 #include <sstream>
 #include <vector>
 
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/io/task_group.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/task_group.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::fs {
 

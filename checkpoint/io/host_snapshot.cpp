@@ -1,4 +1,4 @@
-#include "checkpoint/io/host_snapshot.h"
+#include "nnx/checkpoint/io/host_snapshot.h"
 
 #include <ATen/ATen.h>
 #include <sys/mman.h>
@@ -10,8 +10,8 @@
 #include <cstring>
 #include <thread>
 
-#include "checkpoint/io/task_group.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/io/task_group.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::io {
 

@@ -1,4 +1,4 @@
-#include "checkpoint/io/io_stats.h"
+#include "nnx/checkpoint/io/io_stats.h"
 
 namespace nnx::checkpoint::io {
 

@@ -5,8 +5,8 @@
 
 #include <string>
 
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/io/task_group.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/task_group.h"
 
 namespace nnx::checkpoint::io {
 

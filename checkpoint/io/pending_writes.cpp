@@ -1,9 +1,9 @@
-#include "checkpoint/io/pending_writes.h"
+#include "nnx/checkpoint/io/pending_writes.h"
 
 #include <algorithm>
 #include <exception>
 
-#include "checkpoint/io/direct_writer.h"
+#include "nnx/checkpoint/io/direct_writer.h"
 
 namespace nnx::checkpoint::io {
 

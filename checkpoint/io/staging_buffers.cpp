@@ -1,4 +1,4 @@
-#include "checkpoint/io/staging_buffers.h"
+#include "nnx/checkpoint/io/staging_buffers.h"
 
 #include <cstdlib>
 #include <new>

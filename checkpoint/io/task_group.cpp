@@ -1,4 +1,4 @@
-#include "checkpoint/io/task_group.h"
+#include "nnx/checkpoint/io/task_group.h"
 
 #include <c10/core/thread_pool.h>
 
@@ -9,7 +9,7 @@
 #include <mutex>
 #include <thread>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::checkpoint::io {
 

@@ -4,10 +4,10 @@
 
 #include <iostream>
 
-#include "checkpoint/manager.h"
-#include "framework/graph.h"
-#include "framework/layers.h"
-#include "optim/optimizer.h"
+#include <nnx/checkpoint/manager.h>
+#include <nnx/framework/graph.h>
+#include <nnx/framework/layers.h>
+#include <nnx/optim/optimizer.h>
 
 NNX_DEFINE_KIND(Scale, &nnx::Param);  // a user kind: optimized as a Param, filterable on its own
 

@@ -1,4 +1,4 @@
-#include "framework/data/dataset.h"
+#include "nnx/framework/data/dataset.h"
 
 #include <ATen/ATen.h>
 #include <zlib.h>
@@ -7,9 +7,9 @@
 #include <set>
 #include <sstream>
 
-#include "framework/compat.h"
-#include "framework/data/idx.h"
-#include "framework/error.h"
+#include "nnx/framework/compat.h"
+#include "nnx/framework/data/idx.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::data {
 

@@ -1,11 +1,11 @@
-#include "framework/data/idx.h"
+#include "nnx/framework/data/idx.h"
 
 #include <ATen/ATen.h>
 #include <zlib.h>
 
 #include <memory>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::data {
 

@@ -1,10 +1,10 @@
-#include "framework/data/loader.h"
+#include "nnx/framework/data/loader.h"
 
 #include <ATen/ATen.h>
 #include <xxhash.h>
 
-#include "framework/compat.h"
-#include "framework/error.h"
+#include "nnx/framework/compat.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::data {
 

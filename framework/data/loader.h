@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "framework/data/dataset.h"
+#include "nnx/framework/data/dataset.h"
 
 namespace nnx::data {
 

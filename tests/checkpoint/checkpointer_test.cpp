@@ -1,4 +1,4 @@
-#include "checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/async_checkpointer.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 #include <fstream>
 #include <random>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx;

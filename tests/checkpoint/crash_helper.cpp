@@ -12,8 +12,8 @@
 #include <filesystem>
 #include <iostream>
 
-#include "checkpoint/manager.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/manager.h"
+#include "nnx/framework/error.h"
 
 namespace {
 int full_disk(const char* dir, long long limit) {

@@ -6,9 +6,9 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "framework/sharding.h"
-#include "framework/state.h"
-#include "framework/variable.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/framework/state.h"
+#include "nnx/framework/variable.h"
 
 namespace nnx::test {
 

@@ -3,7 +3,7 @@
 // attributes (compared with h5py).
 #include <gtest/gtest.h>
 
-#include "checkpoint/checkpointer.h"
+#include "nnx/checkpoint/checkpointer.h"
 #include "checkpoint/fixture_state.h"
 #include "test_util.h"
 #include "tools/run_util.h"

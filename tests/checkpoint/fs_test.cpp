@@ -1,10 +1,10 @@
-#include "checkpoint/io/fs.h"
+#include "nnx/checkpoint/io/fs.h"
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx::checkpoint;

@@ -1,13 +1,13 @@
 // Item handlers: a user registers an item kind of its own (args types and handler) and saves
 // and restores it beside the built-in kinds, without any change to the Checkpointer.
-#include "checkpoint/handlers/registry.h"
+#include "nnx/checkpoint/handlers/registry.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "checkpoint/async_checkpointer.h"
-#include "checkpoint/format/json_item.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx;

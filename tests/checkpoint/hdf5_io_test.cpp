@@ -1,9 +1,9 @@
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/state_reader.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/io/io_stats.h"
-#include "checkpoint/shard_planner.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/io_stats.h"
+#include "nnx/checkpoint/shard_planner.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -19,7 +19,7 @@
 #include <map>
 #include <sstream>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 #include "tools/run_util.h"
 

@@ -1,5 +1,5 @@
 // The I/O engine: one pool for the subsystem, groups that always finish, writes that commit waits for.
-#include "checkpoint/io/task_group.h"
+#include "nnx/checkpoint/io/task_group.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -7,10 +7,10 @@
 #include <atomic>
 #include <stdexcept>
 
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/direct_writer.h"
-#include "checkpoint/io/io_stats.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/direct_writer.h"
+#include "nnx/checkpoint/io/io_stats.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx;

@@ -1,5 +1,5 @@
-#include "checkpoint/io/fs.h"
-#include "checkpoint/manager.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/manager.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -13,7 +13,7 @@
 #include <random>
 #include <thread>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 extern char** environ;

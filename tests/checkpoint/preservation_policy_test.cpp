@@ -1,10 +1,10 @@
-#include "checkpoint/preservation_policy.h"
+#include "nnx/checkpoint/preservation_policy.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx;
 using namespace nnx::checkpoint;

@@ -1,8 +1,8 @@
-#include "checkpoint/save_decision_policy.h"
+#include "nnx/checkpoint/save_decision_policy.h"
 
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx;
 using namespace nnx::checkpoint;

@@ -2,11 +2,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "checkpoint/async_checkpointer.h"
-#include "framework/compat.h"
-#include "framework/graph.h"
-#include "framework/layers.h"
-#include "optim/optimizer.h"
+#include "nnx/checkpoint/async_checkpointer.h"
+#include "nnx/framework/compat.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
+#include "nnx/optim/optimizer.h"
 #include "test_util.h"
 
 using namespace nnx;

@@ -1,4 +1,4 @@
-#include "framework/blas.h"
+#include "nnx/framework/blas.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -1,9 +1,9 @@
-#include "framework/compat.h"
+#include "nnx/framework/compat.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 TEST(Compat, SeededGeneratorsAreReproducible) {
   auto a = nnx::compat::make_generator(c10::Device(c10::kCPU), 99);

@@ -11,6 +11,8 @@
 //   different-steps  rank 0 saves step 2 while rank 1 saves step 1: both must fail, nothing commits
 //   preemption    rank 1 alone receives SIGTERM before step 5; should_save() must agree to save
 //                 step 5 on every rank (and no earlier step), reached_preemption() true on each
+//   fuzz-seeds    saves a small checkpoint (bf16, a sharded variable, a JSON item) as DIR/seed:
+//                 the seeds of tests/fuzz/corpus/checkpoint
 //   fixture       saves the format fixture (tests/checkpoint/fixture_state.h) as DIR/fixture
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
@@ -22,18 +24,18 @@
 #include <iostream>
 #include <thread>
 
-#include "checkpoint/checkpointer.h"
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/state_reader.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/shard_planner.h"
-#include "checkpoint/manager.h"
-#include "framework/distributed.h"
-#include "framework/error.h"
-#include "framework/graph.h"
-#include "framework/sharding.h"
-#include "optim/optimizer.h"
+#include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/checkpoint/manager.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/sharding.h"
+#include "nnx/optim/optimizer.h"
 #include "../checkpoint/fixture_state.h"
 
 using namespace nnx;
@@ -205,6 +207,18 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "zero1") return zero1(*pg, dir);
+    if (mode == "fuzz-seeds") {
+      const auto spec = PartitionSpec::sharded(0, 2);
+      State s;
+      s.insert("dense/kernel", {Param, at::arange(12, at::kFloat).view({3, 4}), {}});
+      s.insert("dense/bias", {Param, at::arange(4, at::kFloat).to(at::kBFloat16), {}});
+      s.insert("mu", {OptState, shard_of(at::arange(10, at::kFloat).view({5, 2}), spec, Mesh{r, n}).clone(), {{kShardingKey, spec.to_string()}}});
+      s.insert("step", {OptState, at::scalar_tensor(int64_t(3)), {}});
+      checkpoint::Checkpointer c;
+      c.process_group = pg;
+      c.save(dir + "/seed", checkpoint::Composite{{"state", checkpoint::StandardSave(s)}, {"data", checkpoint::JsonSave({{"index", 7}})}});
+      return 0;
+    }
     if (mode == "fixture") {
       checkpoint::Checkpointer c;
       c.process_group = pg;

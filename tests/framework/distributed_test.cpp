@@ -1,6 +1,6 @@
 // Single-process checks of the distributed layer; multi-rank behaviour is tested through
 // nnx-launch in tests/tools/launch_test.cpp (dist_helper, nnx-train).
-#include "framework/distributed.h"
+#include "nnx/framework/distributed.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

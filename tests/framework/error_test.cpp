@@ -1,4 +1,4 @@
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 #include <gtest/gtest.h>
 

@@ -1,8 +1,8 @@
-#include "framework/filter.h"
+#include "nnx/framework/filter.h"
 
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx;
 

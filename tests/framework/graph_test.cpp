@@ -1,9 +1,9 @@
-#include "framework/graph.h"
+#include "nnx/framework/graph.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/layers.h"
+#include "nnx/framework/layers.h"
 
 using namespace nnx;
 

@@ -1,11 +1,11 @@
-#include "framework/init.h"
+#include "nnx/framework/init.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "framework/rngs.h"
+#include "nnx/framework/rngs.h"
 
 using namespace nnx;
 

@@ -1,9 +1,9 @@
-#include "framework/layers.h"
+#include "nnx/framework/layers.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/graph.h"
+#include "nnx/framework/graph.h"
 #include "test_util.h"
 
 using namespace nnx;

@@ -1,4 +1,4 @@
-#include "framework/log.h"
+#include "nnx/framework/log.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

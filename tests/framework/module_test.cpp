@@ -1,10 +1,10 @@
-#include "framework/module.h"
+#include "nnx/framework/module.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/graph.h"
-#include "framework/layers.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
 
 using namespace nnx;
 

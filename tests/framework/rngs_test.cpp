@@ -1,11 +1,11 @@
-#include "framework/rngs.h"
+#include "nnx/framework/rngs.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
-#include "framework/graph.h"
-#include "framework/layers.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
 
 using namespace nnx;
 

@@ -1,9 +1,9 @@
-#include "framework/sharding.h"
+#include "nnx/framework/sharding.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx;
 

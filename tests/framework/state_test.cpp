@@ -1,9 +1,9 @@
-#include "framework/state.h"
+#include "nnx/framework/state.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx;
 

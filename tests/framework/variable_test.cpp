@@ -1,9 +1,9 @@
-#include "framework/variable.h"
+#include "nnx/framework/variable.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 NNX_DEFINE_KIND(LoraParam, &nnx::Param);
 NNX_DEFINE_KIND(MyStat);

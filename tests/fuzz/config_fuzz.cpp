@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <string>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "tools/trainer/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string>
 
-#include "checkpoint/format/metadata.h"
-#include "framework/error.h"
+#include "nnx/checkpoint/format/metadata.h"
+#include "nnx/framework/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

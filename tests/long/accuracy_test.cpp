@@ -5,7 +5,7 @@
 
 #include <filesystem>
 
-#include "checkpoint/checkpointer.h"
+#include "nnx/checkpoint/checkpointer.h"
 #include "test_util.h"
 #include "tools/run_util.h"
 

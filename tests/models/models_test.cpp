@@ -1,10 +1,10 @@
-#include "models/models.h"
+#include "nnx/models/models.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/graph.h"
-#include "framework/layers.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
 
 using namespace nnx;
 using namespace nnx::models;

@@ -1,10 +1,10 @@
-#include "optim/optimizer.h"
+#include "nnx/optim/optimizer.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/graph.h"
-#include "framework/layers.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/layers.h"
 #include "test_util.h"
 
 using namespace nnx;

@@ -1,10 +1,10 @@
-#include "optim/schedule.h"
+#include "nnx/optim/schedule.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 using namespace nnx::optim;
 

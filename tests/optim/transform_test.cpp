@@ -1,10 +1,10 @@
-#include "optim/transform.h"
+#include "nnx/optim/transform.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "framework/error.h"
-#include "framework/module.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/module.h"
 
 using namespace nnx;
 using namespace nnx::optim;

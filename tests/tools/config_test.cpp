@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 #include "tools/run_util.h"
 

@@ -15,13 +15,13 @@
 #include <thread>
 #include <vector>
 
-#include "checkpoint/checkpointer.h"
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/state_reader.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/shard_planner.h"
-#include "checkpoint/manager.h"
+#include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/checkpoint/manager.h"
 
 extern char** environ;
 

@@ -11,14 +11,14 @@
 #include <cstring>
 #include <filesystem>
 
-#include "checkpoint/async_checkpointer.h"
-#include "checkpoint/format/json_item.h"
-#include "checkpoint/format/state_reader.h"
-#include "checkpoint/format/state_writer.h"
-#include "checkpoint/io/checksum.h"
-#include "checkpoint/shard_planner.h"
-#include "framework/graph.h"
-#include "optim/optimizer.h"
+#include "nnx/checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/framework/graph.h"
+#include "nnx/optim/optimizer.h"
 #include "tools/trainer/trainer.h"
 
 namespace {

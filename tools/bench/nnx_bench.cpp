@@ -30,16 +30,16 @@
 #include <iostream>
 #include <map>
 
-#include "checkpoint/async_checkpointer.h"
-#include "checkpoint/shard_planner.h"
-#include "checkpoint/io/fs.h"
-#include "checkpoint/manager.h"
-#include "framework/data/dataset.h"
-#include "framework/distributed.h"
-#include "framework/graph.h"
-#include "models/models.h"
+#include "nnx/checkpoint/async_checkpointer.h"
+#include "nnx/checkpoint/shard_planner.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/manager.h"
+#include "nnx/framework/data/dataset.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/graph.h"
+#include "nnx/models/models.h"
 #include "tools/trainer/trainer.h"
-#include "optim/optimizer.h"
+#include "nnx/optim/optimizer.h"
 
 namespace stdfs = std::filesystem;
 using Clock = std::chrono::steady_clock;

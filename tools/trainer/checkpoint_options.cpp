@@ -2,7 +2,7 @@
 
 #include <set>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::trainer {
 

@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/manager.h"
+#include "nnx/checkpoint/manager.h"
 #include "tools/trainer/config.h"
 
 namespace nnx::trainer {

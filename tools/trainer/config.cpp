@@ -7,9 +7,9 @@
 #include <map>
 #include <set>
 
-#include "framework/error.h"
-#include "models/model_types.h"
-#include "optim/schedule_types.h"
+#include "nnx/framework/error.h"
+#include "nnx/models/model_types.h"
+#include "nnx/optim/schedule_types.h"
 
 namespace nnx::trainer {
 

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::trainer {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "framework/data/dataset.h"
+#include "nnx/framework/data/dataset.h"
 #include "tools/trainer/config.h"
 
 namespace nnx::trainer {

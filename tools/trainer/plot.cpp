@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "framework/error.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::trainer {
 

@@ -10,11 +10,11 @@
 #include <iomanip>
 #include <iostream>
 
-#include "framework/blas.h"
-#include "framework/compat.h"
-#include "framework/graph.h"
-#include "framework/log.h"
-#include "models/models.h"
+#include "nnx/framework/blas.h"
+#include "nnx/framework/compat.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/log.h"
+#include "nnx/models/models.h"
 #include "tools/trainer/checkpoint_options.h"
 #include "tools/trainer/torch_import.h"
 

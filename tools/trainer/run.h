@@ -11,11 +11,11 @@
 #include <string>
 #include <utility>
 
-#include "checkpoint/manager.h"
-#include "framework/data/loader.h"
-#include "framework/distributed.h"
-#include "framework/module.h"
-#include "optim/optimizer.h"
+#include "nnx/checkpoint/manager.h"
+#include "nnx/framework/data/loader.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/module.h"
+#include "nnx/optim/optimizer.h"
 #include "tools/trainer/datasets.h"
 #include "tools/trainer/trainer.h"
 

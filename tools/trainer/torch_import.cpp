@@ -6,8 +6,8 @@
 #include <fstream>
 #include <set>
 
-#include "framework/error.h"
-#include "framework/graph.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/graph.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/import_read.h>

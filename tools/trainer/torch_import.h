@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "framework/module.h"
+#include "nnx/framework/module.h"
 
 namespace nnx::trainer {
 

@@ -4,10 +4,10 @@
 
 #include <filesystem>
 
-#include "framework/data/dataset.h"
-#include "framework/data/idx.h"
-#include "framework/data/loader.h"
-#include "framework/error.h"
+#include "nnx/framework/data/dataset.h"
+#include "nnx/framework/data/idx.h"
+#include "nnx/framework/data/loader.h"
+#include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx;
