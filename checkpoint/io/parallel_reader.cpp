@@ -1,6 +1,5 @@
 #include "nnx/checkpoint/io/parallel_reader.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,10 +47,6 @@ void ParallelReader::check(const at::Tensor& t, std::string expected, std::strin
 void ParallelReader::read_at(const at::Tensor& t, int fd, uint64_t offset, std::string expected, std::string where) {
   NNX_INTERNAL_ASSERT(fd >= 0, "no descriptor for direct reads of ", where);
   count_read(true, t.numel() * t.element_size());
-  // Ask the kernel for the whole range now: on a cold file it reads ahead of the reader jobs,
-  // whose interleaved preads on one descriptor would otherwise shrink its readahead window.
-  // Pages already cached cost a lookup each.
-  ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(t.numel() * t.element_size()), POSIX_FADV_WILLNEED);
   if (static_cast<size_t>(t.numel() * t.element_size()) >= 2 * kPiece)
     return read_in_pieces(t, fd, offset, std::move(expected), std::move(where));
   readers_.submit([this, t, fd, offset, expected = std::move(expected), where = std::move(where)] {
