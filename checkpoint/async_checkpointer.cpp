@@ -62,15 +62,17 @@ void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& arg
   if (worker_) worker_->wait();  // finished: its promise is set
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
   Composite snap = snapshot_to_host(args, &buffers_);
-  std::promise<void> promise;
+  // The promise stays with this object, not with the job: the future's state (and a failure's
+  // exception) is released here, after the job was waited for, never on a pool thread while a
+  // waiter may still be reading the exception.
+  promise_ = std::make_unique<std::promise<void>>();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    flight_ = Flight{promise.get_future().share(), ++next_id_};
+    flight_ = Flight{promise_->get_future().share(), ++next_id_};
   }
   worker_ = std::make_unique<io::TaskGroup>(1);
-  auto shared_promise = std::make_shared<std::promise<void>>(std::move(promise));  // std::function copies
   worker_->submit([this, path, snap = std::move(snap), metadata, on_commit = std::move(on_commit),
-                   on_failure = std::move(on_failure), promise = shared_promise]() mutable {
+                   on_failure = std::move(on_failure), promise = promise_.get()]() mutable {
     try {
       Checkpointer::save(path, snap, metadata);
       if (on_commit) on_commit();

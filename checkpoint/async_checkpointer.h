@@ -44,6 +44,7 @@ class AsyncCheckpointer : public Checkpointer {
     uint64_t id = 0;
   };
   Flight current() const;
+  std::unique_ptr<std::promise<void>> promise_;  // the save in flight's; replaced only by save_async
   std::unique_ptr<io::TaskGroup> worker_;  // replaced only by save_async; waited by it and the destructor
   Flight flight_;                          // done invalid: nothing in flight and no failure left to report
   uint64_t next_id_ = 0;
