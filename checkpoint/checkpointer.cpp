@@ -17,7 +17,8 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
-using ItemSave = std::function<io::PendingWrites(const ItemHandler&, const SaveContext&, const std::string&, const ItemArgs&)>;
+// Which of a handler's writes a file gets: save (one rank), save_shard or save_global.
+using ItemSave = io::PendingWrites (ItemHandler::*)(const SaveContext&, const std::string&, const ItemArgs&) const;
 
 // Creates `path`, writes every item of `args` with `write`, commits the file; its entry.
 FileEntry write_file(const stdfs::path& path, const Composite& args, const std::vector<const ItemHandler*>& handlers,
@@ -26,7 +27,7 @@ FileEntry write_file(const stdfs::path& path, const Composite& args, const std::
   const SaveContext ctx = context(file);
   io::PendingWrites pending;
   for (size_t i = 0; i < args.items().size(); ++i)
-    pending.merge(write(*handlers[i], ctx, args.items()[i].first, args.items()[i].second));
+    pending.merge((handlers[i]->*write)(ctx, args.items()[i].first, args.items()[i].second));
   const auto [size, sum] = file.commit(std::move(pending));
   return FileEntry{path.filename().string(), size, sum, file.structure()};
 }
@@ -68,29 +69,21 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
   std::vector<const ItemHandler*> handlers;  // every item's, before any file is written
   for (const auto& [name, a] : args.items()) handlers.push_back(&HandlerRegistry::global().for_save(name, a));
   const auto writers = n > 1 ? assign_writers(args, n) : std::map<std::string, int>{};
-  auto base = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, nullptr, {}}; };
+  auto base = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, nullptr}; };
   SaveSteps steps;
   steps.plan_digest = plan_digest(writers);
   steps.plan_mismatch = "the ranks' states do not agree on which rank writes which tensor (a variable sharded on "
                         "some ranks only, or a replicated variable shaped differently per rank)";
   steps.write_rank_files = [&](const stdfs::path& tmp) -> std::vector<FileEntry> {
-    if (n == 1)
-      return {write_file(tmp / kCheckpointFile, args, handlers, base,
-                         [](const ItemHandler& h, const SaveContext& c, const std::string& name, const ItemArgs& a) { return h.save(c, name, a); })};
-    return {write_file(tmp / shard_file_name(rank, n), args, handlers, base,
-                       [](const ItemHandler& h, const SaveContext& c, const std::string& name, const ItemArgs& a) { return h.save_shard(c, name, a); })};
+    if (n == 1) return {write_file(tmp / kCheckpointFile, args, handlers, base, &ItemHandler::save)};
+    return {write_file(tmp / shard_file_name(rank, n), args, handlers, base, &ItemHandler::save_shard)};
   };
   steps.write_leader_files = [&](const stdfs::path& tmp) -> std::vector<FileEntry> {
     if (n == 1) return {};
     std::vector<H5File> shards;
-    std::vector<std::string> names;
-    for (int r = 0; r < n; ++r) {
-      names.push_back(shard_file_name(r, n));
-      shards.push_back(H5File::open((tmp / names.back()).string()));
-    }
-    auto global = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, &shards, names}; };
-    return {write_file(tmp / kCheckpointFile, args, handlers, global,
-                       [](const ItemHandler& h, const SaveContext& c, const std::string& name, const ItemArgs& a) { return h.save_global(c, name, a); })};
+    for (int r = 0; r < n; ++r) shards.push_back(H5File::open((tmp / shard_file_name(r, n)).string()));
+    auto global = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, &shards}; };
+    return {write_file(tmp / kCheckpointFile, args, handlers, global, &ItemHandler::save_global)};
   };
   steps.metadata = [&](const std::vector<FileEntry>& files) { return save_metadata(metadata, args, handlers, n, files); };
   commit_save(*coord, "nnx/save/" + std::to_string(save_seq_++), path, steps);

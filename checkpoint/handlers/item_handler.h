@@ -30,9 +30,9 @@ struct SaveContext {
   /// The writer rank of each tensor of the State items ("item/path" -> rank; see
   /// assign_writers). Empty for a single-rank save.
   const std::map<std::string, int>& writers;
-  /// save_global only: the ranks' shard files, in rank order, and their names.
+  /// save_global only: the ranks' shard files, in rank order (rank r's is named
+  /// shard_file_name(r, world_size)).
   const std::vector<H5File>* shards = nullptr;
-  std::vector<std::string> shard_names;
 };
 
 /// Where an item is being read from.

@@ -29,7 +29,7 @@ io::PendingWrites StateHandler::save_global(const SaveContext& ctx, const std::s
   for (size_t r = 0; r < ctx.shards->size(); ++r)
     for (const auto& d : list_item((*ctx.shards)[r], name)) {
       VirtualSource& src = sources[d.path];
-      src.pieces.push_back({ctx.shard_names[r], d.checksum, d.shape});
+      src.pieces.push_back({shard_file_name(static_cast<int>(r), ctx.world_size), d.checksum, d.shape});
       if (ctx.writers.at(name + "/" + d.path) == kEveryRank)
         src.dim = get_partition_spec(state.at(d.path).metadata).sharded_dim();
     }

@@ -25,6 +25,26 @@ struct SimpleLinear : ModuleBase<SimpleLinear> {
   at::Tensor forward(const at::Tensor& x) override { return at::matmul(x, variable("w").value()) + variable("b").value(); }
 };
 
+// The last block: a Composite restored with update into a fresh model and optimizer.
+bool restore_into_fresh(ocp::CheckpointManager& mngr, const Module& model, const optim::Optimizer& optimizer) {
+  // py: fresh = SimpleLinear(4, 3, rngs=nnx.Rngs(params=1))
+  // py: fresh_optimizer = nnx.Optimizer(fresh, optax.adamw(1e-3))
+  // py: restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+  // py:     params=ocp.args.StandardRestore(nnx.state(fresh)),
+  // py:     optimizer=ocp.args.StandardRestore(nnx.state(fresh_optimizer)), data=ocp.args.JsonRestore()))
+  // py: nnx.update(fresh, restored.params)
+  // py: nnx.update(fresh_optimizer, restored.optimizer)
+  // py: assert restored.data['index'] == 4 and mngr.all_steps() == [2, 3, 4]
+  auto fresh = std::make_shared<SimpleLinear>(4, 3, Rngs({{"params", 1}}));
+  optim::Optimizer fresh_optimizer(fresh, {optim::adamw(optim::AdamOptions(1e-3))});
+  auto restored = mngr.restore(mngr.latest_step(), ocp::Composite{{"params", ocp::StandardRestore(state(*fresh))},
+      {"optimizer", ocp::StandardRestore(state(fresh_optimizer))}, {"data", ocp::JsonRestore()}});
+  update(*fresh, restored.state("params"));
+  update(fresh_optimizer, restored.state("optimizer"));
+  return restored.json_item("data")["index"] == 4 && mngr.all_steps() == std::vector<int64_t>{2, 3, 4} &&
+         state(*fresh).equal(state(model)) && state(fresh_optimizer).equal(state(optimizer));
+}
+
 int main(int argc, char** argv) {
   // py: model = SimpleLinear(4, 3, rngs=nnx.Rngs(params=0))
   // py: mngr = ocp.CheckpointManager(dir, options=ocp.CheckpointManagerOptions(max_to_keep=3))
@@ -70,23 +90,8 @@ int main(int argc, char** argv) {
   }
   mngr.wait_until_finished();
 
-  // py: fresh = SimpleLinear(4, 3, rngs=nnx.Rngs(params=1))
-  // py: fresh_optimizer = nnx.Optimizer(fresh, optax.adamw(1e-3))
-  // py: restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-  // py:     params=ocp.args.StandardRestore(nnx.state(fresh)),
-  // py:     optimizer=ocp.args.StandardRestore(nnx.state(fresh_optimizer)), data=ocp.args.JsonRestore()))
-  // py: nnx.update(fresh, restored.params)
-  // py: nnx.update(fresh_optimizer, restored.optimizer)
-  // py: assert restored.data['index'] == 4 and mngr.all_steps() == [2, 3, 4]
   // py: mngr.close()
-  auto fresh = std::make_shared<SimpleLinear>(4, 3, Rngs({{"params", 1}}));
-  optim::Optimizer fresh_optimizer(fresh, {optim::adamw(optim::AdamOptions(1e-3))});
-  auto restored = mngr.restore(mngr.latest_step(), ocp::Composite{{"params", ocp::StandardRestore(state(*fresh))},
-      {"optimizer", ocp::StandardRestore(state(fresh_optimizer))}, {"data", ocp::JsonRestore()}});
-  update(*fresh, restored.state("params"));
-  update(fresh_optimizer, restored.state("optimizer"));
-  const bool ok = restored.json_item("data")["index"] == 4 && mngr.all_steps() == std::vector<int64_t>{2, 3, 4} &&
-                  state(*fresh).equal(state(*model)) && state(fresh_optimizer).equal(state(optimizer));
+  const bool ok = restore_into_fresh(mngr, *model, optimizer);
   mngr.close();
   return ok ? 0 : 1;
 }

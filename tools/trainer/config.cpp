@@ -522,13 +522,19 @@ nlohmann::json Config::to_json() const {
 }
 
 namespace {
-void diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix, std::vector<std::string>& out) {
-  if (a.is_object() && b.is_object()) {
+// "path: old -> new" for each differing leaf; with `into_arrays`, arrays of equal length are
+// compared element by element ("path[i]"), else as one value (config lists read better whole).
+void diff(const nlohmann::json& a, const nlohmann::json& b, const std::string& prefix, std::vector<std::string>& out,
+          bool into_arrays = false) {
+  if (into_arrays && a.is_array() && b.is_array() && a.size() == b.size()) {
+    for (size_t i = 0; i < a.size(); ++i) diff(a[i], b[i], prefix + "[" + std::to_string(i) + "]", out, true);
+  } else if (a.is_object() && b.is_object()) {
     std::set<std::string> keys;
     for (auto it = a.begin(); it != a.end(); ++it) keys.insert(it.key());
     for (auto it = b.begin(); it != b.end(); ++it) keys.insert(it.key());
     for (const auto& k : keys)
-      diff(a.contains(k) ? a[k] : nlohmann::json(), b.contains(k) ? b[k] : nlohmann::json(), prefix.empty() ? k : prefix + "." + k, out);
+      diff(a.contains(k) ? a[k] : nlohmann::json(), b.contains(k) ? b[k] : nlohmann::json(),
+           prefix.empty() ? k : prefix + "." + k, out, into_arrays);
   } else if (a != b) {
     out.push_back(prefix + ": " + a.dump() + " -> " + b.dump());
   }
@@ -548,21 +554,7 @@ std::vector<std::string> structural_differences(const nlohmann::json& saved, con
 
 std::vector<std::string> json_differences(const nlohmann::json& a, const nlohmann::json& b) {
   std::vector<std::string> out;
-  std::function<void(const nlohmann::json&, const nlohmann::json&, const std::string&)> walk =
-      [&](const nlohmann::json& x, const nlohmann::json& y, const std::string& at) {
-        if (x.is_array() && y.is_array() && x.size() == y.size()) {
-          for (size_t i = 0; i < x.size(); ++i) walk(x[i], y[i], at + "[" + std::to_string(i) + "]");
-        } else if (x.is_object() && y.is_object()) {
-          std::set<std::string> keys;
-          for (auto it = x.begin(); it != x.end(); ++it) keys.insert(it.key());
-          for (auto it = y.begin(); it != y.end(); ++it) keys.insert(it.key());
-          for (const auto& k : keys)
-            walk(x.contains(k) ? x[k] : nlohmann::json(), y.contains(k) ? y[k] : nlohmann::json(), at.empty() ? k : at + "." + k);
-        } else if (x != y) {
-          out.push_back(at + ": " + x.dump() + " -> " + y.dump());
-        }
-      };
-  walk(a, b, "");
+  diff(a, b, "", out, /*into_arrays=*/true);
   return out;
 }
 

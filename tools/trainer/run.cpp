@@ -365,7 +365,7 @@ void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force) {
 }
 
 // Logs (and evaluates) when due: the metrics record, appended to metrics.jsonl and printed.
-nlohmann::json Run::report_step(double loss, bool finite) {
+nlohmann::json Run::report_step(double loss) {
   const bool log_now = step_ % cfg_.train.log_every == 0 || step_ == cfg_.train.max_steps;
   const bool eval_now = (cfg_.eval.every_steps > 0 && step_ % cfg_.eval.every_steps == 0) || step_ == cfg_.train.max_steps;
   if (!log_now && !eval_now) return nullptr;
@@ -392,7 +392,6 @@ nlohmann::json Run::report_step(double loss, bool finite) {
   else if (lead_) std::cout << line.str() << std::endl;
   window_start_ = Clock::now();
   window_examples_ = window_steps_ = 0;
-  (void)finite;
   return rec;
 }
 
@@ -400,7 +399,7 @@ nlohmann::json Run::report_step(double loss, bool finite) {
 // when a preemption stops the run. With several ranks should_save() agrees the decision (and a
 // preemption seen by any rank) across them, so every rank saves the same steps.
 bool Run::after_step(double loss, bool finite) {
-  const nlohmann::json rec = report_step(loss, finite);
+  const nlohmann::json rec = report_step(loss);
   const bool save_now = manager_->should_save(step_);
   const bool preempted = manager_->reached_preemption(step_);
   if (save_now || step_ == cfg_.train.max_steps || preempted) {

@@ -64,7 +64,7 @@ class Run {
   std::pair<double, bool> step();
   std::pair<double, double> evaluate();
   void save(int64_t at_step, const nlohmann::json& metrics, bool force);
-  nlohmann::json report_step(double loss, bool finite);
+  nlohmann::json report_step(double loss);
   void report_start() const;
   void report_done() const;
   bool after_step(double loss, bool finite);
