@@ -10,6 +10,7 @@
 #include "nnx/checkpoint/format/state_writer.h"
 #include "nnx/checkpoint/io/direct_writer.h"
 #include "nnx/checkpoint/io/io_stats.h"
+#include "nnx/checkpoint/shard_planner.h"
 #include "nnx/framework/error.h"
 #include "test_util.h"
 
@@ -73,11 +74,16 @@ TEST(PendingWrites, DroppedWritesAreCancelledAndTheFileStaysUncommitted) {
   State s;
   for (int i = 0; i < 8; ++i) s.insert("t" + std::to_string(i), {Param, at::full({1 << 20}, float(i)), {}});
   {
+    io::IoStatsScope scope;
     H5File f = H5File::create((dir / "dropped.h5").string());
     { io::PendingWrites pending = write_state(f, "params", s); }  // dropped: skipped or finished, never dangling
+    // Its writes were not handed over: the file can no longer be committed.
+    if (scope.stats().direct_writes > 0) EXPECT_THROW(f.commit(), Error);
   }
-  // The tensors may change now; a new file of the same state is complete.
+  // The tensors may change now; a new file of the same state is complete and reads back.
   H5File g = H5File::create((dir / "kept.h5").string());
   auto [size, sum] = g.commit(write_state(g, "params", s));
   EXPECT_EQ(fs::file_size_and_checksum(dir / "kept.h5").second, sum);
+  H5File back = H5File::open((dir / "kept.h5").string());
+  EXPECT_TRUE(read_state(back, "params", s).equal(s));
 }
