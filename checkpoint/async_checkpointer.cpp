@@ -10,11 +10,16 @@ namespace nnx::checkpoint {
 
 namespace stdfs = std::filesystem;
 
-Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse) {
-  io::HostSnapshot snapshot(reuse);
+Composite snapshot_items(const Composite& args, io::HostSnapshot& snapshot) {
   Composite out;
   for (const auto& [name, a] : args.items())
     out.add(name, HandlerRegistry::global().for_save(name, a).snapshot(a, name, snapshot));
+  return out;
+}
+
+Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse) {
+  io::HostSnapshot snapshot(reuse);
+  Composite out = snapshot_items(args, snapshot);
   snapshot.finish();
   return out;
 }
@@ -61,7 +66,12 @@ void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& arg
   wait_until_finished();
   if (worker_) worker_->wait();  // finished: its promise is set
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
-  Composite snap = snapshot_to_host(args, &buffers_);
+  // Deferred: the copies run on the pool while the caller goes on; the job waits for them (and
+  // fails on a torn copy) before it writes. In save: they are made here.
+  auto copies = std::make_shared<io::HostSnapshot>(&buffers_, snapshot_timing);
+  Composite snap = snapshot_items(args, *copies);
+  if (snapshot_timing == io::SnapshotTiming::kInSave) copies->finish();
+  else copies->start();
   // The promise stays with this object, not with the job: the future's state (and a failure's
   // exception) is released here, after the job was waited for, never on a pool thread while a
   // waiter may still be reading the exception.
@@ -71,9 +81,11 @@ void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& arg
     flight_ = Flight{promise_->get_future().share(), ++next_id_};
   }
   worker_ = std::make_unique<io::TaskGroup>(1);
-  worker_->submit([this, path, snap = std::move(snap), metadata, on_commit = std::move(on_commit),
-                   on_failure = std::move(on_failure), promise = promise_.get()]() mutable {
+  worker_->submit([this, path, snap = std::move(snap), copies = std::move(copies), metadata,
+                   on_commit = std::move(on_commit), on_failure = std::move(on_failure),
+                   promise = promise_.get()]() mutable {
     try {
+      copies->wait();
       Checkpointer::save(path, snap, metadata);
       if (on_commit) on_commit();
       promise->set_value();

@@ -9,13 +9,18 @@
 #include <vector>
 
 #include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/io/host_snapshot.h"
 #include "nnx/checkpoint/io/task_group.h"
 
 namespace nnx::checkpoint {
 
-/// Asynchronous checkpointer (ocp.AsyncCheckpointer): save() copies every tensor to host memory
-/// (the caller may change its tensors as soon as save() returns), then writes and commits as a
-/// job on the checkpoint subsystem's pool (io::TaskGroup). One save is in flight at a time:
+/// Asynchronous checkpointer (ocp.AsyncCheckpointer): save() snapshots every tensor to host
+/// memory, then writes and commits as a job on the checkpoint subsystem's pool (io::TaskGroup).
+/// With snapshot_timing kInSave (the default) save() returns after the copy, and the caller may
+/// change its tensors any way it likes; with kDeferred it returns once it has recorded what to
+/// copy, the copy runs beside the caller's next steps, and in-place writers of saved tensors
+/// pass the write fence (io::HostSnapshot, framework/write_fence.h). The snapshot's host
+/// buffers are reused by the next save: one snapshot of extra memory. One save is in flight at a time:
 /// save() first waits for the previous one. A failed background save is rethrown by the next
 /// save() or wait_until_finished(): by every wait_until_finished() that was waiting for it, on
 /// any thread, and by the first one after it. save() is called from one thread at a time;
@@ -38,6 +43,9 @@ class AsyncCheckpointer : public Checkpointer {
   void wait() const;
   bool in_progress() const;
 
+  /// When the snapshot copies (see the class comment).
+  io::SnapshotTiming snapshot_timing = io::SnapshotTiming::kInSave;
+
  private:
   struct Flight {
     std::shared_future<void> done;  // ready when the save committed or failed
@@ -57,5 +65,9 @@ class AsyncCheckpointer : public Checkpointer {
 /// `reuse` (a previous snapshot's, in order) are reused where dtype and size match, which saves
 /// the page faults of fresh allocations. Throws nnx::Error for an abstract or undefined tensor.
 Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse = nullptr);
+
+/// The items of `args` with their tensors replaced by `snapshot`'s host copies (each handler's
+/// snapshot()); the copies are made when `snapshot` finishes. Throws as snapshot_to_host.
+Composite snapshot_items(const Composite& args, io::HostSnapshot& snapshot);
 
 }  // namespace nnx::checkpoint

@@ -44,6 +44,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
       async_ = std::make_unique<AsyncCheckpointer>();
       async_->process_group = options_.process_group;
       async_->write_options.direct_io = options_.direct_io;
+      async_->snapshot_timing = options_.snapshot_timing;
     }
     if (options_.handle_preemption_signals) {
       install_preemption_handlers();
@@ -286,11 +287,20 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
   }
   NNX_CHECK(!closed_, "CheckpointManager on '", directory_.string(), "' is closed");
   NNX_CHECK(step >= 0, "checkpoint steps must be >= 0, got ", step);
+  std::optional<bool> decided;  // should_save(step), when asked before the wait
+  if (!force && async_ && options_.busy_policy == BusyPolicy::kSkip) {
+    decided = should_save(step);
+    if (!*decided) return false;
+    if (previous_save_busy()) {
+      log::info("step " + std::to_string(step) + " not saved: the previous save is still being written (busy_policy: skip)");
+      return false;
+    }
+  }
   if (async_) async_->wait_until_finished();  // one save in flight; surfaces a failed one
   const stdfs::path path = step_path(step);
   NNX_CHECK(!stdfs::exists(path), "step ", step, " already exists in '", directory_.string(),
             "'; checkpoints are never overwritten");
-  if (!force && !should_save(step)) return false;
+  if (!force && !(decided ? *decided : should_save(step))) return false;
   NNX_CHECK(metrics.is_null() || metrics.is_object(), "metrics must be a JSON object");
   const CheckpointInfo info{step, unix_seconds_now(), metrics};
   const nlohmann::json meta = {{"step", step}, {"metrics", metrics}, {"time", info.time}};
@@ -328,6 +338,19 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
     throw;
   }
   return true;
+}
+
+// BusyPolicy::kSkip: whether this save is skipped. Ranks agree (any rank still writing skips
+// them all), since a save is collective.
+bool CheckpointManager::previous_save_busy() const {
+  if (!async_ || options_.busy_policy != BusyPolicy::kSkip) return false;
+  bool busy = async_->in_progress();
+  if (decision_group_) {
+    std::vector<at::Tensor> v = {at::tensor({busy ? 1.0 : 0.0}, at::kDouble)};
+    decision_group_->all_reduce_sum(v);
+    busy = v[0][0].item<double>() > 0;
+  }
+  return busy;
 }
 
 CheckpointInfo CheckpointManager::committed_info(const CheckpointInfo& mine, const stdfs::path& path) const {

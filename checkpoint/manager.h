@@ -41,7 +41,9 @@ class CheckpointManager {
   /// Waits for the save in flight and closes (errors are reported on stderr, not thrown).
   ~CheckpointManager();
 
-  /// Saves `args` as `step` when should_save(step) or `force`; returns whether it saved.
+  /// Saves `args` as `step` when should_save(step) or `force`; returns whether it saved (an
+  /// async save is also skipped, unforced, under BusyPolicy::kSkip while the previous one is
+  /// still being written).
   /// `metrics` (a JSON object) is stored in the step's metadata. Throws nnx::Error when the step
   /// is already committed, and rethrows a failed previous async save. An async save is listed
   /// by all_steps() and latest_step() as soon as save() returns; restore() of it waits for it.
@@ -117,6 +119,7 @@ class CheckpointManager {
   void add_committed_locked(const CheckpointInfo& info);
   std::vector<std::filesystem::path> retention_locked();
   CheckpointInfo committed_info(const CheckpointInfo& mine, const std::filesystem::path& path) const;
+  bool previous_save_busy() const;
   void apply_retention();
   void remove_renamed(const std::vector<std::filesystem::path>& gone) const;
   std::filesystem::path rename_away_locked(int64_t step);

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "nnx/checkpoint/io/host_snapshot.h"
 #include "nnx/checkpoint/preservation_policy.h"
 #include "nnx/checkpoint/save_decision_policy.h"
 
@@ -14,6 +15,15 @@ class ProcessGroup;
 }
 
 namespace nnx::checkpoint {
+
+/// What an async save does when the previous one is still being written. Host memory stays at
+/// one snapshot either way.
+enum class BusyPolicy {
+  kWait,  ///< wait for it, then save (training stalls while the disk catches up)
+  /// Save nothing this time and return false, unless forced (the last step, a preemption);
+  /// with several ranks, every rank skips when any rank is still writing.
+  kSkip,
+};
 
 /// Options of a CheckpointManager (ocp.CheckpointManagerOptions).
 struct CheckpointManagerOptions {
@@ -54,6 +64,15 @@ struct CheckpointManagerOptions {
   /// Saves return after snapshotting to host memory; writing and committing go on in the
   /// background.
   bool enable_async_checkpointing = true;
+  /// Async saves: when the host snapshot copies (io::SnapshotTiming). kInSave: inside save(),
+  /// after which the caller may change its tensors any way it likes. kDeferred: save() returns
+  /// once it recorded what to copy and the copy runs beside the next training step; in-place
+  /// writers of saved tensors must pass the write fence (nnx::prepare_write; the framework's
+  /// own writers do), and a write that skipped it fails the save instead of committing torn
+  /// state. Either way one snapshot's host buffers are kept and reused.
+  io::SnapshotTiming snapshot_timing = io::SnapshotTiming::kInSave;
+  /// Async saves: what save() does while the previous save is still being written.
+  BusyPolicy busy_policy = BusyPolicy::kWait;
   /// Write datasets of 1 MiB or more with O_DIRECT (WriteOptions::direct_io); off: through
   /// the page cache.
   bool direct_io = true;

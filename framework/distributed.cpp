@@ -12,6 +12,7 @@
 #include "nnx/framework/error.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/framework/graph.h"
+#include "nnx/framework/write_fence.h"
 
 namespace nnx::distributed {
 
@@ -202,6 +203,7 @@ void broadcast_state(Module& module, ProcessGroup& pg, int root) {
     std::vector<at::Tensor> one = {wire(buf)};
     pg.broadcast(one, root);
     int64_t off = 0;
+    prepare_write(ts);  // the copies below write the module's state in place
     for (auto& t : ts) {
       t.copy_(buf.slice(0, off, off + t.numel()).view(t.sizes()));
       off += t.numel();
@@ -225,6 +227,7 @@ void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes)
     pg.all_reduce_sum(one);
     one[0].mul_(scale);
     int64_t off = 0;
+    prepare_write(bucket);  // in place: also used for state (BatchNorm statistics)
     for (auto& t : bucket) {
       t.copy_(one[0].slice(0, off, off + t.numel()).view(t.sizes()));
       off += t.numel();
@@ -253,6 +256,7 @@ void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg)
     NNX_CHECK(t.dim() >= 1, "all_gather_shards: a 0-d tensor is replicated, not sharded");
     by_dtype[t.scalar_type()].push_back(t);
   }
+  prepare_write(tensors);  // the gathered rows are written into the tensors (params) in place
   for (auto& [dtype, ts] : by_dtype) {
     // Elements of rank k's rows in tensor i, and each rank's packed size.
     auto rows = [&](const at::Tensor& t, int k) { return shard_range(t.size(0), k, n); };

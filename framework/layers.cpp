@@ -108,8 +108,10 @@ at::Tensor BatchNorm::forward(const at::Tensor& x) {
   NNX_CHECK(ok && x.size(1) == num_features, describe(), ": expected input ",
             spatial_dims == 2 ? "[N, " : "[N, ", num_features, spatial_dims == 2 ? ", H, W]" : "(, L)]",
             ", got ", format_shape(x.sizes()));
-  return at::batch_norm(x, variable("scale").value(), variable("bias").value(),
-                        variable("mean").value(), variable("var").value(), is_training(), momentum,
+  // Training updates the running statistics in place: through the write fence.
+  const at::Tensor& mean = is_training() ? variable("mean").mutable_value() : variable("mean").value();
+  const at::Tensor& var = is_training() ? variable("var").mutable_value() : variable("var").value();
+  return at::batch_norm(x, variable("scale").value(), variable("bias").value(), mean, var, is_training(), momentum,
                         eps, /*cudnn_enabled=*/true);
 }
 

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "nnx/framework/error.h"
+#include "nnx/framework/write_fence.h"
 
 namespace nnx {
 namespace {
@@ -67,6 +68,11 @@ const Kind& Variable::kind() const {
 }
 const at::Tensor& Variable::value() const {
   NNX_INTERNAL_ASSERT(impl_, "null Variable");
+  return impl_->value;
+}
+const at::Tensor& Variable::mutable_value() {
+  NNX_INTERNAL_ASSERT(impl_, "null Variable");
+  prepare_write(impl_->value);
   return impl_->value;
 }
 void Variable::set_value(at::Tensor value) {

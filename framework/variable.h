@@ -79,7 +79,12 @@ class Variable {
   const Kind& kind() const;
   /// The current tensor (may be undefined for a popped slot).
   const at::Tensor& value() const;
-  /// Replaces the tensor seen by every holder of this variable.
+  /// The current tensor, to be written in place (`v.mutable_value().add_(1)`): waits first for
+  /// any deferred read of its bytes (a checkpoint's snapshot copy; nnx::prepare_write). Write
+  /// state in place through this, not through value(), while asynchronous saves may run.
+  const at::Tensor& mutable_value();
+  /// Replaces the tensor seen by every holder of this variable. Needs no fence: a pending
+  /// snapshot copy keeps reading the replaced tensor, which nobody writes any more.
   void set_value(at::Tensor value);
   /// Changes the kind (used when restoring into an abstract module).
   void set_kind(Kind kind);

@@ -7,6 +7,7 @@
 #include "nnx/framework/error.h"
 #include "nnx/framework/init.h"
 #include "nnx/framework/state.h"
+#include "nnx/framework/write_fence.h"
 
 namespace nnx::optim {
 
@@ -122,22 +123,20 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     decay[i] = *o.weight_decay != 0 && o.weight_decay_mask(path, Param);
   }
 
-  if (*o.weight_decay != 0) {
+  // Adam's L2 decay (grad + wd * param) reads the params only; AdamW's decoupled decay writes
+  // them, so it runs per group below, after the group's write fence.
+  if (*o.weight_decay != 0 && !o.decoupled_weight_decay) {
     std::vector<at::Tensor> dp, dg;
     std::vector<size_t> idx;
     for (size_t i = 0; i < n; ++i)
       if (decay[i]) {
         dp.push_back(params[i]);
+        dg.push_back(grads[i]);
         idx.push_back(i);
       }
     if (!dp.empty()) {
-      if (o.decoupled_weight_decay) {
-        at::_foreach_mul_(dp, 1.0 - lr * *o.weight_decay);  // torch.optim.AdamW
-      } else {
-        for (size_t k = 0; k < idx.size(); ++k) dg.push_back(grads[idx[k]]);
-        auto decayed = at::_foreach_add(dg, dp, *o.weight_decay);  // grad + wd * param (Adam)
-        for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
-      }
+      auto decayed = at::_foreach_add(dg, dp, *o.weight_decay);  // grad + wd * param (Adam)
+      for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
     }
   }
 
@@ -153,6 +152,18 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     int64_t bytes = 0;
     while (e < n && (e == b || bytes + params[e].numel() * 4 <= kGroupBytes)) bytes += params[e++].numel() * 4;
     auto p = sub(params, b, e), g = sub(grads, b, e), m = sub(mu, b, e), v = sub(nu, b, e);
+    // The write fence per group: a deferred checkpoint snapshot of these tensors must have read
+    // them before they change; the groups after this one may still be copying meanwhile.
+    prepare_write(p);
+    prepare_write(m);
+    prepare_write(v);
+    if (o.amsgrad) prepare_write(sub(nu_max, b, e));
+    if (o.decoupled_weight_decay && *o.weight_decay != 0) {
+      std::vector<at::Tensor> dp;
+      for (size_t i = b; i < e; ++i)
+        if (decay[i]) dp.push_back(params[i]);
+      if (!dp.empty()) at::_foreach_mul_(dp, 1.0 - lr * *o.weight_decay);  // torch.optim.AdamW
+    }
     // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
     at::_foreach_mul_(m, o.beta1);
     at::_foreach_add_(m, g, 1.0 - o.beta1);
@@ -182,6 +193,7 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     b = e;
   }
 
+  prepare_write(low_params);
   for (size_t i = 0, k = 0; i < n; ++i) {
     if (o.master_weights && low_precision(ctx.params[i])) low_params[k++].copy_(params[i]);
   }

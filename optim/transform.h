@@ -40,7 +40,9 @@ class Transform {
   /// Registers this stage's state for the selected params (abstract-aware: use init::zeros).
   virtual void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
                     Module& state) {}
-  /// Applies the stage. Runs under no-grad.
+  /// Applies the stage. Runs under no-grad. A stage that writes params or its state in place
+  /// calls nnx::prepare_write on them first (the write fence of deferred checkpoint snapshots,
+  /// framework/write_fence.h); ctx.grads are the stage's own to replace.
   virtual void apply(UpdateContext& ctx) = 0;
   /// A JSON description (type and hyper-parameters).
   virtual nlohmann::json to_json() const = 0;

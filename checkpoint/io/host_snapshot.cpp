@@ -7,11 +7,14 @@
 #endif
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "nnx/checkpoint/io/task_group.h"
 #include "nnx/framework/error.h"
+#include "nnx/framework/write_fence.h"
 
 namespace nnx::checkpoint::io {
 
@@ -63,11 +66,72 @@ at::Tensor host_buffer(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::from_blob(p, sizes, [len](void* q) { ::munmap(q, len); }, at::TensorOptions().dtype(dtype));
 }
 
-HostSnapshot::HostSnapshot(std::vector<at::Tensor>* reuse) : reuse_(reuse) {}
+// One deferred tensor copy, and the fence its source's writers pass: whoever comes first (a
+// pool job, or a writer at the fence) claims it and copies; the others wait for that copy.
+struct DeferredCopy : PendingRead {
+  DeferredCopy(at::Tensor s, at::Tensor d, std::string w)
+      : src(std::move(s)), dst(std::move(d)), where(std::move(w)), version(src.is_inference() ? -1 : int64_t(src._version())) {}
+  void complete() override {
+    if (claim()) run();
+    std::unique_lock<std::mutex> lock(mu);
+    done_cv.wait(lock, [this] { return state == kDone; });
+  }
+  // True for the one caller that may copy.
+  bool claim() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (state != kPending) return false;
+    state = kRunning;
+    return true;
+  }
+  void run() {
+    copy_streaming(static_cast<char*>(dst.data_ptr()), static_cast<const char*>(src.data_ptr()), src.nbytes());
+    // An in-place write bumps the version counter after it finished: a write that skipped the
+    // fence and ended before this copy shows here (one still running may not).
+    const bool changed = version >= 0 && int64_t(src._version()) != version;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      torn = changed;
+      state = kDone;
+    }
+    done_cv.notify_all();
+    remove_pending_read(src, this);
+  }
+  // Drops the fence without copying (a snapshot abandoned before start()).
+  void withdraw() {
+    if (claim()) {
+      std::lock_guard<std::mutex> lock(mu);
+      state = kDone;
+    }
+    done_cv.notify_all();
+    remove_pending_read(src, this);
+  }
 
-at::Tensor HostSnapshot::copy(const at::Tensor& value, const std::string& where) {
-  NNX_CHECK(value.defined() && !value.is_meta(), "cannot save '", where, "': the tensor is abstract or undefined");
-  const at::Tensor src = value.detach();
+  enum State { kPending, kRunning, kDone };
+  const at::Tensor src;
+  const at::Tensor dst;
+  const std::string where;
+  const int64_t version;  // src's version counter at save(); -1: untracked (an inference tensor)
+  std::mutex mu;
+  std::condition_variable done_cv;
+  State state = kPending;
+  bool torn = false;
+};
+
+HostSnapshot::HostSnapshot(std::vector<at::Tensor>* reuse, SnapshotTiming timing) : reuse_(reuse), timing_(timing) {}
+
+HostSnapshot::~HostSnapshot() {
+  try {
+    if (jobs_) jobs_->wait();
+  } catch (...) {  // the copies only memcpy; nothing to report from a destructor
+  }
+  withdraw();
+}
+
+void HostSnapshot::withdraw() {
+  for (auto& d : deferred_) d->withdraw();
+}
+
+at::Tensor HostSnapshot::buffer_for(const at::Tensor& src) {
   at::Tensor buf;
   if (reuse_ && next_ < reuse_->size()) {
     at::Tensor& cand = (*reuse_)[next_];
@@ -76,19 +140,31 @@ at::Tensor HostSnapshot::copy(const at::Tensor& value, const std::string& where)
   }
   ++next_;
   if (!buf.defined()) buf = host_buffer(src.sizes(), src.scalar_type());
-  if (src.is_cpu() && src.is_contiguous()) {
-    const size_t n = static_cast<size_t>(src.numel()) * src.element_size();
-    for (size_t off = 0; off < n; off += kPiece)
-      pieces_.push_back({static_cast<char*>(buf.data_ptr()) + off, static_cast<const char*>(src.data_ptr()) + off,
-                         std::min(kPiece, n - off)});
-  } else {
-    buf.copy_(src);  // a view, or a device tensor (copied to host, synchronously)
-  }
   used_.push_back(buf);
   return buf;
 }
 
-void HostSnapshot::finish() {
+at::Tensor HostSnapshot::copy(const at::Tensor& value, const std::string& where) {
+  NNX_CHECK(value.defined() && !value.is_meta(), "cannot save '", where, "': the tensor is abstract or undefined");
+  NNX_INTERNAL_ASSERT(!jobs_ && !waited_, "HostSnapshot::copy after start()");
+  const at::Tensor src = value.detach();  // shares the storage and the version counter
+  at::Tensor buf = buffer_for(src);
+  const bool contiguous_cpu = src.is_cpu() && src.is_contiguous();
+  const size_t n = static_cast<size_t>(src.numel()) * src.element_size();
+  if (timing_ == SnapshotTiming::kDeferred && contiguous_cpu && n >= kDeferredMinBytes) {
+    deferred_.push_back(std::make_shared<DeferredCopy>(src, buf, where));
+    add_pending_read(src, deferred_.back());
+  } else if (contiguous_cpu && timing_ == SnapshotTiming::kInSave) {
+    for (size_t off = 0; off < n; off += kPiece)
+      pieces_.push_back({static_cast<char*>(buf.data_ptr()) + off, static_cast<const char*>(src.data_ptr()) + off,
+                         std::min(kPiece, n - off)});
+  } else {
+    buf.copy_(src);  // small, a view, or a device tensor (copied to host, synchronously)
+  }
+  return buf;
+}
+
+void HostSnapshot::copy_pieces() {
   // The caller waits for this copy, so it may use the machine's cores (at most 4: the copy is
   // bound by memory bandwidth). ATen's parallel_for is an OpenMP pragma in a header, inert in
   // code built without -fopenmp, so the pieces go to the pool.
@@ -101,7 +177,49 @@ void HostSnapshot::finish() {
     });
   copies.wait();
   pieces_.clear();
+}
+
+void HostSnapshot::start() {
+  NNX_INTERNAL_ASSERT(!jobs_ && !waited_, "HostSnapshot::start twice");
+  copy_pieces();
+  // Two jobs at most: the copy runs beside training, which needs the cores and the memory
+  // bandwidth more; a writer at the fence copies its own tensor without waiting for the queue.
+  jobs_ = std::make_unique<TaskGroup>(2);
+  next_task_ = std::make_shared<std::atomic<size_t>>(0);
+  for (size_t j = 0; j < std::min<size_t>(2, deferred_.size()); ++j)
+    jobs_->submit([tasks = deferred_, next = next_task_] {
+      for (size_t i = next->fetch_add(1); i < tasks.size(); i = next->fetch_add(1))
+        if (tasks[i]->claim()) tasks[i]->run();
+    });
+}
+
+void HostSnapshot::keep_buffers() {
   if (reuse_) *reuse_ = std::move(used_);
+  used_.clear();
+}
+
+void HostSnapshot::wait() {
+  if (waited_) return;
+  if (!jobs_) start();
+  waited_ = true;
+  jobs_->wait();
+  std::string torn;
+  for (auto& d : deferred_) {
+    d->complete();  // a writer may still be copying it
+    deferred_bytes_ += d->src.nbytes();
+    if (d->torn) torn += (torn.empty() ? "'" : ", '") + d->where + "'";
+  }
+  deferred_.clear();
+  keep_buffers();
+  NNX_CHECK(torn.empty(), "the deferred snapshot of ", torn,
+            " is torn: written in place after save() returned and before it was copied, past the write fence. "
+            "Write state through Variable::mutable_value() or call nnx::prepare_write() first, or snapshot in "
+            "save() (SnapshotTiming::kInSave, checkpoint.snapshot: in_save)");
+}
+
+void HostSnapshot::finish() {
+  start();
+  wait();
 }
 
 }  // namespace nnx::checkpoint::io

@@ -47,6 +47,23 @@ TEST(Config, DottedOverridesApplyAndAreNamedInErrors) {
   EXPECT_THROW(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"trian.max_steps=1"}), Error);
 }
 
+TEST(Config, SnapshotTimingAndBusyPolicy) {
+  const std::string yaml = test::source_dir() + "/configs/tiny_synthetic.yaml";
+  auto d = load_config(yaml);
+  EXPECT_EQ(d.checkpoint.snapshot, "deferred");  // nnx-train's default
+  EXPECT_EQ(d.checkpoint.busy_policy, "wait");
+  auto c = load_config(yaml, {"checkpoint.snapshot=in_save", "checkpoint.busy_policy=skip"});
+  EXPECT_EQ(c.to_json()["checkpoint"]["snapshot"], "in_save");
+  EXPECT_EQ(c.to_json()["checkpoint"]["busy_policy"], "skip");
+  try {
+    load_config(yaml, {"checkpoint.snapshot=lazy"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("deferred"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(load_config(yaml, {"checkpoint.busy_policy=later"}), Error);
+}
+
 TEST(Config, ErrorsNameFileLineAndColumn) {
   try {
     load_config(test::tests_dir() / "data/bad_configs/02_unknown_nested_key.yaml");

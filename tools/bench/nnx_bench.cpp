@@ -332,6 +332,23 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   add("async save: time save() blocks / sync save with retention", blocked[blocked.size() / 2], t_ours_kept, " s",
       "sync save", 0.10);
 
+  // Deferred snapshot (issue 19): save() records what to copy and returns; the copy runs on the
+  // pool beside the caller. Milliseconds, so the table shows the blocking time's digits.
+  AsyncCheckpointer dck;
+  dck.snapshot_timing = io::SnapshotTiming::kDeferred;
+  std::vector<double> deferred;
+  for (int i = 0; i < reps; ++i) {
+    dck.wait_until_finished();
+    auto t0 = Clock::now();
+    dck.save(dir / ("deferred" + std::to_string(i)), Composite{{"params", StandardSave(s)}});
+    deferred.push_back(secs_since(t0) * 1e3);
+  }
+  dck.wait_until_finished();
+  add("async save, deferred snapshot: time save() blocks / sync save", median(deferred), t_ours * 1e3, " ms",
+      "sync save", 0.01);
+  add("async save, deferred snapshot: time save() blocks / sync save with retention", median(deferred),
+      t_ours_kept * 1e3, " ms", "sync save", 0.01);
+
   // Peak memory of a sync save above the state's own size.
   std::ofstream("/proc/self/clear_refs") << "5";  // resets VmHWM
   int64_t base = rss_kb("VmRSS:");
@@ -494,15 +511,17 @@ void bench_manager(const stdfs::path& dir) {
 }
 
 // ---- training step: nnx-train vs a plain libtorch loop vs Python ------------------------------
-double nnx_train_examples_per_sec(const std::string& config, int steps, int threads, const stdfs::path& dir) {
-  const int log_every = std::max(steps / 5, 10);
+// `extra`: more overrides (applied after these, so they win); `batch`: the config's batch size.
+double nnx_train_examples_per_sec(const std::string& config, int steps, int threads, const stdfs::path& dir,
+                                  const std::string& extra = "", int64_t batch = 64, int log_every = 0) {
+  if (log_every <= 0) log_every = std::max(steps / 5, 10);
   std::string run_dir = (dir / ("train-" + config)).string();
   std::error_code ec;
   stdfs::remove_all(run_dir, ec);  // a fresh run each time, never a resume
   std::string cmd = std::string(NNX_BIN_DIR) + "/nnx-train --config " + NNX_SOURCE_DIR + "/configs/" + config +
                     " run.dir=" + run_dir + " train.max_steps=" + std::to_string(steps) + " train.log_every=" +
                     std::to_string(log_every) + " eval.max_batches=1 eval.every_steps=0 checkpoint.save_interval_steps=1000000000" +
-                    " schedule.type=constant threads=" + std::to_string(threads) + " > /dev/null 2>&1";
+                    " schedule.type=constant threads=" + std::to_string(threads) + " " + extra + " > /dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) return 0;
   // Steady state: every window after the first (warm-up), total examples / total seconds.
   std::ifstream in(run_dir + "/metrics.jsonl");
@@ -512,7 +531,7 @@ double nnx_train_examples_per_sec(const std::string& config, int steps, int thre
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line);
     if (k++ == 0) continue;
-    double per_window = 64.0 * log_every;
+    double per_window = static_cast<double>(batch) * log_every;
     ex += per_window;
     secs += per_window / j["examples_per_sec"].get<double>();
   }
@@ -605,6 +624,92 @@ void bench_training(bool quick, const stdfs::path& dir) {
   }
 }
 
+// ---- training with checkpoints (issue 19): step time with saves every k steps vs none -------
+// nnx-train's default async save with a deferred snapshot, on the disk of this machine. Each
+// round runs every contender once (fresh processes, alternating), and rows report the median of
+// per-round ratios. The disk is the limit: a save's bytes must be written within k steps.
+struct TrainContender {
+  std::string name, overrides;
+  int every;  // steps between saves
+};
+
+double disk_write_mb_per_s(const stdfs::path& dir) {
+  at::Tensor t = at::randn({100 * 1000 * 1000 / 4});  // 100 MB
+  const stdfs::path p = dir / "disk-probe";
+  const double secs = time_once([&] {
+    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const char* b = static_cast<const char*>(t.data_ptr());
+    size_t len = t.nbytes(), done = 0;
+    while (done < len) done += static_cast<size_t>(::write(fd, b + done, len - done));
+    ::fsync(fd);
+    ::close(fd);
+  });
+  stdfs::remove(p);
+  return t.nbytes() / 1e6 / secs;
+}
+
+int64_t step_dir_bytes(const stdfs::path& run_dir) {
+  int64_t best = 0;  // the largest step directory: one save's bytes
+  for (const auto& e : stdfs::directory_iterator(run_dir / "checkpoints")) {
+    if (!e.is_directory()) continue;
+    int64_t n = 0;
+    for (const auto& f : stdfs::recursive_directory_iterator(e.path()))
+      if (f.is_regular_file()) n += static_cast<int64_t>(f.file_size());
+    best = std::max(best, n);
+  }
+  return best;
+}
+
+void bench_train_with_checkpoints(const std::string& model, const std::string& config, const std::string& base,
+                                  int64_t batch, int steps, int rounds, const std::vector<std::pair<TrainContender, double>>& rows_spec,
+                                  const stdfs::path& dir) {
+  const std::string none = base + " checkpoint.save_interval_steps=1000000000";
+  std::vector<double> without;
+  std::vector<std::vector<double>> with(rows_spec.size()), ratio(rows_spec.size());
+  int64_t save_bytes = 0;
+  for (int r = 0; r < rounds; ++r) {
+    const double ex0 = nnx_train_examples_per_sec(config, steps, 2, dir, none, batch, 10);
+    without.push_back(batch / ex0 * 1e3);
+    for (size_t i = 0; i < rows_spec.size(); ++i) {
+      const double ex = nnx_train_examples_per_sec(config, steps, 2, dir, base + " " + rows_spec[i].first.overrides, batch, 10);
+      with[i].push_back(ex > 0 ? batch / ex * 1e3 : NAN);
+      ratio[i].push_back(ex0 / ex);
+      save_bytes = std::max(save_bytes, step_dir_bytes(dir / ("train-" + config)));
+    }
+    std::cerr << "  " << model << " round " << r << ": without checkpoints " << without.back() << " ms/step\n";
+  }
+  const double mbps = disk_write_mb_per_s(dir);
+  for (size_t i = 0; i < rows_spec.size(); ++i) {
+    const auto& [c, target] = rows_spec[i];
+    const double rt = median(ratio[i]);
+    const double need = save_bytes / 1e6 / (c.every * median(without) / 1e3);  // MB/s the saves need
+    rows.push_back({"train step " + model + ", " + c.name + " / without checkpoints", fmt(median(with[i]), " ms"),
+                    "without " + fmt(median(without), " ms") + "; saves need " + fmt(need, " MB/s", 0) + " of the disk's " +
+                        fmt(mbps, " MB/s", 0) + " (" + fmt(save_bytes / 1e6, " MB", 1) + " per save)",
+                    fmt(rt, "", 3) + " (median of " + std::to_string(rounds) + " rounds)",
+                    target > 0 ? "<= " + fmt(target, "", 2) : "reported", target > 0 ? (rt <= target ? "ok" : "MISSED") : ""});
+  }
+}
+
+void bench_snapshot(bool quick, const stdfs::path& dir) {
+  const int rounds = quick ? 2 : 3;
+  const std::string keep = " checkpoint.max_to_keep=2 checkpoint.async=true";
+  const TrainContender every10{"async save every 10 steps (deferred snapshot)", "checkpoint.save_interval_steps=10" + keep, 10};
+  const TrainContender every1{"async save every step (deferred snapshot)", "checkpoint.save_interval_steps=1" + keep, 1};
+  const TrainContender every1_in_save{"async save every step (snapshot in save)",
+                                      "checkpoint.save_interval_steps=1 checkpoint.snapshot=in_save" + keep, 1};
+  if (stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"))
+    bench_train_with_checkpoints("CNN", "fashion_mnist_cnn.yaml", "", 64, quick ? 100 : 200, rounds,
+                                 {{every10, 1.02}, {every1, 1.10}, {every1_in_save, 0}}, dir);
+  else
+    rows.push_back({"train step CNN with checkpoints", "-", "dataset-fashion-mnist missing", "-", "", ""});
+  // char_gpt scaled to about 100 M params: 14 layers of d_model 768 (12 d^2 each) and tied
+  // embeddings over the GPL's characters: 99 M; batch 4 x 64 tokens.
+  const std::string gpt = "model.d_model=768 model.num_heads=12 model.num_layers=14 model.dropout=0 train.batch_size=4 "
+                          "data.block_size=64 eval.batch_size=4 optimizer.clip_norm=0";
+  bench_train_with_checkpoints("GPT 99M", "char_gpt.yaml", gpt, 4, quick ? 20 : 30, quick ? 1 : 2, {{every10, 1.02}}, dir);
+}
+
 // One rank of the 2-rank save row (run under nnx-launch by bench_distributed_save).
 int dist_save_rank(const std::string& dir, int reps) {
   nnx::trainer::keep_freed_memory();  // as the 1-rank contender
@@ -647,7 +752,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps (under 3 minutes)");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, restore_after_save");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;
@@ -687,6 +792,7 @@ int main(int argc, char** argv) {
     if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
     if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
     if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
+    if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
     if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";

@@ -62,6 +62,8 @@ ck::CheckpointManagerOptions manager_options(const CheckpointConfig& c) {
   if (!c.save.is_null()) mo.save_decision_policy = save_decision_policy(c.save);
   mo.enable_async_checkpointing = c.async;
   mo.direct_io = c.direct_io;
+  mo.snapshot_timing = c.snapshot == "in_save" ? ck::io::SnapshotTiming::kInSave : ck::io::SnapshotTiming::kDeferred;
+  mo.busy_policy = c.busy_policy == "skip" ? ck::BusyPolicy::kSkip : ck::BusyPolicy::kWait;
   if (!c.best_metric.empty()) {
     mo.best_fn = ck::metric_key(c.best_metric);
     mo.best_mode = c.best_mode;

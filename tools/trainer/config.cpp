@@ -480,6 +480,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
+  c.checkpoint.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
+  c.checkpoint.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip"});
   checkpoint_policies(ck, c.checkpoint);
   ck.finish();
 
@@ -516,6 +518,7 @@ nlohmann::json Config::to_json() const {
                       {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
+                      {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
       {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},
   };

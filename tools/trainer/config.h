@@ -80,6 +80,13 @@ struct CheckpointConfig {
   /// Write datasets of 1 MiB or more with O_DIRECT (checkpoint::WriteOptions::direct_io); off:
   /// through the page cache.
   bool direct_io = true;
+  /// When an async save's host snapshot copies: "deferred" (beside the next training step;
+  /// the optimizer and layers wait at the write fence for a tensor not yet copied) or
+  /// "in_save" (inside save(), which then blocks for the copy). checkpoint::SnapshotTiming.
+  std::string snapshot = "deferred";
+  /// While the previous async save is still being written: "wait" for it, or "skip" this
+  /// interval's save (never the last step's or a preemption's). checkpoint::BusyPolicy.
+  std::string busy_policy = "wait";
   /// checkpoint.save: save decision policies, a union, each one object naming its kind, e.g.
   /// [{"fixed_interval": 1000}, {"specific_steps": [50]}] (docs/config.md); null = from
   /// save_interval_steps.

@@ -405,7 +405,8 @@ bool Run::after_step(double loss, bool finite) {
   if (save_now || step_ == cfg_.train.max_steps || preempted) {
     nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
     if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
-    save(step_, metrics, /*force=*/true);
+    // Unforced when the policy asked for it: the manager may skip it (busy_policy: skip).
+    save(step_, metrics, /*force=*/!save_now || step_ == cfg_.train.max_steps || preempted);
   }
   if (preempted) {
     manager_->wait_until_finished();
