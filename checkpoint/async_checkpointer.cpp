@@ -25,7 +25,9 @@ Composite snapshot_to_host(const Composite& args, std::vector<at::Tensor>* reuse
 }
 
 AsyncCheckpointer::~AsyncCheckpointer() {
-  if (worker_) worker_->wait();  // the job reports through its promise; it never throws here
+  // The jobs report through their promises; they never throw here.
+  if (latest_.worker) latest_.worker->wait();
+  if (older_.worker) older_.worker->wait();
 }
 
 AsyncCheckpointer::Flight AsyncCheckpointer::current() const {
@@ -60,42 +62,71 @@ void AsyncCheckpointer::save(const stdfs::path& path, const Composite& args, con
   save_async(path, args, metadata, nullptr);
 }
 
+// Makes room for one more save: max_in_flight 1 waits for the save in flight (and reports its
+// failure); 2 waits for the one before it, whose job's end the newest job waits for anyway.
+void AsyncCheckpointer::retire_older() {
+  NNX_CHECK(max_in_flight == 1 || max_in_flight == 2, "AsyncCheckpointer::max_in_flight must be 1 or 2, got ",
+            max_in_flight);
+  if (older_.worker) older_.worker->wait();  // finished: its promise is set
+  older_ = {};
+  const Flight f = current();
+  const bool done = !f.done.valid() || f.done.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  if (max_in_flight == 1 || done) {
+    wait_until_finished();  // a failure is reported before anything else is saved
+    if (latest_.worker) latest_.worker->wait();
+    latest_ = {};
+  }
+}
+
 void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata,
                                    std::function<void()> on_commit,
                                    std::function<void(std::exception_ptr)> on_failure) {
-  wait_until_finished();
-  if (worker_) worker_->wait();  // finished: its promise is set
+  retire_older();
   NNX_CHECK(!stdfs::exists(path), "checkpoint '", path.string(), "' already exists; it is never overwritten");
+  // With a save still in flight, this snapshot takes the other set of host buffers.
+  if (latest_.worker) buffer_set_ = 1 - buffer_set_;
   // Deferred: the copies run on the pool while the caller goes on; the job waits for them (and
   // fails on a torn copy) before it writes. In save: they are made here.
-  auto copies = std::make_shared<io::HostSnapshot>(&buffers_, snapshot_timing);
+  auto copies = std::make_shared<io::HostSnapshot>(&buffers_[buffer_set_], snapshot_timing);
   Composite snap = snapshot_items(args, *copies);
   if (snapshot_timing == io::SnapshotTiming::kInSave) copies->finish();
   else copies->start();
   // The promise stays with this object, not with the job: the future's state (and a failure's
   // exception) is released here, after the job was waited for, never on a pool thread while a
   // waiter may still be reading the exception.
-  promise_ = std::make_unique<std::promise<void>>();
+  const std::shared_future<void> previous = latest_.worker ? current().done : std::shared_future<void>();
+  older_ = std::move(latest_);
+  latest_.promise = std::make_unique<std::promise<void>>();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    flight_ = Flight{promise_->get_future().share(), ++next_id_};
+    flight_ = Flight{latest_.promise->get_future().share(), ++next_id_};
   }
-  worker_ = std::make_unique<io::TaskGroup>(1);
-  worker_->submit([this, path, snap = std::move(snap), copies = std::move(copies), metadata,
-                   on_commit = std::move(on_commit), on_failure = std::move(on_failure),
-                   promise = promise_.get()]() mutable {
+  latest_.worker = std::make_unique<io::TaskGroup>(1);
+  latest_.worker->submit([this, path, snap = std::move(snap), copies = std::move(copies), metadata, previous,
+                          on_commit = std::move(on_commit), on_failure = std::move(on_failure),
+                          promise = latest_.promise.get()]() mutable {
+    std::exception_ptr before;  // the previous save's failure, reported by this one
+    if (previous.valid()) {
+      previous.wait();  // steps commit in order
+      try {
+        previous.get();
+      } catch (...) {
+        before = std::current_exception();
+      }
+    }
     try {
       copies->wait();
       Checkpointer::save(path, snap, metadata);
       if (on_commit) on_commit();
-      promise->set_value();
+      if (before) promise->set_exception(before);
+      else promise->set_value();
     } catch (...) {
       auto e = std::current_exception();
       try {
         if (on_failure) on_failure(e);
       } catch (...) {  // the waiters must still learn of the failure
       }
-      promise->set_exception(e);
+      promise->set_exception(before ? before : e);
     }
   });
 }

@@ -20,11 +20,15 @@ namespace nnx::checkpoint {
 /// change its tensors any way it likes; with kDeferred it returns once it has recorded what to
 /// copy, the copy runs beside the caller's next steps, and in-place writers of saved tensors
 /// pass the write fence (io::HostSnapshot, framework/write_fence.h). The snapshot's host
-/// buffers are reused by the next save: one snapshot of extra memory. One save is in flight at a time:
-/// save() first waits for the previous one. A failed background save is rethrown by the next
+/// buffers are reused by the next save: one snapshot of extra memory. With max_in_flight 1 (the
+/// default) one save is in flight at a time: save() first waits for the previous one. With 2,
+/// save() waits only for the save before the one in flight: the new snapshot goes into a second
+/// set of host buffers (two snapshots of extra memory) and its write starts once the previous
+/// save finished, so steps commit in order. A failed background save is rethrown by the next
 /// save() or wait_until_finished(): by every wait_until_finished() that was waiting for it, on
-/// any thread, and by the first one after it. save() is called from one thread at a time;
-/// wait_until_finished(), wait() and in_progress() from any.
+/// any thread, and by the first one after it (with two in flight, the newer save reports the
+/// older's failure). save() is called from one thread at a time; wait_until_finished(), wait()
+/// and in_progress() from any.
 class AsyncCheckpointer : public Checkpointer {
  public:
   AsyncCheckpointer() = default;
@@ -45,6 +49,8 @@ class AsyncCheckpointer : public Checkpointer {
 
   /// When the snapshot copies (see the class comment).
   io::SnapshotTiming snapshot_timing = io::SnapshotTiming::kInSave;
+  /// Saves in flight at most: 1, or 2 (a second set of host buffers; see the class comment).
+  int max_in_flight = 1;
 
  private:
   struct Flight {
@@ -52,11 +58,17 @@ class AsyncCheckpointer : public Checkpointer {
     uint64_t id = 0;
   };
   Flight current() const;
-  std::unique_ptr<std::promise<void>> promise_;  // the save in flight's; replaced only by save_async
-  std::unique_ptr<io::TaskGroup> worker_;  // replaced only by save_async; waited by it and the destructor
-  Flight flight_;                          // done invalid: nothing in flight and no failure left to report
+  struct Job {
+    std::unique_ptr<std::promise<void>> promise;
+    std::unique_ptr<io::TaskGroup> worker;  // waited by save_async and the destructor
+  };
+  void retire_older();
+  Job latest_;  // the newest save's; replaced only by save_async
+  Job older_;   // max_in_flight 2: the save before it, which the newest one's job waits for
+  Flight flight_;  // the newest save's; done invalid: nothing in flight and no failure left to report
   uint64_t next_id_ = 0;
-  std::vector<at::Tensor> buffers_;  // the last snapshot's host buffers, reused by the next
+  std::vector<at::Tensor> buffers_[2];  // host buffers of the last snapshot made in each set, reused
+  int buffer_set_ = 0;                  // the set the last snapshot used
   mutable std::mutex mu_;
 };
 

@@ -45,6 +45,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
       async_->process_group = options_.process_group;
       async_->write_options.direct_io = options_.direct_io;
       async_->snapshot_timing = options_.snapshot_timing;
+      async_->max_in_flight = options_.busy_policy == BusyPolicy::kSecondBuffer ? 2 : 1;
     }
     if (options_.handle_preemption_signals) {
       install_preemption_handlers();
@@ -174,7 +175,8 @@ std::vector<int64_t> CheckpointManager::steps_locked() const {
   std::vector<int64_t> steps;
   steps.reserve(committed_.size() + 1);
   for (const auto& c : committed_) steps.push_back(c.step);
-  if (pending_ && (steps.empty() || steps.back() < pending_->step)) steps.push_back(pending_->step);
+  for (const auto& p : pending_)
+    if (steps.empty() || steps.back() < p.step) steps.push_back(p.step);
   return steps;
 }
 
@@ -201,7 +203,8 @@ nlohmann::json CheckpointManager::metrics(int64_t step) const {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::lower_bound(committed_.begin(), committed_.end(), step, by_step);
     if (it != committed_.end() && it->step == step) return it->metrics;
-    if (pending_ && pending_->step == step) return pending_->metrics;
+    for (const auto& p : pending_)
+      if (p.step == step) return p.metrics;
   }
   return read_info(step, step_path(step)).metrics;  // not listed here (another process's step)
 }
@@ -242,17 +245,19 @@ bool CheckpointManager::should_save(int64_t step) const {
   bool save = false, save_if_preempted = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const bool newer = (committed_.empty() || committed_.back().step < step) && (!pending_ || pending_->step < step);
-    // The policies see every step of the run so far: the committed ones and the save in flight
+    const bool newer = (committed_.empty() || committed_.back().step < step) && (pending_.empty() || pending_.back().step < step);
+    // The policies see every step of the run so far: the committed ones and the saves in flight
     // (appended for this call, under the lock, instead of copying the list at every step).
     struct AppendPending {
       std::vector<CheckpointInfo>& v;
-      bool on;
-      ~AppendPending() {
-        if (on) v.pop_back();
+      size_t n = 0;
+      ~AppendPending() { v.erase(v.end() - static_cast<std::ptrdiff_t>(n), v.end()); }
+    } append{committed_};
+    for (const auto& p : pending_)
+      if (newer && (committed_.empty() || committed_.back().step < p.step)) {
+        committed_.push_back(p);
+        ++append.n;
       }
-    } append{committed_, newer && pending_.has_value()};
-    if (append.on) committed_.push_back(*pending_);
     const std::vector<CheckpointInfo>* previous = &committed_;
     if (newer && !decision_group_) return save_policy_->should_save(info, *previous, ctx);
     if (newer) {  // both answers, so that the ranks can agree on either
@@ -296,7 +301,9 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
       return false;
     }
   }
-  if (async_) async_->wait_until_finished();  // one save in flight; surfaces a failed one
+  // One save in flight (surfacing a failed one); with a second buffer set the checkpointer
+  // makes room for this save itself.
+  if (async_ && options_.busy_policy != BusyPolicy::kSecondBuffer) async_->wait_until_finished();
   const stdfs::path path = step_path(step);
   NNX_CHECK(!stdfs::exists(path), "step ", step, " already exists in '", directory_.string(),
             "'; checkpoints are never overwritten");
@@ -316,20 +323,20 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_ = info;
+    pending_.push_back(info);  // steps grow: the list stays sorted
   }
   auto committed = [this, info, path] {
     const CheckpointInfo saved = committed_info(info, path);
     {
       std::lock_guard<std::mutex> lock(mu_);
       add_committed_locked(saved);
-      pending_.reset();
+      erase_pending_locked(info.step);
     }
     apply_retention();
   };
-  auto failed = [this](std::exception_ptr) {
+  auto failed = [this, step](std::exception_ptr) {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.reset();
+    erase_pending_locked(step);
   };
   try {
     async_->save_async(path, args, meta, committed, failed);
@@ -338,6 +345,15 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
     throw;
   }
   return true;
+}
+
+bool CheckpointManager::pending_locked(int64_t step) const {
+  return std::any_of(pending_.begin(), pending_.end(), [step](const CheckpointInfo& p) { return p.step == step; });
+}
+
+void CheckpointManager::erase_pending_locked(int64_t step) {
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [step](const CheckpointInfo& p) { return p.step == step; }),
+                 pending_.end());
 }
 
 // BusyPolicy::kSkip: whether this save is skipped. Ranks agree (any rank still writing skips
@@ -431,7 +447,7 @@ void CheckpointManager::delete_step(int64_t step) {
   stdfs::path gone;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    NNX_CHECK(!pending_ || pending_->step != step, "step ", step, " of '", directory_.string(),
+    NNX_CHECK(!pending_locked(step), "step ", step, " of '", directory_.string(),
               "' is being saved; wait_until_finished() first");
     NNX_CHECK(stdfs::exists(step_path(step)), "step ", step, " does not exist in '", directory_.string(), "'");
     gone = rename_away_locked(step);
@@ -445,7 +461,7 @@ void CheckpointManager::wait_for_pending(int64_t step) const {
   bool pending;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending = pending_ && pending_->step == step;
+    pending = pending_locked(step);
   }
   if (!pending) return;
   async_->wait();

@@ -139,7 +139,9 @@ class CheckpointManager {
   std::shared_ptr<distributed::ProcessGroup> decision_group_;  // should_save's all-reduce
   mutable std::mutex mu_;                                      // guards the step information
   mutable std::vector<CheckpointInfo> committed_;              // ascending steps
-  std::optional<CheckpointInfo> pending_;                      // the async save in flight
+  std::vector<CheckpointInfo> pending_;  // the async saves in flight (at most 2), by step
+  bool pending_locked(int64_t step) const;
+  void erase_pending_locked(int64_t step);
   mutable std::optional<std::pair<int64_t, bool>> agreed_preemption_;  // (step, any rank saw one)
   bool closed_ = false;
   bool signals_installed_ = false;

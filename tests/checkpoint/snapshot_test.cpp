@@ -28,6 +28,7 @@ namespace {
 constexpr int64_t kBig = (256 << 10) / 4;  // 256 KiB of float32: copied deferred
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool stdfs_exists(const std::filesystem::path& p) { return std::filesystem::exists(p); }
 
 // A model with every kind of state a training step writes: params and AdamW moments (the
 // optimizer), BatchNorm running statistics (forward in training mode), RNG counters (dropout).
@@ -222,6 +223,7 @@ namespace {
 // An item kind whose save blocks until the test opens its gate: a save "still being written".
 struct GateSave {
   std::shared_future<void> open;
+  bool fail = false;  // the save fails once the gate opens
 };
 struct GateRestore {};
 class GateHandler : public ItemHandler {
@@ -229,6 +231,7 @@ class GateHandler : public ItemHandler {
   std::string kind() const override { return "test_gate"; }
   io::PendingWrites save(const SaveContext&, const std::string&, const ItemArgs& args) const override {
     args.get_if<GateSave>()->open.wait();
+    NNX_CHECK(!args.get_if<GateSave>()->fail, "the gate's save failed on purpose");
     return {};
   }
   void restore(const RestoreContext&, const std::string&, const ItemArgs&, Restored&) const override {}
@@ -298,4 +301,58 @@ TEST(BusyPolicy, AForcedSaveIsNeverSkipped) {
   opener.join();
   m.wait_until_finished();
   EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 7}));
+}
+
+TEST(BusyPolicy, SecondBufferSavesAtOnceAndCommitsInOrder) {
+  register_gate_once();
+  test::TempDir dir;
+  State s;
+  s.insert("w", {Param, at::arange(kBig, at::kFloat), {}});
+  CheckpointManagerOptions o;
+  o.busy_policy = BusyPolicy::kSecondBuffer;
+  o.snapshot_timing = SnapshotTiming::kDeferred;
+  o.handle_preemption_signals = false;
+  CheckpointManager m(dir.path(), o);
+  std::promise<void> gate;
+  ASSERT_TRUE(m.save(1, Composite{{"gate", GateSave{gate.get_future().share()}}, {"s", StandardSave(s)}}));
+  const State at2 = s.clone();
+  ASSERT_TRUE(m.save(2, Composite{{"s", StandardSave(s)}}));  // returns with step 1 still being written
+  prepare_write(s.at("w").value);
+  s.at("w").value.add_(1);
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 2}));
+  EXPECT_TRUE(m.is_saving_in_progress());
+  EXPECT_FALSE(stdfs_exists(dir / "2"));  // waits for step 1: steps commit in order
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    gate.set_value();
+  });
+  ASSERT_TRUE(m.save(3, Composite{{"s", StandardSave(s)}}));  // two in flight: waits for step 1
+  opener.join();
+  m.wait_until_finished();
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_TRUE(m.restore(2, Composite{{"s", StandardRestore(s)}}).state("s").equal(at2));
+  EXPECT_TRUE(m.restore(3, Composite{{"s", StandardRestore(s)}}).state("s").equal(s));
+}
+
+TEST(BusyPolicy, SecondBufferReportsTheOlderSavesFailure) {
+  register_gate_once();
+  test::TempDir dir;
+  State s;
+  s.insert("w", {Param, at::arange(8, at::kFloat), {}});
+  CheckpointManagerOptions o;
+  o.busy_policy = BusyPolicy::kSecondBuffer;
+  o.handle_preemption_signals = false;
+  CheckpointManager m(dir.path(), o);
+  std::promise<void> gate;
+  ASSERT_TRUE(m.save(1, Composite{{"gate", GateSave{gate.get_future().share(), /*fail=*/true}}}));
+  ASSERT_TRUE(m.save(2, Composite{{"s", StandardSave(s)}}));
+  gate.set_value();
+  try {
+    m.wait_until_finished();
+    FAIL() << "the failed save of step 1 was not reported";
+  } catch (const Error& e) {
+    EXPECT_TRUE(contains(e.what(), "failed on purpose")) << e.what();
+  }
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{2}));  // step 2 committed; step 1 never did
+  m.wait_until_finished();  // reported once
 }

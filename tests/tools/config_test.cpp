@@ -62,6 +62,7 @@ TEST(Config, SnapshotTimingAndBusyPolicy) {
     EXPECT_NE(std::string(e.what()).find("deferred"), std::string::npos) << e.what();
   }
   EXPECT_THROW(load_config(yaml, {"checkpoint.busy_policy=later"}), Error);
+  EXPECT_EQ(load_config(yaml, {"checkpoint.busy_policy=second_buffer"}).checkpoint.busy_policy, "second_buffer");
 }
 
 TEST(Config, ErrorsNameFileLineAndColumn) {

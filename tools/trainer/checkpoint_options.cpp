@@ -63,7 +63,9 @@ ck::CheckpointManagerOptions manager_options(const CheckpointConfig& c) {
   mo.enable_async_checkpointing = c.async;
   mo.direct_io = c.direct_io;
   mo.snapshot_timing = c.snapshot == "in_save" ? ck::io::SnapshotTiming::kInSave : ck::io::SnapshotTiming::kDeferred;
-  mo.busy_policy = c.busy_policy == "skip" ? ck::BusyPolicy::kSkip : ck::BusyPolicy::kWait;
+  mo.busy_policy = c.busy_policy == "skip"            ? ck::BusyPolicy::kSkip
+                   : c.busy_policy == "second_buffer" ? ck::BusyPolicy::kSecondBuffer
+                                                      : ck::BusyPolicy::kWait;
   if (!c.best_metric.empty()) {
     mo.best_fn = ck::metric_key(c.best_metric);
     mo.best_mode = c.best_mode;

@@ -481,7 +481,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
   c.checkpoint.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
-  c.checkpoint.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip"});
+  c.checkpoint.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip", "second_buffer"});
   checkpoint_policies(ck, c.checkpoint);
   ck.finish();
 

@@ -84,8 +84,9 @@ struct CheckpointConfig {
   /// the optimizer and layers wait at the write fence for a tensor not yet copied) or
   /// "in_save" (inside save(), which then blocks for the copy). checkpoint::SnapshotTiming.
   std::string snapshot = "deferred";
-  /// While the previous async save is still being written: "wait" for it, or "skip" this
-  /// interval's save (never the last step's or a preemption's). checkpoint::BusyPolicy.
+  /// While the previous async save is still being written: "wait" for it, "skip" this
+  /// interval's save (never the last step's or a preemption's), or "second_buffer" (snapshot
+  /// into a second host buffer set, written after the previous). checkpoint::BusyPolicy.
   std::string busy_policy = "wait";
   /// checkpoint.save: save decision policies, a union, each one object naming its kind, e.g.
   /// [{"fixed_interval": 1000}, {"specific_steps": [50]}] (docs/config.md); null = from
