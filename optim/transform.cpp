@@ -90,6 +90,52 @@ Variable& state_var(Module& root, const std::string& path) {
   for (size_t i = 0; i + 1 < parts.size(); ++i) node = node->child_ptr(parts[i]).get();
   return node->variable(parts.back());
 }
+
+// One group of the Adam update (about 1 MiB of params): decay, moments, denominators, step.
+struct AdamGroup {
+  std::vector<at::Tensor> p, g, m, v, nu_max, decayed;  // nu_max: amsgrad only; decayed: AdamW's
+};
+struct AdamScalars {
+  double lr, step_size, bc2_sqrt;
+};
+
+void adam_group_step(const AdamOptions& o, AdamGroup& group, const AdamScalars& k, at::Tensor& scratch) {
+  auto &p = group.p, &g = group.g, &m = group.m, &v = group.v;
+  // The write fence per group: a deferred checkpoint snapshot of these tensors must have read
+  // them before they change; the groups after this one may still be copying meanwhile.
+  prepare_write(p);
+  prepare_write(m);
+  prepare_write(v);
+  prepare_write(group.nu_max);
+  if (!group.decayed.empty()) at::_foreach_mul_(group.decayed, 1.0 - k.lr * *o.weight_decay);  // torch.optim.AdamW
+  // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
+  at::_foreach_mul_(m, o.beta1);
+  at::_foreach_add_(m, g, 1.0 - o.beta1);
+  at::_foreach_mul_(v, o.beta2);
+  at::_foreach_addcmul_(v, g, g, 1.0 - o.beta2);
+  // sqrt(v) into views of one reused scratch buffer: no allocation (and no page faults) per step.
+  std::vector<at::Tensor> src = o.amsgrad ? group.nu_max : v;
+  if (o.amsgrad)
+    for (size_t i = 0; i < src.size(); ++i) at::maximum_out(src[i], src[i], v[i]);
+  int64_t total = 0;
+  for (const auto& t : src) total += t.numel();
+  if (!scratch.defined() || scratch.numel() < total || scratch.scalar_type() != src[0].scalar_type() ||
+      scratch.device() != src[0].device())
+    scratch = at::empty({total}, src[0].options());
+  std::vector<at::Tensor> denom;
+  int64_t off = 0;
+  for (const auto& t : src) {
+    at::Tensor d = scratch.narrow(0, off, t.numel()).view(t.sizes());
+    at::sqrt_out(d, t);
+    denom.push_back(d);
+    off += t.numel();
+  }
+  // denom = sqrt(v) / sqrt(bias_correction2) + eps; p -= step_size * m / denom
+  at::_foreach_div_(denom, k.bc2_sqrt);
+  at::_foreach_add_(denom, o.eps);
+  at::_foreach_addcdiv_(p, m, denom, -k.step_size);
+}
+
 }  // namespace
 
 void ScaleByAdam::apply(UpdateContext& ctx) {
@@ -151,45 +197,13 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
     size_t e = b;
     int64_t bytes = 0;
     while (e < n && (e == b || bytes + params[e].numel() * 4 <= kGroupBytes)) bytes += params[e++].numel() * 4;
-    auto p = sub(params, b, e), g = sub(grads, b, e), m = sub(mu, b, e), v = sub(nu, b, e);
-    // The write fence per group: a deferred checkpoint snapshot of these tensors must have read
-    // them before they change; the groups after this one may still be copying meanwhile.
-    prepare_write(p);
-    prepare_write(m);
-    prepare_write(v);
-    if (o.amsgrad) prepare_write(sub(nu_max, b, e));
-    if (o.decoupled_weight_decay && *o.weight_decay != 0) {
-      std::vector<at::Tensor> dp;
+    std::vector<at::Tensor> decayed;  // AdamW: the group's params that decay
+    if (o.decoupled_weight_decay && *o.weight_decay != 0)
       for (size_t i = b; i < e; ++i)
-        if (decay[i]) dp.push_back(params[i]);
-      if (!dp.empty()) at::_foreach_mul_(dp, 1.0 - lr * *o.weight_decay);  // torch.optim.AdamW
-    }
-    // exp_avg.mul_(beta1).add_(grad, alpha=1-beta1); exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-beta2)
-    at::_foreach_mul_(m, o.beta1);
-    at::_foreach_add_(m, g, 1.0 - o.beta1);
-    at::_foreach_mul_(v, o.beta2);
-    at::_foreach_addcmul_(v, g, g, 1.0 - o.beta2);
-    // sqrt(v) into views of one reused scratch buffer: no allocation (and no page faults) per step.
-    std::vector<at::Tensor> src = o.amsgrad ? sub(nu_max, b, e) : v;
-    if (o.amsgrad)
-      for (size_t i = 0; i < src.size(); ++i) at::maximum_out(src[i], src[i], v[i]);
-    int64_t total = 0;
-    for (const auto& t : src) total += t.numel();
-    if (!scratch_.defined() || scratch_.numel() < total || scratch_.scalar_type() != src[0].scalar_type() ||
-        scratch_.device() != src[0].device())
-      scratch_ = at::empty({total}, src[0].options());
-    std::vector<at::Tensor> denom;
-    int64_t off = 0;
-    for (const auto& t : src) {
-      at::Tensor d = scratch_.narrow(0, off, t.numel()).view(t.sizes());
-      at::sqrt_out(d, t);
-      denom.push_back(d);
-      off += t.numel();
-    }
-    // denom = sqrt(v) / sqrt(bias_correction2) + eps; p -= step_size * m / denom
-    at::_foreach_div_(denom, bc2_sqrt);
-    at::_foreach_add_(denom, o.eps);
-    at::_foreach_addcdiv_(p, m, denom, -step_size);
+        if (decay[i]) decayed.push_back(params[i]);
+    AdamGroup group{sub(params, b, e), sub(grads, b, e), sub(mu, b, e), sub(nu, b, e),
+                    o.amsgrad ? sub(nu_max, b, e) : std::vector<at::Tensor>(), std::move(decayed)};
+    adam_group_step(o, group, AdamScalars{lr, step_size, bc2_sqrt}, scratch_);
     b = e;
   }
 
