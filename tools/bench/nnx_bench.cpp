@@ -660,7 +660,8 @@ int64_t step_dir_bytes(const stdfs::path& run_dir) {
   return best;
 }
 
-void bench_train_with_checkpoints(const std::string& model, const std::string& config, const std::string& base,
+// Returns the median step time without checkpoints, in ms.
+double bench_train_with_checkpoints(const std::string& model, const std::string& config, const std::string& base,
                                   int64_t batch, int steps, int rounds, const std::vector<std::pair<TrainContender, double>>& rows_spec,
                                   const stdfs::path& dir) {
   const std::string none = base + " checkpoint.save_interval_steps=1000000000";
@@ -695,10 +696,56 @@ void bench_train_with_checkpoints(const std::string& model, const std::string& c
                     fmt(rt, "", 3) + " (median of " + std::to_string(rounds) + " rounds)",
                     target > 0 ? "<= " + fmt(target, "", 2) : "reported", target > 0 ? (rt <= target ? "ok" : "MISSED") : ""});
   }
+  return median(without);
+}
+
+double cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return tv(u.ru_utime) + tv(u.ru_stime);
+}
+
+// Where a save's time goes when training owns the cores: the CPU time (all threads) of one async
+// save of the GPT's size, alone in this process, and of its parts, against the core-seconds of
+// the steps between two saves. Run quietly (no training beside it), so the CPU time is the work.
+void bench_save_cpu(const stdfs::path& dir, double step_ms, int every) {
+  State s = make_state(300, 1000 * 1000);  // 1.2 GB in 300 tensors, as the GPT's 1.19 GB save
+  const Composite args{{"params", StandardSave(s)}};
+  AsyncCheckpointer ck;
+  ck.snapshot_timing = io::SnapshotTiming::kDeferred;
+  std::vector<at::Tensor> buffers;
+  std::vector<double> save_cpu, copy_cpu, norm_cpu;
+  for (int i = 0; i < 4; ++i) {  // the first (fresh buffers: page faults) is not counted
+    const stdfs::path p = dir / ("cpu" + std::to_string(i));
+    double c0 = cpu_seconds();
+    ck.save(p, args);
+    ck.wait_until_finished();
+    const double save = cpu_seconds() - c0;
+    c0 = cpu_seconds();
+    snapshot_to_host(args, &buffers);
+    const double copy = cpu_seconds() - c0;
+    std::vector<at::Tensor> ts;
+    for (const auto& [path, vs] : s) ts.push_back(vs.value);
+    c0 = cpu_seconds();
+    at::stack(at::_foreach_norm(ts, 2)).sum().isfinite().item<bool>();  // nnx-train's non-finite check
+    const double norm = cpu_seconds() - c0;
+    stdfs::remove_all(p);
+    if (i == 0) continue;
+    save_cpu.push_back(save);
+    copy_cpu.push_back(copy);
+    norm_cpu.push_back(norm);
+  }
+  const double budget = every * step_ms / 1e3 * 2;  // core-seconds between two saves (2 threads)
+  rows.push_back({"CPU time of one async save of 1.2 GB, all threads (copy, hashes, HDF5, O_DIRECT writes)",
+                  fmt(median(save_cpu), " s") + " (the snapshot copy alone " + fmt(median(copy_cpu), " s") +
+                      "; nnx-train's non-finite check " + fmt(median(norm_cpu), " s") + ")",
+                  std::to_string(every) + " GPT steps on 2 cores: " + fmt(budget, " core-s", 1),
+                  fmt((median(save_cpu) + median(norm_cpu)) / budget, "", 3), "reported", ""});
 }
 
 void bench_snapshot(bool quick, const stdfs::path& dir) {
-  const int rounds = quick ? 2 : 3;
+  const int rounds = quick ? 2 : 5;  // CNN runs take seconds; their ratios swung 0.91-1.24 over 3 rounds
   const std::string keep = " checkpoint.max_to_keep=2 checkpoint.async=true";
   const TrainContender every10{"async save every 10 steps (deferred snapshot)", "checkpoint.save_interval_steps=10" + keep, 10};
   const TrainContender every1{"async save every step (deferred snapshot)", "checkpoint.save_interval_steps=1" + keep, 1};
@@ -713,7 +760,9 @@ void bench_snapshot(bool quick, const stdfs::path& dir) {
   // embeddings over the GPL's characters: 99 M; batch 4 x 64 tokens.
   const std::string gpt = "model.d_model=768 model.num_heads=12 model.num_layers=14 model.dropout=0 train.batch_size=4 "
                           "data.block_size=64 eval.batch_size=4 optimizer.clip_norm=0";
-  bench_train_with_checkpoints("GPT 99M", "char_gpt.yaml", gpt, 4, quick ? 20 : 30, quick ? 1 : 2, {{every10, 1.02}}, dir);
+  const double gpt_ms =
+      bench_train_with_checkpoints("GPT 99M", "char_gpt.yaml", gpt, 4, quick ? 20 : 30, quick ? 1 : 2, {{every10, 1.02}}, dir);
+  bench_save_cpu(dir, gpt_ms, 10);
 }
 
 // One rank of the 2-rank save row (run under nnx-launch by bench_distributed_save).
