@@ -810,7 +810,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::string dir_arg, json_out;
   std::vector<std::string> only;
-  app.add_flag("--quick", quick, "fewer repetitions and steps (under 3 minutes)");
+  app.add_flag("--quick", quick, "fewer repetitions and steps, no 99M-param training rows");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
   app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save");
   app.add_option("--json", json_out, "also write the table as JSON");
