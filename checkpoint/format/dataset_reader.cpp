@@ -91,7 +91,7 @@ void verify_read(const at::Tensor& t, const StoredInfo& info, const Window& w, c
 }  // namespace
 
 at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& where, bool verify,
-                        DatasetReads* reads, std::optional<Range> range) {
+                        DatasetReads* reads, std::optional<Range> range, bool pinned) {
   const at::ScalarType dt = dtype_from_name(info.dtype);
   Hid ftype(H5Dget_type(dset), H5Tclose);
   Hid mtype = storage_type(dt);
@@ -104,7 +104,7 @@ at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& w
   const Window w = window_of(info, range);
   std::vector<int64_t> shape = info.shape;
   if (w.dim >= 0) shape[static_cast<size_t>(w.dim)] = w.hi - w.lo;
-  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dt));
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dt).pinned_memory(pinned));
   if (reads && w.dim < 0 && read_direct(dset, ftype, mtype, t, info, where, *reads)) return t;
   io::count_read(false, t.numel() * t.element_size());
   read_hyperslab(dset, mtype, t, w.dim, w.lo, where);

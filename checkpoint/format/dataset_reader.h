@@ -25,8 +25,9 @@ struct DatasetReads {
 /// each piece read (a range is widened to whole pieces so that their checksums can be checked).
 /// With `reads`, a large contiguous dataset (or virtual dataset over such) is read with pread()
 /// on reader jobs and may be verified there: use the tensor only after reads->reader.finish().
-/// Throws nnx::Error naming `where`.
+/// `pinned`: the host tensor is page-locked (for an asynchronous copy to a device; a CUDA build
+/// only). Throws nnx::Error naming `where`.
 at::Tensor read_dataset(hid_t dset, const StoredInfo& info, const std::string& where, bool verify,
-                        DatasetReads* reads = nullptr, std::optional<Range> range = std::nullopt);
+                        DatasetReads* reads = nullptr, std::optional<Range> range = std::nullopt, bool pinned = false);
 
 }  // namespace nnx::checkpoint::h5

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <unordered_set>
 
 #include "nnx/checkpoint/format/dataset_reader.h"
@@ -11,6 +12,7 @@
 #include "nnx/checkpoint/format/stored_info.h"
 #include "nnx/checkpoint/format/virtual_dataset.h"
 #include "nnx/checkpoint/io/parallel_reader.h"
+#include "nnx/framework/compat.h"
 #include "nnx/framework/error.h"
 
 namespace nnx::checkpoint {
@@ -38,6 +40,12 @@ Hid open_item(const H5File& file, const std::string& item) {
   return group;
 }
 
+// Where a restored variable goes: ReadOptions::device, else the template's (CPU for meta).
+c10::Device target_device(const VariableState& tv, const ReadOptions& options) {
+  if (options.device) return *options.device;
+  return tv.value.is_meta() ? c10::Device(c10::kCPU) : tv.value.device();
+}
+
 // One template variable's read, validated and planned; its bytes may still be on their way.
 VariableState read_variable(const H5File& file, hid_t group, const std::string& item, const std::string& path,
                             const VariableState& tv, bool listed, const ReadOptions& options, const ReadPlanner& planner,
@@ -54,18 +62,27 @@ VariableState read_variable(const H5File& file, hid_t group, const std::string& 
   const at::ScalarType want = tv.value.scalar_type(), have = dtype_from_name(info.dtype);
   NNX_CHECK(have == want || options.cast, "dtype mismatch at '", path, "': checkpoint ", info.dtype, ", template ",
             dtype_name(want), " (", where, "; pass cast=true to convert)");
-  at::Tensor t = h5::read_dataset(dset, info, where, options.verify_checksums, &reads, range);
+  // Bytes bound for a device land in pinned memory: the copy to the device is then asynchronous.
+  const bool pinned = !target_device(tv, options).is_cpu();
+  at::Tensor t = h5::read_dataset(dset, info, where, options.verify_checksums, &reads, range, pinned);
   return VariableState{Kind::from_name(info.kind), t, planner.restored_metadata(tv, std::move(info.metadata))};
 }
 
-// After every byte is verified: the template's dtype and device.
+// After every byte is verified: the template's device, then its dtype (a cast runs there).
+// Pinned host tensors go to the device without blocking, in order on the current stream; the
+// host waits once at the end, so a restored tensor is usable on any stream.
 void convert_like_template(State& out, const State& templ, const ReadOptions& options) {
+  std::vector<c10::Device> devices;
   for (auto& [path, vs] : out) {
     const auto& tv = templ.at(path);
+    const c10::Device dev = target_device(tv, options);
+    if (!dev.is_cpu()) {
+      vs.value = vs.value.to(dev, /*non_blocking=*/vs.value.is_pinned());
+      if (std::find(devices.begin(), devices.end(), dev) == devices.end()) devices.push_back(dev);
+    }
     if (vs.value.scalar_type() != tv.value.scalar_type()) vs.value = vs.value.to(tv.value.scalar_type());
-    c10::Device dev = options.device ? *options.device : (tv.value.is_meta() ? c10::Device(c10::kCPU) : tv.value.device());
-    if (!dev.is_cpu()) vs.value = vs.value.to(dev);
   }
+  for (const auto& d : devices) compat::synchronize_stream(compat::current_stream(d));
 }
 
 // Paths stored but absent from the template are an error unless allowed or filtered out.

@@ -12,7 +12,9 @@
 #include <mutex>
 #include <thread>
 
+#include "nnx/checkpoint/io/device_copies.h"
 #include "nnx/checkpoint/io/task_group.h"
+#include "nnx/framework/compat.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/write_fence.h"
 
@@ -48,6 +50,22 @@ void copy_streaming(char* dst, const char* src, size_t n) {
 #endif
   std::memcpy(dst, src, n);
 }
+
+// The fence of a snapshot's device tensors: a writer's current stream waits for the copies.
+struct DeviceFence : PendingRead {
+  explicit DeviceFence(std::shared_ptr<DeviceCopies> c) : copies(std::move(c)) {}
+  void complete() override {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const c10::Device& d : devices) copies->order_before(compat::current_stream(d));
+  }
+  void add(const c10::Device& d) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (std::find(devices.begin(), devices.end(), d) == devices.end()) devices.push_back(d);
+  }
+  std::shared_ptr<DeviceCopies> copies;
+  std::mutex mu;
+  std::vector<c10::Device> devices;
+};
 
 }  // namespace
 
@@ -129,6 +147,10 @@ HostSnapshot::~HostSnapshot() {
 
 void HostSnapshot::withdraw() {
   for (auto& d : deferred_) d->withdraw();
+  // Device copies were queued in copy(); they must land before their buffers can be freed.
+  if (device_copies_) device_copies_->synchronize();
+  for (auto& t : device_sources_) remove_pending_read(t, device_fence_.get());
+  device_sources_.clear();
 }
 
 at::Tensor HostSnapshot::buffer_for(const at::Tensor& src) {
@@ -139,7 +161,9 @@ at::Tensor HostSnapshot::buffer_for(const at::Tensor& src) {
       buf = cand.view(src.sizes());
   }
   ++next_;
-  if (!buf.defined()) buf = host_buffer(src.sizes(), src.scalar_type());
+  if (buf.defined() && !src.is_cpu() && !buf.is_pinned()) buf = at::Tensor();
+  if (!buf.defined())
+    buf = src.is_cpu() ? host_buffer(src.sizes(), src.scalar_type()) : DeviceCopies::pinned(src.sizes(), src.scalar_type());
   used_.push_back(buf);
   return buf;
 }
@@ -158,8 +182,24 @@ at::Tensor HostSnapshot::copy(const at::Tensor& value, const std::string& where)
     for (size_t off = 0; off < n; off += kPiece)
       pieces_.push_back({static_cast<char*>(buf.data_ptr()) + off, static_cast<const char*>(src.data_ptr()) + off,
                          std::min(kPiece, n - off)});
+  } else if (!src.is_cpu()) {
+    return copy_from_device(src, buf);
   } else {
-    buf.copy_(src);  // small, a view, or a device tensor (copied to host, synchronously)
+    buf.copy_(src);  // small, or a view
+  }
+  return buf;
+}
+
+at::Tensor HostSnapshot::copy_from_device(const at::Tensor& src, const at::Tensor& buf) {
+  if (!device_copies_) {
+    device_copies_ = std::make_shared<DeviceCopies>();
+    if (timing_ == SnapshotTiming::kDeferred) device_fence_ = std::make_shared<DeviceFence>(device_copies_);
+  }
+  device_copies_->enqueue(src, buf);
+  if (device_fence_) {
+    static_cast<DeviceFence&>(*device_fence_).add(src.device());
+    add_pending_read(src, device_fence_);
+    device_sources_.push_back(src);
   }
   return buf;
 }
@@ -182,6 +222,7 @@ void HostSnapshot::copy_pieces() {
 void HostSnapshot::start() {
   NNX_INTERNAL_ASSERT(!jobs_ && !waited_, "HostSnapshot::start twice");
   copy_pieces();
+  if (device_copies_ && timing_ == SnapshotTiming::kInSave) device_copies_->synchronize();
   // Two jobs at most: the copy runs beside training, which needs the cores and the memory
   // bandwidth more; a writer at the fence copies its own tensor without waiting for the queue.
   jobs_ = std::make_unique<TaskGroup>(2);
@@ -210,6 +251,9 @@ void HostSnapshot::wait() {
     if (d->torn) torn += (torn.empty() ? "'" : ", '") + d->where + "'";
   }
   deferred_.clear();
+  if (device_copies_) device_copies_->synchronize();
+  for (auto& t : device_sources_) remove_pending_read(t, device_fence_.get());
+  device_sources_.clear();
   keep_buffers();
   NNX_CHECK(torn.empty(), "the deferred snapshot of ", torn,
             " is torn: written in place after save() returned and before it was copied, past the write fence. "

@@ -8,10 +8,15 @@
 #include <string>
 #include <vector>
 
+namespace nnx {
+class PendingRead;
+}
+
 namespace nnx::checkpoint::io {
 
 class TaskGroup;
 struct DeferredCopy;
+class DeviceCopies;
 
 /// When a snapshot copies: inside save() (the caller may then change its tensors any way it
 /// likes) or after save() returned, beside the caller's next steps (in-place writers of the
@@ -33,6 +38,12 @@ enum class SnapshotTiming { kInSave, kDeferred };
 /// (RNG counters, BatchNorm statistics, the step) and the rest are copied inside copy(). A copy
 /// whose source changed before it was read (a write that skipped the fence: the tensor's
 /// version counter moved) makes wait() throw instead of saving torn state.
+///
+/// Device tensors (CUDA) go to pinned host buffers on a side stream (DeviceCopies), ordered
+/// after the caller's queued work. kInSave: start() waits for them. kDeferred: start() returns
+/// at once; the fence of a device tensor makes the writer's current stream wait for the copy's
+/// event (the host does not block), and wait() blocks until the copies landed. A write that
+/// skips the fence on a device is not detected (no version check across streams).
 ///
 /// Buffers of a previous snapshot (`reuse`, in copy() order) are reused where dtype and size
 /// match, which saves the page faults of fresh allocations; the end of the copies leaves this
@@ -71,6 +82,7 @@ class HostSnapshot {
   void copy_pieces();
   void withdraw();
   void keep_buffers();
+  at::Tensor copy_from_device(const at::Tensor& src, const at::Tensor& buf);
 
   std::vector<at::Tensor>* reuse_;
   SnapshotTiming timing_;
@@ -81,6 +93,9 @@ class HostSnapshot {
   std::vector<std::shared_ptr<DeferredCopy>> deferred_;
   std::shared_ptr<std::atomic<size_t>> next_task_;
   std::unique_ptr<TaskGroup> jobs_;
+  std::shared_ptr<DeviceCopies> device_copies_;  // null until a device tensor is copied
+  std::shared_ptr<PendingRead> device_fence_;    // kDeferred: registered on each device source
+  std::vector<at::Tensor> device_sources_;
   bool waited_ = false;
 };
 

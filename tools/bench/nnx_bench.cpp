@@ -32,8 +32,10 @@
 
 #include "nnx/checkpoint/async_checkpointer.h"
 #include "nnx/checkpoint/shard_planner.h"
+#include "nnx/checkpoint/io/device_copies.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/manager.h"
+#include "nnx/framework/compat.h"
 #include "nnx/framework/data/dataset.h"
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/graph.h"
@@ -445,6 +447,57 @@ void bench_restore_after_save(const stdfs::path& dir) {
   stdfs::remove_all(dir / "big-async", ec);
 }
 
+// ---- checkpoints from GPU memory: 2 GB fp32 in 20 tensors on cuda:0 ----------------------------
+// The anchor is what any program has to do at least: copy the bytes to (pinned) host memory and
+// write them to a file with fsync. Ours: an AsyncCheckpointer save waited for (in-save snapshot
+// into reused pinned buffers, then the direct write path), and the sync Checkpointer.
+void bench_gpu_checkpoint(const stdfs::path& dir, int reps) {
+  if (!compat::cuda_available()) {
+    rows.push_back({"save 2 GB from GPU memory", "-", "no CUDA device in this build or machine", "-", "skipped", ""});
+    return;
+  }
+  const c10::Device gpu(c10::kCUDA, 0);
+  State s;
+  for (int i = 0; i < 20; ++i)
+    s.insert("layer" + std::to_string(i) + "/kernel", {Param, at::randn({25 << 20}, at::TensorOptions().device(gpu)), {}});
+  std::vector<at::Tensor> host;  // the anchor's pinned buffers, allocated once
+  for (auto& [p, vs] : s) host.push_back(io::DeviceCopies::pinned(vs.value.sizes(), vs.value.scalar_type()));
+  auto raw = [&](const stdfs::path& p) {
+    size_t i = 0;
+    for (auto& [path, vs] : s) host[i++].copy_(vs.value);
+    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    for (auto& t : host) {
+      const char* b = static_cast<const char*>(t.data_ptr());
+      size_t len = t.nbytes(), done = 0;
+      while (done < len) done += static_cast<size_t>(::write(fd, b + done, len - done));
+    }
+    ::fsync(fd);
+    ::close(fd);
+  };
+  Checkpointer sync;
+  AsyncCheckpointer async, deferred;
+  deferred.snapshot_timing = io::SnapshotTiming::kDeferred;
+  const Composite args{{"params", StandardSave(s)}};
+  std::vector<double> raw_v, async_v, sync_v, block_in_save, block_deferred;
+  std::error_code ec;
+  for (int i = 0; i < reps; ++i) {
+    const std::string k = std::to_string(i);
+    raw_v.push_back(time_once([&] { raw(dir / ("gpu-raw" + k)); }));
+    async_v.push_back(time_once([&] {
+      block_in_save.push_back(time_once([&] { async.save(dir / ("gpu-async" + k), args); }));
+      async.wait_until_finished();
+    }));
+    sync_v.push_back(time_once([&] { sync.save(dir / ("gpu-sync" + k), args); }));
+    block_deferred.push_back(time_once([&] { deferred.save(dir / ("gpu-deferred" + k), args); }));
+    deferred.wait_until_finished();
+    for (const char* n : {"gpu-raw", "gpu-async", "gpu-sync", "gpu-deferred"}) stdfs::remove_all(dir / (n + k), ec);
+  }
+  add_rounds("save 2 GB from GPU memory, async save waited for", async_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);
+  add_rounds("save 2 GB from GPU memory, sync Checkpointer", sync_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);
+  add_rounds("async save() blocking, 2 GB GPU state, in-save snapshot", block_in_save, sync_v, " s", "sync save", 0);
+  add_rounds("async save() blocking, 2 GB GPU state, deferred snapshot", block_deferred, sync_v, " s", "sync save", 0.01);
+}
+
 // ---- CheckpointManager: should_save + retention per step, by the number of committed steps ----
 // The manager nnx-train builds by default (saves every 100 steps or on preemption; max_to_keep
 // and best by eval_loss), reopened on a directory of `n` committed steps (read once). Per step:
@@ -812,7 +865,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps, no 99M-param training rows");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save, gpu (only when named)");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;
@@ -823,7 +876,7 @@ int main(int argc, char** argv) {
   app.add_option("--plain-steps", plain_steps)->group("");
   bool plain_keep_freed = false;
   app.add_flag("--plain-keep-freed", plain_keep_freed)->group("");
-  app.add_option("--reps", reps_override)->group("");
+  app.add_option("--reps", reps_override, "repetitions of each timed row (default 5, 3 with --quick)");
   CLI11_PARSE(app, argc, argv);
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
   if (!plain_model.empty()) {
@@ -835,7 +888,7 @@ int main(int argc, char** argv) {
   auto want = [&](const std::string& s) { return only.empty() || std::find(only.begin(), only.end(), s) != only.end(); };
   stdfs::path dir = dir_arg.empty() ? stdfs::temp_directory_path() / ("nnx-bench-" + std::to_string(::getpid())) : stdfs::path(dir_arg);
   stdfs::create_directories(dir);
-  const int reps = quick ? 3 : 5;
+  const int reps = reps_override > 0 ? reps_override : (quick ? 3 : 5);
   at::manual_seed(0);
   try {
     if (want("eval_shape")) { std::cerr << "eval_shape...\n"; bench_eval_shape(); }
@@ -853,6 +906,7 @@ int main(int argc, char** argv) {
     if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
     if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
     if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
+    if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
     if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";

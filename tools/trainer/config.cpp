@@ -344,7 +344,7 @@ void checkpoint_policies(Section& ck, CheckpointConfig& c) {
 void unknown_top_level_keys(const YAML::Node& root, const Source& src) {
   static const std::vector<std::string> known = {"seed",  "device", "threads",  "log_level", "run",
                                                  "model", "data",   "optimizer", "train",    "schedule",
-                                                 "eval",  "checkpoint", "distributed"};
+                                                 "eval",  "checkpoint", "distributed", "cudnn"};
   Section top(root, "", src, root.Mark());
   for (auto it = root.begin(); it != root.end(); ++it) {
     if (!it->first.IsScalar()) continue;  // reported by finish()
@@ -384,6 +384,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     top.fail_at(top.raw("device"), "device", " = '", c.device, "' is not cpu, cuda or cuda:N");
   c.threads = top.in_range<int>("threads", 0, 0, 1024);
   c.log_level = top.one_of("log_level", "info", {"debug", "info", "warning", "error", "off"});
+  Section cudnn = top.sub("cudnn");
+  c.cudnn.benchmark = cudnn.get<bool>("benchmark", false);
+  c.cudnn.deterministic = cudnn.get<bool>("deterministic", !c.cudnn.benchmark);
+  if (c.cudnn.benchmark && c.cudnn.deterministic)  // the search picks kernels by their timing
+    cudnn.fail_at(cudnn.raw("deterministic"), "cudnn.deterministic", " = true contradicts cudnn.benchmark = true");
+  cudnn.finish();
 
   Section run = top.sub("run");
   c.run_dir = run.get<std::string>("dir", "runs/default");
@@ -435,6 +441,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.train.grad_accum_steps = tr.in_range<int64_t>("grad_accum_steps", 1, 1, 4096);
   c.train.log_every = tr.in_range<int64_t>("log_every", 50, 1, 1e12);
   c.train.nonfinite = tr.one_of("nonfinite", "skip", {"skip", "stop"});
+  c.train.autocast = tr.one_of("autocast", "none", {"none", "bfloat16"});
   tr.finish();
 
   Section sch = top.sub("schedule");
@@ -498,6 +505,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 nlohmann::json Config::to_json() const {
   return {
       {"seed", seed}, {"device", device}, {"threads", threads}, {"log_level", log_level}, {"run", {{"dir", run_dir}}},
+      {"cudnn", {{"benchmark", cudnn.benchmark}, {"deterministic", cudnn.deterministic}}},
       {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = model.dtype; return m; }()},
       {"data", {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
                 {"size", data.size}, {"features", data.features}, {"classes", data.classes}, {"shuffle", data.shuffle}, {"limit", data.limit}}},
@@ -508,7 +516,8 @@ nlohmann::json Config::to_json() const {
                     {"end_value", schedule.end_value}, {"init_value", schedule.init_value}, {"alpha", schedule.alpha},
                     {"gamma", schedule.gamma}, {"step_size", schedule.step_size}}},
       {"train", {{"max_steps", train.max_steps}, {"batch_size", train.batch_size},
-                 {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", train.nonfinite}}},
+                 {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", train.nonfinite},
+                 {"autocast", train.autocast}}},
       {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
       // A key that checkpoint.save or checkpoint.keep replaces prints as null, so the printed
       // config loads again (giving both is an error).

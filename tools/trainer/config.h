@@ -57,6 +57,13 @@ struct TrainConfig {
   int64_t grad_accum_steps = 1;
   int64_t log_every = 50;
   std::string nonfinite = "skip";  ///< skip | stop: what a NaN/Inf loss or gradient does
+  std::string autocast = "none";   ///< none | bfloat16: mixed precision of forward (CPU and CUDA autocast)
+};
+
+/// cudnn: cuDNN's algorithm choice on CUDA devices (ignored on the CPU).
+struct CudnnConfig {
+  bool benchmark = false;     ///< search the fastest kernels per shape (not reproducible run to run)
+  bool deterministic = true;  ///< deterministic kernels only: what a bit-exact resume on a GPU needs
 };
 
 /// eval: periodic evaluation on the test split.
@@ -112,6 +119,7 @@ struct Config {
   uint64_t seed = 0;
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
   int threads = 0;             ///< intra-op threads; 0 = libtorch's default
+  CudnnConfig cudnn;
   std::string log_level = "info";  ///< debug | info | warning | error | off (warnings go to stderr)
   std::string run_dir = "runs/default";
   ModelConfig model;

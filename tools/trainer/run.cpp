@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -75,16 +76,16 @@ optim::Schedule schedule_of(const Config& cfg) {
 }  // namespace
 
 Run::Run(const Config& cfg, const RunOptions& ropts)
-    : cfg_(cfg), ropts_(ropts), device_(cfg.device == "cpu" ? std::string("cpu") : cfg.device), out_(&std::cout) {
+    : cfg_(cfg), ropts_(ropts), device_(c10::kCPU), out_(&std::cout) {
   keep_freed_memory();
   if (cfg_.threads > 0) at::set_num_threads(cfg_.threads);
   if (blas_is_reference())
     log::warn_parts("the reference BLAS (", blas_library_path(),
                     ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.");
-  if (device_.is_cuda())
-    NNX_CHECK(compat::cuda_available(), "device '", cfg_.device, "' requested but this build has no usable CUDA (",
-              compat::cuda_device_count(), " GPUs visible)");
   build_distributed();
+  device_ = compat::training_device(cfg_.device, env_.local_rank);  // each rank on its LOCAL_RANK's GPU
+  compat::set_current_device(device_);
+  compat::set_cudnn_flags(cfg_.cudnn.benchmark, cfg_.cudnn.deterministic);
   *out_ << "nnx-train: config " << cfg_.source << " (resolved)\n" << cfg_.to_json().dump(2) << "\n";
   ds_ = load_data(cfg_);
   build_model(ds_);
@@ -268,6 +269,11 @@ bool Run::import_torch() {
   return true;
 }
 
+std::optional<at::ScalarType> Run::autocast_dtype() const {
+  if (cfg_.train.autocast == "bfloat16") return at::kBFloat16;
+  return std::nullopt;
+}
+
 std::pair<double, bool> Run::step() {
   zero_grad(*model_, /*set_to_none=*/false);  // reuse the gradient buffers step after step
   double loss_value = 0;
@@ -275,7 +281,12 @@ std::pair<double, bool> Run::step() {
     auto b = loader_->next();
     auto x = b.inputs.to(device_), y = b.targets.to(device_);
     if (cfg_.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
-    auto loss = loss_fn(model_->forward(x).to(at::kFloat), y);
+    at::Tensor logits;
+    {
+      compat::AutocastGuard autocast(device_.type(), autocast_dtype());
+      logits = model_->forward(x);
+    }
+    auto loss = loss_fn(logits.to(at::kFloat), y);
     if (cfg_.train.grad_accum_steps > 1) loss = loss / static_cast<double>(cfg_.train.grad_accum_steps);
     if (step_ + 1 == ropts_.inject_nonfinite_at_step) loss = loss * std::nan("");
     loss.backward();
@@ -313,7 +324,7 @@ std::pair<double, bool> Run::step() {
 
 std::pair<double, double> Run::evaluate() {
   model_->eval();
-  at::NoGradGuard ng;
+  c10::NoGradGuard ng;
   double loss_sum = 0, correct = 0, tokens = 0;
   const int64_t n = ds_.eval->size();
   int64_t batches = 0;
@@ -322,7 +333,11 @@ std::pair<double, double> Run::evaluate() {
     auto b = ds_.eval->get_batch(at::arange(start, std::min(n, start + cfg_.eval.batch_size), at::kLong));
     auto x = b.inputs.to(device_), y = b.targets.to(device_);
     if (cfg_.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
-    auto logits = model_->forward(x).to(at::kFloat);
+    at::Tensor logits;
+    {
+      compat::AutocastGuard autocast(device_.type(), autocast_dtype());
+      logits = model_->forward(x).to(at::kFloat);
+    }
     auto flat = logits.dim() == 3 ? logits.reshape({-1, logits.size(-1)}) : logits;
     auto ty = y.reshape({-1});
     loss_sum += at::cross_entropy_loss(flat, ty, {}, at::Reduction::Sum).item<double>();

@@ -61,6 +61,7 @@ class Run {
   void set_data_position(const nlohmann::json& d);
   bool import_torch();
   // One optimizer step over train.grad_accum_steps micro-batches: (mean loss, finite).
+  std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast
   std::pair<double, bool> step();
   std::pair<double, double> evaluate();
   void save(int64_t at_step, const nlohmann::json& metrics, bool force);

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Proves the GPU path in one run, on a machine with an NVIDIA GPU, a CUDA PyTorch 2.x (its libtorch
+# and cmake config), nvcc, cmake and ninja, and no network. Run from the repository root:
+#   tools/gpu-check.sh            # the GPU machine (needs gpu-deps/ from tools/gpu-fetch-deps.sh)
+#   tools/gpu-check.sh --cpu      # dry run of the same steps on the CPU machine (Debian's libtorch)
+#   NNX_GPU_BINARIES=build tools/gpu-check.sh --cpu   # ... configuring only, then build/'s binaries
+# Steps: extract the carried Debian packages into a prefix; configure and build with all cores;
+# run tests/cuda (cuda_tests); train the Fashion-MNIST CNN on cuda for 300 steps with saves, a
+# SIGKILL at step 150 and a resume, and compare with an uninterrupted run; run nnx-bench's GPU
+# checkpoint rows. Logs go to $OUT (or build-gpu/out); a summary table is printed last. Exits
+# non-zero when any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+mode=gpu
+[[ "${1:-}" == "--cpu" ]] && mode=cpu
+carry=${NNX_GPU_DEPS:-$root/gpu-deps}
+out=${OUT:-$root/build-gpu/out}
+build=${NNX_GPU_BUILD:-$root/build-gpu}
+prefix=${NNX_GPU_PREFIX:-/tmp/nnx-gpu-deps}  # outside the build tree (CMake refuses include paths in it)
+mkdir -p "$out" "$build"
+t0=$(date +%s)
+names=(); verdicts=(); notes=(); secs=()
+failed=0
+
+summary() {
+  if [[ -f "$out/bench.md" ]]; then echo; echo "== nnx-bench rows =="; grep -E "^\|" "$out/bench.md"; fi
+  echo
+  echo "== tools/gpu-check.sh summary ($mode, $(( $(date +%s) - t0 )) s) =="
+  printf '| %-34s | %-6s | %6s | %s\n' step result s note
+  printf '|%s|%s|%s|%s\n' "------------------------------------" "--------" "--------" "------"
+  for i in "${!names[@]}"; do
+    printf '| %-34s | %-6s | %6s | %s\n' "${names[$i]}" "${verdicts[$i]}" "${secs[$i]}" "${notes[$i]}"
+  done
+}
+trap 'summary | tee "$out/summary.txt"' EXIT
+
+# step NAME NOTE-COMMAND... : runs the command with its output in $out/NAME.log; records ok/FAIL.
+step() {
+  local name=$1; shift
+  local s=$(date +%s)
+  echo ">> $name" >&2
+  if "$@" >"$out/$name.log" 2>&1; then
+    verdicts+=(ok)
+  else
+    verdicts+=(FAIL); failed=1
+    tail -n 25 "$out/$name.log" >&2
+  fi
+  names+=("$name"); secs+=($(( $(date +%s) - s ))); notes+=("${note:-}"); note=
+}
+
+env_report() {
+  echo "date: $(date -u)"; uname -a; nproc; free -g | head -2; df -h "$build" | tail -1
+  command -v nvidia-smi >/dev/null && nvidia-smi -L
+  g++ --version | head -1; cmake --version | head -1; ninja --version; command -v nvcc && nvcc --version | tail -1
+  command -v dpkg-deb || echo "no dpkg-deb (ar + tar are used)"
+  command -v pkg-config || echo "no pkg-config"
+  python3 -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(), torch.utils.cmake_prefix_path)' || true
+  python3 -c 'import torch,os;d=os.path.join(os.path.dirname(torch.__file__),"include");print("gloo headers in torch:", os.path.isdir(os.path.join(d,"gloo")))' || true
+}
+
+extract_debs() {
+  rm -rf "$prefix"; mkdir -p "$prefix"
+  for d in "$carry"/debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$d" "$prefix"
+    else (t=$(mktemp -d); cd "$t" && ar x "$d" && tar -xf data.tar.* -C "$prefix"; rm -rf "$t"); fi
+  done
+  # Runtime libraries HDF5 needs (libcurl, libssl and theirs), linked in only where the machine lacks them.
+  local fb=$prefix-fallback; rm -rf "$fb" "$prefix/missing"; mkdir -p "$fb" "$prefix/missing"
+  for d in "$carry"/fallback-debs/*.deb; do
+    if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$d" "$fb"
+    else (t=$(mktemp -d); cd "$t" && ar x "$d" && tar -xf data.tar.* -C "$fb"; rm -rf "$t"); fi
+  done
+  export LD_LIBRARY_PATH="$libdirs"
+  for pass in 1 2 3; do
+    for so in $(ldd "$prefix"/usr/lib/x86_64-linux-gnu/hdf5/serial/libhdf5.so "$prefix"/missing/* 2>/dev/null | awk '/not found/{print $1}' | sort -u); do
+      src=$(find "$fb" -name "$so" | head -1)
+      [[ -n "$src" ]] && ln -sf "$(readlink -f "$src")" "$prefix/missing/$so" && echo "fallback: $so"
+    done
+  done
+  ldd "$prefix"/usr/lib/x86_64-linux-gnu/hdf5/serial/libhdf5.so | grep "not found" && return 1
+  echo "extracted $(ls "$carry"/debs | wc -l) packages into $prefix"
+}
+
+configure() {
+  local torch_prefix=""
+  [[ $mode == gpu ]] && torch_prefix="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');"
+  local p=$prefix/usr l=$prefix/usr/lib/x86_64-linux-gnu
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNNX_USE_CCACHE=OFF \
+    -DCMAKE_PREFIX_PATH="${torch_prefix}$p" -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
+    -DHDF5_C_COMPILER_EXECUTABLE=/nonexistent -DHDF5_C_INCLUDE_DIR="$p/include/hdf5/serial" \
+    -DHDF5_C_LIBRARY_hdf5="$l/hdf5/serial/libhdf5.so" -DCMAKE_CXX_FLAGS="-isystem $p/include" || return 1
+  grep -E "^-- nnx: Torch" -r "$build/CMakeFiles/CMakeOutput.log" >/dev/null 2>&1 || true
+  if [[ $mode == gpu ]]; then grep -q "NNX_WITH_CUDA=1" "$build/build.ninja" || { echo "the Torch found has no CUDA"; return 1; }; fi
+}
+
+# What the GPU checks need first; the rest of the project (every test binary) after them.
+compile() { cmake --build "$build" -j "$(nproc)" --target cuda_tests nnx-train nnx-ckpt nnx-bench -- -k 0; }
+compile_rest() { cmake --build "$build" -j "$(nproc)" -- -k 0; }
+
+cuda_tests() {
+  "$build/tests/cuda_tests" | tee "$out/cuda_tests.txt"
+  local rc=${PIPESTATUS[0]}
+  note="$(grep -E '^\[  (PASSED|FAILED)  \]|^\[  SKIPPED \] [0-9]+ test' "$out/cuda_tests.txt" | tr -s ' ' | tr '\n' ' ')"
+  [[ $rc -eq 0 ]] || return 1
+  # On the GPU machine a skipped test is a failure: nothing may pass by not running.
+  [[ $mode == cpu ]] || ! grep -q "^\[  SKIPPED \]" "$out/cuda_tests.txt"
+}
+
+# A few CPU suites of the same build: the CUDA libtorch 2.x build keeps the CPU behaviour.
+cpu_suites() {
+  local f=$build/tests
+  "$f/framework_tests" --gtest_brief=1 && "$f/optim_tests" --gtest_brief=1 && \
+    "$f/checkpoint_tests" --gtest_brief=1 --gtest_filter='-*Sigkill*:*Fuzz*'
+}
+
+train_cfg() {  # run dir, extra args
+  local dir=$1; shift
+  local dev=cuda; [[ $mode == cpu ]] && dev=cpu
+  "$build/bin/nnx-train" --config "$root/configs/fashion_mnist_cnn.yaml" "run.dir=$dir" "device=$dev" \
+    "data.root=$carry/fashion-mnist" train.max_steps=300 train.log_every=50 checkpoint.save_interval_steps=50 \
+    eval.every_steps=0 eval.max_batches=2 threads=4 "$@"
+}
+
+train_resume() {
+  local a=$build/run-a b=$build/run-b
+  rm -rf "$a" "$b"
+  train_cfg "$a" || return 1
+  train_cfg "$b" --crash-after-step 150; local rc=$?
+  [[ $rc -eq 137 ]] || { echo "expected SIGKILL (137) at step 150, got $rc"; return 1; }
+  "$build/bin/nnx-ckpt" list "$b"
+  train_cfg "$b" | tee "$out/resume.txt" || return 1
+  grep -q "resumed from step" "$out/resume.txt" || { echo "the second run did not resume"; return 1; }
+  "$build/bin/nnx-ckpt" diff "$a" "$b" | tee "$out/diff.txt"
+  if grep -q "differs" "$out/diff.txt"; then note="resume NOT bit-exact (see diff.txt)"; return 1; fi
+  note="SIGKILL after step 150, $(grep -o "resumed from step [0-9]*" "$out/resume.txt"): bit-exact at step 300"
+}
+
+bench() {
+  local only=gpu; [[ $mode == cpu ]] && only=checkpoint
+  rm -rf "$build/bench"
+  "$build/bin/nnx-bench" --only "$only" --reps 3 --dir "$build/bench" | tee "$out/bench.md"
+  local rc=${PIPESTATUS[0]}
+  rm -rf "$build/bench"
+  return "$rc"
+}
+
+note="" ; step environment env_report
+libdirs="$prefix/usr/lib/x86_64-linux-gnu:$prefix/usr/lib/x86_64-linux-gnu/hdf5/serial:$prefix/missing${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [[ ! -d "$carry/debs" ]]; then
+  names+=(extract); verdicts+=(FAIL); secs+=(0); notes+=("no $carry/debs: run tools/gpu-fetch-deps.sh on the CPU machine"); exit 1
+fi
+step extract extract_debs
+export LD_LIBRARY_PATH="$libdirs"
+if [[ -n "${NNX_GPU_BINARIES:-}" ]]; then  # dry runs: binaries of an existing build
+  step configure configure
+  build=$NNX_GPU_BINARIES
+else
+  step configure configure || exit 1
+  step build compile
+fi
+step cuda_tests cuda_tests
+step train_sigkill_resume train_resume
+step bench_gpu_checkpoint bench
+# The whole project and three CPU suites under this libtorch, while the 8-minute budget lasts.
+if [[ -z "${NNX_GPU_BINARIES:-}" ]]; then
+  if (( $(date +%s) - t0 < 300 )); then step build_all compile_rest; else names+=(build_all); verdicts+=(skipped); secs+=(0); notes+=("over the time budget"); fi
+fi
+if (( $(date +%s) - t0 < 400 )); then step cpu_suites cpu_suites; else names+=(cpu_suites); verdicts+=(skipped); secs+=(0); notes+=("over the time budget"); fi
+exit $failed
