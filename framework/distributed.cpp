@@ -1,6 +1,7 @@
 #include "nnx/framework/distributed.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -192,7 +193,7 @@ at::Tensor wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ?
 
 void broadcast_state(Module& module, ProcessGroup& pg, int root) {
   if (pg.world_size() == 1) return;
-  at::NoGradGuard ng;
+  c10::NoGradGuard ng;
   // One flat buffer per dtype (a Gloo collective takes tensors of one dtype).
   std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype;
   for (auto& [path, var] : module.named_variables()) by_dtype[var.value().scalar_type()].push_back(var.value().detach());
@@ -213,7 +214,7 @@ void broadcast_state(Module& module, ProcessGroup& pg, int root) {
 
 void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes) {
   if (pg.world_size() == 1) return;
-  at::NoGradGuard ng;
+  c10::NoGradGuard ng;
   std::vector<at::Tensor> bucket;
   int64_t bytes = 0;
   const double scale = 1.0 / pg.world_size();
@@ -250,7 +251,7 @@ void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes)
 void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg) {
   const int n = pg.world_size(), me = pg.rank();
   if (n == 1) return;
-  at::NoGradGuard ng;
+  c10::NoGradGuard ng;
   std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype;
   for (const auto& t : tensors) {
     NNX_CHECK(t.dim() >= 1, "all_gather_shards: a 0-d tensor is replicated, not sharded");

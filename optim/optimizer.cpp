@@ -1,6 +1,7 @@
 #include "nnx/optim/optimizer.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <unordered_map>
 #include <unordered_set>
@@ -96,7 +97,7 @@ void Optimizer::update(const State& grads) {
       NNX_CHECK(known.count(path), "Optimizer.update: gradient for '", path,
                 "' which is not an optimized variable");
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::vector<at::Tensor> whole;  // ZeRO-1: the params to all-gather after the step
   if (mesh_.size > 1) {
     NNX_CHECK(pg_ != nullptr, "Optimizer: the state is sharded over ", mesh_.size,

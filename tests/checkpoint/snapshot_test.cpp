@@ -4,6 +4,7 @@
 #include "nnx/checkpoint/io/host_snapshot.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <future>
@@ -183,7 +184,7 @@ TEST(DeferredSnapshot, TheCheckpointHoldsTheStateAtSaveTimeWhateverTrainingWrite
     ck.save(dir / def, t.items());
     t.step(round + 2);  // AdamW update, BatchNorm statistics, dropout draws
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       for (auto& [path, var] : t.model->named_variables())
         if (var.kind() == Param) var.mutable_value().mul_(1.5);  // a user's in-place write
     }

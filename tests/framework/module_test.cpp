@@ -1,6 +1,7 @@
 #include "nnx/framework/module.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include "nnx/framework/graph.h"
@@ -86,7 +87,7 @@ TEST(Module, CloneIsDeepAndKeepsTying) {
   auto& e = copy->child<Embedding>("embed").variable("embedding");
   EXPECT_TRUE(copy->child("head").variable("kernel").is(e));
   EXPECT_FALSE(e.is(net.child<Embedding>("embed").variable("embedding")));
-  at::NoGradGuard g;
+  c10::NoGradGuard g;
   const_cast<at::Tensor&>(e.value()).add_(1.0);
   EXPECT_FALSE(state(*copy).equal(state(net)));
   EXPECT_TRUE(at::equal(copy->child("head").variable("kernel").value(), e.value()));
