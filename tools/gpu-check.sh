@@ -152,6 +152,10 @@ if [[ ! -d "$carry/debs" ]]; then
 fi
 step extract extract_debs
 export LD_LIBRARY_PATH="$libdirs"
+# torch 2.11's libtorch.so exports std::filesystem functions whose remove_all jumps to address 0;
+# the build lists libstdc++ first (CMakeLists.txt), and libstdc++ is preloaded here as well so that
+# the checks below run where a linker ignored that order (link_order records what the build did).
+[[ $mode == gpu ]] && export LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)"
 if [[ -n "${NNX_GPU_BINARIES:-}" ]]; then  # dry runs: binaries of an existing build
   step configure configure
   build=$NNX_GPU_BINARIES
@@ -159,6 +163,8 @@ else
   step configure configure || exit 1
   step build compile
 fi
+link_order() { readelf -d "$build/bin/nnx-train" | grep NEEDED | head -3; note="first NEEDED: $(readelf -d "$build/bin/nnx-train" | grep -m1 NEEDED | grep -o '\[.*\]')"; }
+step link_order link_order
 step cuda_tests cuda_tests
 step train_sigkill_resume train_resume
 step bench_gpu_checkpoint bench
