@@ -110,8 +110,11 @@ cuda_tests() {
 # A few CPU suites of the same build: the CUDA libtorch 2.x build keeps the CPU behaviour.
 cpu_suites() {
   local f=$build/tests
-  "$f/framework_tests" --gtest_brief=1 && "$f/optim_tests" --gtest_brief=1 && \
-    "$f/checkpoint_tests" --gtest_brief=1 --gtest_filter='-*Sigkill*:*Fuzz*'
+  local rc=0
+  "$f/framework_tests" --gtest_brief=1 || rc=1
+  "$f/optim_tests" --gtest_brief=1 || rc=1
+  "$f/checkpoint_tests" --gtest_brief=1 --gtest_filter='-*Sigkill*:*Fuzz*' || rc=1
+  return $rc
 }
 
 train_cfg() {  # run dir, extra args
