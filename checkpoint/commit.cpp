@@ -74,7 +74,7 @@ struct RemoveTmpOnError {
   ~RemoveTmpOnError() {
     if (!dir.empty() && std::uncaught_exceptions() > uncaught) {
       std::error_code ec;
-      stdfs::remove_all(dir, ec);
+      fs::remove_tree(dir, ec);
     }
   }
 };
@@ -113,7 +113,7 @@ std::exception_ptr lead_commit(Coordinator& c, const std::string& key, const std
     return nullptr;
   } catch (...) {
     std::error_code ec;
-    stdfs::remove_all(tmp, ec);
+    fs::remove_tree(tmp, ec);
     return std::current_exception();
   }
 }

@@ -92,7 +92,7 @@ void CheckpointManager::cleanup_leftovers() {
     const std::string name = e.path().filename().string();
     if (name.find(".tmp-") != std::string::npos || name.find(".deleting-") != std::string::npos) {
       std::error_code ec;
-      stdfs::remove_all(e.path(), ec);
+      fs::remove_tree(e.path(), ec);
     }
   }
 }
@@ -435,7 +435,7 @@ stdfs::path CheckpointManager::rename_away_locked(int64_t step) {
 void CheckpointManager::remove_renamed(const std::vector<stdfs::path>& gone) const {
   for (const auto& g : gone) {
     std::error_code ec;
-    stdfs::remove_all(g, ec);  // a leftover is removed at the next start-up
+    fs::remove_tree(g, ec);  // a leftover is removed at the next start-up
   }
 }
 

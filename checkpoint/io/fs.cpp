@@ -1,6 +1,7 @@
 #include "nnx/checkpoint/io/fs.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -30,6 +31,26 @@ void fsync_path(const stdfs::path& path) {
   int err = errno;
   ::close(fd);
   NNX_CHECK_IO(r == 0, "fsync of '", path.string(), "' failed: ", std::strerror(err));
+}
+
+namespace {
+thread_local int g_remove_errno = 0;  // nftw's callback takes no context: the first failure
+int remove_entry(const char* p, const struct stat*, int, struct FTW*) {
+  if (::remove(p) != 0 && errno != ENOENT && g_remove_errno == 0) g_remove_errno = errno;
+  return 0;  // go on: remove what can be removed
+}
+}  // namespace
+
+void remove_tree(const stdfs::path& path, std::error_code& ec) noexcept {
+  ec.clear();
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno != ENOENT) ec = std::error_code(errno, std::generic_category());
+    return;
+  }
+  g_remove_errno = 0;
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && g_remove_errno == 0) g_remove_errno = errno;
+  if (g_remove_errno != 0) ec = std::error_code(g_remove_errno, std::generic_category());
 }
 
 void rename_no_replace(const stdfs::path& from, const stdfs::path& to) {

@@ -15,6 +15,12 @@ void fsync_path(const stdfs::path& path);
 /// Renames `from` to `to`, failing (nnx::IOError naming both) if `to` exists (renameat2
 /// RENAME_NOREPLACE), then fsyncs the parent of `to`.
 void rename_no_replace(const stdfs::path& from, const stdfs::path& to);
+/// Removes `path` and everything under it, not following symbolic links (nftw(3), depth
+/// first); a missing `path` is no error. The first failure goes to `ec` (and the rest is still
+/// attempted). Used instead of std::filesystem::remove_all, which PyTorch 2.x wheels export
+/// from libtorch.so in a copy that jumps to address 0 when it wins the symbol lookup (seen with
+/// torch 2.11 on the GPU machine).
+void remove_tree(const stdfs::path& path, std::error_code& ec) noexcept;
 /// "<pid>-<random hex>": unique among concurrent writers.
 std::string unique_suffix();
 /// Bytes [offset, offset + size) of a file that were written from `data` (still valid in memory).

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "nnx/framework/error.h"
 #include "test_util.h"
 
 using namespace nnx::checkpoint;
+namespace stdfs = std::filesystem;
 
 TEST(Fs, RenameNeverReplaces) {
   nnx::test::TempDir dir;
@@ -37,4 +39,27 @@ TEST(Fs, FileChecksumAndSyncedWrite) {
   EXPECT_EQ(sum.rfind("xxh3_64:", 0), 0u);
   EXPECT_THROW(fs::write_file_synced(dir / "x", "again"), nnx::IOError);
   EXPECT_EQ(fs::read_file(dir / "x"), "hello");
+}
+
+TEST(Fs, RemoveTreeRemovesNestedDirectoriesWithoutFollowingLinks) {
+  nnx::test::TempDir dir;
+  const auto outside = dir / "outside";
+  stdfs::create_directories(outside);
+  std::ofstream(outside / "keep.txt") << "kept";
+  const auto tree = dir / "tree";
+  stdfs::create_directories(tree / "a" / "b");
+  std::ofstream(tree / "a" / "b" / "x.h5") << "x";
+  std::ofstream(tree / "top.json") << "{}";
+  stdfs::create_directory_symlink(outside, tree / "link");  // removed as a link, its target kept
+  std::error_code ec;
+  nnx::checkpoint::fs::remove_tree(tree, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_FALSE(stdfs::exists(tree));
+  EXPECT_TRUE(stdfs::exists(outside / "keep.txt"));
+  nnx::checkpoint::fs::remove_tree(tree, ec);  // already gone: no error
+  EXPECT_FALSE(ec);
+  std::ofstream(dir / "file") << "f";  // a plain file too
+  nnx::checkpoint::fs::remove_tree(dir / "file", ec);
+  EXPECT_FALSE(ec);
+  EXPECT_FALSE(stdfs::exists(dir / "file"));
 }

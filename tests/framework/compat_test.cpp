@@ -15,3 +15,20 @@ TEST(Compat, SeededGeneratorsAreReproducible) {
   EXPECT_THROW(nnx::compat::make_generator(c10::Device(c10::kCUDA, 0), 1), nnx::Error);
 #endif
 }
+
+TEST(Compat, TrainingDeviceAndAutocastOnTheCpu) {
+  EXPECT_EQ(nnx::compat::training_device("cpu", 3), c10::Device(c10::kCPU));
+  EXPECT_THROW(nnx::compat::training_device("tpu", 0), nnx::Error);
+#ifndef NNX_WITH_CUDA
+  EXPECT_THROW(nnx::compat::training_device("cuda", 0), nnx::Error);  // names the GPUs visible
+#endif
+  const auto a = at::randn({8, 8});
+  {
+    nnx::compat::AutocastGuard guard(c10::kCPU, at::kBFloat16);
+    EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kBFloat16);
+    nnx::compat::AutocastGuard none(c10::kCPU, std::nullopt);  // changes nothing
+    EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kBFloat16);
+  }
+  EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kFloat);  // the previous setting is back
+  nnx::compat::set_cudnn_flags(false, true);  // harmless without cuDNN
+}

@@ -65,6 +65,21 @@ TEST(Config, SnapshotTimingAndBusyPolicy) {
   EXPECT_EQ(load_config(yaml, {"checkpoint.busy_policy=second_buffer"}).checkpoint.busy_policy, "second_buffer");
 }
 
+TEST(Config, DeviceCudnnAndAutocast) {
+  const std::string yaml = test::source_dir() + "/configs/tiny_synthetic.yaml";
+  auto d = load_config(yaml);
+  EXPECT_EQ(d.train.autocast, "none");
+  EXPECT_FALSE(d.cudnn.benchmark);
+  EXPECT_TRUE(d.cudnn.deterministic);  // what a bit-exact resume on a GPU needs
+  auto b = load_config(yaml, {"cudnn.benchmark=true", "train.autocast=bfloat16", "device=cuda:1"});
+  EXPECT_FALSE(b.cudnn.deterministic);  // benchmark implies non-deterministic kernels
+  EXPECT_EQ(b.to_json()["train"]["autocast"], "bfloat16");
+  EXPECT_EQ(b.device, "cuda:1");
+  EXPECT_THROW(load_config(yaml, {"cudnn.benchmark=true", "cudnn.deterministic=true"}), Error);
+  EXPECT_THROW(load_config(yaml, {"train.autocast=fp8"}), Error);
+  EXPECT_THROW(load_config(yaml, {"device=gpu"}), Error);
+}
+
 TEST(Config, ErrorsNameFileLineAndColumn) {
   try {
     load_config(test::tests_dir() / "data/bad_configs/02_unknown_nested_key.yaml");

@@ -78,6 +78,11 @@ TEST(Trainer, MlpWithGradientAccumulationResumesBitExactly) {
   expect_bit_exact_resume("tiny_synthetic.yaml", "train.grad_accum_steps=3 checkpoint.save_interval_steps=10 checkpoint.async=false", 37);
 }
 
+TEST(Trainer, Bf16AutocastTrainsAndResumesBitExactly) {
+  // train.autocast: the forward under CPU autocast (bf16 matmuls), master weights in fp32.
+  expect_bit_exact_resume("tiny_synthetic.yaml", "train.max_steps=12 checkpoint.save_interval_steps=4 checkpoint.async=false train.autocast=bfloat16", 7);
+}
+
 TEST(Trainer, CnnWithBatchNormAndDropoutResumesBitExactlyMidEpochAndAtEpochBoundary) {
   if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   // 640 examples / 64 = 10 batches per epoch: a checkpoint at step 10 sits on the epoch boundary,

@@ -192,7 +192,7 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
     std::vector<double> ours_k, raw_k, torch_k, buffered_k;
     auto keep1 = [&](const std::string& base, int i, std::vector<double>& out, const std::function<void(const stdfs::path&)>& save) {
       std::error_code ec;
-      stdfs::remove_all(dir / (base + std::to_string(i - 1)), ec);
+      nnx::checkpoint::fs::remove_tree(dir / (base + std::to_string(i - 1)), ec);
       const double t = time_once([&] { save(dir / (base + std::to_string(i))); });
       if (i > 0) out.push_back(t);
     };
@@ -203,7 +203,7 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
       keep1("keep-buffered", i, buffered_k, save_buffered);
     }
     std::error_code ec;
-    for (const char* b : {"keep-ours", "keep-raw", "keep-torch", "keep-buffered"}) stdfs::remove_all(dir / (b + std::to_string(reps)), ec);
+    for (const char* b : {"keep-ours", "keep-raw", "keep-torch", "keep-buffered"}) nnx::checkpoint::fs::remove_tree(dir / (b + std::to_string(reps)), ec);
     t_ours_kept = median(ours_k);
     add_rounds("save 400 MB with retention (previous file deleted first)", ours_k, raw_k, " s", "raw write+fsync", 1.10);
     add_rounds("save 400 MB with retention vs torch::save", ours_k, torch_k, " s", "torch::save", 0.85);
@@ -220,10 +220,10 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   // order of the four contenders rotates from round to round (no contender always goes first).
   std::error_code ec;
   for (int i = 0; i < reps; ++i) {
-    stdfs::remove_all(dir / ("buffered" + std::to_string(i)), ec);
+    nnx::checkpoint::fs::remove_tree(dir / ("buffered" + std::to_string(i)), ec);
     if (i > 0)
       for (const std::string& f : {"ours" + std::to_string(i), "raw" + std::to_string(i), "torch" + std::to_string(i) + ".pt"})
-        stdfs::remove_all(dir / f, ec);
+        nnx::checkpoint::fs::remove_tree(dir / f, ec);
   }
   // Every contender's file leaves the page cache, and the warm-up round below reads it back in,
   // so all cached pages come from reads: a file written with O_DIRECT has none cached, and on
@@ -443,8 +443,8 @@ void bench_restore_after_save(const stdfs::path& dir) {
   ::close(fd);
   add("restore 2.4 GB right after an async save vs a cold raw read of the file", after_async, raw, " s", "raw read, cold", 0);
   std::error_code ec;
-  stdfs::remove_all(dir / "big-sync", ec);
-  stdfs::remove_all(dir / "big-async", ec);
+  nnx::checkpoint::fs::remove_tree(dir / "big-sync", ec);
+  nnx::checkpoint::fs::remove_tree(dir / "big-async", ec);
 }
 
 // ---- checkpoints from GPU memory: 2 GB fp32 in 20 tensors on cuda:0 ----------------------------
@@ -490,7 +490,7 @@ void bench_gpu_checkpoint(const stdfs::path& dir, int reps) {
     sync_v.push_back(time_once([&] { sync.save(dir / ("gpu-sync" + k), args); }));
     block_deferred.push_back(time_once([&] { deferred.save(dir / ("gpu-deferred" + k), args); }));
     deferred.wait_until_finished();
-    for (const char* n : {"gpu-raw", "gpu-async", "gpu-sync", "gpu-deferred"}) stdfs::remove_all(dir / (n + k), ec);
+    for (const char* n : {"gpu-raw", "gpu-async", "gpu-sync", "gpu-deferred"}) nnx::checkpoint::fs::remove_tree(dir / (n + k), ec);
   }
   add_rounds("save 2 GB from GPU memory, async save waited for", async_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);
   add_rounds("save 2 GB from GPU memory, sync Checkpointer", sync_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);
@@ -572,7 +572,7 @@ double nnx_train_examples_per_sec(const std::string& config, int steps, int thre
   if (log_every <= 0) log_every = std::max(steps / 5, 10);
   std::string run_dir = (dir / ("train-" + config)).string();
   std::error_code ec;
-  stdfs::remove_all(run_dir, ec);  // a fresh run each time, never a resume
+  nnx::checkpoint::fs::remove_tree(run_dir, ec);  // a fresh run each time, never a resume
   std::string cmd = std::string(NNX_BIN_DIR) + "/nnx-train --config " + NNX_SOURCE_DIR + "/configs/" + config +
                     " run.dir=" + run_dir + " train.max_steps=" + std::to_string(steps) + " train.log_every=" +
                     std::to_string(log_every) + " eval.max_batches=1 eval.every_steps=0 checkpoint.save_interval_steps=1000000000" +
@@ -785,7 +785,8 @@ void bench_save_cpu(const stdfs::path& dir, double step_ms, int every) {
     c0 = cpu_seconds();
     at::stack(at::_foreach_norm(ts, 2)).sum().isfinite().item<bool>();  // nnx-train's non-finite check
     const double norm = cpu_seconds() - c0;
-    stdfs::remove_all(p);
+    std::error_code ec;
+    nnx::checkpoint::fs::remove_tree(p, ec);
     if (i == 0) continue;
     save_cpu.push_back(save);
     copy_cpu.push_back(copy);
@@ -913,7 +914,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::error_code ec;
-  if (dir_arg.empty()) stdfs::remove_all(dir, ec);
+  if (dir_arg.empty()) nnx::checkpoint::fs::remove_tree(dir, ec);
   std::cout << "| benchmark | ours | anchor | ratio | target | |\n|---|---|---|---|---|---|\n";
   nlohmann::json j = nlohmann::json::array();
   for (const auto& r : rows) {
