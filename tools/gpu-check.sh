@@ -35,7 +35,8 @@ summary() {
 }
 trap 'summary | tee "$out/summary.txt"' EXIT
 
-# step NAME NOTE-COMMAND... : runs the command with its output in $out/NAME.log; records ok/FAIL.
+# step NAME COMMAND...: runs the command with its output in $out/NAME.log and records ok or FAIL,
+# with the `note` the command may set.
 step() {
   local name=$1; shift
   local s=$(date +%s)
@@ -163,7 +164,8 @@ if [[ -n "${NNX_GPU_BINARIES:-}" ]]; then  # dry runs: binaries of an existing b
   step configure configure
   build=$NNX_GPU_BINARIES
 else
-  step configure configure || exit 1
+  step configure configure
+  [[ ${verdicts[-1]} == ok ]] || exit 1  # nothing below can run without a build
   step build compile
 fi
 link_order() { readelf -d "$build/bin/nnx-train" | grep NEEDED | head -3; note="first NEEDED: $(readelf -d "$build/bin/nnx-train" | grep -m1 NEEDED | grep -o '\[.*\]')"; }
