@@ -15,9 +15,10 @@ namespace nnx::test {
 /// A fresh directory under $TMPDIR (or /tmp), removed when the test passed.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base ? base : "/tmp") + "/nnx-test-XXXXXX";
+  TempDir() : TempDir(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") {}
+  /// A new directory under `base` (e.g. /dev/shm for a memory tier).
+  explicit TempDir(const std::string& base) {
+    std::string tmpl = base + "/nnx-test-XXXXXX";
     char* p = ::mkdtemp(tmpl.data());
     if (p == nullptr) throw std::runtime_error("mkdtemp failed");
     path_ = p;

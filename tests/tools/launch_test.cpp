@@ -237,6 +237,70 @@ TEST(DataParallel, FourRanksRestoreAtTwoAndThree) {
   EXPECT_NE(at3.output.find("global batch changed 32 -> 48"), std::string::npos) << at3.output;
 }
 
+TEST(Launch, MaxRestartsRestartsEveryRankAndTheRunResumesBitExactly) {
+  test::TempDir dir;
+  const std::string a = (dir / "a").string(), b = (dir / "b").string();
+  const std::string o = "checkpoint.save_interval_steps=10 checkpoint.async=false";
+  ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
+  // Rank 1 is SIGKILLed after the committed step 20; the launcher stops rank 0 and starts both
+  // again, which resume from step 20 (where the crash flag no longer fires).
+  const std::string restarting = test::bin("nnx-launch") + " --nproc 2 --max-restarts 1 -- ";
+  auto r = test::run(restarting + train(b, o + " --crash-after-step 20 --crash-rank 1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 failed with signal 9"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("restarting all 2 ranks (restart 1 of 1)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << r.output;
+  auto sa = test::final_states(a), sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // A program that always fails is started 1 + R times, then its exit code is the launcher's.
+  auto f = test::run(test::bin("nnx-launch") + " --nproc 2 --max-restarts 2 --grace-seconds 1 -- /bin/false");
+  EXPECT_EQ(f.exit_code, 1) << f.output;
+  EXPECT_NE(f.output.find("(restart 2 of 2)"), std::string::npos) << f.output;
+  EXPECT_EQ(f.output.find("(restart 3 of"), std::string::npos) << f.output;
+  EXPECT_EQ(test::run(test::bin("nnx-launch") + " --nproc 2 --max-restarts -1 -- /bin/true").exit_code, 2);
+}
+
+TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string a = (dir / "a").string(), b = (dir / "b").string(), local = (shm / "local").string();
+  const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
+                        "checkpoint.local.async=false checkpoint.local.directory=" + local;
+  ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
+  auto killed = test::run(launch(2, train(b, o + " --crash-after-step 27 --crash-rank 1")));
+  ASSERT_NE(killed.exit_code, 0) << killed.output;
+  // Both ranks agree on the newest local step they both hold, 26 (the persistent tier has 20),
+  // and each restores its own state (rank 0 prints; the states below show both agreed).
+  auto r = test::run(launch(2, train(b, o)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank 0] nnx-train: resumed from step 26 (" + local + "/rank-0-of-2/26)"), std::string::npos) << r.output;
+  auto sa = test::final_states(a), sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // One rank's local folder wiped (a replaced host): no common local step, the persistent tier.
+  const std::string c = (dir / "c").string();
+  ASSERT_NE(test::run(launch(2, train(c, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  std::error_code ec;
+  stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
+  auto p = test::run(launch(2, train(c, o)));
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("[rank 0] nnx-train: resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << p.output;
+  auto sc = test::final_states(c);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+  // Rank 1's newest local step truncated: it cannot restore it, so neither rank uses the local
+  // tier (nothing partial is ever used), and both resume from the persistent tier.
+  const std::string d = (dir / "d").string();
+  ASSERT_NE(test::run(launch(2, train(d, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  const auto file = stdfs::path(local) / "rank-1-of-2" / "26" / "checkpoint.h5";
+  ASSERT_TRUE(stdfs::exists(file));
+  stdfs::resize_file(file, stdfs::file_size(file) / 2);
+  auto q = test::run(launch(2, train(d, o)));
+  ASSERT_EQ(q.exit_code, 0) << q.output;
+  EXPECT_NE(q.output.find("checkpoint.local: step 26 does not restore on every rank"), std::string::npos) << q.output;
+  EXPECT_NE(q.output.find("[rank 0] nnx-train: resumed from step 20 (" + d + "/checkpoints/20)"), std::string::npos) << q.output;
+  auto sd = test::final_states(d);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sd.at(item))) << item << ": " << s.first_difference(sd.at(item));
+}
+
 TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
   test::TempDir dir;
   const std::string a = (dir / "a").string(), b = (dir / "b").string();

@@ -83,6 +83,42 @@ TEST(Trainer, Bf16AutocastTrainsAndResumesBitExactly) {
   expect_bit_exact_resume("tiny_synthetic.yaml", "train.max_steps=12 checkpoint.save_interval_steps=4 checkpoint.async=false train.autocast=bfloat16", 7);
 }
 
+TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
+  // The tier in memory, as by default: on a disk its fsyncs take longer than these tiny steps,
+  // and the busy saves would be skipped.
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string local = (shm / "local").string();
+  const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=3 checkpoint.local.async=false "
+                        "checkpoint.local.max_to_keep=2 checkpoint.local.directory=" + local;
+  const std::string a = (dir / "a").string(), b = (dir / "b").string(), c = (dir / "c").string();
+  auto full = test::run(train_cmd("tiny_synthetic.yaml", a, o));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  EXPECT_FALSE(stdfs::exists(stdfs::path(local) / "rank-0-of-1")) << "a finished run removes its local tier";
+  // SIGKILL after step 25: the persistent tier has step 20, the local tier 21 and 24.
+  auto killed = test::run(train_cmd("tiny_synthetic.yaml", b, o + " --crash-after-step 25"));
+  ASSERT_EQ(killed.exit_code, 128 + SIGKILL) << killed.output;
+  int committed = 0;
+  for (const auto& e : stdfs::directory_iterator(stdfs::path(local) / "rank-0-of-1"))
+    committed += e.path().filename().string().find_first_not_of("0123456789") == std::string::npos;
+  EXPECT_EQ(committed, 2) << "max_to_keep 2 bounds the tier";
+  auto resumed = test::run(train_cmd("tiny_synthetic.yaml", b, o));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from step 24 (" + local + "/rank-0-of-1/24)"), std::string::npos) << resumed.output;
+  auto sa = test::final_states(a), sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // A local tier that is gone (a replaced host): the persistent tier's step 20.
+  auto killed_c = test::run(train_cmd("tiny_synthetic.yaml", c, o + " --crash-after-step 25"));
+  ASSERT_EQ(killed_c.exit_code, 128 + SIGKILL) << killed_c.output;
+  std::error_code ec;
+  stdfs::remove_all(local, ec);
+  auto from_persistent = test::run(train_cmd("tiny_synthetic.yaml", c, o));
+  ASSERT_EQ(from_persistent.exit_code, 0) << from_persistent.output;
+  EXPECT_NE(from_persistent.output.find("resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << from_persistent.output;
+  auto sc = test::final_states(c);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+}
+
 TEST(Trainer, CnnWithBatchNormAndDropoutResumesBitExactlyMidEpochAndAtEpochBoundary) {
   if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   // 640 examples / 64 = 10 batches per epoch: a checkpoint at step 10 sits on the epoch boundary,

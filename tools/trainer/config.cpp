@@ -489,6 +489,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
   c.checkpoint.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
   c.checkpoint.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip", "second_buffer"});
+  Section local = ck.sub("local");
+  c.checkpoint.local.save_interval_steps = local.in_range<int64_t>("save_interval_steps", 0, 0, 1e12);
+  c.checkpoint.local.max_to_keep = local.in_range<int>("max_to_keep", 2, 1, 1000);
+  c.checkpoint.local.directory = local.get<std::string>("directory", "");
+  c.checkpoint.local.async = local.get<bool>("async", true);
+  local.finish();
   checkpoint_policies(ck, c.checkpoint);
   ck.finish();
 
@@ -527,6 +533,9 @@ nlohmann::json Config::to_json() const {
                       {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
+                      {"local", {{"save_interval_steps", checkpoint.local.save_interval_steps},
+                                 {"max_to_keep", checkpoint.local.max_to_keep}, {"directory", checkpoint.local.directory},
+                                 {"async", checkpoint.local.async}}},
                       {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
       {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},

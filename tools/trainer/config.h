@@ -73,6 +73,14 @@ struct EvalConfig {
   int64_t max_batches = 0;  ///< 0 = the whole split
 };
 
+/// checkpoint.local: a fast tier of frequent saves in this host's memory (LocalTier).
+struct LocalTierConfig {
+  int64_t save_interval_steps = 0;  ///< 0 = no local tier
+  int max_to_keep = 2;              ///< steps kept per rank (the tier's memory bound)
+  std::string directory;            ///< "" = /dev/shm/nnx-local/<run id>
+  bool async = true;                ///< write in the background (busy saves skipped); false: inside the step
+};
+
 /// checkpoint: the CheckpointManager policy.
 struct CheckpointConfig {
   int64_t save_interval_steps = 500;
@@ -103,6 +111,8 @@ struct CheckpointConfig {
   /// {"best_n": {"n": 2, "metric": "eval_loss", "mode": "min"}}]; null = from max_to_keep,
   /// keep_period and best_metric.
   nlohmann::json keep;
+  /// checkpoint.local: the local tier (LocalTier); off unless local.save_interval_steps > 0.
+  LocalTierConfig local;
 };
 
 /// distributed: data parallel over the ranks nnx-launch (or torchrun/mpirun variables) starts.

@@ -163,6 +163,10 @@ void Run::build_loader_and_manager() {
   checkpoint::CheckpointManagerOptions mo = manager_options(cfg_.checkpoint);
   mo.process_group = ckpt_pg_;
   manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
+  NNX_CHECK(!(zero1_ && cfg_.checkpoint.local.save_interval_steps > 0),
+            "checkpoint.local with distributed.zero_stage 1 is not supported yet (a rank's optimizer shard would be "
+            "saved as a whole array); use zero_stage 0 or turn the local tier off");
+  local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
 }
 
@@ -192,11 +196,11 @@ void Run::check_same_model(int64_t at) {
                           "\n  use a new run.dir, or restore the original model settings");
 }
 
-// Restores the latest step (or --resume-from): returns whether the run resumed.
+// Restores the newest step (or --resume-from): from the local tier when it holds a step on
+// every rank at least as new as the persistent tier's latest, else from the persistent tier.
+// Returns whether the run resumed.
 bool Run::restore() {
   std::optional<int64_t> at = ropts_.resume_from ? ropts_.resume_from : manager_->latest_step();
-  if (!at) return false;
-  check_same_model(*at);
   const State all = state(*model_);
   const auto parts = all.split({Param, BatchStat, RngState, Everything()});
   const std::map<std::string, State> templates = {
@@ -205,6 +209,9 @@ bool Run::restore() {
   for (const auto& item : kCheckpointItems)
     if (item.restored) args.add(item.name, item.is_state ? checkpoint::ItemArgs(StandardRestore(templates.at(item.name)))
                                                          : checkpoint::ItemArgs(JsonRestore()));
+  if (!ropts_.resume_from && local_->enabled() && restore_local(args, at)) return true;
+  if (!at) return false;
+  check_same_model(*at);
   checkpoint::Restored r;
   if (!ropts_.resume_from && cfg_.checkpoint.fallback_to_verified) {
     auto fb = manager_->restore_newest_valid(args);
@@ -220,11 +227,35 @@ bool Run::restore() {
                 ropts_.resume_from ? std::string() : std::string(" (checkpoint.fallback_to_verified=true resumes from the newest step that restores)"));
     }
   }
-  apply_restored(r, *at);
+  apply_restored(r, *at, manager_->step_path(*at));
   return true;
 }
 
-void Run::apply_restored(const checkpoint::Restored& r, int64_t at) {
+// The local tier's newest step on every rank, when no older than the persistent tier's
+// latest: each rank restores its own state from it, or, when any rank cannot, none does.
+bool Run::restore_local(const Composite& args, std::optional<int64_t> persistent_latest) {
+  const std::optional<int64_t> step = local_->newest_common_step(pg_.get());
+  if (!step || (persistent_latest && *step < *persistent_latest)) return false;
+  checkpoint::Restored r;
+  std::string failure;
+  try {
+    r = local_->restore(*step, args);
+  } catch (const Error& e) {
+    failure = e.what();
+  }
+  std::vector<at::Tensor> failed = {at::tensor({failure.empty() ? int64_t(0) : int64_t(1)}, at::kLong)};
+  if (pg_) pg_->all_reduce_max(failed);
+  if (failed[0].item<int64_t>() != 0) {
+    log::warn_parts("checkpoint.local: step ", *step, " does not restore on every rank",
+                    failure.empty() ? std::string() : " (here: " + failure + ")", "; resuming from the persistent tier");
+    return false;
+  }
+  apply_restored(r, *step, local_->step_path(*step));
+  resumed_local_ = true;
+  return true;
+}
+
+void Run::apply_restored(const checkpoint::Restored& r, int64_t at, const std::filesystem::path& from) {
   for (const auto& l : other_differences(r.json_item("config"), cfg_.to_json()))
     log::warn_parts("config changed since step ", at, " (applied): ", l);
   update(*model_, r.state("params"), r.state("batch_stats"), r.state("rngs"));
@@ -233,7 +264,7 @@ void Run::apply_restored(const checkpoint::Restored& r, int64_t at) {
   history_ = r.json_item("metrics");
   step_ = r.json_item("trainer").at("step");
   skipped_ = r.json_item("trainer").value("skipped_steps", 0);
-  *out_ << "nnx-train: resumed from step " << step_ << " (" << manager_->step_path(at).string() << "): params "
+  *out_ << "nnx-train: resumed from step " << step_ << " (" << from.string() << "): params "
         << r.state("params").size() << " arrays (" << format_bytes(r.state("params").nbytes()) << "), batch_stats "
         << r.state("batch_stats").size() << ", rngs " << r.state("rngs").size() << ", optimizer step "
         << optimizer_->step_count() << ", data position epoch " << loader_->epoch() << " batch " << loader_->index()
@@ -348,16 +379,12 @@ std::pair<double, double> Run::evaluate() {
   return {loss_sum / std::max(tokens, 1.0), correct / std::max(tokens, 1.0)};
 }
 
-void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force) {
+// The checkpoint's items at `at_step`. With distributed.batch_stats local, the persistent tier
+// holds rank 0's statistics (a copy; each rank keeps its own), the local tier (`per_rank`) each
+// rank's own.
+checkpoint::Composite Run::checkpoint_args(int64_t at_step, bool per_rank) {
   auto parts = state(*model_).split({Param, BatchStat, RngState, Everything()});
-  // Non-finite params are never written: stop with the last good checkpoint intact.
-  std::vector<at::Tensor> ps;
-  for (const auto& [p, vs] : parts[0])
-    if (vs.value.is_floating_point()) ps.push_back(vs.value.detach());
-  NNX_CHECK_IO(ps.empty() || at::stack(at::_foreach_norm(ps, 2)).sum().isfinite().item<bool>(),
-               "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
-  if (pg_ && cfg_.distributed.batch_stats == "local") {
-    // Per-rank statistics: the checkpoint holds rank 0's (a copy; each rank keeps its own).
+  if (pg_ && cfg_.distributed.batch_stats == "local" && !per_rank) {
     parts[1] = parts[1].clone();
     for (auto& [p, vs] : parts[1]) {
       std::vector<at::Tensor> one = {vs.value};
@@ -376,7 +403,20 @@ void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force) {
   for (const auto& item : kCheckpointItems)
     args.add(item.name, item.is_state ? checkpoint::ItemArgs(StandardSave(states.at(item.name)))
                                       : checkpoint::ItemArgs(JsonSave(json.at(item.name))));
-  manager_->save(at_step, args, metrics, force);
+  return args;
+}
+
+bool Run::params_finite() const {
+  std::vector<at::Tensor> ps;
+  for (const auto& [p, vs] : state(*model_, Param))
+    if (vs.value.is_floating_point()) ps.push_back(vs.value.detach());
+  return ps.empty() || at::stack(at::_foreach_norm(ps, 2)).sum().isfinite().item<bool>();
+}
+
+void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force) {
+  // Non-finite params are never written: stop with the last good checkpoint intact.
+  NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
+  manager_->save(at_step, checkpoint_args(at_step, /*per_rank=*/false), metrics, force);
 }
 
 // Logs (and evaluates) when due: the metrics record, appended to metrics.jsonl and printed.
@@ -415,6 +455,7 @@ nlohmann::json Run::report_step(double loss) {
 // preemption seen by any rank) across them, so every rank saves the same steps.
 bool Run::after_step(double loss, bool finite) {
   const nlohmann::json rec = report_step(loss);
+  if (local_->due(step_) && params_finite()) local_->maybe_save(step_, checkpoint_args(step_, /*per_rank=*/true));
   const bool save_now = manager_->should_save(step_);
   const bool preempted = manager_->reached_preemption(step_);
   if (save_now || step_ == cfg_.train.max_steps || preempted) {
@@ -460,7 +501,8 @@ void Run::report_done() const {
 int Run::execute() {
   resumed_ = restore();
   if (lead_) write_metrics_file(metrics_path_, history_);  // drops records newer than the resumed step
-  if (pg_) distributed::broadcast_state(*model_, *pg_);   // every rank starts from rank 0's state
+  // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
+  if (pg_ && !resumed_local_) distributed::broadcast_state(*model_, *pg_);
   if (import_torch()) return 0;
   if (step_ >= cfg_.train.max_steps) {
     *out_ << "nnx-train: already at step " << step_ << " (train.max_steps = " << cfg_.train.max_steps << "); nothing to do\n";
@@ -478,6 +520,7 @@ int Run::execute() {
     if (!after_step(loss, finite)) return 0;
   }
   manager_->wait_until_finished();
+  local_->remove();  // the run finished: the persistent tier holds its last step
   report_done();
   return 0;
 }

@@ -17,6 +17,7 @@
 #include "nnx/framework/module.h"
 #include "nnx/optim/optimizer.h"
 #include "tools/trainer/datasets.h"
+#include "tools/trainer/local_tier.h"
 #include "tools/trainer/trainer.h"
 
 namespace nnx::trainer {
@@ -57,14 +58,17 @@ class Run {
   void build_loader_and_manager();
   bool restore();
   void check_same_model(int64_t step);
-  void apply_restored(const checkpoint::Restored& r, int64_t at);
+  void apply_restored(const checkpoint::Restored& r, int64_t at, const std::filesystem::path& from);
   void set_data_position(const nlohmann::json& d);
   bool import_torch();
   // One optimizer step over train.grad_accum_steps micro-batches: (mean loss, finite).
   std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast
   std::pair<double, bool> step();
   std::pair<double, double> evaluate();
+  checkpoint::Composite checkpoint_args(int64_t at_step, bool per_rank);
+  bool params_finite() const;
   void save(int64_t at_step, const nlohmann::json& metrics, bool force);
+  bool restore_local(const checkpoint::Composite& args, std::optional<int64_t> persistent_latest);
   nlohmann::json report_step(double loss);
   void report_start() const;
   void report_done() const;
@@ -86,6 +90,8 @@ class Run {
   std::unique_ptr<data::DataLoader> loader_;
   int64_t global_batch_ = 0;
   std::unique_ptr<checkpoint::CheckpointManager> manager_;
+  std::unique_ptr<LocalTier> local_;
+  bool resumed_local_ = false;
   std::filesystem::path metrics_path_;
   nlohmann::json history_ = nlohmann::json::array();
   int64_t step_ = 0, skipped_ = 0, first_step_ = 0;
