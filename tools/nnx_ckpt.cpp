@@ -13,6 +13,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -28,6 +29,7 @@
 #include "nnx/framework/error.h"
 #include "tools/cli.h"
 #include "tools/trainer/config.h"
+#include "tools/trainer/local_tier.h"
 #include "tools/trainer/plot.h"
 #include "tools/trainer/trainer.h"
 
@@ -64,7 +66,35 @@ stdfs::path checkpoints_dir(const std::string& arg) {
   return p;
 }
 
-int cmd_list(const std::string& dir) {
+// The rank folders of a run's local tier (`local`, or the run dir's default one), if any.
+std::vector<stdfs::path> local_tier_folders(const std::string& run_dir, const std::string& local) {
+  const stdfs::path root = local.empty() ? nnx::trainer::default_local_directory(run_dir) : stdfs::path(local);
+  std::vector<stdfs::path> out;
+  std::error_code ec;
+  if (!stdfs::is_directory(root, ec)) return out;
+  for (const auto& e : stdfs::directory_iterator(root, ec))
+    if (e.is_directory() && e.path().filename().string().rfind("rank-", 0) == 0) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A rank folder's committed steps (read only).
+std::vector<int64_t> local_steps(const stdfs::path& folder) {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  o.create = false;
+  return CheckpointManager(folder, o).all_steps();
+}
+
+void list_local_tier(const std::string& run_dir, const std::string& local) {
+  for (const auto& f : local_tier_folders(run_dir, local)) {
+    std::cout << "local tier " << f.string() << ": steps";
+    for (int64_t s : local_steps(f)) std::cout << " " << s;
+    std::cout << "\n";
+  }
+}
+
+int cmd_list(const std::string& dir, const std::string& local) {
   CheckpointManagerOptions o;
   o.read_only = true;
   o.create = false;
@@ -72,6 +102,7 @@ int cmd_list(const std::string& dir) {
   auto steps = m.all_steps();
   if (steps.empty()) {
     std::cout << "no committed checkpoints in " << m.directory().string() << "\n";
+    list_local_tier(dir, local);
     return 0;
   }
   // Best by eval metrics when present.
@@ -110,6 +141,7 @@ int cmd_list(const std::string& dir) {
     std::cout << std::left << std::setw(10) << s << std::setw(22) << when << std::setw(12)
               << format_bytes(bytes) << ms.str() << tags << "\n";
   }
+  list_local_tier(dir, local);
   return 0;
 }
 
@@ -147,7 +179,7 @@ int cmd_show(const std::string& dir, std::optional<int64_t> step) {
   return 0;
 }
 
-int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
+int cmd_verify(const std::string& dir, std::optional<int64_t> step, const std::string& local) {
   std::vector<stdfs::path> targets;
   stdfs::path root(dir);
   if (step || stdfs::exists(root / kMetadataFile)) {
@@ -158,6 +190,8 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step) {
     o.create = false;
     CheckpointManager m(checkpoints_dir(dir), o);
     for (int64_t s : m.all_steps()) targets.push_back(m.step_path(s));
+    for (const auto& f : local_tier_folders(dir, local))  // the local tier's steps too
+      for (int64_t s : local_steps(f)) targets.push_back(f / std::to_string(s));
     NNX_CHECK(!targets.empty(), "no committed checkpoint in '", dir, "'");
   }
   bool ok = true;
@@ -261,14 +295,17 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string dir, dir_b;
   int64_t step = -1;
-  auto* list = app.add_subcommand("list", "list committed steps with time, bytes, metrics");
+  std::string local;
+  auto* list = app.add_subcommand("list", "list committed steps with time, bytes, metrics (and the local tier's)");
   list->add_option("DIR", dir, "run dir or checkpoints dir")->required();
+  list->add_option("--local", local, "the run's checkpoint.local.directory (default: the run dir's default)");
   auto* show = app.add_subcommand("show", "items and variables of a step (default latest)");
   show->add_option("DIR", dir)->required();
   show->add_option("STEP", step);
-  auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step, or STEP)");
+  auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step of both tiers, or STEP)");
   ver->add_option("DIR", dir)->required();
   ver->add_option("STEP", step);
+  ver->add_option("--local", local, "the run's checkpoint.local.directory (default: the run dir's default)");
   auto* dif = app.add_subcommand(
       "diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
   dif->add_option("A", dir)->required();
@@ -301,9 +338,9 @@ int main(int argc, char** argv) {
   }
   std::optional<int64_t> s = step >= 0 ? std::optional<int64_t>(step) : std::nullopt;
   return nnx::tools::run_main("nnx-ckpt", [&]() -> int {
-    if (*list) return cmd_list(dir);
+    if (*list) return cmd_list(dir, local);
     if (*show) return cmd_show(dir, s);
-    if (*ver) return cmd_verify(dir, s);
+    if (*ver) return cmd_verify(dir, s, local);
     if (*dif) return cmd_diff(dir, dir_b);
     if (*exp) return cmd_export(dir, s, format, item, out);
     if (*plt) return cmd_plot(dir, out);

@@ -102,6 +102,12 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   for (const auto& e : stdfs::directory_iterator(stdfs::path(local) / "rank-0-of-1"))
     committed += e.path().filename().string().find_first_not_of("0123456789") == std::string::npos;
   EXPECT_EQ(committed, 2) << "max_to_keep 2 bounds the tier";
+  // nnx-ckpt sees both tiers.
+  auto listed = test::run(test::bin("nnx-ckpt") + " list " + b + " --local " + local);
+  EXPECT_NE(listed.output.find("local tier " + local + "/rank-0-of-1: steps 21 24"), std::string::npos) << listed.output;
+  auto verified = test::run(test::bin("nnx-ckpt") + " verify " + b + " --local " + local);
+  EXPECT_EQ(verified.exit_code, 0) << verified.output;
+  EXPECT_NE(verified.output.find("OK     " + local + "/rank-0-of-1/24"), std::string::npos) << verified.output;
   auto resumed = test::run(train_cmd("tiny_synthetic.yaml", b, o));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from step 24 (" + local + "/rank-0-of-1/24)"), std::string::npos) << resumed.output;
@@ -117,6 +123,16 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   EXPECT_NE(from_persistent.output.find("resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << from_persistent.output;
   auto sc = test::final_states(c);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+}
+
+TEST(Trainer, ALocalTierThatCannotBeWrittenIsAWarningNotAnError) {
+  test::TempDir dir;
+  // /proc takes no new folders, even for root: the tier is off, the run completes.
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", (dir / "run").string(),
+                               "train.max_steps=10 checkpoint.local.save_interval_steps=2 checkpoint.local.directory=/proc/nnx-local"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("checkpoint.local: cannot use '/proc/nnx-local/rank-0-of-1'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("done: step 10"), std::string::npos) << r.output;
 }
 
 TEST(Trainer, CnnWithBatchNormAndDropoutResumesBitExactlyMidEpochAndAtEpochBoundary) {

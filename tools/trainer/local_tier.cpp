@@ -16,9 +16,11 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
+}  // namespace
+
 // /dev/shm/nnx-local/<run dir's name>-<FNV-1a of its absolute path>: per run, stable across
 // restarts of that run, and in memory where the host has /dev/shm.
-stdfs::path default_directory(const stdfs::path& run_dir) {
+stdfs::path default_local_directory(const stdfs::path& run_dir) {
   const std::string abs = stdfs::absolute(run_dir).lexically_normal().string();
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : abs) h = (h ^ c) * 1099511628211ull;
@@ -28,6 +30,8 @@ stdfs::path default_directory(const stdfs::path& run_dir) {
   const stdfs::path base = stdfs::is_directory("/dev/shm", ec) ? stdfs::path("/dev/shm") : stdfs::temp_directory_path();
   return base / "nnx-local" / (stdfs::absolute(run_dir).lexically_normal().filename().string() + "-" + hex);
 }
+
+namespace {
 
 // The smallest of each rank's `v` (max of the negations: the process group reduces sum and max).
 int64_t all_min(distributed::ProcessGroup* pg, int64_t v) {
@@ -42,7 +46,7 @@ int64_t all_min(distributed::ProcessGroup* pg, int64_t v) {
 LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size)
     : interval_(cfg.save_interval_steps) {
   if (interval_ <= 0) return;
-  const stdfs::path root = cfg.directory.empty() ? default_directory(run_dir) : stdfs::path(cfg.directory);
+  const stdfs::path root = cfg.directory.empty() ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   checkpoint::CheckpointManagerOptions mo;
   mo.max_to_keep = cfg.max_to_keep;
@@ -55,10 +59,14 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
   // that finds the previous one still being written is skipped rather than waited for.
   mo.snapshot_timing = checkpoint::io::SnapshotTiming::kDeferred;
   mo.busy_policy = checkpoint::BusyPolicy::kSkip;
-  std::error_code ec;
-  stdfs::create_directories(dir_, ec);
-  NNX_CHECK(!ec, "checkpoint.local: cannot create '", dir_.string(), "': ", ec.message());
-  manager_ = std::make_unique<checkpoint::CheckpointManager>(dir_, mo);
+  try {  // a tier that cannot be made costs the fast tier, never the run
+    stdfs::create_directories(dir_);
+    manager_ = std::make_unique<checkpoint::CheckpointManager>(dir_, mo);
+  } catch (const std::exception& e) {
+    log::warn_parts("checkpoint.local: cannot use '", dir_.string(), "' (", e.what(),
+                    "); training goes on with the persistent tier only");
+    manager_.reset();
+  }
 }
 
 LocalTier::~LocalTier() {

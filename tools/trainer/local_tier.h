@@ -17,15 +17,21 @@ class ProcessGroup;
 
 namespace nnx::trainer {
 
+/// Where a run's local tier lives by default: /dev/shm/nnx-local/<run dir's name>-<hash of its
+/// absolute path> (the temp directory where there is no /dev/shm).
+std::filesystem::path default_local_directory(const std::filesystem::path& run_dir);
+
 /// The local tier of one rank: a CheckpointManager of its own (one process, no coordination)
 /// under <directory>/rank-<r>-of-<n>, holding exactly this rank's state (its BatchNorm
 /// statistics, RNG streams, optimizer state and data position as it holds them), saved every
 /// save_interval_steps. The world size in the folder's name keeps a restart at another world
-/// size from reading it. Commits are atomic as in the persistent tier; a failed save (a full
-/// /dev/shm) is a warning and training goes on. Not built yet: replicas on peer ranks.
+/// size from reading it. Commits are atomic as in the persistent tier; a folder that cannot be
+/// made and a failed save (a full /dev/shm) are warnings, and training goes on with the
+/// persistent tier. Not built yet: replicas on peer ranks.
 class LocalTier {
  public:
-  /// Off when cfg.save_interval_steps is 0. `run_dir` names the default directory.
+  /// Off when cfg.save_interval_steps is 0, or (with a warning) when its folder cannot be made.
+  /// `run_dir` names the default directory.
   LocalTier(const LocalTierConfig& cfg, const std::filesystem::path& run_dir, int rank, int world_size);
   ~LocalTier();
   bool enabled() const { return manager_ != nullptr; }
