@@ -498,6 +498,47 @@ void bench_gpu_checkpoint(const stdfs::path& dir, int reps) {
   add_rounds("async save() blocking, 2 GB GPU state, deferred snapshot", block_deferred, sync_v, " s", "sync save", 0.01);
 }
 
+// ---- the local tier: the same 400 MB state in /dev/shm and on the run's disk -----------------
+// What a restart costs from each tier (the persistent file dropped from the page cache first, as
+// after a restart of the host; the local tier is in memory by construction), and what a local
+// save blocks the caller (async, deferred snapshot, as nnx-train's local tier saves).
+void bench_local_tier(const stdfs::path& dir, int reps) {
+  std::error_code ec;
+  const stdfs::path shm = stdfs::is_directory("/dev/shm", ec) ? stdfs::path("/dev/shm") : dir;
+  const stdfs::path local = shm / ("nnx-bench-local-" + std::to_string(::getpid())), persistent = dir / "persistent";
+  State s = make_state(100, 1000 * 1000);
+  const Composite args{{"params", StandardSave(s)}}, restore_args{{"params", StandardRestore(s)}};
+  CheckpointManagerOptions po, lo;
+  po.max_to_keep = lo.max_to_keep = 1;
+  po.enable_async_checkpointing = false;
+  po.handle_preemption_signals = lo.handle_preemption_signals = false;
+  lo.direct_io = false;
+  lo.snapshot_timing = io::SnapshotTiming::kDeferred;
+  CheckpointManager pm(persistent, po), lm(local, lo);
+  std::vector<double> save_sync, save_local_block, restore_local, restore_cold, restore_warm;
+  for (int i = 1; i <= reps; ++i) {
+    save_sync.push_back(time_once([&] { pm.save(i, args, nlohmann::json::object(), true); }));
+    save_local_block.push_back(time_once([&] { lm.save(i, args, nlohmann::json::object(), true); }));
+    lm.wait_until_finished();
+    pm.restore(i, restore_args);  // reads the file into the page cache (it was written with O_DIRECT)
+    restore_warm.push_back(time_once([&] { pm.restore(i, restore_args); }));
+    const stdfs::path f = pm.step_path(i) / kCheckpointFile;
+    int fd = ::open(f.c_str(), O_RDONLY);
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+    restore_cold.push_back(time_once([&] { pm.restore(i, restore_args); }));
+    restore_local.push_back(time_once([&] { lm.restore(i, restore_args); }));
+  }
+  add_rounds("recovery of 400 MB: local tier (" + shm.string() + ") / persistent tier, cold", restore_local, restore_cold,
+             " s", "persistent, cold", 0.2);
+  add_rounds("recovery of 400 MB: local tier / persistent tier, page-cached", restore_local, restore_warm, " s",
+             "persistent, cached", 0);
+  add_rounds("local tier save() blocking (async, deferred snapshot) / persistent sync save", save_local_block, save_sync,
+             " s", "persistent sync save", 0);
+  stdfs::remove_all(local, ec);
+}
+
 // ---- CheckpointManager: should_save + retention per step, by the number of committed steps ----
 // The manager nnx-train builds by default (saves every 100 steps or on preemption; max_to_keep
 // and best by eval_loss), reopened on a directory of `n` committed steps (read once). Per step:
@@ -866,7 +907,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps, no 99M-param training rows");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save, gpu (only when named)");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save, local_tier, gpu (only when named)");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;
@@ -908,6 +949,7 @@ int main(int argc, char** argv) {
     if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
     if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
     if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
+    if (want("local_tier")) { std::cerr << "local tier (400 MB)...\n"; bench_local_tier(dir, reps); }
     if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";
