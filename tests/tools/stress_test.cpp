@@ -4,7 +4,7 @@
 // listed step must verify and restore; at the end params, optimizer state, RNG streams and every
 // logged loss must equal an uninterrupted run bit for bit.
 // NNX_STRESS_TRIALS sets the number of trials per world size (default 15; 250 = a 500-trial run);
-// the 2-rank ZeRO-1 variant runs a third as many.
+// the 2-rank ZeRO-1 and local-tier variants run a third as many.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -25,6 +25,7 @@
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
 #include "test_util.h"
+#include "tools/trainer/local_tier.h"
 #include "tools/run_util.h"
 
 extern char** environ;
@@ -117,6 +118,8 @@ void stress(int ranks, int trials, Totals& totals, const std::string& extra = ""
     const std::string log = run + ".log";
     int rc = run_or_kill(command(ranks, run, async, extra), -1, log);
     ASSERT_EQ(rc, 0) << std::ifstream(log).rdbuf();
+    if (extra.find("checkpoint.local") != std::string::npos)  // a finished run removes its local tier
+      EXPECT_FALSE(stdfs::exists(nnx::trainer::default_local_directory(run))) << nnx::trainer::default_local_directory(run);
     auto got = test::final_states(run);
     for (const auto& [item, s] : reference[async])
       EXPECT_TRUE(s.equal(got.at(item))) << item << ": " << s.first_difference(got.at(item));
@@ -154,4 +157,13 @@ TEST(Stress, RandomSigkillsDuringTrainingTwoRanksZeroOne) {
   stress(2, std::max(2, trials_per_world_size() / 3), t, "distributed.zero_stage=1");
   std::cout << "[ stress ] 2 ranks, ZeRO-1: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
             << t.resumed_from_checkpoint << " resumes from a verified checkpoint, every run bit-exact\n";
+}
+
+TEST(Stress, RandomSigkillsDuringTrainingTwoRanksLocalTier) {
+  // The local tier every 3 steps, in each trial's own default folder under /dev/shm: resumes
+  // come from it or from the persistent tier, whichever is newer, and stay bit-exact.
+  Totals t;
+  stress(2, std::max(2, trials_per_world_size() / 3), t, "checkpoint.local.save_interval_steps=3");
+  std::cout << "[ stress ] 2 ranks, local tier: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
+            << t.resumed_from_checkpoint << " resumes with a verified persistent checkpoint, every run bit-exact\n";
 }

@@ -506,6 +506,7 @@ int Run::execute() {
   if (import_torch()) return 0;
   if (step_ >= cfg_.train.max_steps) {
     *out_ << "nnx-train: already at step " << step_ << " (train.max_steps = " << cfg_.train.max_steps << "); nothing to do\n";
+    local_->remove();  // a finished run keeps no local tier
     return 0;
   }
   report_start();
