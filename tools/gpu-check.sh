@@ -60,18 +60,18 @@ env_report() {
   python3 -c 'import torch,os;d=os.path.join(os.path.dirname(torch.__file__),"include");print("gloo headers in torch:", os.path.isdir(os.path.join(d,"gloo")))' || true
 }
 
+# extract_deb FILE DEST: a package's files under DEST (dpkg-deb, or ar and tar without it).
+extract_deb() {
+  if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$1" "$2"
+  else (t=$(mktemp -d); cd "$t" && ar x "$1" && tar -xf data.tar.* -C "$2"; rm -rf "$t"); fi
+}
+
 extract_debs() {
   rm -rf "$prefix"; mkdir -p "$prefix"
-  for d in "$carry"/debs/*.deb; do
-    if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$d" "$prefix"
-    else (t=$(mktemp -d); cd "$t" && ar x "$d" && tar -xf data.tar.* -C "$prefix"; rm -rf "$t"); fi
-  done
+  for d in "$carry"/debs/*.deb; do extract_deb "$d" "$prefix"; done
   # Runtime libraries HDF5 needs (libcurl, libssl and theirs), linked in only where the machine lacks them.
   local fb=$prefix-fallback; rm -rf "$fb" "$prefix/missing"; mkdir -p "$fb" "$prefix/missing"
-  for d in "$carry"/fallback-debs/*.deb; do
-    if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$d" "$fb"
-    else (t=$(mktemp -d); cd "$t" && ar x "$d" && tar -xf data.tar.* -C "$fb"; rm -rf "$t"); fi
-  done
+  for d in "$carry"/fallback-debs/*.deb; do extract_deb "$d" "$fb"; done
   export LD_LIBRARY_PATH="$libdirs"
   for pass in 1 2 3; do
     for so in $(ldd "$prefix"/usr/lib/x86_64-linux-gnu/hdf5/serial/libhdf5.so "$prefix"/missing/* 2>/dev/null | awk '/not found/{print $1}' | sort -u); do

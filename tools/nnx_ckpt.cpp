@@ -39,6 +39,14 @@ using namespace nnx::checkpoint;
 
 namespace {
 
+// A manager that only reads (no lock, no clean-up, never creates the folder).
+CheckpointManagerOptions read_only_options() {
+  CheckpointManagerOptions o;
+  o.read_only = true;
+  o.create = false;
+  return o;
+}
+
 // DIR may be a run dir (with checkpoints/), a checkpoints dir, or one step's dir.
 stdfs::path resolve(const std::string& arg, const std::optional<int64_t>& step) {
   stdfs::path p(arg);
@@ -46,10 +54,7 @@ stdfs::path resolve(const std::string& arg, const std::optional<int64_t>& step) 
   if (stdfs::exists(p / kMetadataFile) && !step) return p;
   if (stdfs::exists(p / "checkpoints") && stdfs::is_directory(p / "checkpoints"))
     p /= "checkpoints";
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  o.create = false;
-  CheckpointManager m(p, o);
+  CheckpointManager m(p, read_only_options());
   if (step) {
     NNX_CHECK(stdfs::exists(m.step_path(*step) / kMetadataFile), "no committed step ", *step,
               " in '", p.string(), "'");
@@ -80,10 +85,7 @@ std::vector<stdfs::path> local_tier_folders(const std::string& run_dir, const st
 
 // A rank folder's committed steps (read only).
 std::vector<int64_t> local_steps(const stdfs::path& folder) {
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  o.create = false;
-  return CheckpointManager(folder, o).all_steps();
+  return CheckpointManager(folder, read_only_options()).all_steps();
 }
 
 void list_local_tier(const std::string& run_dir, const std::string& local) {
@@ -95,10 +97,7 @@ void list_local_tier(const std::string& run_dir, const std::string& local) {
 }
 
 int cmd_list(const std::string& dir, const std::string& local) {
-  CheckpointManagerOptions o;
-  o.read_only = true;
-  o.create = false;
-  CheckpointManager m(checkpoints_dir(dir), o);
+  CheckpointManager m(checkpoints_dir(dir), read_only_options());
   auto steps = m.all_steps();
   if (steps.empty()) {
     std::cout << "no committed checkpoints in " << m.directory().string() << "\n";
@@ -185,10 +184,7 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step, const std::s
   if (step || stdfs::exists(root / kMetadataFile)) {
     targets.push_back(resolve(dir, step));
   } else {
-    CheckpointManagerOptions o;
-    o.read_only = true;
-    o.create = false;
-    CheckpointManager m(checkpoints_dir(dir), o);
+    CheckpointManager m(checkpoints_dir(dir), read_only_options());
     for (int64_t s : m.all_steps()) targets.push_back(m.step_path(s));
     for (const auto& f : local_tier_folders(dir, local))  // the local tier's steps too
       for (int64_t s : local_steps(f)) targets.push_back(f / std::to_string(s));

@@ -65,11 +65,6 @@ void DeviceCopies::synchronize() {
   for (auto& d : devices_) compat::synchronize_stream(d->side);
 }
 
-bool DeviceCopies::empty() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return devices_.empty();
-}
-
 at::Tensor DeviceCopies::pinned(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::empty(sizes, at::TensorOptions().dtype(dtype).pinned_memory(true));
 }

@@ -31,8 +31,6 @@ class DeviceCopies {
   void order_before(const c10::Stream& stream);
   /// Blocks the calling thread until every queued copy has landed in its host buffer.
   void synchronize();
-  /// Whether anything was queued.
-  bool empty() const;
 
   /// A pinned (page-locked) host tensor of `sizes` and `dtype`: the destination of an
   /// asynchronous device-to-host copy, or the staging of an asynchronous host-to-device one.
@@ -45,7 +43,7 @@ class DeviceCopies {
   DeviceCopies& operator=(const DeviceCopies&) = delete;
   PerDevice& on(const c10::Device& device);
 
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::vector<std::unique_ptr<PerDevice>> devices_;
 };
 

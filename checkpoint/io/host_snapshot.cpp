@@ -51,6 +51,8 @@ void copy_streaming(char* dst, const char* src, size_t n) {
   std::memcpy(dst, src, n);
 }
 
+}  // namespace
+
 // The fence of a snapshot's device tensors: a writer's current stream waits for the copies.
 struct DeviceFence : PendingRead {
   explicit DeviceFence(std::shared_ptr<DeviceCopies> c) : copies(std::move(c)) {}
@@ -66,8 +68,6 @@ struct DeviceFence : PendingRead {
   std::mutex mu;
   std::vector<c10::Device> devices;
 };
-
-}  // namespace
 
 // Its own mapping, not malloc's heap, so the huge-page advice stays on this buffer and is
 // unmapped with it; only whole 2 MiB blocks inside the mapping become huge pages (fewer page
@@ -147,7 +147,10 @@ HostSnapshot::~HostSnapshot() {
 
 void HostSnapshot::withdraw() {
   for (auto& d : deferred_) d->withdraw();
-  // Device copies were queued in copy(); they must land before their buffers can be freed.
+  finish_device_copies();  // queued in copy(): they must land before their buffers can be freed
+}
+
+void HostSnapshot::finish_device_copies() {
   if (device_copies_) device_copies_->synchronize();
   for (auto& t : device_sources_) remove_pending_read(t, device_fence_.get());
   device_sources_.clear();
@@ -197,7 +200,7 @@ at::Tensor HostSnapshot::copy_from_device(const at::Tensor& src, const at::Tenso
   }
   device_copies_->enqueue(src, buf);
   if (device_fence_) {
-    static_cast<DeviceFence&>(*device_fence_).add(src.device());
+    device_fence_->add(src.device());
     add_pending_read(src, device_fence_);
     device_sources_.push_back(src);
   }
@@ -251,9 +254,7 @@ void HostSnapshot::wait() {
     if (d->torn) torn += (torn.empty() ? "'" : ", '") + d->where + "'";
   }
   deferred_.clear();
-  if (device_copies_) device_copies_->synchronize();
-  for (auto& t : device_sources_) remove_pending_read(t, device_fence_.get());
-  device_sources_.clear();
+  finish_device_copies();
   keep_buffers();
   NNX_CHECK(torn.empty(), "the deferred snapshot of ", torn,
             " is torn: written in place after save() returned and before it was copied, past the write fence. "

@@ -16,6 +16,7 @@ namespace nnx::checkpoint::io {
 
 class TaskGroup;
 struct DeferredCopy;
+struct DeviceFence;
 class DeviceCopies;
 
 /// When a snapshot copies: inside save() (the caller may then change its tensors any way it
@@ -83,6 +84,7 @@ class HostSnapshot {
   void withdraw();
   void keep_buffers();
   at::Tensor copy_from_device(const at::Tensor& src, const at::Tensor& buf);
+  void finish_device_copies();
 
   std::vector<at::Tensor>* reuse_;
   SnapshotTiming timing_;
@@ -94,7 +96,7 @@ class HostSnapshot {
   std::shared_ptr<std::atomic<size_t>> next_task_;
   std::unique_ptr<TaskGroup> jobs_;
   std::shared_ptr<DeviceCopies> device_copies_;  // null until a device tensor is copied
-  std::shared_ptr<PendingRead> device_fence_;    // kDeferred: registered on each device source
+  std::shared_ptr<DeviceFence> device_fence_;    // kDeferred: registered on each device source
   std::vector<at::Tensor> device_sources_;
   bool waited_ = false;
 };

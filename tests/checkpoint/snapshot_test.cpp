@@ -247,6 +247,14 @@ void register_gate_once() {
   (void)done;
 }
 
+// Opens `gate` 50 ms from now, while the caller blocks in a save that waits for the gated one.
+std::thread open_later(std::promise<void>& gate) {
+  return std::thread([&gate] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    gate.set_value();
+  });
+}
+
 }  // namespace
 
 TEST(BusyPolicy, SkipLeavesOutSavesWhileThePreviousIsWrittenAndWaitWaits) {
@@ -270,10 +278,7 @@ TEST(BusyPolicy, SkipLeavesOutSavesWhileThePreviousIsWrittenAndWaitWaits) {
       m.wait_until_finished();
       EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 3}));
     } else {
-      std::thread opener([&] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        gate.set_value();
-      });
+      std::thread opener = open_later(gate);
       EXPECT_TRUE(m.save(2, StandardSave(s)));  // waits for step 1, then saves
       opener.join();
       m.wait_until_finished();
@@ -294,10 +299,7 @@ TEST(BusyPolicy, AForcedSaveIsNeverSkipped) {
   CheckpointManager m(dir.path(), o);
   std::promise<void> gate;
   ASSERT_TRUE(m.save(1, Composite{{"gate", GateSave{gate.get_future().share()}}}, {}, /*force=*/true));
-  std::thread opener([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    gate.set_value();
-  });
+  std::thread opener = open_later(gate);
   EXPECT_TRUE(m.save(7, StandardSave(s), {}, /*force=*/true));  // the last step's save: waits
   opener.join();
   m.wait_until_finished();
@@ -323,10 +325,7 @@ TEST(BusyPolicy, SecondBufferSavesAtOnceAndCommitsInOrder) {
   EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1, 2}));
   EXPECT_TRUE(m.is_saving_in_progress());
   EXPECT_FALSE(stdfs_exists(dir / "2"));  // waits for step 1: steps commit in order
-  std::thread opener([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    gate.set_value();
-  });
+  std::thread opener = open_later(gate);
   ASSERT_TRUE(m.save(3, Composite{{"s", StandardSave(s)}}));  // two in flight: waits for step 1
   opener.join();
   m.wait_until_finished();

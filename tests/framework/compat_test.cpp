@@ -30,5 +30,7 @@ TEST(Compat, TrainingDeviceAndAutocastOnTheCpu) {
     EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kBFloat16);
   }
   EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kFloat);  // the previous setting is back
-  nnx::compat::set_cudnn_flags(false, true);  // harmless without cuDNN
+  nnx::compat::set_cudnn_flags(false, true);  // ATen keeps the flags even without cuDNN
+  EXPECT_TRUE(at::globalContext().deterministicCuDNN());
+  EXPECT_FALSE(at::globalContext().benchmarkCuDNN());
 }

@@ -81,6 +81,12 @@ TEST(Trainer, MlpWithGradientAccumulationResumesBitExactly) {
 TEST(Trainer, Bf16AutocastTrainsAndResumesBitExactly) {
   // train.autocast: the forward under CPU autocast (bf16 matmuls), master weights in fp32.
   expect_bit_exact_resume("tiny_synthetic.yaml", "train.max_steps=12 checkpoint.save_interval_steps=4 checkpoint.async=false train.autocast=bfloat16", 7);
+  // It is in effect: the same run in fp32 ends with other params.
+  test::TempDir dir;
+  const std::string fp32 = (dir / "fp32").string(), bf16 = (dir / "bf16").string();
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", fp32, "train.max_steps=12")).exit_code, 0);
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", bf16, "train.max_steps=12 train.autocast=bfloat16")).exit_code, 0);
+  EXPECT_FALSE(test::final_states(fp32).at("params").equal(test::final_states(bf16).at("params")));
 }
 
 TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {

@@ -127,6 +127,18 @@ std::string run_capture(const std::string& cmd) {
   return out;
 }
 
+// The anchor of the save rows: the tensors' bytes written one after another, then fsync.
+void write_raw_fsync(const stdfs::path& p, const std::vector<at::Tensor>& tensors) {
+  int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  for (auto& t : tensors) {
+    const char* b = static_cast<const char*>(t.data_ptr());
+    size_t len = t.nbytes(), done = 0;
+    while (done < len) done += static_cast<size_t>(::write(fd, b + done, len - done));
+  }
+  ::fsync(fd);
+  ::close(fd);
+}
+
 State make_state(int n, int64_t numel) {
   State s;
   for (int i = 0; i < n; ++i) s.insert("layer" + std::to_string(i) + "/kernel", {Param, at::randn({numel}), {}});
@@ -149,16 +161,7 @@ void bench_checkpoint(const stdfs::path& dir, int reps) {
   ck_buffered.write_options.direct_io = false;
   auto save_ours = [&](const stdfs::path& p) { ck.save(p, Composite{{"params", StandardSave(s)}}); };
   auto save_buffered = [&](const stdfs::path& p) { ck_buffered.save(p, Composite{{"params", StandardSave(s)}}); };
-  auto raw_write = [&](const stdfs::path& p) {
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    for (auto& t : tensors) {
-      const char* b = static_cast<const char*>(t.data_ptr());
-      size_t len = t.numel() * t.element_size(), done = 0;
-      while (done < len) done += static_cast<size_t>(::write(fd, b + done, len - done));
-    }
-    ::fsync(fd);
-    ::close(fd);
-  };
+  auto raw_write = [&](const stdfs::path& p) { write_raw_fsync(p, tensors); };
   auto save_torch = [&](const stdfs::path& p) {
     torch::save(tensors, p.string());
     fsync_file(p.string());
@@ -465,14 +468,7 @@ void bench_gpu_checkpoint(const stdfs::path& dir, int reps) {
   auto raw = [&](const stdfs::path& p) {
     size_t i = 0;
     for (auto& [path, vs] : s) host[i++].copy_(vs.value);
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    for (auto& t : host) {
-      const char* b = static_cast<const char*>(t.data_ptr());
-      size_t len = t.nbytes(), done = 0;
-      while (done < len) done += static_cast<size_t>(::write(fd, b + done, len - done));
-    }
-    ::fsync(fd);
-    ::close(fd);
+    write_raw_fsync(p, host);
   };
   Checkpointer sync;
   AsyncCheckpointer async, deferred;

@@ -358,6 +358,39 @@ void unknown_top_level_keys(const YAML::Node& root, const Source& src) {
   }
 }
 
+// checkpoint (and checkpoint.local): the CheckpointManager's flags and policies.
+void parse_checkpoint(Section& ck, CheckpointConfig& c) {
+  c.save_interval_steps = ck.in_range<int64_t>("save_interval_steps", 500, 1, 1e12);
+  c.max_to_keep = ck.in_range<int>("max_to_keep", 3, 1, 1000000);
+  c.keep_period = ck.in_range<int64_t>("keep_period", 0, 0, 1e12);
+  c.async = ck.get<bool>("async", true);
+  std::vector<std::string> best_metrics = kMetrics;
+  best_metrics.insert(best_metrics.begin(), "");  // "" = no best tracking
+  c.best_metric = ck.one_of("best_metric", "eval_loss", best_metrics);
+  c.best_mode = ck.one_of("best_mode", c.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
+  c.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
+  c.direct_io = ck.get<bool>("direct_io", true);
+  c.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
+  c.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip", "second_buffer"});
+  Section local = ck.sub("local");
+  c.local.save_interval_steps = local.in_range<int64_t>("save_interval_steps", 0, 0, 1e12);
+  c.local.max_to_keep = local.in_range<int>("max_to_keep", 2, 1, 1000);
+  c.local.directory = local.get<std::string>("directory", "");
+  c.local.async = local.get<bool>("async", true);
+  local.finish();
+  checkpoint_policies(ck, c);
+}
+
+// cudnn: benchmark implies non-deterministic kernels unless told otherwise; both is an error.
+CudnnConfig parse_cudnn(Section& cudnn) {
+  CudnnConfig c;
+  c.benchmark = cudnn.get<bool>("benchmark", false);
+  c.deterministic = cudnn.get<bool>("deterministic", !c.benchmark);
+  if (c.benchmark && c.deterministic)  // the search picks kernels by their timing
+    cudnn.fail_at(cudnn.raw("deterministic"), "cudnn.deterministic", " = true contradicts cudnn.benchmark = true");
+  return c;
+}
+
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -385,10 +418,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.threads = top.in_range<int>("threads", 0, 0, 1024);
   c.log_level = top.one_of("log_level", "info", {"debug", "info", "warning", "error", "off"});
   Section cudnn = top.sub("cudnn");
-  c.cudnn.benchmark = cudnn.get<bool>("benchmark", false);
-  c.cudnn.deterministic = cudnn.get<bool>("deterministic", !c.cudnn.benchmark);
-  if (c.cudnn.benchmark && c.cudnn.deterministic)  // the search picks kernels by their timing
-    cudnn.fail_at(cudnn.raw("deterministic"), "cudnn.deterministic", " = true contradicts cudnn.benchmark = true");
+  c.cudnn = parse_cudnn(cudnn);
   cudnn.finish();
 
   Section run = top.sub("run");
@@ -477,25 +507,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   ev.finish();
 
   Section ck = top.sub("checkpoint");
-  c.checkpoint.save_interval_steps = ck.in_range<int64_t>("save_interval_steps", 500, 1, 1e12);
-  c.checkpoint.max_to_keep = ck.in_range<int>("max_to_keep", 3, 1, 1000000);
-  c.checkpoint.keep_period = ck.in_range<int64_t>("keep_period", 0, 0, 1e12);
-  c.checkpoint.async = ck.get<bool>("async", true);
-  std::vector<std::string> best_metrics = kMetrics;
-  best_metrics.insert(best_metrics.begin(), "");  // "" = no best tracking
-  c.checkpoint.best_metric = ck.one_of("best_metric", "eval_loss", best_metrics);
-  c.checkpoint.best_mode = ck.one_of("best_mode", c.checkpoint.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
-  c.checkpoint.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
-  c.checkpoint.direct_io = ck.get<bool>("direct_io", true);
-  c.checkpoint.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
-  c.checkpoint.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip", "second_buffer"});
-  Section local = ck.sub("local");
-  c.checkpoint.local.save_interval_steps = local.in_range<int64_t>("save_interval_steps", 0, 0, 1e12);
-  c.checkpoint.local.max_to_keep = local.in_range<int>("max_to_keep", 2, 1, 1000);
-  c.checkpoint.local.directory = local.get<std::string>("directory", "");
-  c.checkpoint.local.async = local.get<bool>("async", true);
-  local.finish();
-  checkpoint_policies(ck, c.checkpoint);
+  parse_checkpoint(ck, c.checkpoint);
   ck.finish();
 
   Section dist = top.sub("distributed");

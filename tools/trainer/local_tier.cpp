@@ -43,18 +43,16 @@ int64_t all_min(distributed::ProcessGroup* pg, int64_t v) {
 
 }  // namespace
 
-LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size)
-    : interval_(cfg.save_interval_steps) {
-  if (interval_ <= 0) return;
+LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size) {
+  if (cfg.save_interval_steps <= 0) return;
   const stdfs::path root = cfg.directory.empty() ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   checkpoint::CheckpointManagerOptions mo;
   mo.max_to_keep = cfg.max_to_keep;
-  mo.save_interval_steps = interval_;
+  mo.save_interval_steps = cfg.save_interval_steps;
   mo.handle_preemption_signals = false;  // the persistent tier's manager handles them
   mo.direct_io = false;                  // tmpfs refuses O_DIRECT
   mo.enable_async_checkpointing = cfg.async;
-  mo.best_fn = nullptr;                  // the newest steps only
   // nnx-train's writers pass the write fence, so the copy may run beside the next step; a save
   // that finds the previous one still being written is skipped rather than waited for.
   mo.snapshot_timing = checkpoint::io::SnapshotTiming::kDeferred;

@@ -55,7 +55,6 @@ class LocalTier {
 
  private:
   std::filesystem::path dir_;
-  int64_t interval_ = 0;
   bool failing_ = false;  // a save failed: warn once per failure streak
   std::unique_ptr<checkpoint::CheckpointManager> manager_;
 };

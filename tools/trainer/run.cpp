@@ -293,7 +293,7 @@ bool Run::import_torch() {
   if (pg_) distributed::broadcast_state(*model_, *pg_);
   *out_ << "nnx-train: params initialised from " << ropts_.init_from_torch << "\n";
   if (!ropts_.import_only) return false;
-  save(0, nlohmann::json::object(), /*force=*/true);
+  save(0, nlohmann::json::object(), /*force=*/true, params_finite());
   manager_->wait_until_finished();
   *out_ << "nnx-train: wrote " << manager_->step_path(0).string() << "; `nnx-train --config " << cfg_.source
         << " run.dir=" << cfg_.run_dir << "` fine-tunes from it\n";
@@ -413,9 +413,9 @@ bool Run::params_finite() const {
   return ps.empty() || at::stack(at::_foreach_norm(ps, 2)).sum().isfinite().item<bool>();
 }
 
-void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force) {
+void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok) {
   // Non-finite params are never written: stop with the last good checkpoint intact.
-  NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
+  NNX_CHECK_IO(params_ok, "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
   manager_->save(at_step, checkpoint_args(at_step, /*per_rank=*/false), metrics, force);
 }
 
@@ -455,14 +455,18 @@ nlohmann::json Run::report_step(double loss) {
 // preemption seen by any rank) across them, so every rank saves the same steps.
 bool Run::after_step(double loss, bool finite) {
   const nlohmann::json rec = report_step(loss);
-  if (local_->due(step_) && params_finite()) local_->maybe_save(step_, checkpoint_args(step_, /*per_rank=*/true));
   const bool save_now = manager_->should_save(step_);
   const bool preempted = manager_->reached_preemption(step_);
-  if (save_now || step_ == cfg_.train.max_steps || preempted) {
+  const bool persistent_due = save_now || step_ == cfg_.train.max_steps || preempted;
+  const bool local_due = local_->due(step_);
+  // One check (a sync on a GPU) for both tiers' saves of this step.
+  const bool params_ok = (persistent_due || local_due) && params_finite();
+  if (local_due && params_ok) local_->maybe_save(step_, checkpoint_args(step_, /*per_rank=*/true));
+  if (persistent_due) {
     nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
     if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
     // Unforced when the policy asked for it: the manager may skip it (busy_policy: skip).
-    save(step_, metrics, /*force=*/!save_now || step_ == cfg_.train.max_steps || preempted);
+    save(step_, metrics, /*force=*/!save_now || step_ == cfg_.train.max_steps || preempted, params_ok);
   }
   if (preempted) {
     manager_->wait_until_finished();

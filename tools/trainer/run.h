@@ -67,7 +67,8 @@ class Run {
   std::pair<double, double> evaluate();
   checkpoint::Composite checkpoint_args(int64_t at_step, bool per_rank);
   bool params_finite() const;
-  void save(int64_t at_step, const nlohmann::json& metrics, bool force);
+  // Throws nnx::IOError (nothing written) unless `params_ok` (params_finite()).
+  void save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok);
   bool restore_local(const checkpoint::Composite& args, std::optional<int64_t> persistent_latest);
   nlohmann::json report_step(double loss);
   void report_start() const;
