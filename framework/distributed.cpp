@@ -171,6 +171,32 @@ void ProcessGroup::barrier() {
   });
 }
 
+void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
+  NNX_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(), "send: a contiguous CPU tensor is required");
+  guarded(("send to rank " + std::to_string(dst)).c_str(), *this, [&] {
+    std::vector<at::Tensor> t = {tensor};
+    NNX_CHECK_IO(impl_->pg->send(t, dst, tag)->wait(impl_->timeout), "send to rank ", dst, " timed out");
+  });
+}
+
+void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
+  NNX_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(), "recv: a contiguous CPU tensor is required");
+  guarded(("recv from rank " + std::to_string(src)).c_str(), *this, [&] {
+    std::vector<at::Tensor> t = {tensor};
+    NNX_CHECK_IO(impl_->pg->recv(t, src, tag)->wait(impl_->timeout), "recv from rank ", src, " timed out");
+  });
+}
+
+bool ProcessGroup::store_check(const std::string& key) {
+  bool set = false;
+  guarded("store check", *this, [&] { set = impl_->store->check({key}); });
+  return set;
+}
+
+void ProcessGroup::store_delete(const std::string& key) {
+  guarded("store delete", *this, [&] { impl_->store->deleteKey(key); });
+}
+
 void ProcessGroup::store_set(const std::string& key, const std::string& value) {
   guarded("store set", *this, [&] { impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
 }

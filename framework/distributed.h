@@ -57,9 +57,20 @@ class ProcessGroup {
   void all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input);
   /// Waits until every rank arrives.
   void barrier();
+  /// c10d send of `tensor`'s bytes (CPU, contiguous; any dtype) to rank `dst`, matched by the
+  /// recv() of `dst` with the same `tag`; messages between two ranks on one tag arrive in order.
+  /// Waits until delivered, at most timeout(); throws nnx::IOError naming the peer.
+  void send(const at::Tensor& tensor, int dst, int tag);
+  /// c10d recv into `tensor` (CPU, contiguous, as many bytes as the matching send) from rank
+  /// `src`. Waits at most timeout(); throws nnx::IOError naming the peer (also when it died).
+  void recv(at::Tensor& tensor, int src, int tag);
   /// Key-value store shared by the ranks (c10d::Store). get() waits up to timeout() for the key.
   void store_set(const std::string& key, const std::string& value);
   std::string store_get(const std::string& key);
+  /// Whether `key` is set (does not wait).
+  bool store_check(const std::string& key);
+  /// Removes `key` (no error when it is not set).
+  void store_delete(const std::string& key);
 
  private:
   struct Impl;

@@ -14,6 +14,9 @@
 //   fuzz-seeds    saves a small checkpoint (bf16, a sharded variable, a JSON item) as DIR/seed:
 //                 the seeds of tests/fuzz/corpus/checkpoint
 //   fixture       saves the format fixture (tests/checkpoint/fixture_state.h) as DIR/fixture
+//   replicas      (2 ranks) send_step/recv_step move a committed step bit for bit, refuse a
+//                 hostile header, report a sender's failure, leave an existing step alone; then
+//                 PeerReplicas copies each rank's steps to the other, keeping max_to_keep
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
@@ -29,6 +32,8 @@
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
 #include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/verify.h"
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/distributed.h"
@@ -36,6 +41,8 @@
 #include "nnx/framework/graph.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/optim/optimizer.h"
+#include "tools/trainer/peer_replicas.h"
+#include "tools/trainer/step_transfer.h"
 #include "../checkpoint/fixture_state.h"
 
 using namespace nnx;
@@ -181,6 +188,87 @@ int preemption(const std::shared_ptr<distributed::ProcessGroup>& pg, const std::
 }
 }  // namespace
 
+// A committed step `step` of a small state in a manager at `dir` (its directory).
+std::filesystem::path save_small_step(const std::filesystem::path& dir, int64_t step, int r) {
+  checkpoint::CheckpointManager m(dir);
+  State s;
+  s.insert("w", {Param, at::arange(1000, at::kFloat) * static_cast<float>(step + 10 * r), {}});
+  m.save(step, checkpoint::StandardSave(s), nlohmann::json::object(), /*force=*/true);
+  m.wait_until_finished();
+  return m.step_path(step);
+}
+
+bool same_bytes(const std::filesystem::path& a, const std::filesystem::path& b) {
+  for (const char* f : {"checkpoint.h5", "_CHECKPOINT_METADATA"})
+    if (checkpoint::fs::read_file(a / f) != checkpoint::fs::read_file(b / f)) return false;
+  return true;
+}
+
+// Expects `f` to throw an nnx::Error whose message contains `what`.
+template <class F>
+bool throws_with(F&& f, const std::string& what) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (std::string(e.what()).find(what) != std::string::npos) return true;
+    std::cerr << "unexpected error: " << e.what() << "\n";
+  }
+  return false;
+}
+
+int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  const int r = pg.rank();
+  if (r == 0) save_small_step(dir / "src", 7, 0);
+  pg.barrier();
+  const fs::path src = dir / "src" / "7";
+  auto target = [&](int64_t s) { return dir / "dst" / std::to_string(s); };
+  if (r == 0) {
+    if (trainer::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA"))) return 20;
+    trainer::send_step(pg, src, 7, 1, 5);  // again: the step exists there
+    if (!throws_with([&] { trainer::send_step(pg, dir / "missing", 8, 1, 5); }, "missing")) return 21;
+    const std::string hostile = R"({"step":9,"files":[{"name":"../escape","size":4}]})";
+    pg.send(at::tensor({static_cast<int64_t>(hostile.size())}, at::kLong), 1, 6);
+    at::Tensor h = at::empty({static_cast<int64_t>(hostile.size())}, at::kByte);
+    std::memcpy(h.data_ptr(), hostile.data(), hostile.size());
+    pg.send(h, 1, 6);
+  } else {
+    const auto got = trainer::recv_step(pg, 0, 5, target);
+    if (!got.committed || got.step != 7 || !same_bytes(src, target(7)) || !checkpoint::verify(target(7)).ok) return 22;
+    if (trainer::recv_step(pg, 0, 5, target).committed) return 23;  // left alone
+    if (!throws_with([&] { trainer::recv_step(pg, 0, 5, target); }, "could not send its step")) return 24;
+    if (!throws_with([&] { trainer::recv_step(pg, 0, 6, target); }, "not a plain name")) return 25;
+    if (fs::exists(dir / "escape") || fs::exists(target(8)) || fs::exists(target(9))) return 26;
+    for (const auto& e : fs::directory_iterator(dir / "dst"))  // no temporary directory left behind
+      if (e.path().filename() != "7") return 27;
+  }
+  pg.barrier();
+  return 0;
+}
+
+// Each rank offers steps 1..3 of its own tier and waits until each went out; the peer keeps
+// the newest two, bit for bit.
+int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
+  const int r = pg.rank();
+  const auto host = [&](int k) { return dir / ("host-" + std::to_string(k)); };
+  trainer::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, 2);
+  if (replicas.sources() != std::vector<int>{1 - r}) return 30;
+  for (int64_t s = 1; s <= 3; ++s) {
+    replicas.offer(s, save_small_step(host(r) / "own", s, r), [] { return true; });
+    for (int i = 0; i < 3000 && replicas.copies_sent() < s; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (replicas.copies_sent() != s) return 31;
+  }
+  replicas.stop_sending();
+  pg.barrier();
+  replicas.stop_receiving();
+  if (replicas.steps_of(1 - r) != std::vector<int64_t>{2, 3} || replicas.copies_received() != 3) return 32;
+  for (int64_t s : {2, 3})
+    if (!same_bytes(host(1 - r) / "own" / std::to_string(s), replicas.step_path(1 - r, s))) return 33;
+  if (replicas.bytes_sent() <= 0) return 34;
+  std::cout << "replicas ok on rank " << r << "\n";
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) return 2;
   const std::string mode = argv[1], dir = argv[2];
@@ -207,6 +295,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "zero1") return zero1(*pg, dir);
+    if (mode == "replicas") {
+      if (const int rc = step_transfers(*pg, std::filesystem::path(dir) / "transfers")) return rc;
+      return peer_replicas(*pg, std::filesystem::path(dir) / "peers");
+    }
     if (mode == "fuzz-seeds") {
       const auto spec = PartitionSpec::sharded(0, 2);
       State s;

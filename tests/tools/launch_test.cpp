@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <regex>
 #include <thread>
 
 #include "nnx/checkpoint/checkpointer.h"
@@ -260,6 +261,13 @@ TEST(Launch, MaxRestartsRestartsEveryRankAndTheRunResumesBitExactly) {
   EXPECT_EQ(test::run(test::bin("nnx-launch") + " --nproc 2 --max-restarts -1 -- /bin/true").exit_code, 2);
 }
 
+TEST(Launch, StepTransfersAndPeerReplicasMoveCommittedStepsBitForBit) {
+  test::TempDir dir;
+  auto r = test::run(launch(2, helper() + " replicas " + dir.path().string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 2; ++k) EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] replicas ok"), std::string::npos) << r.output;
+}
+
 TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
   test::TempDir dir, shm("/dev/shm");
@@ -276,12 +284,13 @@ TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   EXPECT_NE(r.output.find("[rank 0] nnx-train: resumed from step 26 (" + local + "/rank-0-of-2/26)"), std::string::npos) << r.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
-  // One rank's local folder wiped (a replaced host): no common local step, the persistent tier.
-  const std::string c = (dir / "c").string();
-  ASSERT_NE(test::run(launch(2, train(c, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  // Without replicas, one rank's local folder wiped (a replaced host): no common local step,
+  // the persistent tier.
+  const std::string c = (dir / "c").string(), no_replicas = " checkpoint.local.replicas=0";
+  ASSERT_NE(test::run(launch(2, train(c, o + no_replicas + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
   std::error_code ec;
   stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
-  auto p = test::run(launch(2, train(c, o)));
+  auto p = test::run(launch(2, train(c, o + no_replicas)));
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("[rank 0] nnx-train: resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << p.output;
   auto sc = test::final_states(c);
@@ -299,6 +308,50 @@ TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   EXPECT_NE(q.output.find("[rank 0] nnx-train: resumed from step 20 (" + d + "/checkpoints/20)"), std::string::npos) << q.output;
   auto sd = test::final_states(d);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sd.at(item))) << item << ": " << s.first_difference(sd.at(item));
+}
+
+// checkpoint.local.replicas (default 1): each rank's local steps are copied to the next rank. A
+// rank whose whole folder is gone (a replaced host: its own steps and the replicas it held)
+// gets its state back from its peer's replica; with both ranks' folders gone (two adjacent
+// ranks at world size 2) the run resumes from the persistent tier. Every resume is bit-exact.
+TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string a = (dir / "a").string(), b = (dir / "b").string(), local = (shm / "local").string();
+  const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
+                        "checkpoint.local.async=false checkpoint.local.directory=" + local;
+  ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
+  const auto sa = test::final_states(a);
+  ASSERT_NE(test::run(launch(2, train(b, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  // The replicas each rank holds of the other: committed and verified like its own steps.
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  ASSERT_FALSE(CheckpointManager(stdfs::path(local) / "rank-0-of-2" / "replicas" / "rank-1", ro).all_steps().empty());
+  std::error_code ec;
+  stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
+  auto r = test::run(launch(2, train(b, o)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Replication runs beside training, so the newest replica rank 0 held is step 24 or 26.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex("\\[rank 0\\] nnx-train: resumed from step (\\d+) \\(" + local + "/rank-0-of-2/")))
+      << r.output;
+  const std::string step = m[1];
+  EXPECT_TRUE(step == "24" || step == "26") << r.output;
+  EXPECT_NE(r.output.find("[rank 1] nnx-train: info: checkpoint.local: this rank's step " + step + " came from its replica on rank 0"),
+            std::string::npos) << r.output;
+  auto sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // Two adjacent ranks' folders gone: nobody holds their steps; the persistent tier.
+  const std::string c = (dir / "c").string();
+  ASSERT_NE(test::run(launch(2, train(c, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  stdfs::remove_all(stdfs::path(local) / "rank-0-of-2", ec);
+  stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
+  auto p = test::run(launch(2, train(c, o)));
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("[rank 0] nnx-train: resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << p.output;
+  auto sc = test::final_states(c);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+  EXPECT_FALSE(stdfs::exists(local)) << "a finished run keeps no local tier";
 }
 
 TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {

@@ -377,6 +377,7 @@ void parse_checkpoint(Section& ck, CheckpointConfig& c) {
   c.local.max_to_keep = local.in_range<int>("max_to_keep", 2, 1, 1000);
   c.local.directory = local.get<std::string>("directory", "");
   c.local.async = local.get<bool>("async", true);
+  c.local.replicas = local.in_range<int>("replicas", 1, 0, 1000);
   local.finish();
   checkpoint_policies(ck, c);
 }
@@ -547,7 +548,7 @@ nlohmann::json Config::to_json() const {
                       {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
                       {"local", {{"save_interval_steps", checkpoint.local.save_interval_steps},
                                  {"max_to_keep", checkpoint.local.max_to_keep}, {"directory", checkpoint.local.directory},
-                                 {"async", checkpoint.local.async}}},
+                                 {"async", checkpoint.local.async}, {"replicas", checkpoint.local.replicas}}},
                       {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
       {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},

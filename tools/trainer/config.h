@@ -79,6 +79,9 @@ struct LocalTierConfig {
   int max_to_keep = 2;              ///< steps kept per rank (the tier's memory bound)
   std::string directory;            ///< "" = /dev/shm/nnx-local/<run id>
   bool async = true;                ///< write in the background (busy saves skipped); false: inside the step
+  /// Copies of every local step kept on the next ranks ((rank + k) mod world_size, k = 1..replicas;
+  /// at most world_size - 1 are made); 0 = none.
+  int replicas = 1;
 };
 
 /// checkpoint: the CheckpointManager policy.

@@ -5,18 +5,16 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/log.h"
+#include "tools/trainer/step_transfer.h"
 
 namespace nnx::trainer {
 
 namespace stdfs = std::filesystem;
-
-namespace {
-
-}  // namespace
 
 // /dev/shm/nnx-local/<run dir's name>-<FNV-1a of its absolute path>: per run, stable across
 // restarts of that run, and in memory where the host has /dev/shm.
@@ -32,19 +30,15 @@ stdfs::path default_local_directory(const stdfs::path& run_dir) {
 }
 
 namespace {
-
-// The smallest of each rank's `v` (max of the negations: the process group reduces sum and max).
-int64_t all_min(distributed::ProcessGroup* pg, int64_t v) {
-  if (!pg) return v;
-  std::vector<at::Tensor> t = {at::tensor({-v}, at::kLong)};
-  pg->all_reduce_max(t);
-  return -t[0].item<int64_t>();
-}
-
+// Steps each rank reports per folder when agreeing on a restore (retention keeps fewer).
+constexpr int kListed = 16;
 }  // namespace
 
-LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size) {
+LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size,
+                     std::shared_ptr<distributed::ProcessGroup> pg)
+    : pg_(std::move(pg)) {
   if (cfg.save_interval_steps <= 0) return;
+  configured_ = true;
   const stdfs::path root = cfg.directory.empty() ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   checkpoint::CheckpointManagerOptions mo;
@@ -65,6 +59,20 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
                     "); training goes on with the persistent tier only");
     manager_.reset();
   }
+  start_replicas(cfg, world_size);
+}
+
+// Every rank makes the replication's group (a collective), also one whose folder failed: it
+// still receives (and discards) what its peers send.
+void LocalTier::start_replicas(const LocalTierConfig& cfg, int world_size) {
+  n_replicas_ = pg_ ? std::min(cfg.replicas, world_size - 1) : 0;
+  if (n_replicas_ <= 0) return;
+  auto group = pg_->new_group("local-replicas");
+  try {
+    replicas_ = std::make_unique<PeerReplicas>(group, dir_, n_replicas_, cfg.max_to_keep);
+  } catch (const std::exception& e) {
+    log::warn_parts("checkpoint.local: cannot keep replicas in '", dir_.string(), "' (", e.what(), ")");
+  }
 }
 
 LocalTier::~LocalTier() {
@@ -77,8 +85,18 @@ LocalTier::~LocalTier() {
 void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args, bool force) {
   if (!manager_ || (!force && !manager_->should_save(step))) return;
   try {
-    manager_->save(step, args, nlohmann::json::object(), force);
+    const bool saved = manager_->save(step, args, nlohmann::json::object(), force);
     failing_ = false;
+    if (saved && replicas_)  // the peers get the step once it has committed
+      replicas_->offer(step, manager_->step_path(step), [this, step] {
+        try {
+          manager_->wait_until_finished();
+        } catch (const std::exception&) {  // reported by the saving thread
+          return false;
+        }
+        std::error_code ec;
+        return stdfs::exists(manager_->step_path(step) / checkpoint::kMetadataFile, ec);
+      });
   } catch (const std::exception& e) {  // a full /dev/shm costs the fast tier, never the run
     if (!failing_) log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
                                    "); training goes on with the persistent tier");
@@ -86,19 +104,95 @@ void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args, bool
   }
 }
 
-std::optional<int64_t> LocalTier::newest_common_step(distributed::ProcessGroup* pg) const {
-  std::vector<int64_t> mine = manager_ ? manager_->all_steps() : std::vector<int64_t>{};
-  std::sort(mine.rbegin(), mine.rend());
-  // Each round: the smallest of the ranks' newest candidates at most `bound`, kept when every
-  // rank has it. The bound drops every round, so this ends after at most max_to_keep rounds.
-  for (int64_t bound = INT64_MAX;;) {
-    auto it = std::find_if(mine.begin(), mine.end(), [&](int64_t s) { return s <= bound; });
-    const int64_t proposed = all_min(pg, it == mine.end() ? -1 : *it);
-    if (proposed < 0) return std::nullopt;
-    const bool have = std::find(mine.begin(), mine.end(), proposed) != mine.end();
-    if (all_min(pg, have ? 1 : 0) == 1) return proposed;
-    bound = proposed - 1;
+// Per rank: [0] = this rank's steps (none when its tier is off), [k] = the steps of rank
+// (rank - k) mod world_size it holds as replicas; newest kListed of each.
+std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() const {
+  std::vector<std::vector<int64_t>> mine(1 + n_replicas_);
+  if (manager_) mine[0] = manager_->all_steps();
+  if (replicas_)
+    for (int k = 1; k <= n_replicas_; ++k) mine[k] = replicas_->steps_of(replicas_->sources()[k - 1]);
+  const int64_t width = (1 + n_replicas_) * kListed;
+  at::Tensor t = at::full({width}, -1, at::kLong);
+  for (size_t slot = 0; slot < mine.size(); ++slot) {
+    std::sort(mine[slot].rbegin(), mine[slot].rend());
+    for (size_t i = 0; i < mine[slot].size() && i < size_t(kListed); ++i)
+      t[static_cast<int64_t>(slot * kListed + i)] = mine[slot][i];
   }
+  std::vector<at::Tensor> all = {t};
+  if (pg_) {
+    all.assign(pg_->world_size(), at::Tensor());
+    for (auto& a : all) a = at::empty_like(t);
+    pg_->all_gather(all, t);
+  }
+  std::vector<std::vector<std::vector<int64_t>>> out(all.size(), std::vector<std::vector<int64_t>>(1 + n_replicas_));
+  for (size_t r = 0; r < all.size(); ++r)
+    for (int64_t i = 0; i < width; ++i)
+      if (const int64_t s = all[r][i].item<int64_t>(); s >= 0) out[r][static_cast<size_t>(i / kListed)].push_back(s);
+  return out;
+}
+
+namespace {
+bool holds(const std::vector<int64_t>& steps, int64_t s) { return std::find(steps.begin(), steps.end(), s) != steps.end(); }
+
+// The slot k (1..replicas) of the first peer holding rank r's replica of `step`; 0: r has its
+// own copy; -1: nobody has it.
+int source_of(const std::vector<std::vector<std::vector<int64_t>>>& h, int r, int64_t step) {
+  if (holds(h[r][0], step)) return 0;
+  const int n = static_cast<int>(h.size());
+  for (size_t k = 1; k < h[r].size(); ++k)
+    if (holds(h[(r + static_cast<int>(k)) % n][k], step)) return static_cast<int>(k);
+  return -1;
+}
+}  // namespace
+
+std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_before, std::string& failure) {
+  const auto h = gather_holdings();
+  const int n = static_cast<int>(h.size());
+  std::vector<int64_t> candidates;
+  for (const auto& rank : h)
+    for (const auto& slot : rank) candidates.insert(candidates.end(), slot.begin(), slot.end());
+  std::sort(candidates.rbegin(), candidates.rend());
+  std::optional<int64_t> step;
+  for (int64_t s : candidates) {  // the newest step every rank can get (own copy or a peer's)
+    if (not_before && s < *not_before) break;
+    bool all = true;
+    for (int r = 0; r < n && all; ++r) all = source_of(h, r, s) >= 0;
+    if (all) {
+      step = s;
+      break;
+    }
+  }
+  if (!step) return std::nullopt;
+  for (int r = 0; r < n; ++r)  // every rank walks the same transfers in the same order
+    if (const int k = source_of(h, r, *step); k > 0) {
+      const std::string e = fetch_from_peer(*step, r, (r + k) % n, k);
+      if (failure.empty()) failure = e;
+    }
+  return step;
+}
+
+// Rank `holder` sends its replica of rank `rank`'s `step` (slot k) to `rank`, which commits it
+// in its own folder; other ranks do nothing. Returns this rank's error ("" = none).
+std::string LocalTier::fetch_from_peer(int64_t step, int rank, int holder, int slot) {
+  const int me = pg_->rank(), tag = 1 + rank;
+  try {
+    if (me == holder) {
+      NNX_CHECK(replicas_ != nullptr, "no replicas here");
+      send_step(*pg_, replicas_->step_path(replicas_->sources()[slot - 1], step), step, rank, tag);
+    } else if (me == rank) {
+      NNX_CHECK(manager_ != nullptr, "checkpoint.local is off here");
+      const auto got = recv_step(*pg_, holder, tag, [&](int64_t s) {
+        NNX_CHECK(s == step, "rank ", holder, " sent step ", s, " instead of ", step);
+        return manager_->step_path(s);
+      });
+      manager_->reload();
+      log::info("checkpoint.local: this rank's step " + std::to_string(step) + " came from its replica on rank " +
+                std::to_string(holder) + " (" + std::to_string(got.bytes) + " bytes)");
+    }
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
 }
 
 checkpoint::Restored LocalTier::restore(int64_t step, const checkpoint::Composite& args) const {
@@ -117,8 +211,16 @@ void LocalTier::wait_until_finished() {
 }
 
 void LocalTier::remove() {
-  if (!manager_) return;
   wait_until_finished();
+  if (replicas_) {  // every rank's last transfer is received before anyone stops receiving
+    replicas_->stop_sending();
+    if (pg_) pg_->barrier();
+    replicas_->stop_receiving();
+    replicas_.reset();
+  } else if (n_replicas_ > 0 && pg_) {
+    pg_->barrier();  // the ranks with replicas wait for this one
+  }
+  if (!manager_) return;
   manager_.reset();
   std::error_code ec;
   checkpoint::fs::remove_tree(dir_, ec);

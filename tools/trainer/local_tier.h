@@ -6,10 +6,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "nnx/checkpoint/args.h"
 #include "nnx/checkpoint/manager.h"
 #include "tools/trainer/config.h"
+#include "tools/trainer/peer_replicas.h"
 
 namespace nnx::distributed {
 class ProcessGroup;
@@ -27,36 +29,57 @@ std::filesystem::path default_local_directory(const std::filesystem::path& run_d
 /// save_interval_steps. The world size in the folder's name keeps a restart at another world
 /// size from reading it. Commits are atomic as in the persistent tier; a folder that cannot be
 /// made and a failed save (a full /dev/shm) are warnings, and training goes on with the
-/// persistent tier. Not built yet: replicas on peer ranks.
+/// persistent tier. With cfg.replicas > 0 and several ranks, every committed step is also
+/// copied to the next ranks (PeerReplicas, under <folder>/replicas/), so a rank whose folder is
+/// gone (a replaced host) gets its state back from a peer.
 class LocalTier {
  public:
   /// Off when cfg.save_interval_steps is 0, or (with a warning) when its folder cannot be made.
-  /// `run_dir` names the default directory.
-  LocalTier(const LocalTierConfig& cfg, const std::filesystem::path& run_dir, int rank, int world_size);
+  /// `run_dir` names the default directory. With `pg` (world_size > 1) and cfg.replicas > 0 it
+  /// is collective: it creates the replication's process group.
+  LocalTier(const LocalTierConfig& cfg, const std::filesystem::path& run_dir, int rank, int world_size,
+            std::shared_ptr<distributed::ProcessGroup> pg = nullptr);
   ~LocalTier();
+  /// Whether the config asks for a local tier (the same on every rank, unlike enabled()).
+  bool configured() const { return configured_; }
+  /// Whether this rank's tier works.
   bool enabled() const { return manager_ != nullptr; }
+  /// The replicas this rank keeps for its peers and sends them (null: none).
+  const PeerReplicas* replicas() const { return replicas_.get(); }
   /// This rank's folder (empty when off).
   const std::filesystem::path& directory() const { return dir_; }
   /// Whether the interval asks for a save at `step`.
   bool due(int64_t step) const { return manager_ && manager_->should_save(step); }
   /// Saves `args` at `step` when the interval says so (or `force`); failures are warnings.
   void maybe_save(int64_t step, const checkpoint::Composite& args, bool force = false);
-  /// The newest step that every rank has committed in its local tier, agreed over `pg` (null:
-  /// this rank alone); nullopt when there is none. A collective: every rank calls it.
-  std::optional<int64_t> newest_common_step(distributed::ProcessGroup* pg) const;
+  /// A collective of every rank where configured(). Agrees on the newest step that every rank
+  /// can restore from the local tier, from its own copy or from a replica a peer holds, when
+  /// there is one no older than `not_before`; a rank without its own copy then receives the
+  /// replica into its folder. Returns nullopt when there is no such step. When it returns a
+  /// step, `failure` is this rank's error in getting it ("" = none): the caller agrees on it.
+  std::optional<int64_t> prepare_restore(std::optional<int64_t> not_before, std::string& failure);
   /// Where `step` is (or would be) committed in this rank's folder.
   std::filesystem::path step_path(int64_t step) const { return manager_ ? manager_->step_path(step) : std::filesystem::path(); }
   /// This rank's state at `step` (checksums verified). Throws nnx::Error.
   checkpoint::Restored restore(int64_t step, const checkpoint::Composite& args) const;
   /// Waits for a save in flight (its failure is a warning).
   void wait_until_finished();
-  /// The run finished: waits, then removes this rank's folder (and the run's, once empty).
+  /// The run finished (every rank calls it: a barrier when there are replicas): waits, stops
+  /// replicating, then removes this rank's folder (and the run's, once empty).
   void remove();
 
  private:
+  std::vector<std::vector<std::vector<int64_t>>> gather_holdings() const;
+  std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
+  void start_replicas(const LocalTierConfig& cfg, int world_size);
+
   std::filesystem::path dir_;
+  bool configured_ = false;
   bool failing_ = false;  // a save failed: warn once per failure streak
+  std::shared_ptr<distributed::ProcessGroup> pg_;
   std::unique_ptr<checkpoint::CheckpointManager> manager_;
+  std::unique_ptr<PeerReplicas> replicas_;
+  int n_replicas_ = 0;  // replicas per step, the same on every rank
 };
 
 }  // namespace nnx::trainer

@@ -166,7 +166,7 @@ void Run::build_loader_and_manager() {
   NNX_CHECK(!(zero1_ && cfg_.checkpoint.local.save_interval_steps > 0),
             "checkpoint.local with distributed.zero_stage 1 is not supported yet (a rank's optimizer shard would be "
             "saved as a whole array); use zero_stage 0 or turn the local tier off");
-  local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size);
+  local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size, pg_);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
 }
 
@@ -209,7 +209,7 @@ bool Run::restore() {
   for (const auto& item : kCheckpointItems)
     if (item.restored) args.add(item.name, item.is_state ? checkpoint::ItemArgs(StandardRestore(templates.at(item.name)))
                                                          : checkpoint::ItemArgs(JsonRestore()));
-  if (!ropts_.resume_from && local_->enabled() && restore_local(args, at)) return true;
+  if (!ropts_.resume_from && local_->configured() && restore_local(args, at)) return true;
   if (!at) return false;
   check_same_model(*at);
   checkpoint::Restored r;
@@ -231,18 +231,19 @@ bool Run::restore() {
   return true;
 }
 
-// The local tier's newest step on every rank, when no older than the persistent tier's
-// latest: each rank restores its own state from it, or, when any rank cannot, none does.
+// The local tier's newest step that every rank has (or gets from a peer's replica), when no
+// older than the persistent tier's latest: each rank restores its own state from it, or, when
+// any rank cannot, none does.
 bool Run::restore_local(const Composite& args, std::optional<int64_t> persistent_latest) {
-  const std::optional<int64_t> step = local_->newest_common_step(pg_.get());
-  if (!step || (persistent_latest && *step < *persistent_latest)) return false;
-  checkpoint::Restored r;
   std::string failure;
-  try {
-    r = local_->restore(*step, args);
-  } catch (const Error& e) {
-    failure = e.what();
-  }
+  const std::optional<int64_t> step = local_->prepare_restore(persistent_latest, failure);
+  if (!step) return false;
+  checkpoint::Restored r;
+  if (failure.empty()) try {
+      r = local_->restore(*step, args);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
   std::vector<at::Tensor> failed = {at::tensor({failure.empty() ? int64_t(0) : int64_t(1)}, at::kLong)};
   if (pg_) pg_->all_reduce_max(failed);
   if (failed[0].item<int64_t>() != 0) {

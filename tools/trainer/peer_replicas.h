@@ -1,0 +1,94 @@
+// checkpoint.local.replicas: copies of each rank's local-tier steps on its peer ranks.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+namespace nnx::distributed {
+class ProcessGroup;
+}
+namespace nnx::checkpoint {
+class CheckpointManager;
+}
+
+namespace nnx::trainer {
+
+/// Replicates this rank's local-tier steps to ranks (rank + k) mod world_size, k = 1..replicas,
+/// and keeps the copies that ranks (rank - k) mod world_size send here, under
+/// <host_dir>/replicas/rank-<source>/ (committed atomically, the newest max_to_keep steps of each
+/// source). Two background threads on a process group of their own: one sends the newest step
+/// offered (an older one still waiting is dropped), one receives. Each transfer is announced by
+/// a store key, so an idle receiver polls the store and never waits on the network. Transfer
+/// failures are warnings: the local tier and the persistent tier go on.
+/// Memory: one kTransferChunkBytes buffer per thread while a transfer runs.
+class PeerReplicas {
+ public:
+  /// Starts both threads. `group` serves replication alone (its collectives must not interleave
+  /// with the training's); `replicas` is in [1, world_size) (else nnx::Error). A replica folder
+  /// that cannot be made is a warning: what that source sends is received and discarded.
+  PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, std::filesystem::path host_dir, int replicas,
+               int max_to_keep);
+  /// Stops both threads without waiting for peers (transfers in flight end or fail).
+  ~PeerReplicas();
+  /// Queues the step `step` at `step_dir` for the peers; `committed` runs on the sending thread
+  /// and says whether the step committed (waiting for an async save as needed).
+  void offer(int64_t step, std::filesystem::path step_dir, std::function<bool()> committed);
+  /// Finishes the transfer in flight and stops sending. Every rank calls it, then a barrier,
+  /// then stop_receiving(): so every announced transfer is received.
+  void stop_sending();
+  /// Receives every transfer announced so far, then stops receiving.
+  void stop_receiving();
+  /// The ranks whose replicas this rank holds: (rank - k) mod world_size, k = 1..replicas.
+  std::vector<int> sources() const;
+  /// The folder of `source`'s replicas on this rank.
+  std::filesystem::path replica_dir(int source) const;
+  /// Where `source`'s replica of `step` is (or would be) committed here.
+  std::filesystem::path step_path(int source, int64_t step) const;
+  /// The steps of `source` committed here, ascending.
+  std::vector<int64_t> steps_of(int source) const;
+  /// Bytes this rank sent (all peers) and how many step copies, since construction.
+  int64_t bytes_sent() const { return bytes_sent_.load(); }
+  int64_t copies_sent() const { return copies_sent_.load(); }
+  /// Step copies received and committed here.
+  int64_t copies_received() const { return copies_received_.load(); }
+
+ private:
+  struct Offer {
+    int64_t step;
+    std::filesystem::path dir;
+    std::function<bool()> committed;
+  };
+  void send_loop();
+  void send_one(const Offer& o);
+  void receive_loop();
+  bool receive_announced(int source);
+  std::string key(int source, int dest, int64_t seq) const;
+
+  std::shared_ptr<distributed::ProcessGroup> pg_;
+  std::filesystem::path host_dir_;
+  int replicas_;
+  int max_to_keep_;
+  std::map<int, std::unique_ptr<checkpoint::CheckpointManager>> stores_;  // by source
+  std::map<int, int64_t> next_in_;                                         // by source
+  std::map<int, int64_t> next_out_;                                        // by destination
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Offer> pending_;
+  bool sending_ = false;
+  bool stop_send_ = false;
+  std::atomic<bool> stop_recv_{false};
+  bool warned_ = false;
+  std::atomic<int64_t> bytes_sent_{0}, copies_sent_{0}, copies_received_{0};
+  std::thread sender_, receiver_;
+};
+
+}  // namespace nnx::trainer

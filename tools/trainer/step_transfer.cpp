@@ -1,0 +1,250 @@
+#include "tools/trainer/step_transfer.h"
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/io/fs.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
+
+namespace nnx::trainer {
+
+namespace stdfs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kMaxHeaderBytes = 1 << 20;
+constexpr size_t kMaxFiles = 64;
+
+// A file descriptor closed on scope exit.
+struct Fd {
+  int fd = -1;
+  Fd() = default;
+  explicit Fd(int f) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(fd, o.fd);
+    return *this;
+  }
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+struct OpenFile {
+  std::string name;
+  int64_t size = 0;
+  Fd fd;
+};
+
+// The step's files, opened now: _CHECKPOINT_METADATA last (the receiver's commit marker).
+std::vector<OpenFile> open_step_files(const stdfs::path& dir) {
+  std::vector<OpenFile> files;
+  for (const auto& e : stdfs::directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    OpenFile f;
+    f.name = e.path().filename().string();
+    f.fd = Fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    NNX_CHECK(f.fd.fd >= 0, "cannot open '", e.path().string(), "': ", std::strerror(errno));
+    f.size = static_cast<int64_t>(::lseek(f.fd.fd, 0, SEEK_END));
+    files.push_back(std::move(f));
+  }
+  std::sort(files.begin(), files.end(), [](const OpenFile& a, const OpenFile& b) {
+    const bool am = a.name == checkpoint::kMetadataFile, bm = b.name == checkpoint::kMetadataFile;
+    return am != bm ? bm : a.name < b.name;
+  });
+  NNX_CHECK(!files.empty() && files.back().name == checkpoint::kMetadataFile, "'", dir.string(),
+            "' is not a committed step (no ", checkpoint::kMetadataFile, ")");
+  return files;
+}
+
+void send_word(distributed::ProcessGroup& pg, int64_t v, int dst, int tag) {
+  pg.send(at::tensor({v}, at::kLong), dst, tag);
+}
+
+int64_t recv_word(distributed::ProcessGroup& pg, int src, int tag) {
+  at::Tensor t = at::zeros({1}, at::kLong);
+  pg.recv(t, src, tag);
+  return t.item<int64_t>();
+}
+
+void send_text(distributed::ProcessGroup& pg, const std::string& s, int dst, int tag) {
+  send_word(pg, static_cast<int64_t>(s.size()), dst, tag);
+  if (s.empty()) return;
+  at::Tensor t = at::empty({static_cast<int64_t>(s.size())}, at::kByte);
+  std::memcpy(t.data_ptr(), s.data(), s.size());
+  pg.send(t, dst, tag);
+}
+
+std::string recv_text(distributed::ProcessGroup& pg, int src, int tag) {
+  const int64_t n = recv_word(pg, src, tag);
+  NNX_CHECK(n >= 0 && n <= kMaxHeaderBytes, "step transfer from rank ", src, ": a header of ", n, " bytes");
+  if (n == 0) return {};
+  at::Tensor t = at::empty({n}, at::kByte);
+  pg.recv(t, src, tag);
+  return std::string(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(n));
+}
+
+// Reads exactly `n` bytes at `off`; false on an error or a short file.
+bool pread_all(int fd, char* p, int64_t n, int64_t off) {
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, p, static_cast<size_t>(n), off);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return false;
+    }
+    p += r, n -= r, off += r;
+  }
+  return true;
+}
+
+bool write_all(int fd, const char* p, int64_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, static_cast<size_t>(n));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w, n -= w;
+  }
+  return true;
+}
+
+}  // namespace
+
+int64_t send_step(distributed::ProcessGroup& pg, const stdfs::path& step_dir, int64_t step, int dst, int tag) {
+  std::vector<OpenFile> files;
+  std::string error;
+  try {
+    files = open_step_files(step_dir);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  nlohmann::json header = {{"step", step}, {"files", nlohmann::json::array()}};
+  if (!error.empty()) header["error"] = error;
+  int64_t total = 0, largest = 0;
+  for (const auto& f : files) {
+    header["files"].push_back({{"name", f.name}, {"size", f.size}});
+    total += f.size;
+    largest = std::max(largest, f.size);
+  }
+  send_text(pg, header.dump(), dst, tag);
+  NNX_CHECK(error.empty(), error);
+  at::Tensor buf = at::empty({std::min(largest, kTransferChunkBytes)}, at::kByte);
+  std::string read_error;  // the stream stays complete either way; the peer discards it
+  for (const auto& f : files) {
+    for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
+      const int64_t n = std::min(kTransferChunkBytes, f.size - off);
+      char* p = static_cast<char*>(buf.data_ptr());
+      if (read_error.empty() && !pread_all(f.fd.fd, p, n, off))
+        read_error = "cannot read '" + (step_dir / f.name).string() + "' at byte " + std::to_string(off);
+      pg.send(buf.narrow(0, 0, n), dst, tag);
+    }
+  }
+  send_word(pg, read_error.empty() ? 0 : 1, dst, tag);
+  NNX_CHECK(read_error.empty(), read_error);
+  return total;
+}
+
+namespace {
+
+struct Entry {
+  std::string name;
+  int64_t size = 0;
+};
+
+// The header's files, each a plain name and a size (any bytes from the wire are checked).
+std::vector<Entry> parse_entries(const nlohmann::json& h, int src) {
+  const std::string from = "step transfer from rank " + std::to_string(src) + ": ";
+  NNX_CHECK(h.is_object() && h.contains("step") && h["step"].is_number_integer() && h["step"].get<int64_t>() >= 0,
+            from, "the header has no step");
+  NNX_CHECK(h.contains("files") && h["files"].is_array() && h["files"].size() <= kMaxFiles, from, "the header has no file list");
+  std::vector<Entry> out;
+  for (const auto& f : h["files"]) {
+    NNX_CHECK(f.is_object() && f.contains("name") && f["name"].is_string() && f.contains("size") &&
+                  f["size"].is_number_integer() && f["size"].get<int64_t>() >= 0,
+              from, "a malformed file entry ", f.dump());
+    Entry e{f["name"].get<std::string>(), f["size"].get<int64_t>()};
+    NNX_CHECK(!e.name.empty() && e.name != "." && e.name != ".." && e.name.find('/') == std::string::npos &&
+                  e.name.find('\0') == std::string::npos,
+              from, "a file name '", e.name, "' that is not a plain name");
+    out.push_back(std::move(e));
+  }
+  NNX_CHECK(!out.empty() && out.back().name == checkpoint::kMetadataFile, from, "the step has no ",
+            checkpoint::kMetadataFile);
+  return out;
+}
+
+// Receives the files' bytes into `tmp` (all of them even after a failed write, so the stream
+// stays aligned for the next transfer); returns the first write error ("" = none).
+std::string recv_files(distributed::ProcessGroup& pg, int src, int tag, const std::vector<Entry>& files,
+                       const stdfs::path& tmp, bool discard) {
+  int64_t largest = 0;
+  for (const auto& f : files) largest = std::max(largest, f.size);
+  at::Tensor buf = at::empty({std::min(largest, kTransferChunkBytes)}, at::kByte);
+  std::string error;
+  for (const auto& f : files) {
+    const stdfs::path path = tmp / f.name;
+    Fd fd(discard ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!discard && fd.fd < 0 && error.empty()) error = "cannot create '" + path.string() + "': " + std::strerror(errno);
+    for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
+      at::Tensor part = buf.narrow(0, 0, std::min(kTransferChunkBytes, f.size - off));
+      pg.recv(part, src, tag);
+      if (fd.fd >= 0 && error.empty() && !write_all(fd.fd, static_cast<const char*>(part.data_ptr()), part.numel()))
+        error = "cannot write '" + path.string() + "': " + std::strerror(errno);
+    }
+    if (fd.fd >= 0 && error.empty() && ::fsync(fd.fd) != 0) error = "cannot fsync '" + path.string() + "': " + std::strerror(errno);
+  }
+  return error;
+}
+
+}  // namespace
+
+ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
+                       const std::function<stdfs::path(int64_t step)>& target_of) {
+  nlohmann::json h;
+  const std::string text = recv_text(pg, src, tag);
+  try {
+    h = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    NNX_CHECK(false, "step transfer from rank ", src, ": the header is not JSON (", e.what(), ")");
+  }
+  if (h.is_object() && h.contains("error") && h["error"].is_string())
+    NNX_CHECK(false, "rank ", src, " could not send its step: ", h["error"].get<std::string>());
+  const std::vector<Entry> files = parse_entries(h, src);
+  ReceivedStep r;
+  r.step = h["step"].get<int64_t>();
+  for (const auto& f : files) r.bytes += f.size;
+  const stdfs::path target = target_of(r.step);
+  std::error_code ec;
+  const bool discard = stdfs::exists(target, ec);
+  const stdfs::path tmp = target.string() + ".tmp-" + checkpoint::fs::unique_suffix();
+  std::string error;
+  if (!discard && (stdfs::create_directories(tmp, ec), ec)) error = "cannot create '" + tmp.string() + "': " + ec.message();
+  try {
+    const std::string e = recv_files(pg, src, tag, files, tmp, discard || !error.empty());
+    if (error.empty()) error = e;
+    const int64_t status = recv_word(pg, src, tag);
+    if (error.empty() && status != 0) error = "rank " + std::to_string(src) + " could not read its step " + std::to_string(r.step);
+    NNX_CHECK_IO(error.empty(), error);
+    if (discard) return r;
+    checkpoint::fs::fsync_path(tmp);
+    checkpoint::fs::rename_no_replace(tmp, target);
+  } catch (...) {
+    checkpoint::fs::remove_tree(tmp, ec);
+    throw;
+  }
+  r.committed = true;
+  return r;
+}
+
+}  // namespace nnx::trainer
