@@ -23,6 +23,8 @@ class TempDir {
     if (p == nullptr) throw std::runtime_error("mkdtemp failed");
     path_ = p;
   }
+  TempDir(const TempDir&) = delete;  // a copy would remove the directory when it goes
+  TempDir& operator=(const TempDir&) = delete;
   ~TempDir() {
     if (!::testing::Test::HasFailure()) {
       std::error_code ec;

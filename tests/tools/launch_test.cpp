@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <regex>
 #include <thread>
 
@@ -499,35 +500,58 @@ TEST(DataParallel, SigtermToTheLauncherSavesOnEveryRankAndExitsZero) {
   EXPECT_TRUE(verify(m.step_path(*m.latest_step())).ok);
 }
 
-// Two "hosts": network namespaces joined by a veth pair, each running one rank with its own
-// address, MASTER_ADDR on the first, both writing one shared checkpoint directory.
+namespace {
+// Two "hosts": network namespaces joined by a veth pair, each with its own address; removed
+// when done. `skip` says why there are none (not root, no `ip netns`); `error` a failed step.
+struct TwoHosts {
+  std::string id = std::to_string(::getpid() % 100000);
+  std::string a = "nnxa" + id, b = "nnxb" + id, va = "va" + id, vb = "vb" + id;
+  std::string net = "10.231." + std::to_string(::getpid() % 250) + ".";
+  std::string skip, error;
+  TwoHosts() {
+    auto sh = [](const std::string& c) { return test::run(c).exit_code == 0; };
+    if (::geteuid() != 0 || !sh("ip netns add " + a)) {
+      skip = "needs root and `ip netns` (CAP_SYS_ADMIN) to make two hosts";
+      return;
+    }
+    for (const std::string& c : {"ip netns add " + b, "ip link add " + va + " type veth peer name " + vb,
+                                 "ip link set " + va + " netns " + a + " && ip link set " + vb + " netns " + b,
+                                 "ip -n " + a + " addr add " + net + "1/24 dev " + va + " && ip -n " + a + " link set " + va +
+                                     " up && ip -n " + a + " link set lo up",
+                                 "ip -n " + b + " addr add " + net + "2/24 dev " + vb + " && ip -n " + b + " link set " + vb +
+                                     " up && ip -n " + b + " link set lo up"})
+      if (error.empty() && !sh(c)) error = "failed: " + c;
+  }
+  ~TwoHosts() {
+    if (skip.empty()) test::run("ip netns del " + a + "; ip netns del " + b);
+  }
+  // Rank 0 on host a (the master) and rank 1 on host b run `program(rank)` at once.
+  std::pair<test::RunResult, test::RunResult> run(const std::function<std::string(int)>& program, int port) const {
+    auto rank = [&](int r) {
+      return "ip netns exec " + (r == 0 ? a : b) + " env RANK=" + std::to_string(r) + " WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=" +
+             net + "1 MASTER_PORT=" + std::to_string(port) + " GLOO_SOCKET_IFNAME=" + (r == 0 ? va : vb) + " " + program(r);
+    };
+    test::RunResult r0, r1;
+    std::thread t0([&] { r0 = test::run(rank(0)); });
+    std::thread t1([&] { r1 = test::run(rank(1)); });
+    t0.join();
+    t1.join();
+    return {r0, r1};
+  }
+};
+}  // namespace
+
+// Two hosts, each running one rank, MASTER_ADDR on the first, both writing one shared
+// checkpoint directory.
 TEST(MultiHost, TwoNetworkNamespacesShareOneCheckpointDirectory) {
-  const std::string id = std::to_string(::getpid() % 100000);
-  const std::string a = "nnxa" + id, b = "nnxb" + id, va = "va" + id, vb = "vb" + id;
-  const std::string net = "10.231." + std::to_string(::getpid() % 250) + ".";
-  auto sh = [](const std::string& c) { return test::run(c).exit_code == 0; };
-  if (::geteuid() != 0 || !sh("ip netns add " + a)) GTEST_SKIP() << "needs root and `ip netns` (CAP_SYS_ADMIN) to make two hosts";
-  struct Cleanup {
-    std::string a, b;
-    ~Cleanup() { test::run("ip netns del " + a + "; ip netns del " + b); }
-  } cleanup{a, b};
-  ASSERT_TRUE(sh("ip netns add " + b));
-  ASSERT_TRUE(sh("ip link add " + va + " type veth peer name " + vb));
-  ASSERT_TRUE(sh("ip link set " + va + " netns " + a + " && ip link set " + vb + " netns " + b));
-  ASSERT_TRUE(sh("ip -n " + a + " addr add " + net + "1/24 dev " + va + " && ip -n " + a + " link set " + va + " up && ip -n " + a + " link set lo up"));
-  ASSERT_TRUE(sh("ip -n " + b + " addr add " + net + "2/24 dev " + vb + " && ip -n " + b + " link set " + vb + " up && ip -n " + b + " link set lo up"));
+  TwoHosts hosts;
+  if (!hosts.skip.empty()) GTEST_SKIP() << hosts.skip;
+  ASSERT_TRUE(hosts.error.empty()) << hosts.error;
   test::TempDir dir;
   const std::string run_dir = (dir / "shared").string();
-  auto rank = [&](int r, const std::string& ns, const std::string& ifname) {
-    return "ip netns exec " + ns + " env RANK=" + std::to_string(r) + " WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=" + net +
-           "1 MASTER_PORT=29611 GLOO_SOCKET_IFNAME=" + ifname + " " +
-           train(run_dir, "train.max_steps=30 checkpoint.save_interval_steps=10 distributed.timeout_seconds=60");
-  };
-  test::RunResult r0, r1;
-  std::thread t0([&] { r0 = test::run(rank(0, a, va)); });
-  std::thread t1([&] { r1 = test::run(rank(1, b, vb)); });
-  t0.join();
-  t1.join();
+  auto [r0, r1] = hosts.run(
+      [&](int) { return train(run_dir, "train.max_steps=30 checkpoint.save_interval_steps=10 distributed.timeout_seconds=60"); },
+      29611);
   ASSERT_EQ(r0.exit_code, 0) << r0.output;
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
   CheckpointManagerOptions ro;
@@ -536,4 +560,34 @@ TEST(MultiHost, TwoNetworkNamespacesShareOneCheckpointDirectory) {
   ASSERT_EQ(m.latest_step(), 30);
   EXPECT_EQ(read_metadata(m.step_path(30))["world_size"], 2);
   EXPECT_TRUE(verify(m.step_path(30)).ok);
+}
+
+// Each host has its own local tier (its own directory, as its own /dev/shm would be). Rank 1 is
+// killed, its host replaced (its folder gone); the relaunch sends rank 1 its state from the
+// replica rank 0 kept, across the network, and the run ends bit-exact.
+TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
+  TwoHosts hosts;
+  if (!hosts.skip.empty()) GTEST_SKIP() << hosts.skip;
+  ASSERT_TRUE(hosts.error.empty()) << hosts.error;
+  test::TempDir dir;
+  const std::string ref = (dir / "ref").string(), run_dir = (dir / "shared").string();
+  const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
+                        "checkpoint.local.async=false distributed.timeout_seconds=60";
+  const std::string root = dir.path().string();  // (a copy of the TempDir would remove it)
+  auto program = [&](const std::string& extra) {
+    return [=](int r) { return train(run_dir, o + " checkpoint.local.directory=" + root + "/host-" + std::to_string(r) + extra); };
+  };
+  ASSERT_EQ(test::run(launch(2, train(ref, o + " checkpoint.local.directory=" + (dir / "ref-local").string()))).exit_code, 0);
+  auto [k0, k1] = hosts.run(program(" --crash-after-step 27 --crash-rank 1"), 29612);
+  ASSERT_NE(k1.exit_code, 0) << k1.output;
+  std::error_code ec;
+  stdfs::remove_all(dir / "host-1", ec);
+  auto [r0, r1] = hosts.run(program(""), 29613);
+  ASSERT_EQ(r0.exit_code, 0) << r0.output;
+  ASSERT_EQ(r1.exit_code, 0) << r1.output;
+  EXPECT_NE(r0.output.find("resumed from step 2"), std::string::npos) << r0.output;
+  EXPECT_NE(r0.output.find((dir / "host-0" / "rank-0-of-2").string()), std::string::npos) << r0.output;
+  EXPECT_NE(r1.output.find("came from its replica on rank 0"), std::string::npos) << r1.output;
+  auto sa = test::final_states(ref), sb = test::final_states(run_dir);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
 }

@@ -141,6 +141,37 @@ TEST(Trainer, ALocalTierThatCannotBeWrittenIsAWarningNotAnError) {
   EXPECT_NE(r.output.find("done: step 10"), std::string::npos) << r.output;
 }
 
+// A local tier that fills up (a tmpfs of 100 KiB: two local steps of 40 KiB fit, the third
+// does not) warns once, training goes on, the persistent tier is untouched: a kill and a
+// resume use it (its step 20 is newer than the local tier's 2 and 4) and end bit-exact.
+TEST(Trainer, AFullLocalTierIsOneWarningAndThePersistentTierGoesOn) {
+  test::TempDir dir;
+  const std::string mnt = (dir / "shm").string();
+  stdfs::create_directories(mnt);
+  if (::geteuid() != 0 || test::run("mount -t tmpfs -o size=100k nnx-full-shm " + mnt).exit_code != 0)
+    GTEST_SKIP() << "needs root to mount a small tmpfs";
+  struct Unmount {
+    std::string at;
+    ~Unmount() { test::run("umount " + at); }
+  } unmount{mnt};
+  const std::string o = "train.max_steps=30 checkpoint.save_interval_steps=10 checkpoint.async=false "
+                        "checkpoint.local.save_interval_steps=2 checkpoint.local.async=false checkpoint.local.directory=" + mnt + "/l";
+  auto ref = test::run(train_cmd("tiny_synthetic.yaml", (dir / "ref").string(), "train.max_steps=30 checkpoint.async=false"));
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  const std::string run = (dir / "run").string();
+  auto killed = test::run(train_cmd("tiny_synthetic.yaml", run, o + " --crash-after-step 25"));
+  ASSERT_NE(killed.exit_code, 0) << killed.output;
+  const std::string warning = "checkpoint.local: the local save of step 6 failed (";
+  ASSERT_NE(killed.output.find(warning), std::string::npos) << killed.output;
+  EXPECT_EQ(killed.output.find("checkpoint.local: the local save", killed.output.find(warning) + 1), std::string::npos)
+      << "one warning per streak of failures\n" << killed.output;
+  auto r = test::run(train_cmd("tiny_synthetic.yaml", run, o));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from step 20 (" + run + "/checkpoints/20)"), std::string::npos) << r.output;
+  auto a = test::final_states((dir / "ref").string()), b = test::final_states(run);
+  for (const auto& [item, s] : a) EXPECT_TRUE(s.equal(b.at(item))) << item << ": " << s.first_difference(b.at(item));
+}
+
 TEST(Trainer, CnnWithBatchNormAndDropoutResumesBitExactlyMidEpochAndAtEpochBoundary) {
   if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   // 640 examples / 64 = 10 batches per epoch: a checkpoint at step 10 sits on the epoch boundary,
