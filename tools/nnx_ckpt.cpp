@@ -71,15 +71,26 @@ stdfs::path checkpoints_dir(const std::string& arg) {
   return p;
 }
 
-// The rank folders of a run's local tier (`local`, or the run dir's default one), if any.
+// The rank-* folders directly under `dir`, sorted.
+std::vector<stdfs::path> rank_folders(const stdfs::path& dir) {
+  std::vector<stdfs::path> out;
+  std::error_code ec;
+  if (!stdfs::is_directory(dir, ec)) return out;
+  for (const auto& e : stdfs::directory_iterator(dir, ec))
+    if (e.is_directory() && e.path().filename().string().rfind("rank-", 0) == 0) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The folders of a run's local tier (`local`, or the run dir's default one), if any: each
+// rank's own, then the replicas it keeps of its peers (<rank folder>/replicas/rank-<source>).
 std::vector<stdfs::path> local_tier_folders(const std::string& run_dir, const std::string& local) {
   const stdfs::path root = local.empty() ? nnx::trainer::default_local_directory(run_dir) : stdfs::path(local);
   std::vector<stdfs::path> out;
-  std::error_code ec;
-  if (!stdfs::is_directory(root, ec)) return out;
-  for (const auto& e : stdfs::directory_iterator(root, ec))
-    if (e.is_directory() && e.path().filename().string().rfind("rank-", 0) == 0) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
+  for (const auto& f : rank_folders(root)) {
+    out.push_back(f);
+    for (const auto& r : rank_folders(f / "replicas")) out.push_back(r);
+  }
   return out;
 }
 
@@ -90,7 +101,7 @@ std::vector<int64_t> local_steps(const stdfs::path& folder) {
 
 void list_local_tier(const std::string& run_dir, const std::string& local) {
   for (const auto& f : local_tier_folders(run_dir, local)) {
-    std::cout << "local tier " << f.string() << ": steps";
+    std::cout << (f.parent_path().filename() == "replicas" ? "local tier replica " : "local tier ") << f.string() << ": steps";
     for (int64_t s : local_steps(f)) std::cout << " " << s;
     std::cout << "\n";
   }

@@ -328,6 +328,12 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   CheckpointManagerOptions ro;
   ro.read_only = true;
   ASSERT_FALSE(CheckpointManager(stdfs::path(local) / "rank-0-of-2" / "replicas" / "rank-1", ro).all_steps().empty());
+  auto listed = test::run(test::bin("nnx-ckpt") + " list " + b + " --local " + local);
+  EXPECT_NE(listed.output.find("local tier replica " + local + "/rank-0-of-2/replicas/rank-1: steps"), std::string::npos) << listed.output;
+  EXPECT_NE(listed.output.find("local tier replica " + local + "/rank-1-of-2/replicas/rank-0: steps"), std::string::npos) << listed.output;
+  auto verified = test::run(test::bin("nnx-ckpt") + " verify " + b + " --local " + local);
+  EXPECT_EQ(verified.exit_code, 0) << verified.output;
+  EXPECT_NE(verified.output.find("OK     " + local + "/rank-0-of-2/replicas/rank-1/"), std::string::npos) << verified.output;
   std::error_code ec;
   stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
   auto r = test::run(launch(2, train(b, o)));

@@ -24,6 +24,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
+#include <thread>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -38,6 +40,7 @@
 #include "nnx/framework/compat.h"
 #include "nnx/framework/data/dataset.h"
 #include "nnx/framework/distributed.h"
+#include "tools/trainer/peer_replicas.h"
 #include "nnx/framework/graph.h"
 #include "nnx/models/models.h"
 #include "tools/trainer/trainer.h"
@@ -883,6 +886,67 @@ int dist_save_rank(const std::string& dir, int reps) {
   return 0;
 }
 
+// One rank of the replica rows (run under nnx-launch by bench_local_replicas): each rank saves
+// its own 400 MB step into its local tier in /dev/shm, then both send it to the other at once,
+// as nnx-train's ranks do after a local save. Rank 0 prints: bytes sent per copy, the step's
+// bytes, the median transfer time (offer() until the peer has it), the median local save time.
+int replica_rank(const std::string& dir, int reps) {
+  auto env = distributed::env_from_environment();
+  auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(120));
+  at::manual_seed(env.rank);
+  State s = make_state(100, 1000 * 1000);
+  const stdfs::path host = stdfs::path(dir) / ("host-" + std::to_string(env.rank));
+  CheckpointManagerOptions lo;
+  lo.max_to_keep = 1;
+  lo.enable_async_checkpointing = false;
+  lo.handle_preemption_signals = false;
+  lo.direct_io = false;
+  CheckpointManager lm(host / "own", lo);
+  nnx::trainer::PeerReplicas replicas(pg->new_group("replicas"), host, 1, 1);
+  std::vector<double> send_s, save_s;
+  int64_t step_bytes = 0;
+  for (int i = 1; i <= reps; ++i) {
+    save_s.push_back(time_once([&] { lm.save(i, Composite{{"params", StandardSave(s)}}, nlohmann::json::object(), true); }));
+    step_bytes = 0;
+    for (const auto& e : stdfs::directory_iterator(lm.step_path(i))) step_bytes += static_cast<int64_t>(e.file_size());
+    pg->barrier();
+    send_s.push_back(time_once([&] {
+      replicas.offer(i, lm.step_path(i), [] { return true; });
+      while (replicas.copies_sent() < i) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }));
+  }
+  replicas.stop_sending();
+  pg->barrier();
+  replicas.stop_receiving();
+  std::sort(send_s.begin(), send_s.end());
+  std::sort(save_s.begin(), save_s.end());
+  if (env.rank == 0)
+    std::cout << replicas.bytes_sent() / std::max<int64_t>(1, replicas.copies_sent()) << " " << step_bytes << " "
+              << send_s[send_s.size() / 2] << " " << save_s[save_s.size() / 2] << "\n";
+  return 0;
+}
+
+// Replica traffic: the bytes one local save sends to its peer against the step's size, and
+// the transfer's time (both ranks sending at once over Gloo on loopback) against the local save.
+void bench_local_replicas(int reps) {
+  std::error_code ec;
+  const stdfs::path shm = stdfs::is_directory("/dev/shm", ec) ? stdfs::path("/dev/shm") : stdfs::temp_directory_path();
+  const stdfs::path dir = shm / ("nnx-bench-replicas-" + std::to_string(::getpid()));
+  std::string out = run_capture(std::string(NNX_BIN_DIR) + "/nnx-launch --nproc 2 -- " + NNX_BIN_DIR + "/nnx-bench --replica-rank " +
+                                dir.string() + " --reps " + std::to_string(reps) + " 2>/dev/null");
+  nnx::checkpoint::fs::remove_tree(dir, ec);
+  const auto pos = out.find("[rank 0] ");
+  std::istringstream in(pos == std::string::npos ? std::string() : out.substr(pos + 9));
+  double sent = 0, step = 0, send_s = 0, save_s = 0;
+  if (!(in >> sent >> step >> send_s >> save_s)) {
+    rows.push_back({"replica traffic per local save", "failed", out.substr(0, 200), "-", "reported", ""});
+    return;
+  }
+  add("replica traffic per local save (400 MB state, 1 replica)", sent / 1e6, step / 1e6, " MB", "the step's files", 0);
+  add("replica transfer (2 ranks at once, Gloo, loopback) / local save into " + shm.string(), send_s, save_s, " s",
+      "local save", 0);
+}
+
 void bench_distributed_save(const stdfs::path& dir, int reps) {
   at::manual_seed(0);
   State s = make_state(100, 1000 * 1000);
@@ -913,6 +977,8 @@ int main(int argc, char** argv) {
   std::string dist_rank_dir;
   int reps_override = 0;
   app.add_option("--dist-save-rank", dist_rank_dir)->group("");
+  std::string replica_rank_dir;
+  app.add_option("--replica-rank", replica_rank_dir)->group("");
   std::string plain_model;  // one plain-libtorch contender in its own process (bench_training)
   int plain_steps = 0;
   app.add_option("--plain-train", plain_model)->group("");
@@ -922,6 +988,7 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps_override, "repetitions of each timed row (default 5, 3 with --quick)");
   CLI11_PARSE(app, argc, argv);
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
+  if (!replica_rank_dir.empty()) return replica_rank(replica_rank_dir, reps_override > 0 ? reps_override : 3);
   if (!plain_model.empty()) {
     if (plain_keep_freed) nnx::trainer::keep_freed_memory();
     auto ds = data::load_fashion_mnist("/usr/share/datasets/fashion-mnist", "train");
@@ -950,7 +1017,11 @@ int main(int argc, char** argv) {
     if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
     if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
     if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
-    if (want("local_tier")) { std::cerr << "local tier (400 MB)...\n"; bench_local_tier(dir, reps); }
+    if (want("local_tier")) {
+      std::cerr << "local tier (400 MB)...\n";
+      bench_local_tier(dir, reps);
+      bench_local_replicas(reps);
+    }
     if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";
