@@ -91,9 +91,13 @@ void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args, bool
       replicas_->offer(step, manager_->step_path(step), [this, step] {
         try {
           manager_->wait_until_finished();
-        } catch (const std::exception&) {  // reported by the saving thread
+        } catch (const std::exception& e) {  // this wait took the failure: report it here
+          if (!async_failing_.exchange(true))
+            log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
+                            "); training goes on with the persistent tier");
           return false;
         }
+        async_failing_ = false;
         std::error_code ec;
         return stdfs::exists(manager_->step_path(step) / checkpoint::kMetadataFile, ec);
       });
@@ -113,6 +117,7 @@ std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() cons
     for (int k = 1; k <= n_replicas_; ++k) mine[k] = replicas_->steps_of(replicas_->sources()[k - 1]);
   const int64_t width = (1 + n_replicas_) * kListed;
   at::Tensor t = at::full({width}, -1, at::kLong);
+  if (!manager_) t[0] = -2;  // this rank's tier is off: it could not receive or restore a step
   for (size_t slot = 0; slot < mine.size(); ++slot) {
     std::sort(mine[slot].rbegin(), mine[slot].rend());
     for (size_t i = 0; i < mine[slot].size() && i < size_t(kListed); ++i)
@@ -126,7 +131,8 @@ std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() cons
   }
   std::vector<std::vector<std::vector<int64_t>>> out(all.size(), std::vector<std::vector<int64_t>>(1 + n_replicas_));
   for (size_t r = 0; r < all.size(); ++r)
-    for (int64_t i = 0; i < width; ++i)
+    if (all[r][0].item<int64_t>() == -2) out[r].clear();  // no list at all: a tier that is off
+    else for (int64_t i = 0; i < width; ++i)
       if (const int64_t s = all[r][i].item<int64_t>(); s >= 0) out[r][static_cast<size_t>(i / kListed)].push_back(s);
   return out;
 }
@@ -148,6 +154,8 @@ int source_of(const std::vector<std::vector<std::vector<int64_t>>>& h, int r, in
 std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_before, std::string& failure) {
   const auto h = gather_holdings();
   const int n = static_cast<int>(h.size());
+  for (const auto& rank : h)
+    if (rank.empty()) return std::nullopt;  // a rank whose tier is off can restore nothing from it
   std::vector<int64_t> candidates;
   for (const auto& rank : h)
     for (const auto& slot : rank) candidates.insert(candidates.end(), slot.begin(), slot.end());
@@ -210,8 +218,7 @@ void LocalTier::wait_until_finished() {
   }
 }
 
-void LocalTier::remove() {
-  wait_until_finished();
+void LocalTier::stop_replicas() {
   if (replicas_) {  // every rank's last transfer is received before anyone stops receiving
     replicas_->stop_sending();
     if (pg_) pg_->barrier();
@@ -220,6 +227,26 @@ void LocalTier::remove() {
   } else if (n_replicas_ > 0 && pg_) {
     pg_->barrier();  // the ranks with replicas wait for this one
   }
+  n_replicas_ = 0;
+}
+
+// A step newer than the one the run resumed from is from a run that went on past it: a new
+// save of that number must not be refused, nor an old copy mixed with new ones later.
+void LocalTier::discard_newer_than(int64_t step) {
+  auto drop = [&](checkpoint::CheckpointManager& m, const std::string& what) {
+    for (int64_t s : m.all_steps()) try {
+        if (s > step) m.delete_step(s);
+      } catch (const std::exception& e) {
+        log::warn_parts("checkpoint.local: cannot delete ", what, " step ", s, " (", e.what(), ")");
+      }
+  };
+  if (manager_) drop(*manager_, "stale local");
+  if (replicas_) replicas_->discard_newer_than(step);
+}
+
+void LocalTier::remove() {
+  wait_until_finished();
+  stop_replicas();
   if (!manager_) return;
   manager_.reset();
   std::error_code ec;

@@ -1,6 +1,7 @@
 // checkpoint.local: a fast tier of frequent saves in this host's memory, above the persistent one.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -64,6 +65,12 @@ class LocalTier {
   checkpoint::Restored restore(int64_t step, const checkpoint::Composite& args) const;
   /// Waits for a save in flight (its failure is a warning).
   void wait_until_finished();
+  /// Stops replicating (every rank calls it: a barrier when there are replicas), after every
+  /// rank's last transfer was received; the tier stays (a preempted run resumes from it).
+  void stop_replicas();
+  /// Deletes this rank's local steps and the replicas it holds that are newer than `step` (the
+  /// step the run resumed from; -1: a fresh start). Failures are warnings.
+  void discard_newer_than(int64_t step);
   /// The run finished (every rank calls it: a barrier when there are replicas): waits, stops
   /// replicating, then removes this rank's folder (and the run's, once empty).
   void remove();
@@ -76,6 +83,7 @@ class LocalTier {
   std::filesystem::path dir_;
   bool configured_ = false;
   bool failing_ = false;  // a save failed: warn once per failure streak
+  std::atomic<bool> async_failing_{false};  // the same, for failures the replica sender saw
   std::shared_ptr<distributed::ProcessGroup> pg_;
   std::unique_ptr<checkpoint::CheckpointManager> manager_;
   std::unique_ptr<PeerReplicas> replicas_;

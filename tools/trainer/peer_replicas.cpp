@@ -80,6 +80,19 @@ std::vector<int64_t> PeerReplicas::steps_of(int source) const {
   return it->second->all_steps();
 }
 
+void PeerReplicas::discard_newer_than(int64_t step) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& [source, m] : stores_) {
+    if (!m) continue;
+    m->reload();
+    for (int64_t s : m->all_steps()) try {
+        if (s > step) m->delete_step(s);
+      } catch (const std::exception& e) {
+        log::warn_parts("checkpoint.local: cannot delete rank ", source, "'s stale replica of step ", s, " (", e.what(), ")");
+      }
+  }
+}
+
 std::string PeerReplicas::key(int source, int dest, int64_t seq) const {
   return "nnx/local-replicas/" + std::to_string(source) + "-" + std::to_string(dest) + "/" + std::to_string(seq);
 }
@@ -119,8 +132,13 @@ void PeerReplicas::send_one(const Offer& o) {
   const int n = pg_->world_size();
   for (int k = 1; k <= replicas_; ++k) {
     const int dest = (pg_->rank() + k) % n;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stop_send_) return;  // the peers may have stopped receiving: announce nothing new
+    }
     try {
-      pg_->store_set(key(pg_->rank(), dest, next_out_[dest]++), std::to_string(o.step));
+      pg_->store_set(key(pg_->rank(), dest, next_out_[dest]), std::to_string(o.step));
+      ++next_out_[dest];  // only an announced transfer takes a sequence number
       bytes_sent_ += send_step(*pg_, o.dir, o.step, dest, tag_of(pg_->rank()));
       ++copies_sent_;
       warned_ = false;
@@ -169,11 +187,13 @@ bool PeerReplicas::receive_announced(int source) {
     pg_->store_delete(k);
     const auto got = recv_step(*pg_, source, tag_of(source), [&](int64_t step) { return step_path(source, step); });
     if (got.committed) ++copies_received_;
-    std::lock_guard<std::mutex> l(mu_);
-    if (auto& m = stores_.at(source)) {
-      m->reload();
-      for (auto steps = m->all_steps(); static_cast<int>(steps.size()) > max_to_keep_; steps.erase(steps.begin()))
-        m->delete_step(steps.front());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (auto& m = stores_.at(source)) {
+        m->reload();
+        for (auto steps = m->all_steps(); static_cast<int>(steps.size()) > max_to_keep_; steps.erase(steps.begin()))
+          m->delete_step(steps.front());
+      }
     }
   } catch (const std::exception& e) {
     log::warn_parts("checkpoint.local: receiving a replica from rank ", source, " failed (", e.what(), ")");

@@ -53,6 +53,8 @@ class PeerReplicas {
   std::filesystem::path replica_dir(int source) const;
   /// Where `source`'s replica of `step` is (or would be) committed here.
   std::filesystem::path step_path(int source, int64_t step) const;
+  /// Deletes every replica here newer than `step` (warnings on failure).
+  void discard_newer_than(int64_t step);
   /// The steps of `source` committed here, ascending.
   std::vector<int64_t> steps_of(int source) const;
   /// Bytes this rank sent (all peers) and how many step copies, since construction.

@@ -471,6 +471,8 @@ bool Run::after_step(double loss, bool finite) {
   }
   if (preempted) {
     manager_->wait_until_finished();
+    local_->wait_until_finished();
+    local_->stop_replicas();  // every rank stops here (the decision is agreed): none is left sending
     if (::isatty(STDERR_FILENO)) std::cerr << "\n";
     *out_ << "nnx-train: stopped by signal " << checkpoint::preemption_signal() << " at step " << step_ << "; saved to "
           << manager_->step_path(step_).string() << ". Run the same command to resume.\n";
@@ -505,6 +507,7 @@ void Run::report_done() const {
 
 int Run::execute() {
   resumed_ = restore();
+  if (local_->configured()) local_->discard_newer_than(resumed_ ? step_ : -1);
   if (lead_) write_metrics_file(metrics_path_, history_);  // drops records newer than the resumed step
   // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
   if (pg_ && !resumed_local_) distributed::broadcast_state(*model_, *pg_);
