@@ -34,13 +34,18 @@ std::string helper() { return std::string(NNX_TESTS_BIN) + "/dist_helper"; }
 std::string train(const std::string& run_dir, const std::string& extra = "") {
   return test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/tiny_synthetic.yaml run.dir=" + run_dir + " " + extra;
 }
+// Every rank of `r` (0..n-1) printed the line `line(rank)`, with nnx-launch's prefix.
+void expect_each_rank_printed(const test::RunResult& r, int n, const std::function<std::string(int)>& line) {
+  for (int k = 0; k < n; ++k)
+    EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] " + line(k)), std::string::npos) << r.output;
+}
 }  // namespace
 
 TEST(Launch, PrefixesLinesAndRunsCollectives) {
   test::TempDir dir;
   auto r = test::run(launch(3, helper() + " collectives " + dir.path().string()));
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  for (int k = 0; k < 3; ++k) EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] collectives ok on rank " + std::to_string(k)), std::string::npos) << r.output;
+  expect_each_rank_printed(r, 3, [](int k) { return "collectives ok on rank " + std::to_string(k); });
 }
 
 TEST(Launch, OneFailingRankStopsTheOthers) {
@@ -266,7 +271,7 @@ TEST(Launch, StepTransfersAndPeerReplicasMoveCommittedStepsBitForBit) {
   test::TempDir dir;
   auto r = test::run(launch(2, helper() + " replicas " + dir.path().string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  for (int k = 0; k < 2; ++k) EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] replicas ok"), std::string::npos) << r.output;
+  expect_each_rank_printed(r, 2, [](int k) { return "replicas ok on rank " + std::to_string(k); });
 }
 
 TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
@@ -392,7 +397,7 @@ TEST(ZeroOne, ShardedOptimizerStepsAsTheUnshardedOneAndSavesGlobalArrays) {
     test::TempDir dir;
     auto r = test::run(launch(n, helper() + " zero1 " + dir.path().string()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    for (int k = 0; k < n; ++k) EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] zero1 ok"), std::string::npos) << r.output;
+    expect_each_rank_printed(r, n, [](int k) { return "zero1 ok on rank " + std::to_string(k); });
     EXPECT_TRUE(verify(dir / "1").ok);
   }
 }
@@ -579,8 +584,9 @@ TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
   ASSERT_TRUE(hosts.error.empty()) << hosts.error;
   test::TempDir dir;
   const std::string ref = (dir / "ref").string(), run_dir = (dir / "shared").string();
+  // Every local step of the run kept (max_to_keep 20): replicas lag behind ~1 ms steps.
   const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
-                        "checkpoint.local.async=false distributed.timeout_seconds=60";
+                        "checkpoint.local.async=false checkpoint.local.max_to_keep=20 distributed.timeout_seconds=60";
   const std::string root = dir.path().string();  // (a copy of the TempDir would remove it)
   auto program = [&](const std::string& extra) {
     return [=](int r) { return train(run_dir, o + " checkpoint.local.directory=" + root + "/host-" + std::to_string(r) + extra); };
@@ -593,9 +599,12 @@ TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
   auto [r0, r1] = hosts.run(program(""), 29613);
   ASSERT_EQ(r0.exit_code, 0) << r0.output;
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
-  EXPECT_NE(r0.output.find("resumed from step 2"), std::string::npos) << r0.output;
-  EXPECT_NE(r0.output.find((dir / "host-0" / "rank-0-of-2").string()), std::string::npos) << r0.output;
-  EXPECT_NE(r1.output.find("came from its replica on rank 0"), std::string::npos) << r1.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r0.output, m, std::regex("nnx-train: resumed from step (\\d+) \\(" + root + "/host-0/rank-0-of-2/")))
+      << r0.output;
+  EXPECT_GE(std::stoi(m[1]), 20) << r0.output;
+  EXPECT_NE(r1.output.find("checkpoint.local: this rank's step " + std::string(m[1]) + " came from its replica on rank 0"),
+            std::string::npos) << r1.output;
   auto sa = test::final_states(ref), sb = test::final_states(run_dir);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
 }

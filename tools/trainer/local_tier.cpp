@@ -117,12 +117,12 @@ std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() cons
     for (int k = 1; k <= n_replicas_; ++k) mine[k] = replicas_->steps_of(replicas_->sources()[k - 1]);
   const int64_t width = (1 + n_replicas_) * kListed;
   at::Tensor t = at::full({width}, -1, at::kLong);
-  if (!manager_) t[0] = -2;  // this rank's tier is off: it could not receive or restore a step
+  int64_t* row = t.data_ptr<int64_t>();
   for (size_t slot = 0; slot < mine.size(); ++slot) {
     std::sort(mine[slot].rbegin(), mine[slot].rend());
-    for (size_t i = 0; i < mine[slot].size() && i < size_t(kListed); ++i)
-      t[static_cast<int64_t>(slot * kListed + i)] = mine[slot][i];
+    for (size_t i = 0; i < mine[slot].size() && i < size_t(kListed); ++i) row[slot * kListed + i] = mine[slot][i];
   }
+  if (!manager_) row[0] = -2;  // this rank's tier is off: it could not receive or restore a step
   std::vector<at::Tensor> all = {t};
   if (pg_) {
     all.assign(pg_->world_size(), at::Tensor());
@@ -130,10 +130,15 @@ std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() cons
     pg_->all_gather(all, t);
   }
   std::vector<std::vector<std::vector<int64_t>>> out(all.size(), std::vector<std::vector<int64_t>>(1 + n_replicas_));
-  for (size_t r = 0; r < all.size(); ++r)
-    if (all[r][0].item<int64_t>() == -2) out[r].clear();  // no list at all: a tier that is off
-    else for (int64_t i = 0; i < width; ++i)
-      if (const int64_t s = all[r][i].item<int64_t>(); s >= 0) out[r][static_cast<size_t>(i / kListed)].push_back(s);
+  for (size_t r = 0; r < all.size(); ++r) {
+    const int64_t* theirs = all[r].data_ptr<int64_t>();
+    if (theirs[0] == -2) {  // no list at all: a tier that is off
+      out[r].clear();
+      continue;
+    }
+    for (int64_t i = 0; i < width; ++i)
+      if (theirs[i] >= 0) out[r][static_cast<size_t>(i / kListed)].push_back(theirs[i]);
+  }
   return out;
 }
 
@@ -233,14 +238,7 @@ void LocalTier::stop_replicas() {
 // A step newer than the one the run resumed from is from a run that went on past it: a new
 // save of that number must not be refused, nor an old copy mixed with new ones later.
 void LocalTier::discard_newer_than(int64_t step) {
-  auto drop = [&](checkpoint::CheckpointManager& m, const std::string& what) {
-    for (int64_t s : m.all_steps()) try {
-        if (s > step) m.delete_step(s);
-      } catch (const std::exception& e) {
-        log::warn_parts("checkpoint.local: cannot delete ", what, " step ", s, " (", e.what(), ")");
-      }
-  };
-  if (manager_) drop(*manager_, "stale local");
+  if (manager_) delete_steps_newer_than(*manager_, step);
   if (replicas_) replicas_->discard_newer_than(step);
 }
 

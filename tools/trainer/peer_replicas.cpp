@@ -80,17 +80,20 @@ std::vector<int64_t> PeerReplicas::steps_of(int source) const {
   return it->second->all_steps();
 }
 
+void delete_steps_newer_than(checkpoint::CheckpointManager& m, int64_t step) {
+  m.reload();
+  for (int64_t s : m.all_steps()) try {
+      if (s > step) m.delete_step(s);
+    } catch (const std::exception& e) {
+      log::warn_parts("checkpoint.local: cannot delete the stale step ", s, " of '", m.directory().string(), "' (",
+                      e.what(), ")");
+    }
+}
+
 void PeerReplicas::discard_newer_than(int64_t step) {
   std::lock_guard<std::mutex> l(mu_);
-  for (auto& [source, m] : stores_) {
-    if (!m) continue;
-    m->reload();
-    for (int64_t s : m->all_steps()) try {
-        if (s > step) m->delete_step(s);
-      } catch (const std::exception& e) {
-        log::warn_parts("checkpoint.local: cannot delete rank ", source, "'s stale replica of step ", s, " (", e.what(), ")");
-      }
-  }
+  for (auto& [source, m] : stores_)
+    if (m) delete_steps_newer_than(*m, step);
 }
 
 std::string PeerReplicas::key(int source, int dest, int64_t seq) const {
@@ -115,18 +118,13 @@ void PeerReplicas::send_loop() {
       if (!pending_) return;
       o = std::move(*pending_);
       pending_.reset();
-      sending_ = true;
     }
     send_one(o);
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      sending_ = false;
-    }
-    cv_.notify_all();
   }
 }
 
-// Announces the step to each destination (the store key carries the step), then sends it.
+// Announces the step to each destination (a store key per transfer, holding the step for
+// whoever inspects the store; the receiver reads the step from the header), then sends it.
 void PeerReplicas::send_one(const Offer& o) {
   if (!o.committed()) return;  // the local save failed or was skipped: nothing to replicate
   const int n = pg_->world_size();

@@ -22,6 +22,10 @@ class CheckpointManager;
 
 namespace nnx::trainer {
 
+/// Deletes the committed steps of `m` newer than `step` (rereading its directory first);
+/// failures are warnings naming the step and directory.
+void delete_steps_newer_than(checkpoint::CheckpointManager& m, int64_t step);
+
 /// Replicates this rank's local-tier steps to ranks (rank + k) mod world_size, k = 1..replicas,
 /// and keeps the copies that ranks (rank - k) mod world_size send here, under
 /// <host_dir>/replicas/rank-<source>/ (committed atomically, the newest max_to_keep steps of each
@@ -85,7 +89,6 @@ class PeerReplicas {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::optional<Offer> pending_;
-  bool sending_ = false;
   bool stop_send_ = false;
   std::atomic<bool> stop_recv_{false};
   bool warned_ = false;

@@ -507,7 +507,7 @@ void Run::report_done() const {
 
 int Run::execute() {
   resumed_ = restore();
-  if (local_->configured()) local_->discard_newer_than(resumed_ ? step_ : -1);
+  local_->discard_newer_than(resumed_ ? step_ : -1);
   if (lead_) write_metrics_file(metrics_path_, history_);  // drops records newer than the resumed step
   // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
   if (pg_ && !resumed_local_) distributed::broadcast_state(*model_, *pg_);

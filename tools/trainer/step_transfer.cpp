@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/io/direct_writer.h"
 #include "nnx/checkpoint/io/fs.h"
+#include "nnx/checkpoint/io/parallel_reader.h"
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 
@@ -94,31 +96,6 @@ std::string recv_text(distributed::ProcessGroup& pg, int src, int tag) {
   return std::string(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(n));
 }
 
-// Reads exactly `n` bytes at `off`; false on an error or a short file.
-bool pread_all(int fd, char* p, int64_t n, int64_t off) {
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, static_cast<size_t>(n), off);
-    if (r <= 0) {
-      if (r < 0 && errno == EINTR) continue;
-      return false;
-    }
-    p += r, n -= r, off += r;
-  }
-  return true;
-}
-
-bool write_all(int fd, const char* p, int64_t n) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, static_cast<size_t>(n));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w, n -= w;
-  }
-  return true;
-}
-
 }  // namespace
 
 int64_t send_step(distributed::ProcessGroup& pg, const stdfs::path& step_dir, int64_t step, int dst, int tag) {
@@ -144,9 +121,12 @@ int64_t send_step(distributed::ProcessGroup& pg, const stdfs::path& step_dir, in
   for (const auto& f : files) {
     for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
       const int64_t n = std::min(kTransferChunkBytes, f.size - off);
-      char* p = static_cast<char*>(buf.data_ptr());
-      if (read_error.empty() && !pread_all(f.fd.fd, p, n, off))
-        read_error = "cannot read '" + (step_dir / f.name).string() + "' at byte " + std::to_string(off);
+      if (read_error.empty()) try {
+          checkpoint::io::read_slices(f.fd.fd, static_cast<char*>(buf.data_ptr()), static_cast<size_t>(n),
+                                      static_cast<uint64_t>(off), "'" + (step_dir / f.name).string() + "'", nullptr);
+        } catch (const std::exception& e) {
+          read_error = e.what();
+        }
       pg.send(buf.narrow(0, 0, n), dst, tag);
     }
   }
@@ -199,8 +179,12 @@ std::string recv_files(distributed::ProcessGroup& pg, int src, int tag, const st
     for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
       at::Tensor part = buf.narrow(0, 0, std::min(kTransferChunkBytes, f.size - off));
       pg.recv(part, src, tag);
-      if (fd.fd >= 0 && error.empty() && !write_all(fd.fd, static_cast<const char*>(part.data_ptr()), part.numel()))
-        error = "cannot write '" + path.string() + "': " + std::strerror(errno);
+      if (fd.fd >= 0 && error.empty()) try {
+          checkpoint::io::pwrite_all(fd.fd, static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()),
+                                     static_cast<uint64_t>(off), "'" + path.string() + "'");
+        } catch (const std::exception& e) {
+          error = e.what();
+        }
     }
     if (fd.fd >= 0 && error.empty() && ::fsync(fd.fd) != 0) error = "cannot fsync '" + path.string() + "': " + std::strerror(errno);
   }
