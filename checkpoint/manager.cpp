@@ -313,27 +313,14 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
   const nlohmann::json meta = {{"step", step}, {"metrics", metrics}, {"time", info.time}};
   if (!async_) {
     sync_.save(path, args, meta);
-    const CheckpointInfo saved = committed_info(info, path);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      add_committed_locked(saved);
-    }
-    apply_retention();
+    record_committed(info, path);
     return true;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.push_back(info);  // steps grow: the list stays sorted
   }
-  auto committed = [this, info, path] {
-    const CheckpointInfo saved = committed_info(info, path);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      add_committed_locked(saved);
-      erase_pending_locked(info.step);
-    }
-    apply_retention();
-  };
+  auto committed = [this, info, path] { record_committed(info, path); };
   auto failed = [this, step](std::exception_ptr) {
     std::lock_guard<std::mutex> lock(mu_);
     erase_pending_locked(step);
@@ -349,6 +336,17 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
 
 bool CheckpointManager::pending_locked(int64_t step) const {
   return std::any_of(pending_.begin(), pending_.end(), [step](const CheckpointInfo& p) { return p.step == step; });
+}
+
+// A save of this manager committed: listed (no longer pending), then retention runs.
+void CheckpointManager::record_committed(const CheckpointInfo& info, const stdfs::path& path) {
+  const CheckpointInfo saved = committed_info(info, path);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    add_committed_locked(saved);
+    erase_pending_locked(info.step);
+  }
+  apply_retention();
 }
 
 void CheckpointManager::erase_pending_locked(int64_t step) {

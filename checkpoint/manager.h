@@ -142,6 +142,7 @@ class CheckpointManager {
   std::vector<CheckpointInfo> pending_;  // the async saves in flight (at most 2), by step
   bool pending_locked(int64_t step) const;
   void erase_pending_locked(int64_t step);
+  void record_committed(const CheckpointInfo& info, const std::filesystem::path& path);
   mutable std::optional<std::pair<int64_t, bool>> agreed_preemption_;  // (step, any rank saw one)
   bool closed_ = false;
   bool signals_installed_ = false;

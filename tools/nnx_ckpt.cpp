@@ -295,6 +295,17 @@ int cmd_plot(const std::string& dir, const std::string& out) {
   return 0;
 }
 
+// Step 0 of the run `config` describes, from a PyTorch state dict (nnx-train does the work).
+int cmd_import(const std::string& config, const std::vector<std::string>& overrides, const std::string& state_dict,
+               const std::string& mapping) {
+  auto cfg = nnx::trainer::load_config(config, overrides);
+  nnx::trainer::RunOptions ro;
+  ro.init_from_torch = state_dict;
+  ro.torch_mapping = mapping;
+  ro.import_only = true;
+  return nnx::trainer::train(cfg, ro);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -303,16 +314,17 @@ int main(int argc, char** argv) {
   std::string dir, dir_b;
   int64_t step = -1;
   std::string local;
+  const std::string local_help = "the run's checkpoint.local.directory (default: the run dir's default)";
   auto* list = app.add_subcommand("list", "list committed steps with time, bytes, metrics (and the local tier's)");
   list->add_option("DIR", dir, "run dir or checkpoints dir")->required();
-  list->add_option("--local", local, "the run's checkpoint.local.directory (default: the run dir's default)");
+  list->add_option("--local", local, local_help);
   auto* show = app.add_subcommand("show", "items and variables of a step (default latest)");
   show->add_option("DIR", dir)->required();
   show->add_option("STEP", step);
   auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step of both tiers, or STEP)");
   ver->add_option("DIR", dir)->required();
   ver->add_option("STEP", step);
-  ver->add_option("--local", local, "the run's checkpoint.local.directory (default: the run dir's default)");
+  ver->add_option("--local", local, local_help);
   auto* dif = app.add_subcommand(
       "diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
   dif->add_option("A", dir)->required();
@@ -351,14 +363,7 @@ int main(int argc, char** argv) {
     if (*dif) return cmd_diff(dir, dir_b);
     if (*exp) return cmd_export(dir, s, format, item, out);
     if (*plt) return cmd_plot(dir, out);
-    if (*imp) {
-      auto cfg = nnx::trainer::load_config(config, overrides);
-      nnx::trainer::RunOptions ro;
-      ro.init_from_torch = state_dict;
-      ro.torch_mapping = mapping;
-      ro.import_only = true;
-      return nnx::trainer::train(cfg, ro);
-    }
+    if (*imp) return cmd_import(config, overrides, state_dict, mapping);
     return 2;
   });
 }

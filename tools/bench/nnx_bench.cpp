@@ -149,223 +149,250 @@ State make_state(int n, int64_t numel) {
 }
 
 // ---- checkpoint rows: 400 MB fp32 in 100 tensors --------------------------------------------
-void bench_checkpoint(const stdfs::path& dir, int reps) {
-  const int n = 100;
-  const int64_t numel = 1000 * 1000;  // 4 MB each, 400 MB total
+// The 400 MB state (100 fp32 tensors of 4 MB) the checkpoint rows save and restore, each
+// contender's save, and what the later rows compare with (filled by the earlier ones).
+struct CheckpointBench {
+  stdfs::path dir;
+  int reps = 0;
+  static constexpr int n = 100;
+  static constexpr int64_t numel = 1000 * 1000;
   State s = make_state(n, numel);
-  const double mb = s.nbytes() / 1e6;
   std::vector<at::Tensor> tensors;
-  for (auto& [p, vs] : s) tensors.push_back(vs.value);
-
-  // The contenders run in alternating rounds (ours, raw, torch, then again) and each row
-  // reports the median of the per-round ratios, so drift of this machine's speed between
-  // blocks of repetitions does not enter a ratio.
   Checkpointer ck, ck_buffered;
-  ck_buffered.write_options.direct_io = false;
-  auto save_ours = [&](const stdfs::path& p) { ck.save(p, Composite{{"params", StandardSave(s)}}); };
-  auto save_buffered = [&](const stdfs::path& p) { ck_buffered.save(p, Composite{{"params", StandardSave(s)}}); };
-  auto raw_write = [&](const stdfs::path& p) { write_raw_fsync(p, tensors); };
-  auto save_torch = [&](const stdfs::path& p) {
+  double t_ours = 0, t_ours_kept = 0;       // sync save, without and with retention (s)
+  double restore_s = 0, restore_cold_s = 0;  // restore of "ours0", page-cached and cold (s)
+
+  CheckpointBench(stdfs::path d, int r) : dir(std::move(d)), reps(r) {
+    for (auto& [p, vs] : s) tensors.push_back(vs.value);
+    ck_buffered.write_options.direct_io = false;
+  }
+  void save_ours(const stdfs::path& p) { ck.save(p, Composite{{"params", StandardSave(s)}}); }
+  void save_buffered(const stdfs::path& p) { ck_buffered.save(p, Composite{{"params", StandardSave(s)}}); }
+  void raw_write(const stdfs::path& p) { write_raw_fsync(p, tensors); }
+  void save_torch(const stdfs::path& p) {
     torch::save(tensors, p.string());
     fsync_file(p.string());
-  };
-  std::vector<double> ours_v, raw_v, torch_v, buffered_v;
-  for (int i = 0; i < reps; ++i) {
-    ours_v.push_back(time_once([&] { save_ours(dir / ("ours" + std::to_string(i))); }));
-    raw_v.push_back(time_once([&] { raw_write(dir / ("raw" + std::to_string(i))); }));
-    torch_v.push_back(time_once([&] { save_torch(dir / ("torch" + std::to_string(i) + ".pt")); }));
-    buffered_v.push_back(time_once([&] { save_buffered(dir / ("buffered" + std::to_string(i))); }));
   }
-  const double t_ours = median(ours_v);
+};
+
+// Drops a file from the page cache (its dirty pages written first): the next read is cold.
+void evict_from_page_cache(const stdfs::path& f) {
+  int fd = ::open(f.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+// The contenders run in alternating rounds (ours, raw, torch, then again) and each row
+// reports the median of the per-round ratios, so drift of this machine's speed between
+// blocks of repetitions does not enter a ratio.
+void bench_save(CheckpointBench& b) {
+  std::vector<double> ours_v, raw_v, torch_v, buffered_v;
+  for (int i = 0; i < b.reps; ++i) {
+    const std::string k = std::to_string(i);
+    ours_v.push_back(time_once([&] { b.save_ours(b.dir / ("ours" + k)); }));
+    raw_v.push_back(time_once([&] { b.raw_write(b.dir / ("raw" + k)); }));
+    torch_v.push_back(time_once([&] { b.save_torch(b.dir / ("torch" + k + ".pt")); }));
+    buffered_v.push_back(time_once([&] { b.save_buffered(b.dir / ("buffered" + k)); }));
+  }
+  b.t_ours = median(ours_v);
   add_rounds("save 400 MB fsync'd (100 fp32 tensors)", ours_v, raw_v, " s", "raw write+fsync", 1.10);
   add_rounds("save 400 MB vs torch::save (+fsync)", ours_v, torch_v, " s", "torch::save", 0.85);
   add_rounds("save 400 MB through the page cache (direct_io off)", buffered_v, raw_v, " s", "raw write+fsync", 0);
-  {
-    std::string out = run_capture("/usr/bin/python3 " + std::string(NNX_SOURCE_DIR) + "/tools/bench/h5py_save.py " +
-                                  (dir / "h5py.h5").string() + " 100 1000000 2>/dev/null");
-    if (!out.empty()) add("save 400 MB vs h5py (+fsync)", t_ours, std::stod(out), " s", "h5py", 0);
-    else rows.push_back({"save 400 MB vs h5py", fmt(t_ours, " s"), "python3-h5py missing", "-", "reported", ""});
-  }
-  std::cerr << "  save: ours " << mb / t_ours << " MB/s, raw " << mb / median(raw_v) << " MB/s\n";
+  std::string out = run_capture("/usr/bin/python3 " + std::string(NNX_SOURCE_DIR) + "/tools/bench/h5py_save.py " +
+                                (b.dir / "h5py.h5").string() + " 100 1000000 2>/dev/null");
+  if (!out.empty()) add("save 400 MB vs h5py (+fsync)", b.t_ours, std::stod(out), " s", "h5py", 0);
+  else rows.push_back({"save 400 MB vs h5py", fmt(b.t_ours, " s"), "python3-h5py missing", "-", "reported", ""});
+  const double mb = b.s.nbytes() / 1e6;
+  std::cerr << "  save: ours " << mb / b.t_ours << " MB/s, raw " << mb / median(raw_v) << " MB/s\n";
+}
 
-  // The same, in the steady state of a CheckpointManager with retention: before each save,
-  // every contender deletes its own previous one (the rows above keep every file). On the test
-  // VM buffered writes (raw, torch::save) are bimodal, 0.19-1.1 s per 400 MB, and the fast mode
-  // is likelier right after a delete; our save writes large datasets with O_DIRECT (0.19-0.27 s
-  // either way). Round 0 only makes the first files.
-  double t_ours_kept = 0;
-  {
-    std::vector<double> ours_k, raw_k, torch_k, buffered_k;
-    auto keep1 = [&](const std::string& base, int i, std::vector<double>& out, const std::function<void(const stdfs::path&)>& save) {
-      std::error_code ec;
-      nnx::checkpoint::fs::remove_tree(dir / (base + std::to_string(i - 1)), ec);
-      const double t = time_once([&] { save(dir / (base + std::to_string(i))); });
-      if (i > 0) out.push_back(t);
-    };
-    for (int i = 0; i <= reps; ++i) {
-      keep1("keep-ours", i, ours_k, save_ours);
-      keep1("keep-raw", i, raw_k, raw_write);
-      keep1("keep-torch", i, torch_k, save_torch);
-      keep1("keep-buffered", i, buffered_k, save_buffered);
-    }
-    std::error_code ec;
-    for (const char* b : {"keep-ours", "keep-raw", "keep-torch", "keep-buffered"}) nnx::checkpoint::fs::remove_tree(dir / (b + std::to_string(reps)), ec);
-    t_ours_kept = median(ours_k);
-    add_rounds("save 400 MB with retention (previous file deleted first)", ours_k, raw_k, " s", "raw write+fsync", 1.10);
-    add_rounds("save 400 MB with retention vs torch::save", ours_k, torch_k, " s", "torch::save", 0.85);
-    add_rounds("save 400 MB with retention through the page cache (direct_io off)", buffered_k, raw_k, " s", "raw write+fsync", 0);
-  }
-
-  // Restore (the files are in the page cache for every contender, filled by reading them).
-  State templ;
-  for (auto& [p, vs] : s) templ.insert(p, {vs.kind, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
-  ReadOptions no_verify;
-  no_verify.verify_checksums = false;
-  std::vector<double> restore_v, restore_nv_v, read_v, tload_v, unchecked_v;
-  // Every round reads the first save's files (one set, so it stays in the page cache), and the
-  // order of the four contenders rotates from round to round (no contender always goes first).
+// The same, in the steady state of a CheckpointManager with retention: before each save,
+// every contender deletes its own previous one (the rows above keep every file). On the test
+// VM buffered writes (raw, torch::save) are bimodal, 0.19-1.1 s per 400 MB, and the fast mode
+// is likelier right after a delete; our save writes large datasets with O_DIRECT (0.19-0.27 s
+// either way). Round 0 only makes the first files.
+void bench_save_with_retention(CheckpointBench& b) {
+  std::vector<double> ours_k, raw_k, torch_k, buffered_k;
   std::error_code ec;
-  for (int i = 0; i < reps; ++i) {
-    nnx::checkpoint::fs::remove_tree(dir / ("buffered" + std::to_string(i)), ec);
+  auto keep1 = [&](const std::string& base, int i, std::vector<double>& out, const std::function<void(const stdfs::path&)>& save) {
+    nnx::checkpoint::fs::remove_tree(b.dir / (base + std::to_string(i - 1)), ec);
+    const double t = time_once([&] { save(b.dir / (base + std::to_string(i))); });
+    if (i > 0) out.push_back(t);
+  };
+  for (int i = 0; i <= b.reps; ++i) {
+    keep1("keep-ours", i, ours_k, [&](const stdfs::path& p) { b.save_ours(p); });
+    keep1("keep-raw", i, raw_k, [&](const stdfs::path& p) { b.raw_write(p); });
+    keep1("keep-torch", i, torch_k, [&](const stdfs::path& p) { b.save_torch(p); });
+    keep1("keep-buffered", i, buffered_k, [&](const stdfs::path& p) { b.save_buffered(p); });
+  }
+  for (const char* base : {"keep-ours", "keep-raw", "keep-torch", "keep-buffered"})
+    nnx::checkpoint::fs::remove_tree(b.dir / (base + std::to_string(b.reps)), ec);
+  b.t_ours_kept = median(ours_k);
+  add_rounds("save 400 MB with retention (previous file deleted first)", ours_k, raw_k, " s", "raw write+fsync", 1.10);
+  add_rounds("save 400 MB with retention vs torch::save", ours_k, torch_k, " s", "torch::save", 0.85);
+  add_rounds("save 400 MB with retention through the page cache (direct_io off)", buffered_k, raw_k, " s", "raw write+fsync", 0);
+}
+
+// The restore contenders over the first save's files ("ours0", "raw0", "torch0.pt").
+struct RestoreContenders {
+  CheckpointBench& b;
+  State templ;
+  explicit RestoreContenders(CheckpointBench& bench) : b(bench) {
+    for (auto& [p, vs] : b.s) templ.insert(p, {vs.kind, at::empty(vs.value.sizes(), at::TensorOptions().device(at::kMeta)), {}});
+  }
+  void ours(const ReadOptions& o = {}) { b.ck.restore(b.dir / "ours0", Composite{{"params", StandardRestore(templ, o)}}); }
+  // Without the structure check before HDF5 opens the file (what it was before): the same
+  // metadata read, open and read_state.
+  void unchecked() {
+    read_metadata(b.dir / "ours0");
+    H5File f = H5File::open((b.dir / "ours0" / kCheckpointFile).string());
+    read_state(f, "params", templ, ReadOptions{});
+  }
+  void raw_read() {
+    int fd = ::open((b.dir / "raw0").c_str(), O_RDONLY);
+    std::vector<at::Tensor> out;
+    for (int j = 0; j < CheckpointBench::n; ++j) {
+      at::Tensor t = at::empty({CheckpointBench::numel});
+      char* p = static_cast<char*>(t.data_ptr());
+      size_t len = CheckpointBench::numel * 4, done = 0;
+      while (done < len) done += static_cast<size_t>(::read(fd, p + done, len - done));
+      out.push_back(t);
+    }
+    ::close(fd);
+  }
+  void torch_load() {
+    std::vector<at::Tensor> out;
+    torch::load(out, (b.dir / "torch0.pt").string());
+  }
+};
+
+// Restore, the files in the page cache for every contender, filled by reading them. Every
+// round reads the first save's files (one set, so it stays in the page cache), and the order
+// of the contenders rotates from round to round (no contender always goes first).
+void bench_restore_warm(CheckpointBench& b, RestoreContenders& r) {
+  std::error_code ec;
+  for (int i = 0; i < b.reps; ++i) {
+    nnx::checkpoint::fs::remove_tree(b.dir / ("buffered" + std::to_string(i)), ec);
     if (i > 0)
       for (const std::string& f : {"ours" + std::to_string(i), "raw" + std::to_string(i), "torch" + std::to_string(i) + ".pt"})
-        nnx::checkpoint::fs::remove_tree(dir / f, ec);
+        nnx::checkpoint::fs::remove_tree(b.dir / f, ec);
   }
   // Every contender's file leaves the page cache, and the warm-up round below reads it back in,
   // so all cached pages come from reads: a file written with O_DIRECT has none cached, and on
   // this kernel pages filled by reads copy slower than pages left by buffered writes (38-46 vs
   // 25-32 ms per 400 MB, nnx-microbench BM_Restore400MB/x/1 vs /x/0).
-  auto evict = [](const stdfs::path& f) {
-    int fd = ::open(f.c_str(), O_RDONLY);
-    if (fd < 0) return;
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-  };
-  for (const stdfs::path& f : {dir / "ours0" / "checkpoint.h5", dir / "raw0", dir / "torch0.pt"}) evict(f);
-  auto restore_ours = [&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ)}}); };
-  // The restore without the structure check before HDF5 opens the file (what it was before):
-  // the same metadata read, open and read_state.
-  auto restore_unchecked = [&] {
-    read_metadata(dir / "ours0");
-    H5File f = H5File::open((dir / "ours0" / kCheckpointFile).string());
-    read_state(f, "params", templ, ReadOptions{});
-  };
-  auto raw_read = [&] {
-    int fd = ::open((dir / "raw0").c_str(), O_RDONLY);
-    std::vector<at::Tensor> out;
-    for (int j = 0; j < n; ++j) {
-      at::Tensor t = at::empty({numel});
-      char* b = static_cast<char*>(t.data_ptr());
-      size_t len = numel * 4, done = 0;
-      while (done < len) done += static_cast<size_t>(::read(fd, b + done, len - done));
-      out.push_back(t);
-    }
-    ::close(fd);
-  };
+  for (const stdfs::path& f : {b.dir / "ours0" / "checkpoint.h5", b.dir / "raw0", b.dir / "torch0.pt"}) evict_from_page_cache(f);
+  ReadOptions no_verify;
+  no_verify.verify_checksums = false;
+  std::vector<double> restore_v, restore_nv_v, read_v, tload_v, unchecked_v;
   std::vector<std::function<void()>> contenders = {
-      [&] { restore_v.push_back(time_once(restore_ours)); },
-      [&] { read_v.push_back(time_once(raw_read)); },
-      [&] { restore_nv_v.push_back(time_once([&] { ck.restore(dir / "ours0", Composite{{"params", StandardRestore(templ, no_verify)}}); })); },
-      [&] { unchecked_v.push_back(time_once(restore_unchecked)); },
-      [&] {
-        tload_v.push_back(time_once([&] {
-          std::vector<at::Tensor> out;
-          torch::load(out, (dir / "torch0.pt").string());
-        }));
-      }};
+      [&] { restore_v.push_back(time_once([&] { r.ours(); })); },
+      [&] { read_v.push_back(time_once([&] { r.raw_read(); })); },
+      [&] { restore_nv_v.push_back(time_once([&] { r.ours(no_verify); })); },
+      [&] { unchecked_v.push_back(time_once([&] { r.unchecked(); })); },
+      [&] { tload_v.push_back(time_once([&] { r.torch_load(); })); }};
   for (const auto& c : contenders) c();  // warm-up round: every file read once, not counted
   restore_v.clear(), read_v.clear(), restore_nv_v.clear(), tload_v.clear(), unchecked_v.clear();
-  for (int i = 0; i < reps; ++i)
+  for (int i = 0; i < b.reps; ++i)
     for (size_t k = 0; k < contenders.size(); ++k) contenders[(k + static_cast<size_t>(i)) % contenders.size()]();
+  b.restore_s = median(restore_v);
   add_rounds("restore 400 MB (checksums verified)", restore_v, read_v, " s", "raw read", 1.10);
   add_rounds("restore 400 MB without checksum verification", restore_nv_v, read_v, " s", "raw read", 0);
   add_rounds("restore 400 MB vs torch::load", restore_v, tload_v, " s", "torch::load", 0);
   add_rounds("restore 400 MB: the structure check before HDF5 opens the file", restore_v, unchecked_v, " s",
              "without it", 1.05);
-  // Cold: each file dropped from the page cache just before it is read (a resume after
-  // preemption on another machine reads a cold file). Ours goes first in even rounds.
+}
+
+// Cold: each file dropped from the page cache just before it is read (a resume after
+// preemption on another machine reads a cold file). Ours goes first in even rounds.
+void bench_restore_cold(CheckpointBench& b, RestoreContenders& r) {
   std::vector<double> cold_ours, cold_raw, cold_unchecked;
-  auto cold_ours_once = [&] {
-    evict(dir / "ours0" / "checkpoint.h5");
-    cold_ours.push_back(time_once(restore_ours));
+  const stdfs::path ours = b.dir / "ours0" / "checkpoint.h5";
+  auto cold = [](const stdfs::path& f, std::vector<double>& out, const std::function<void()>& read) {
+    evict_from_page_cache(f);
+    out.push_back(time_once(read));
   };
-  auto cold_raw_once = [&] {
-    evict(dir / "raw0");
-    cold_raw.push_back(time_once(raw_read));
-  };
-  auto cold_unchecked_once = [&] {
-    evict(dir / "ours0" / "checkpoint.h5");
-    cold_unchecked.push_back(time_once(restore_unchecked));
-  };
-  for (int i = 0; i < reps; ++i) {
-    if (i % 2 == 0) cold_ours_once(), cold_raw_once(), cold_unchecked_once();
-    else cold_unchecked_once(), cold_raw_once(), cold_ours_once();
+  auto ours_once = [&] { cold(ours, cold_ours, [&] { r.ours(); }); };
+  auto raw_once = [&] { cold(b.dir / "raw0", cold_raw, [&] { r.raw_read(); }); };
+  auto unchecked_once = [&] { cold(ours, cold_unchecked, [&] { r.unchecked(); }); };
+  for (int i = 0; i < b.reps; ++i) {
+    if (i % 2 == 0) ours_once(), raw_once(), unchecked_once();
+    else unchecked_once(), raw_once(), ours_once();
   }
+  b.restore_cold_s = median(cold_ours);
   add_rounds("restore 400 MB cold (dropped from the page cache first)", cold_ours, cold_raw, " s", "raw read, cold", 0);
   add_rounds("restore 400 MB cold: the structure check before HDF5 opens the file", cold_ours, cold_unchecked, " s",
              "without it, cold", 1.05);
-  // The structure check alone (what the two rows above add), warm and cold, against the restore.
-  {
-    const auto st = read_metadata(dir / "ours0")["files"][kCheckpointFile]["structure"];
-    std::vector<fs::ByteRange> skip;
-    for (const auto& r : st["skip"]) skip.push_back({r[0].get<int64_t>(), r[1].get<int64_t>()});
-    const stdfs::path f = dir / "ours0" / kCheckpointFile;
-    std::vector<double> warm, cold;
-    for (int i = 0; i < reps; ++i) warm.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
-    for (int i = 0; i < reps; ++i) {
-      evict(f);
-      cold.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+}
+
+// The structure check alone (what the rows "the structure check before HDF5 opens the file"
+// add), warm and cold, against the restore.
+void bench_structure_check(const CheckpointBench& b) {
+  const auto st = read_metadata(b.dir / "ours0")["files"][kCheckpointFile]["structure"];
+  std::vector<fs::ByteRange> skip;
+  for (const auto& r : st["skip"]) skip.push_back({r[0].get<int64_t>(), r[1].get<int64_t>()});
+  const stdfs::path f = b.dir / "ours0" / kCheckpointFile;
+  std::vector<double> warm, cold;
+  for (int i = 0; i < b.reps; ++i) warm.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+  for (int i = 0; i < b.reps; ++i) {
+    evict_from_page_cache(f);
+    cold.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+  }
+  rows.push_back({"structure check alone, 400 MB checkpoint (" + std::to_string(skip.size()) + " large datasets)",
+                  "warm " + fmt(median(warm) * 1e3, " ms", 2) + ", cold " + fmt(median(cold) * 1e3, " ms", 2),
+                  "restore " + fmt(b.restore_s * 1e3, " ms", 1) + ", cold " + fmt(b.restore_cold_s * 1e3, " ms", 1),
+                  fmt(median(warm) / b.restore_s, "", 3) + ", cold " + fmt(median(cold) / b.restore_cold_s, "", 3),
+                  "reported", ""});
+}
+
+// Async: how long save() blocks the caller (the previous save has finished each time),
+// against the sync save; in-save snapshot, then deferred (issue 19: save() records what to
+// copy and returns; the copy runs on the pool beside the caller).
+void bench_async_blocking(CheckpointBench& b) {
+  auto blocking_ms = [&](io::SnapshotTiming timing, const std::string& name) {
+    AsyncCheckpointer ack;
+    ack.snapshot_timing = timing;
+    std::vector<double> blocked;
+    for (int i = 0; i < b.reps; ++i) {
+      ack.wait_until_finished();
+      blocked.push_back(time_once([&] { ack.save(b.dir / (name + std::to_string(i)), Composite{{"params", StandardSave(b.s)}}); }) * 1e3);
     }
-    rows.push_back({"structure check alone, 400 MB checkpoint (" + std::to_string(skip.size()) + " large datasets)",
-                    "warm " + fmt(median(warm) * 1e3, " ms", 2) + ", cold " + fmt(median(cold) * 1e3, " ms", 2),
-                    "restore " + fmt(median(restore_v) * 1e3, " ms", 1) + ", cold " + fmt(median(cold_ours) * 1e3, " ms", 1),
-                    fmt(median(warm) / median(restore_v), "", 3) + ", cold " + fmt(median(cold) / median(cold_ours), "", 3),
-                    "reported", ""});
-  }
-
-  // Async: how long save() blocks the caller (the previous save has finished each time),
-  // against the sync save.
-  AsyncCheckpointer ack;
-  std::vector<double> blocked;
-  for (int i = 0; i < reps; ++i) {
     ack.wait_until_finished();
-    auto t0 = Clock::now();
-    ack.save(dir / ("async" + std::to_string(i)), Composite{{"params", StandardSave(s)}});
-    blocked.push_back(secs_since(t0));
-  }
-  ack.wait_until_finished();
-  std::sort(blocked.begin(), blocked.end());
-  add("async save: time save() blocks / sync save", blocked[blocked.size() / 2], t_ours, " s", "sync save", 0.10);
-  add("async save: time save() blocks / sync save with retention", blocked[blocked.size() / 2], t_ours_kept, " s",
-      "sync save", 0.10);
+    return median(blocked);
+  };
+  const double in_save = blocking_ms(io::SnapshotTiming::kInSave, "async") / 1e3;
+  add("async save: time save() blocks / sync save", in_save, b.t_ours, " s", "sync save", 0.10);
+  add("async save: time save() blocks / sync save with retention", in_save, b.t_ours_kept, " s", "sync save", 0.10);
+  // Milliseconds, so the table shows the blocking time's digits.
+  const double deferred = blocking_ms(io::SnapshotTiming::kDeferred, "deferred");
+  add("async save, deferred snapshot: time save() blocks / sync save", deferred, b.t_ours * 1e3, " ms", "sync save", 0.01);
+  add("async save, deferred snapshot: time save() blocks / sync save with retention", deferred, b.t_ours_kept * 1e3,
+      " ms", "sync save", 0.01);
+}
 
-  // Deferred snapshot (issue 19): save() records what to copy and returns; the copy runs on the
-  // pool beside the caller. Milliseconds, so the table shows the blocking time's digits.
-  AsyncCheckpointer dck;
-  dck.snapshot_timing = io::SnapshotTiming::kDeferred;
-  std::vector<double> deferred;
-  for (int i = 0; i < reps; ++i) {
-    dck.wait_until_finished();
-    auto t0 = Clock::now();
-    dck.save(dir / ("deferred" + std::to_string(i)), Composite{{"params", StandardSave(s)}});
-    deferred.push_back(secs_since(t0) * 1e3);
-  }
-  dck.wait_until_finished();
-  add("async save, deferred snapshot: time save() blocks / sync save", median(deferred), t_ours * 1e3, " ms",
-      "sync save", 0.01);
-  add("async save, deferred snapshot: time save() blocks / sync save with retention", median(deferred),
-      t_ours_kept * 1e3, " ms", "sync save", 0.01);
-
-  // Peak memory of a sync save above the state's own size.
+// Peak memory of a sync save above the state's own size.
+void bench_save_peak_memory(CheckpointBench& b) {
   std::ofstream("/proc/self/clear_refs") << "5";  // resets VmHWM
-  int64_t base = rss_kb("VmRSS:");
-  ck.save(dir / "peak", Composite{{"params", StandardSave(s)}});
-  int64_t peak = rss_kb("VmHWM:");
-  double extra_mb = (peak - base) / 1024.0;
-  double allowed = 4.0 + 64.0;  // largest tensor (4 MB) + 64 MB
+  const int64_t base = rss_kb("VmRSS:");
+  b.save_ours(b.dir / "peak");
+  const double extra_mb = (rss_kb("VmHWM:") - base) / 1024.0;
+  const double allowed = 4.0 + 64.0;  // largest tensor (4 MB) + 64 MB
   rows.push_back({"sync save peak memory above the state", fmt(extra_mb, " MB", 1), "largest tensor 4 MB + 64 MB",
                   fmt(extra_mb / allowed, "", 3), "<= 1.00", extra_mb <= allowed ? "ok" : "MISSED"});
+}
+
+void bench_checkpoint(const stdfs::path& dir, int reps) {
+  CheckpointBench b(dir, reps);
+  bench_save(b);
+  bench_save_with_retention(b);
+  RestoreContenders r(b);
+  bench_restore_warm(b, r);
+  bench_restore_cold(b, r);
+  bench_structure_check(b);
+  bench_async_blocking(b);
+  bench_save_peak_memory(b);
 }
 
 // ---- optimizer: 10 M params in 100 tensors ---------------------------------------------------
@@ -521,11 +548,7 @@ void bench_local_tier(const stdfs::path& dir, int reps) {
     lm.wait_until_finished();
     pm.restore(i, restore_args);  // reads the file into the page cache (it was written with O_DIRECT)
     restore_warm.push_back(time_once([&] { pm.restore(i, restore_args); }));
-    const stdfs::path f = pm.step_path(i) / kCheckpointFile;
-    int fd = ::open(f.c_str(), O_RDONLY);
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
+    evict_from_page_cache(pm.step_path(i) / kCheckpointFile);
     restore_cold.push_back(time_once([&] { pm.restore(i, restore_args); }));
     restore_local.push_back(time_once([&] { lm.restore(i, restore_args); }));
   }
@@ -963,6 +986,45 @@ void bench_distributed_save(const stdfs::path& dir, int reps) {
   add("2-rank save vs 1-rank save (400 MB, same disk)", two, one, " s", "1 rank", 0);
 }
 
+// Runs the rows `only` names (all but gpu when empty), `reps` repetitions each, files in `dir`.
+void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::path& dir, int reps) {
+  auto want = [&](const std::string& s) { return only.empty() || std::find(only.begin(), only.end(), s) != only.end(); };
+  at::manual_seed(0);
+  if (want("eval_shape")) { std::cerr << "eval_shape...\n"; bench_eval_shape(); }
+  // The optimizer row runs first with glibc's default malloc settings (how a program runs
+  // torch::optim::Adam, which allocates temporaries every step), then again with freed memory
+  // kept in the process, where no contender pays page faults for its temporaries.
+  if (want("optimizer")) { std::cerr << "optimizer...\n"; bench_optimizer(reps, "glibc default malloc settings", 1.0); }
+  // The remaining in-process rows (checkpoint I/O) measure I/O paths, not how this process's
+  // heap happens to be fragmented: freed memory stays mapped (as in nnx-train) for ours and
+  // the anchors alike.
+  nnx::trainer::keep_freed_memory();
+  if (want("optimizer")) bench_optimizer(reps, "freed memory kept, as nnx-train does", 1.0);
+  if (want("checkpoint")) { std::cerr << "checkpoint (400 MB)...\n"; bench_checkpoint(dir, reps); }
+  if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
+  if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
+  if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
+  if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
+  if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
+  if (want("local_tier")) {
+    std::cerr << "local tier (400 MB)...\n";
+    bench_local_tier(dir, reps);
+    bench_local_replicas(reps);
+  }
+  if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
+}
+
+// The table in Markdown on stdout, and as JSON in `json_out` when given.
+void print_table(const std::string& json_out) {
+  std::cout << "| benchmark | ours | anchor | ratio | target | |\n|---|---|---|---|---|---|\n";
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& r : rows) {
+    std::cout << "| " << r.name << " | " << r.ours << " | " << r.anchor << " | " << r.ratio << " | " << r.target << " | " << r.verdict << " |\n";
+    j.push_back({{"benchmark", r.name}, {"ours", r.ours}, {"anchor", r.anchor}, {"ratio", r.ratio}, {"target", r.target}, {"verdict", r.verdict}});
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << j.dump(2) << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -995,46 +1057,16 @@ int main(int argc, char** argv) {
     std::cout << plain_examples_per_sec(plain_model == "cnn", plain_steps, 2, ds) << "\n";
     return 0;
   }
-  auto want = [&](const std::string& s) { return only.empty() || std::find(only.begin(), only.end(), s) != only.end(); };
   stdfs::path dir = dir_arg.empty() ? stdfs::temp_directory_path() / ("nnx-bench-" + std::to_string(::getpid())) : stdfs::path(dir_arg);
   stdfs::create_directories(dir);
-  const int reps = reps_override > 0 ? reps_override : (quick ? 3 : 5);
-  at::manual_seed(0);
   try {
-    if (want("eval_shape")) { std::cerr << "eval_shape...\n"; bench_eval_shape(); }
-    // The optimizer row runs first with glibc's default malloc settings (how a program runs
-    // torch::optim::Adam, which allocates temporaries every step), then again with freed memory
-    // kept in the process, where no contender pays page faults for its temporaries.
-    if (want("optimizer")) { std::cerr << "optimizer...\n"; bench_optimizer(reps, "glibc default malloc settings", 1.0); }
-    // The remaining in-process rows (checkpoint I/O) measure I/O paths, not how this process's
-    // heap happens to be fragmented: freed memory stays mapped (as in nnx-train) for ours and
-    // the anchors alike.
-    nnx::trainer::keep_freed_memory();
-    if (want("optimizer")) bench_optimizer(reps, "freed memory kept, as nnx-train does", 1.0);
-    if (want("checkpoint")) { std::cerr << "checkpoint (400 MB)...\n"; bench_checkpoint(dir, reps); }
-    if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
-    if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
-    if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
-    if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir); }
-    if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
-    if (want("local_tier")) {
-      std::cerr << "local tier (400 MB)...\n";
-      bench_local_tier(dir, reps);
-      bench_local_replicas(reps);
-    }
-    if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
+    run_rows(only, quick, dir, reps_override > 0 ? reps_override : (quick ? 3 : 5));
   } catch (const std::exception& e) {
     std::cerr << "nnx-bench: error: " << e.what() << "\n";
     return 1;
   }
   std::error_code ec;
   if (dir_arg.empty()) nnx::checkpoint::fs::remove_tree(dir, ec);
-  std::cout << "| benchmark | ours | anchor | ratio | target | |\n|---|---|---|---|---|---|\n";
-  nlohmann::json j = nlohmann::json::array();
-  for (const auto& r : rows) {
-    std::cout << "| " << r.name << " | " << r.ours << " | " << r.anchor << " | " << r.ratio << " | " << r.target << " | " << r.verdict << " |\n";
-    j.push_back({{"benchmark", r.name}, {"ours", r.ours}, {"anchor", r.anchor}, {"ratio", r.ratio}, {"target", r.target}, {"verdict", r.verdict}});
-  }
-  if (!json_out.empty()) std::ofstream(json_out) << j.dump(2) << "\n";
+  print_table(json_out);
   return 0;
 }

@@ -392,11 +392,9 @@ CudnnConfig parse_cudnn(Section& cudnn) {
   return c;
 }
 
-}  // namespace
-
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  Source src;
-  src.file = path;
+// The YAML file at `path` (an empty file is an empty mapping). Throws nnx::Error naming the file,
+// and the line and column of a syntax error.
+YAML::Node read_yaml(const std::string& path) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
@@ -407,6 +405,90 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   NNX_CHECK(root.IsMap(), path, ": the config must be a mapping of sections");
+  return root;
+}
+
+// data: which dataset, where, and whether it fits model.type (set before).
+void parse_data(Section& top, Config& c) {
+  Section data = top.sub("data");
+  c.data.dataset = data.one_of("dataset", c.model.type == "gpt" ? "text" : "fashion_mnist", {"fashion_mnist", "text", "synthetic"});
+  c.data.root = data.get<std::string>("root", c.data.root);
+  c.data.path = data.get<std::string>("path", "");
+  c.data.block_size = data.in_range<int64_t>("block_size", 64, 1, 1 << 16);
+  c.data.size = data.in_range<int64_t>("size", 2048, 1, 1e9);
+  c.data.features = data.in_range<int64_t>("features", 16, 1, 1 << 20);
+  c.data.classes = data.in_range<int64_t>("classes", 4, 2, 1 << 20);
+  c.data.shuffle = data.get<bool>("shuffle", true);
+  c.data.limit = data.in_range<int64_t>("limit", 0, 0, 1e12);
+  if (c.data.dataset == "text" && c.data.path.empty()) throw Error(c.source + ": missing required key 'data.path' (dataset: text)");
+  if ((c.model.type == "gpt") != (c.data.dataset == "text"))
+    data.fail_at(data.raw("dataset"), "data.dataset", " = '", c.data.dataset, "' does not fit model.type '", c.model.type,
+                 "' (gpt trains on text, mlp and cnn on fashion_mnist or synthetic)");
+  if (c.model.type == "cnn" && c.data.dataset == "synthetic")
+    data.fail_at(data.raw("dataset"), "data.dataset", " = 'synthetic' gives vectors; model.type 'cnn' needs images");
+  data.finish();
+}
+
+void parse_optimizer(Section& top, OptimizerConfig& o) {
+  Section opt = top.sub("optimizer");
+  o.type = opt.one_of("type", "adamw", {"adam", "adamw"});
+  o.learning_rate = opt.in_range<double>("learning_rate", 1e-3, 0.0, 10.0);
+  o.beta1 = opt.in_range<double>("beta1", 0.9, 0.0, 0.999999);
+  o.beta2 = opt.in_range<double>("beta2", 0.999, 0.0, 0.999999);
+  o.eps = opt.in_range<double>("eps", 1e-8, 0.0, 1.0);
+  o.weight_decay = opt.in_range<double>("weight_decay", o.type == "adamw" ? 0.01 : 0.0, 0.0, 10.0);
+  o.amsgrad = opt.get<bool>("amsgrad", false);
+  o.clip_norm = opt.in_range<double>("clip_norm", 0.0, 0.0, 1e9);
+  o.no_decay = opt.get<std::vector<std::string>>("no_decay", {"bias", "scale"});
+  opt.finish();
+}
+
+void parse_train(Section& top, TrainConfig& t) {
+  Section tr = top.sub("train");
+  t.max_steps = tr.in_range<int64_t>("max_steps", 1000, 1, 1e12);
+  t.batch_size = tr.in_range<int64_t>("batch_size", 64, 1, 1 << 20);
+  t.grad_accum_steps = tr.in_range<int64_t>("grad_accum_steps", 1, 1, 4096);
+  t.log_every = tr.in_range<int64_t>("log_every", 50, 1, 1e12);
+  t.nonfinite = tr.one_of("nonfinite", "skip", {"skip", "stop"});
+  t.autocast = tr.one_of("autocast", "none", {"none", "bfloat16"});
+  tr.finish();
+}
+
+// schedule: decay_steps follows train.max_steps (parsed before) unless given.
+void parse_schedule(Section& top, Config& c) {
+  Section sch = top.sub("schedule");
+  c.schedule.type = sch.one_of("type", "constant", optim::schedule_types());
+  c.schedule.warmup_steps = sch.in_range<int64_t>("warmup_steps", 0, 0, 1e12);
+  c.schedule.decay_steps = sch.in_range<int64_t>("decay_steps", 0, 0, 1e12);
+  c.schedule.end_value = sch.in_range<double>("end_value", 0.0, 0.0, 10.0);
+  c.schedule.init_value = sch.in_range<double>("init_value", 0.0, 0.0, 10.0);
+  c.schedule.alpha = sch.in_range<double>("alpha", 0.0, 0.0, 1.0);
+  c.schedule.gamma = sch.in_range<double>("gamma", 0.1, 0.0, 1.0);
+  c.schedule.step_size = sch.in_range<int64_t>("step_size", 1000, 1, 1e12);
+  const bool decay_given = c.schedule.decay_steps != 0;
+  if (!decay_given) c.schedule.decay_steps = c.train.max_steps;
+  if (c.schedule.type == "warmup_cosine" && c.schedule.warmup_steps >= c.schedule.decay_steps) {
+    // decay_steps follows train.max_steps unless given: a shortened run (a smoke test with
+    // train.max_steps=100) clamps the warmup instead of failing. A decay_steps the config gives
+    // is the user's own contradiction: an error.
+    if (decay_given)
+      sch.fail_at(sch.raw("warmup_steps"), "schedule.warmup_steps", " = ", c.schedule.warmup_steps,
+                  " must be below schedule.decay_steps (", c.schedule.decay_steps, ")");
+    const int64_t clamped = c.schedule.decay_steps - 1;
+    c.warnings.push_back("schedule.warmup_steps = " + std::to_string(c.schedule.warmup_steps) +
+                         " is not below schedule.decay_steps (" + std::to_string(c.schedule.decay_steps) +
+                         ", from train.max_steps); using " + std::to_string(clamped));
+    c.schedule.warmup_steps = clamped;
+  }
+  sch.finish();
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  Source src;
+  src.file = path;
+  YAML::Node root = read_yaml(path);
   for (const auto& o : overrides) apply_override(root, o, src);
 
   Config c;
@@ -436,70 +518,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   c.model.options = model_options(model, type);
   model.finish();
 
-  Section data = top.sub("data");
-  c.data.dataset = data.one_of("dataset", type == "gpt" ? "text" : "fashion_mnist", {"fashion_mnist", "text", "synthetic"});
-  c.data.root = data.get<std::string>("root", c.data.root);
-  c.data.path = data.get<std::string>("path", "");
-  c.data.block_size = data.in_range<int64_t>("block_size", 64, 1, 1 << 16);
-  c.data.size = data.in_range<int64_t>("size", 2048, 1, 1e9);
-  c.data.features = data.in_range<int64_t>("features", 16, 1, 1 << 20);
-  c.data.classes = data.in_range<int64_t>("classes", 4, 2, 1 << 20);
-  c.data.shuffle = data.get<bool>("shuffle", true);
-  c.data.limit = data.in_range<int64_t>("limit", 0, 0, 1e12);
-  if (c.data.dataset == "text" && c.data.path.empty()) throw Error(path + ": missing required key 'data.path' (dataset: text)");
-  if ((type == "gpt") != (c.data.dataset == "text"))
-    data.fail_at(data.raw("dataset"), "data.dataset", " = '", c.data.dataset, "' does not fit model.type '", type,
-                 "' (gpt trains on text, mlp and cnn on fashion_mnist or synthetic)");
-  if (type == "cnn" && c.data.dataset == "synthetic")
-    data.fail_at(data.raw("dataset"), "data.dataset", " = 'synthetic' gives vectors; model.type 'cnn' needs images");
-  data.finish();
-
-  Section opt = top.sub("optimizer");
-  c.optimizer.type = opt.one_of("type", "adamw", {"adam", "adamw"});
-  c.optimizer.learning_rate = opt.in_range<double>("learning_rate", 1e-3, 0.0, 10.0);
-  c.optimizer.beta1 = opt.in_range<double>("beta1", 0.9, 0.0, 0.999999);
-  c.optimizer.beta2 = opt.in_range<double>("beta2", 0.999, 0.0, 0.999999);
-  c.optimizer.eps = opt.in_range<double>("eps", 1e-8, 0.0, 1.0);
-  c.optimizer.weight_decay = opt.in_range<double>("weight_decay", c.optimizer.type == "adamw" ? 0.01 : 0.0, 0.0, 10.0);
-  c.optimizer.amsgrad = opt.get<bool>("amsgrad", false);
-  c.optimizer.clip_norm = opt.in_range<double>("clip_norm", 0.0, 0.0, 1e9);
-  c.optimizer.no_decay = opt.get<std::vector<std::string>>("no_decay", {"bias", "scale"});
-  opt.finish();
-
-  Section tr = top.sub("train");
-  c.train.max_steps = tr.in_range<int64_t>("max_steps", 1000, 1, 1e12);
-  c.train.batch_size = tr.in_range<int64_t>("batch_size", 64, 1, 1 << 20);
-  c.train.grad_accum_steps = tr.in_range<int64_t>("grad_accum_steps", 1, 1, 4096);
-  c.train.log_every = tr.in_range<int64_t>("log_every", 50, 1, 1e12);
-  c.train.nonfinite = tr.one_of("nonfinite", "skip", {"skip", "stop"});
-  c.train.autocast = tr.one_of("autocast", "none", {"none", "bfloat16"});
-  tr.finish();
-
-  Section sch = top.sub("schedule");
-  c.schedule.type = sch.one_of("type", "constant", optim::schedule_types());
-  c.schedule.warmup_steps = sch.in_range<int64_t>("warmup_steps", 0, 0, 1e12);
-  c.schedule.decay_steps = sch.in_range<int64_t>("decay_steps", 0, 0, 1e12);
-  c.schedule.end_value = sch.in_range<double>("end_value", 0.0, 0.0, 10.0);
-  c.schedule.init_value = sch.in_range<double>("init_value", 0.0, 0.0, 10.0);
-  c.schedule.alpha = sch.in_range<double>("alpha", 0.0, 0.0, 1.0);
-  c.schedule.gamma = sch.in_range<double>("gamma", 0.1, 0.0, 1.0);
-  c.schedule.step_size = sch.in_range<int64_t>("step_size", 1000, 1, 1e12);
-  const bool decay_given = c.schedule.decay_steps != 0;
-  if (!decay_given) c.schedule.decay_steps = c.train.max_steps;
-  if (c.schedule.type == "warmup_cosine" && c.schedule.warmup_steps >= c.schedule.decay_steps) {
-    // decay_steps follows train.max_steps unless given: a shortened run (a smoke test with
-    // train.max_steps=100) clamps the warmup instead of failing. A decay_steps the config gives
-    // is the user's own contradiction: an error.
-    if (decay_given)
-      sch.fail_at(sch.raw("warmup_steps"), "schedule.warmup_steps", " = ", c.schedule.warmup_steps,
-                  " must be below schedule.decay_steps (", c.schedule.decay_steps, ")");
-    const int64_t clamped = c.schedule.decay_steps - 1;
-    c.warnings.push_back("schedule.warmup_steps = " + std::to_string(c.schedule.warmup_steps) +
-                         " is not below schedule.decay_steps (" + std::to_string(c.schedule.decay_steps) +
-                         ", from train.max_steps); using " + std::to_string(clamped));
-    c.schedule.warmup_steps = clamped;
-  }
-  sch.finish();
+  parse_data(top, c);
+  parse_optimizer(top, c.optimizer);
+  parse_train(top, c.train);
+  parse_schedule(top, c);
 
   Section ev = top.sub("eval");
   c.eval.every_steps = ev.in_range<int64_t>("every_steps", 0, 0, 1e12);
