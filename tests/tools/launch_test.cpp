@@ -324,8 +324,10 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
   test::TempDir dir, shm("/dev/shm");
   const std::string a = (dir / "a").string(), b = (dir / "b").string(), local = (shm / "local").string();
+  // Retention at its default (max_to_keep 2): replicas are sent beside ~1 ms steps and lag
+  // behind the local saves, so each rank keeps the last steps offered to its peer as well.
   const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
-                        "checkpoint.local.async=false checkpoint.local.max_to_keep=20 checkpoint.local.directory=" + local;
+                        "checkpoint.local.async=false checkpoint.local.directory=" + local;
   ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
   const auto sa = test::final_states(a);
   ASSERT_NE(test::run(launch(2, train(b, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
@@ -343,9 +345,8 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
   auto r = test::run(launch(2, train(b, o)));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  // Replicas are sent beside training (a step of ~1 ms here: the newest replica lags behind
-  // the local saves), so each rank keeps every local step of this run (max_to_keep 20) and the
-  // newest step rank 0 holds for rank 1 is at least the persistent tier's 20.
+  // The newest step that both ranks can get (rank 1's from rank 0's replica): at least the
+  // persistent tier's 20.
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.output, m, std::regex("\\[rank 0\\] nnx-train: resumed from step (\\d+) \\(" + local + "/rank-0-of-2/")))
       << r.output;
@@ -366,6 +367,47 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   auto sc = test::final_states(c);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
   EXPECT_FALSE(stdfs::exists(local)) << "a finished run keeps no local tier";
+}
+
+// ZeRO-1 with the local tier: each rank's local steps hold its own rows of the optimizer state
+// as plain arrays (no sharding annotation: they are not pieces of a stored global array), its
+// peer keeps a replica, and a resume from either is bit-exact.
+TEST(ZeroOne, TheLocalTierKeepsEachRanksOptimizerRowsAndResumesBitExactly) {
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string a = (dir / "a").string(), b = (dir / "b").string(), local = (shm / "local").string();
+  const std::string o = "distributed.zero_stage=1 model.dtype=bfloat16 checkpoint.save_interval_steps=20 "
+                        "checkpoint.async=false checkpoint.local.save_interval_steps=2 checkpoint.local.async=false "
+                        "checkpoint.local.directory=" + local;
+  ASSERT_EQ(test::run(launch(2, train(a, o))).exit_code, 0);
+  const auto sa = test::final_states(a);
+  ASSERT_NE(test::run(launch(2, train(b, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  for (int r : {0, 1}) {
+    CheckpointManager m(stdfs::path(local) / ("rank-" + std::to_string(r) + "-of-2"), ro);
+    ASSERT_TRUE(m.latest_step()) << "rank " << r;
+    H5File f = H5File::open((m.step_path(*m.latest_step()) / "checkpoint.h5").string());
+    const auto full = sa.at("optimizer").at("mu/layers/1/kernel").value.size(0);
+    for (const auto& d : list_item(f, "optimizer")) {
+      EXPECT_EQ(d.sharding, "") << "rank " << r << " " << d.path;
+      if (d.path == "mu/layers/1/kernel") EXPECT_EQ(d.shape.at(0), shard_range(full, r, 2).size) << "rank " << r;
+    }
+  }
+  auto resumed = test::run(launch(2, train(b, o + " train.max_steps=30")));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("[rank 0] nnx-train: resumed from step 26 (" + local + "/rank-0-of-2/26)"), std::string::npos)
+      << resumed.output;
+  // Then rank 1's folder is gone: its rows come from rank 0's replica.
+  ASSERT_NE(test::run(launch(2, train(b, o + " --crash-after-step 37 --crash-rank 1"))).exit_code, 0);
+  std::error_code ec;
+  stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
+  auto r = test::run(launch(2, train(b, o)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank 1] nnx-train: info: checkpoint.local: this rank's step 3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("came from its replica on rank 0"), std::string::npos) << r.output;
+  const auto sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
 }
 
 TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
@@ -584,9 +626,9 @@ TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
   ASSERT_TRUE(hosts.error.empty()) << hosts.error;
   test::TempDir dir;
   const std::string ref = (dir / "ref").string(), run_dir = (dir / "shared").string();
-  // Every local step of the run kept (max_to_keep 20): replicas lag behind ~1 ms steps.
+  // Local retention at its default (max_to_keep 2), with replicas lagging behind ~1 ms steps.
   const std::string o = "checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=2 "
-                        "checkpoint.local.async=false checkpoint.local.max_to_keep=20 distributed.timeout_seconds=60";
+                        "checkpoint.local.async=false distributed.timeout_seconds=60";
   const std::string root = dir.path().string();  // (a copy of the TempDir would remove it)
   auto program = [&](const std::string& extra) {
     return [=](int r) { return train(run_dir, o + " checkpoint.local.directory=" + root + "/host-" + std::to_string(r) + extra); };

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <mutex>
+#include <set>
 
 #include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/io/fs.h"
@@ -34,15 +36,40 @@ namespace {
 constexpr int kListed = 16;
 }  // namespace
 
+/// The steps a local tier keeps beyond its max_to_keep newest: the last ones it offered to its
+/// peers, whose replicas may be all that a replaced host can get back. Changed by the training
+/// thread, read by retention on the async save's thread.
+class ProtectedSteps : public checkpoint::PreservationPolicy {
+ public:
+  void set(std::set<int64_t> steps) {
+    std::lock_guard<std::mutex> l(mu_);
+    steps_ = std::move(steps);
+  }
+  std::vector<bool> should_preserve(const std::vector<checkpoint::CheckpointInfo>& c,
+                                    const checkpoint::PreservationContext&) const override {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<bool> keep;
+    for (const auto& info : c) keep.push_back(steps_.count(info.step) > 0);
+    return keep;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::set<int64_t> steps_;
+};
+
 LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size,
                      std::shared_ptr<distributed::ProcessGroup> pg)
     : pg_(std::move(pg)) {
   if (cfg.save_interval_steps <= 0) return;
   configured_ = true;
+  interval_ = cfg.save_interval_steps;
   const stdfs::path root = cfg.directory.empty() ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   checkpoint::CheckpointManagerOptions mo;
-  mo.max_to_keep = cfg.max_to_keep;
+  protected_ = std::make_shared<ProtectedSteps>();
+  mo.preservation_policy = std::make_shared<checkpoint::AnyPreservationPolicy>(
+      std::vector<checkpoint::PreservationPolicyPtr>{std::make_shared<checkpoint::LatestN>(cfg.max_to_keep), protected_});
   mo.save_interval_steps = cfg.save_interval_steps;
   mo.handle_preemption_signals = false;  // the persistent tier's manager handles them
   mo.direct_io = false;                  // tmpfs refuses O_DIRECT
@@ -82,30 +109,51 @@ LocalTier::~LocalTier() {
   }
 }
 
-void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args, bool force) {
-  if (!manager_ || (!force && !manager_->should_save(step))) return;
+void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args) {
+  const bool saved = save_here(step, args);
+  if (n_replicas_ > 0 && pg_ && all_ranks(saved && replicas_ && !replicas_->busy())) replicate(step);
+}
+
+// This rank's save of `step`; false when skipped or failed.
+bool LocalTier::save_here(int64_t step, const checkpoint::Composite& args) {
+  if (!manager_ || !manager_->should_save(step)) return false;
   try {
-    const bool saved = manager_->save(step, args, nlohmann::json::object(), force);
+    const bool saved = manager_->save(step, args, nlohmann::json::object());
     failing_ = false;
-    if (saved && replicas_)  // the peers get the step once it has committed
-      replicas_->offer(step, manager_->step_path(step), [this, step] {
-        try {
-          manager_->wait_until_finished();
-        } catch (const std::exception& e) {  // this wait took the failure: report it here
-          if (!async_failing_.exchange(true))
-            log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
-                            "); training goes on with the persistent tier");
-          return false;
-        }
-        async_failing_ = false;
-        std::error_code ec;
-        return stdfs::exists(manager_->step_path(step) / checkpoint::kMetadataFile, ec);
-      });
+    return saved;
   } catch (const std::exception& e) {  // a full /dev/shm costs the fast tier, never the run
     if (!failing_) log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
                                    "); training goes on with the persistent tier");
     failing_ = true;
+    return false;
   }
+}
+
+// Whether `mine` holds on every rank (a collective).
+bool LocalTier::all_ranks(bool mine) const {
+  std::vector<at::Tensor> not_ready = {at::tensor({mine ? 0.0 : 1.0}, at::kDouble)};
+  pg_->all_reduce_sum(not_ready);
+  return not_ready[0].item<double>() == 0;
+}
+
+// Offers `step` to the peers once it committed, keeping it and the previous offer (which every
+// rank finished sending before this one was agreed) beyond max_to_keep.
+void LocalTier::replicate(int64_t step) {
+  protected_->set(last_offered_ >= 0 ? std::set<int64_t>{last_offered_, step} : std::set<int64_t>{step});
+  last_offered_ = step;
+  replicas_->offer(step, manager_->step_path(step), [this, step] {
+    try {
+      manager_->wait_until_finished();
+    } catch (const std::exception& e) {  // this wait took the failure: report it here
+      if (!async_failing_.exchange(true))
+        log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
+                        "); training goes on with the persistent tier");
+      return false;
+    }
+    async_failing_ = false;
+    std::error_code ec;
+    return stdfs::exists(manager_->step_path(step) / checkpoint::kMetadataFile, ec);
+  });
 }
 
 // Per rank: [0] = this rank's steps (none when its tier is off), [k] = the steps of rank
@@ -176,6 +224,8 @@ std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_bef
     }
   }
   if (!step) return std::nullopt;
+  if (protected_) protected_->set({*step});  // every rank can get it: kept until a newer offer
+  last_offered_ = *step;
   for (int r = 0; r < n; ++r)  // every rank walks the same transfers in the same order
     if (const int k = source_of(h, r, *step); k > 0) {
       const std::string e = fetch_from_peer(*step, r, (r + k) % n, k);

@@ -20,6 +20,8 @@ class ProcessGroup;
 
 namespace nnx::trainer {
 
+class ProtectedSteps;
+
 /// Where a run's local tier lives by default: /dev/shm/nnx-local/<run dir's name>-<hash of its
 /// absolute path> (the temp directory where there is no /dev/shm).
 std::filesystem::path default_local_directory(const std::filesystem::path& run_dir);
@@ -32,7 +34,9 @@ std::filesystem::path default_local_directory(const std::filesystem::path& run_d
 /// made and a failed save (a full /dev/shm) are warnings, and training goes on with the
 /// persistent tier. With cfg.replicas > 0 and several ranks, every committed step is also
 /// copied to the next ranks (PeerReplicas, under <folder>/replicas/), so a rank whose folder is
-/// gone (a replaced host) gets its state back from a peer.
+/// gone (a replaced host) gets its state back from a peer. The ranks agree on which steps they
+/// replicate, and each keeps the last two it offered beyond max_to_keep, so a step that every
+/// rank can get (from its own folder or a peer's replica) survives steps shorter than a transfer.
 class LocalTier {
  public:
   /// Off when cfg.save_interval_steps is 0, or (with a warning) when its folder cannot be made.
@@ -49,10 +53,15 @@ class LocalTier {
   const PeerReplicas* replicas() const { return replicas_.get(); }
   /// This rank's folder (empty when off).
   const std::filesystem::path& directory() const { return dir_; }
-  /// Whether the interval asks for a save at `step`.
-  bool due(int64_t step) const { return manager_ && manager_->should_save(step); }
-  /// Saves `args` at `step` when the interval says so (or `force`); failures are warnings.
-  void maybe_save(int64_t step, const checkpoint::Composite& args, bool force = false);
+  /// Whether `step` is on the local interval (the same answer on every rank).
+  bool due(int64_t step) const { return configured_ && step % interval_ == 0; }
+  /// Saves `args` at `step` (a due one) unless this rank's tier is off or still writing the
+  /// previous save (then this one is skipped); failures are warnings. With replicas it is a
+  /// collective of every rank (one all-reduce of one number): the step goes to the peers only
+  /// when every rank saved it and no rank's sender is busy, so all ranks replicate the same
+  /// steps. The last two steps offered (the one in flight and the one before it, which every
+  /// peer holds) are kept beyond max_to_keep: the tier holds at most max_to_keep + 2 steps.
+  void maybe_save(int64_t step, const checkpoint::Composite& args);
   /// A collective of every rank where configured(). Agrees on the newest step that every rank
   /// can restore from the local tier, from its own copy or from a replica a peer holds, when
   /// there is one no older than `not_before`; a rank without its own copy then receives the
@@ -79,9 +88,15 @@ class LocalTier {
   std::vector<std::vector<std::vector<int64_t>>> gather_holdings() const;
   std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
   void start_replicas(const LocalTierConfig& cfg, int world_size);
+  bool save_here(int64_t step, const checkpoint::Composite& args);
+  bool all_ranks(bool mine) const;
+  void replicate(int64_t step);
 
   std::filesystem::path dir_;
   bool configured_ = false;
+  int64_t interval_ = 1;
+  std::shared_ptr<ProtectedSteps> protected_;  // kept beyond max_to_keep: the last steps offered
+  int64_t last_offered_ = -1;
   bool failing_ = false;  // a save failed: warn once per failure streak
   std::atomic<bool> async_failing_{false};  // the same, for failures the replica sender saw
   std::shared_ptr<distributed::ProcessGroup> pg_;

@@ -118,9 +118,17 @@ void PeerReplicas::send_loop() {
       if (!pending_) return;
       o = std::move(*pending_);
       pending_.reset();
+      in_flight_ = true;
     }
     send_one(o);
+    std::lock_guard<std::mutex> l(mu_);
+    in_flight_ = false;
   }
+}
+
+bool PeerReplicas::busy() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return pending_.has_value() || in_flight_;
 }
 
 // Announces the step to each destination (a store key per transfer, holding the step for

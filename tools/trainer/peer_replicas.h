@@ -46,6 +46,9 @@ class PeerReplicas {
   /// Queues the step `step` at `step_dir` for the peers; `committed` runs on the sending thread
   /// and says whether the step committed (waiting for an async save as needed).
   void offer(int64_t step, std::filesystem::path step_dir, std::function<bool()> committed);
+  /// Whether an offer is waiting or being sent (the caller offers a step only when no rank's
+  /// sender is busy, so every rank replicates the same steps).
+  bool busy() const;
   /// Finishes the transfer in flight and stops sending. Every rank calls it, then a barrier,
   /// then stop_receiving(): so every announced transfer is received.
   void stop_sending();
@@ -89,6 +92,7 @@ class PeerReplicas {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::optional<Offer> pending_;
+  bool in_flight_ = false;  // the sender took an offer and has not finished it
   bool stop_send_ = false;
   std::atomic<bool> stop_recv_{false};
   bool warned_ = false;

@@ -15,6 +15,7 @@
 #include "nnx/framework/compat.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/log.h"
+#include "nnx/framework/sharding.h"
 #include "nnx/models/models.h"
 #include "tools/trainer/checkpoint_options.h"
 #include "tools/trainer/torch_import.h"
@@ -163,9 +164,6 @@ void Run::build_loader_and_manager() {
   checkpoint::CheckpointManagerOptions mo = manager_options(cfg_.checkpoint);
   mo.process_group = ckpt_pg_;
   manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
-  NNX_CHECK(!(zero1_ && cfg_.checkpoint.local.save_interval_steps > 0),
-            "checkpoint.local with distributed.zero_stage 1 is not supported yet (a rank's optimizer shard would be "
-            "saved as a whole array); use zero_stage 0 or turn the local tier off");
   local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size, pg_);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
 }
@@ -380,6 +378,16 @@ std::pair<double, double> Run::evaluate() {
   return {loss_sum / std::max(tokens, 1.0), correct / std::max(tokens, 1.0)};
 }
 
+namespace {
+// `s` with its sharding annotations dropped (tensors shared): in the local tier each rank's
+// ZeRO-1 rows are a plain array of that rank's, not a piece of a global one. A restore into the
+// sharded template reads them back whole (the tier's manager is a single rank's).
+State local_arrays(State s) {
+  for (auto& [path, vs] : s) vs.metadata.erase(kShardingKey);
+  return s;
+}
+}  // namespace
+
 // The checkpoint's items at `at_step`. With distributed.batch_stats local, the persistent tier
 // holds rank 0's statistics (a copy; each rank keeps its own), the local tier (`per_rank`) each
 // rank's own.
@@ -392,8 +400,10 @@ checkpoint::Composite Run::checkpoint_args(int64_t at_step, bool per_rank) {
       pg_->broadcast(one, 0);
     }
   }
-  const std::map<std::string, State> states = {
-      {"params", parts[0]}, {"batch_stats", parts[1]}, {"rngs", parts[2]}, {"optimizer", state(*optimizer_)}};
+  const std::map<std::string, State> states = {{"params", parts[0]},
+                                               {"batch_stats", parts[1]},
+                                               {"rngs", parts[2]},
+                                               {"optimizer", per_rank ? local_arrays(state(*optimizer_)) : state(*optimizer_)}};
   const std::map<std::string, nlohmann::json> json = {
       {"data", nlohmann::json{{"epoch", loader_->epoch()}, {"index", loader_->index()}, {"global_batch", global_batch_}}},
       {"config", cfg_.to_json()},
