@@ -629,14 +629,17 @@ void bench_manager(const stdfs::path& dir) {
 // ---- training step: nnx-train vs a plain libtorch loop vs Python ------------------------------
 // `extra`: more overrides (applied after these, so they win); `batch`: the config's batch size.
 // `skip`: windows left out at the start (warm-up; with checkpoints, the first save's fresh host
-// buffers too).
+// buffers too). `nproc` > 1: that many ranks under nnx-launch (rank 0's examples per second).
 double nnx_train_examples_per_sec(const std::string& config, int steps, int threads, const stdfs::path& dir,
-                                  const std::string& extra = "", int64_t batch = 64, int log_every = 0, int skip = 1) {
+                                  const std::string& extra = "", int64_t batch = 64, int log_every = 0, int skip = 1,
+                                  int nproc = 1) {
   if (log_every <= 0) log_every = std::max(steps / 5, 10);
   std::string run_dir = (dir / ("train-" + config)).string();
   std::error_code ec;
   nnx::checkpoint::fs::remove_tree(run_dir, ec);  // a fresh run each time, never a resume
-  std::string cmd = std::string(NNX_BIN_DIR) + "/nnx-train --config " + NNX_SOURCE_DIR + "/configs/" + config +
+  const std::string launcher =
+      nproc > 1 ? std::string(NNX_BIN_DIR) + "/nnx-launch --nproc " + std::to_string(nproc) + " -- " : std::string();
+  std::string cmd = launcher + NNX_BIN_DIR + "/nnx-train --config " + NNX_SOURCE_DIR + "/configs/" + config +
                     " run.dir=" + run_dir + " train.max_steps=" + std::to_string(steps) + " train.log_every=" +
                     std::to_string(log_every) + " eval.max_batches=1 eval.every_steps=0 checkpoint.save_interval_steps=1000000000" +
                     " schedule.type=constant threads=" + std::to_string(threads) + " " + extra + " > /dev/null 2>&1";
@@ -778,10 +781,12 @@ int64_t step_dir_bytes(const stdfs::path& run_dir) {
   return best;
 }
 
-// Returns the median step time without checkpoints, in ms.
+// Returns the median step time without checkpoints, in ms. `nproc` > 1: that many ranks under
+// nnx-launch, one thread each (this machine's two cores shared).
 double bench_train_with_checkpoints(const std::string& model, const std::string& config, const std::string& base,
                                   int64_t batch, int steps, int rounds, const std::vector<std::pair<TrainContender, double>>& rows_spec,
-                                  const stdfs::path& dir) {
+                                  const stdfs::path& dir, int nproc = 1) {
+  const int threads = nproc > 1 ? 1 : 2;
   const std::string none = base + " checkpoint.save_interval_steps=1000000000";
   std::vector<double> without;
   std::vector<std::vector<double>> with(rows_spec.size()), ratio(rows_spec.size());
@@ -790,12 +795,13 @@ double bench_train_with_checkpoints(const std::string& model, const std::string&
     // Odd rounds run the run without checkpoints last: no contender always goes first.
     std::vector<double> ex(rows_spec.size());
     double ex0 = 0;
-    if (r % 2 == 0) ex0 = nnx_train_examples_per_sec(config, steps, 2, dir, none, batch, 10, 2);
+    if (r % 2 == 0) ex0 = nnx_train_examples_per_sec(config, steps, threads, dir, none, batch, 10, 2, nproc);
     for (size_t i = 0; i < rows_spec.size(); ++i) {
-      ex[i] = nnx_train_examples_per_sec(config, steps, 2, dir, base + " " + rows_spec[i].first.overrides, batch, 10, 2);
+      ex[i] = nnx_train_examples_per_sec(config, steps, threads, dir, base + " " + rows_spec[i].first.overrides, batch, 10,
+                                         2, nproc);
       save_bytes = std::max(save_bytes, step_dir_bytes(dir / ("train-" + config)));
     }
-    if (r % 2 == 1) ex0 = nnx_train_examples_per_sec(config, steps, 2, dir, none, batch, 10, 2);
+    if (r % 2 == 1) ex0 = nnx_train_examples_per_sec(config, steps, threads, dir, none, batch, 10, 2, nproc);
     without.push_back(batch / ex0 * 1e3);
     for (size_t i = 0; i < rows_spec.size(); ++i) {
       with[i].push_back(ex[i] > 0 ? batch / ex[i] * 1e3 : NAN);
@@ -890,6 +896,21 @@ void bench_snapshot(bool quick, const stdfs::path& dir) {
   }
   const double gpt_ms = bench_train_with_checkpoints("GPT 99M", "char_gpt.yaml", gpt, 4, 40, 2, {{every10, 1.02}}, dir);
   bench_save_cpu(dir, gpt_ms, 10);
+}
+
+// The local tier's cost to training at 2 ranks: a local save every step (async, deferred
+// snapshot), without and with a replica sent to the peer beside the steps, against no
+// checkpoints; the persistent tier saves only the last step.
+void bench_local_tier_training(bool quick, const stdfs::path& dir) {
+  if (!stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
+    rows.push_back({"train step CNN, 2 ranks, local tier", "-", "dataset-fashion-mnist missing", "-", "", ""});
+    return;
+  }
+  const std::string local = "checkpoint.save_interval_steps=1000000 checkpoint.local.save_interval_steps=1";
+  const TrainContender own{"local tier save every step, no replica", local + " checkpoint.local.replicas=0", 1};
+  const TrainContender replica{"local tier save every step + 1 replica to the peer", local + " checkpoint.local.replicas=1", 1};
+  bench_train_with_checkpoints("CNN, 2 ranks", "fashion_mnist_cnn.yaml", "", 64, quick ? 100 : 200, quick ? 2 : 5,
+                               {{own, 0}, {replica, 0}}, dir, 2);
 }
 
 // One rank of the 2-rank save row (run under nnx-launch by bench_distributed_save).
@@ -1010,6 +1031,8 @@ void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::pat
     std::cerr << "local tier (400 MB)...\n";
     bench_local_tier(dir, reps);
     bench_local_replicas(reps);
+    std::cerr << "local tier, training at 2 ranks...\n";
+    bench_local_tier_training(quick, dir);
   }
   if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
 }
