@@ -22,4 +22,14 @@ bool blas_is_reference() {
   return p.find("/blas/libblas.so") != std::string::npos;
 }
 
+bool set_blas_num_threads(int n) {
+  using SetThreads = void (*)(int);
+  for (const char* name : {"openblas_set_num_threads", "bli_thread_set_num_threads"})
+    if (void* sym = dlsym(RTLD_DEFAULT, name)) {
+      reinterpret_cast<SetThreads>(sym)(n);
+      return true;
+    }
+  return false;
+}
+
 }  // namespace nnx

@@ -79,7 +79,10 @@ optim::Schedule schedule_of(const Config& cfg) {
 Run::Run(const Config& cfg, const RunOptions& ropts)
     : cfg_(cfg), ropts_(ropts), device_(c10::kCPU), out_(&std::cout) {
   keep_freed_memory();
-  if (cfg_.threads > 0) at::set_num_threads(cfg_.threads);
+  if (cfg_.threads > 0) {  // the BLAS's own pool too (OpenBLAS ignores at::set_num_threads)
+    at::set_num_threads(cfg_.threads);
+    set_blas_num_threads(cfg_.threads);
+  }
   if (blas_is_reference())
     log::warn_parts("the reference BLAS (", blas_library_path(),
                     ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.");
