@@ -1,5 +1,7 @@
 #include "tools/trainer/peer_replicas.h"
 
+#include <pthread.h>
+
 #include <chrono>
 #include <string>
 
@@ -39,8 +41,15 @@ PeerReplicas::PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, std
       stores_[s] = nullptr;
     }
   }
-  sender_ = std::thread([this] { send_loop(); });
-  receiver_ = std::thread([this] { receive_loop(); });
+  // Named, so that top -H and perf tell them from the training's threads.
+  sender_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "nnx-replica-tx");
+    send_loop();
+  });
+  receiver_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "nnx-replica-rx");
+    receive_loop();
+  });
 }
 
 PeerReplicas::~PeerReplicas() {
