@@ -15,8 +15,10 @@
 //                 the seeds of tests/fuzz/corpus/checkpoint
 //   fixture       saves the format fixture (tests/checkpoint/fixture_state.h) as DIR/fixture
 //   replicas      (2 ranks) send_step/recv_step move a committed step bit for bit, refuse a
-//                 hostile header, report a sender's failure, leave an existing step alone; then
-//                 PeerReplicas copies each rank's steps to the other, keeping max_to_keep
+//                 hostile header, report a sender's failure, leave an existing step alone, tell the
+//                 sender when the receiver cannot commit; then
+//                 PeerReplicas copies each rank's steps to the other, keeping max_to_keep; then
+//                 LocalTier's agreed replication keeps a common step under lag
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
@@ -41,6 +43,7 @@
 #include "nnx/framework/graph.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/optim/optimizer.h"
+#include "tools/trainer/local_tier.h"
 #include "tools/trainer/peer_replicas.h"
 #include "tools/trainer/step_transfer.h"
 #include "../checkpoint/fixture_state.h"
@@ -220,12 +223,18 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
   namespace fs = std::filesystem;
   const int r = pg.rank();
   if (r == 0) save_small_step(dir / "src", 7, 0);
+  if (r == 1) {
+    std::filesystem::create_directories(dir);
+    checkpoint::fs::write_file_synced(dir / "blocker", "a file where a directory would go");
+  }
   pg.barrier();
   const fs::path src = dir / "src" / "7";
   auto target = [&](int64_t s) { return dir / "dst" / std::to_string(s); };
   if (r == 0) {
     if (trainer::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA"))) return 20;
     trainer::send_step(pg, src, 7, 1, 5);  // again: the step exists there
+    // The peer cannot commit it: its answer says so.
+    if (!throws_with([&] { trainer::send_step(pg, src, 7, 1, 5); }, "rank 1 did not commit step 7")) return 28;
     if (!throws_with([&] { trainer::send_step(pg, dir / "missing", 8, 1, 5); }, "missing")) return 21;
     const std::string hostile = R"({"step":9,"files":[{"name":"../escape","size":4}]})";
     pg.send(at::tensor({static_cast<int64_t>(hostile.size())}, at::kLong), 1, 6);
@@ -236,6 +245,8 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
     const auto got = trainer::recv_step(pg, 0, 5, target);
     if (!got.committed || got.step != 7 || !same_bytes(src, target(7)) || !checkpoint::verify(target(7)).ok) return 22;
     if (trainer::recv_step(pg, 0, 5, target).committed) return 23;  // left alone
+    auto blocked = [&](int64_t s) { return dir / "blocker" / std::to_string(s); };
+    if (!throws_with([&] { trainer::recv_step(pg, 0, 5, blocked); }, "cannot create")) return 29;
     if (!throws_with([&] { trainer::recv_step(pg, 0, 5, target); }, "could not send its step")) return 24;
     if (!throws_with([&] { trainer::recv_step(pg, 0, 6, target); }, "not a plain name")) return 25;
     if (fs::exists(dir / "escape") || fs::exists(target(8)) || fs::exists(target(9))) return 26;
@@ -269,6 +280,61 @@ int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& di
   return 0;
 }
 
+// The local tier's agreed replication under lag: 40 async local saves of 8 MB, a few ms apart
+// (transfers take longer, so most steps are not replicated), max_to_keep 1. Once the ranks
+// agreed on a step every peer confirmed holding, that step (the same on both ranks) is in this
+// rank's own folder and among its replicas on the peer after every later save (what a replaced
+// host resumes from), and at the end no folder holds more than max_to_keep + 2 steps
+// (replicas: max_to_keep + 1).
+int replica_agreement(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
+  const int r = pg.rank(), peer = 1 - r;
+  trainer::LocalTierConfig cfg;
+  cfg.save_interval_steps = 1;
+  cfg.max_to_keep = 1;
+  cfg.directory = dir.string();
+  trainer::LocalTier tier(cfg, dir, r, 2, std::shared_ptr<distributed::ProcessGroup>(&pg, [](auto*) {}));
+  const auto own = dir / ("rank-" + std::to_string(r) + "-of-2");
+  const auto at_peer = dir / ("rank-" + std::to_string(peer) + "-of-2") / "replicas" / ("rank-" + std::to_string(r));
+  auto steps = [](const std::filesystem::path& p) {
+    checkpoint::CheckpointManagerOptions ro;
+    ro.read_only = true;
+    return std::filesystem::exists(p) ? checkpoint::CheckpointManager(p, ro).all_steps() : std::vector<int64_t>{};
+  };
+  int64_t agreed = -1;
+  for (int64_t step = 1; step <= 40; ++step) {
+    State s;  // fresh values each step (the deferred snapshot may still be copying the last)
+    s.insert("w", {Param, at::full({2 << 20}, static_cast<float>(step)), {}});
+    tier.maybe_save(step, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}});
+    if (const int64_t f = tier.replicated_step(); f >= 0) {
+      std::vector<at::Tensor> both = {at::tensor({double(f), -double(f)}, at::kDouble)};
+      pg.all_reduce_max(both);  // the same on both ranks: max == -max(-f)
+      if (both[0][0].item<double>() != -both[0][1].item<double>()) return 40;
+      const auto mine = steps(own), theirs = steps(at_peer);
+      const auto has = [f](const std::vector<int64_t>& v) { return std::find(v.begin(), v.end(), f) != v.end(); };
+      if (!has(mine) || !has(theirs)) {
+        std::cerr << "rank " << r << " after step " << step << ": step " << f << " is not both here and at the peer\n";
+        return 41;
+      }
+      // One more while a step just committed waits for retention (as in any manager).
+      if (mine.size() > 4 || theirs.size() > 3) {
+        std::cerr << "rank " << r << " after step " << step << ": " << mine.size() << " own steps, " << theirs.size()
+                  << " replicas at the peer\n";
+        return 42;
+      }
+      agreed = f;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+  tier.wait_until_finished();
+  tier.wait_for_replicas();
+  const int64_t copies = tier.replicas()->copies_sent();
+  tier.stop_replicas();
+  if (agreed < 0 || copies < 1) return 43;
+  if (steps(own).size() > 3 || steps(at_peer).size() > 2) return 44;
+  std::cout << "agreement ok on rank " << r << ": " << copies << " of 40 local steps replicated\n";
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) return 2;
   const std::string mode = argv[1], dir = argv[2];
@@ -297,7 +363,8 @@ int main(int argc, char** argv) {
     if (mode == "zero1") return zero1(*pg, dir);
     if (mode == "replicas") {
       if (const int rc = step_transfers(*pg, std::filesystem::path(dir) / "transfers")) return rc;
-      return peer_replicas(*pg, std::filesystem::path(dir) / "peers");
+      if (const int rc = peer_replicas(*pg, std::filesystem::path(dir) / "peers")) return rc;
+      return replica_agreement(*pg, std::filesystem::path(dir) / "agreement");
     }
     if (mode == "fuzz-seeds") {
       const auto spec = PartitionSpec::sharded(0, 2);

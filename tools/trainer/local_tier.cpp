@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <chrono>
 #include <mutex>
+#include <thread>
 #include <set>
 
 #include "nnx/checkpoint/format/schema.h"
@@ -31,14 +33,9 @@ stdfs::path default_local_directory(const stdfs::path& run_dir) {
   return base / "nnx-local" / (stdfs::absolute(run_dir).lexically_normal().filename().string() + "-" + hex);
 }
 
-namespace {
-// Steps each rank reports per folder when agreeing on a restore (retention keeps fewer).
-constexpr int kListed = 16;
-}  // namespace
-
-/// The steps a local tier keeps beyond its max_to_keep newest: the last ones it offered to its
-/// peers, whose replicas may be all that a replaced host can get back. Changed by the training
-/// thread, read by retention on the async save's thread.
+/// The steps a local tier keeps beyond its max_to_keep newest: the newest step every peer holds a
+/// replica of, and the one being replicated. Changed by the training thread, read by retention
+/// on the async save's thread.
 class ProtectedSteps : public checkpoint::PreservationPolicy {
  public:
   void set(std::set<int64_t> steps) {
@@ -64,7 +61,9 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
   if (cfg.save_interval_steps <= 0) return;
   configured_ = true;
   interval_ = cfg.save_interval_steps;
-  const stdfs::path root = cfg.directory.empty() ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
+  listed_ = cfg.max_to_keep + 2;  // a folder's most: max_to_keep and the two protected steps
+  default_directory_ = cfg.directory.empty();
+  const stdfs::path root = default_directory_ ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   checkpoint::CheckpointManagerOptions mo;
   protected_ = std::make_shared<ProtectedSteps>();
@@ -109,9 +108,9 @@ LocalTier::~LocalTier() {
   }
 }
 
-void LocalTier::maybe_save(int64_t step, const checkpoint::Composite& args) {
-  const bool saved = save_here(step, args);
-  if (n_replicas_ > 0 && pg_ && all_ranks(saved && replicas_ && !replicas_->busy())) replicate(step);
+void LocalTier::maybe_save(int64_t step, const std::optional<checkpoint::Composite>& args) {
+  const bool saved = args && save_here(step, *args);
+  if (n_replicas_ > 0 && pg_) agree_and_replicate(step, saved);
 }
 
 // This rank's save of `step`; false when skipped or failed.
@@ -129,18 +128,36 @@ bool LocalTier::save_here(int64_t step, const checkpoint::Composite& args) {
   }
 }
 
-// Whether `mine` holds on every rank (a collective).
-bool LocalTier::all_ranks(bool mine) const {
-  std::vector<at::Tensor> not_ready = {at::tensor({mine ? 0.0 : 1.0}, at::kDouble)};
-  pg_->all_reduce_sum(not_ready);
-  return not_ready[0].item<double>() == 0;
+// A collective: one all-reduce of three counts (ranks whose sender is busy, ranks that did not
+// save `step`, ranks whose last offer some peer has not confirmed). While any transfer runs
+// nothing changes. Else the last offer, when every rank's peers confirmed it, becomes the step
+// a replaced host can always get back (replicated_), and `step` is offered when every rank saved it.
+void LocalTier::agree_and_replicate(int64_t step, bool saved) {
+  const bool busy = !replicas_ || replicas_->busy();
+  const bool confirmed = replicas_ && replicas_->confirmed_step() == last_offered_;
+  std::vector<at::Tensor> counts = {at::tensor({busy ? 1.0 : 0.0, saved ? 0.0 : 1.0, confirmed ? 0.0 : 1.0}, at::kDouble)};
+  pg_->all_reduce_sum(counts);
+  const double* c = counts[0].data_ptr<double>();
+  if (c[0] > 0) return;
+  if (c[2] == 0 && last_offered_ >= 0) replicated_ = last_offered_;
+  if (c[1] == 0) replicate(step);
+  protect();
 }
 
-// Offers `step` to the peers once it committed, keeping it and the previous offer (which every
-// rank finished sending before this one was agreed) beyond max_to_keep.
+// Retention keeps replicated_ (in this rank's folder and in the replicas it holds) and the step
+// being replicated, beyond max_to_keep.
+void LocalTier::protect() {
+  std::set<int64_t> keep;
+  for (int64_t s : {replicated_, last_offered_})
+    if (s >= 0) keep.insert(s);
+  protected_->set(std::move(keep));
+  if (replicas_) replicas_->protect(replicated_);
+}
+
+// Offers `step` to the peers once it committed (protected before the sender can read it).
 void LocalTier::replicate(int64_t step) {
-  protected_->set(last_offered_ >= 0 ? std::set<int64_t>{last_offered_, step} : std::set<int64_t>{step});
   last_offered_ = step;
+  protect();
   replicas_->offer(step, manager_->step_path(step), [this, step] {
     try {
       manager_->wait_until_finished();
@@ -157,18 +174,18 @@ void LocalTier::replicate(int64_t step) {
 }
 
 // Per rank: [0] = this rank's steps (none when its tier is off), [k] = the steps of rank
-// (rank - k) mod world_size it holds as replicas; newest kListed of each.
+// (rank - k) mod world_size it holds as replicas; all of each (a folder holds at most listed_).
 std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() const {
   std::vector<std::vector<int64_t>> mine(1 + n_replicas_);
   if (manager_) mine[0] = manager_->all_steps();
   if (replicas_)
     for (int k = 1; k <= n_replicas_; ++k) mine[k] = replicas_->steps_of(replicas_->sources()[k - 1]);
-  const int64_t width = (1 + n_replicas_) * kListed;
+  const int64_t width = (1 + n_replicas_) * listed_;
   at::Tensor t = at::full({width}, -1, at::kLong);
   int64_t* row = t.data_ptr<int64_t>();
   for (size_t slot = 0; slot < mine.size(); ++slot) {
     std::sort(mine[slot].rbegin(), mine[slot].rend());
-    for (size_t i = 0; i < mine[slot].size() && i < size_t(kListed); ++i) row[slot * kListed + i] = mine[slot][i];
+    for (size_t i = 0; i < mine[slot].size() && i < size_t(listed_); ++i) row[slot * listed_ + i] = mine[slot][i];
   }
   if (!manager_) row[0] = -2;  // this rank's tier is off: it could not receive or restore a step
   std::vector<at::Tensor> all = {t};
@@ -185,7 +202,7 @@ std::vector<std::vector<std::vector<int64_t>>> LocalTier::gather_holdings() cons
       continue;
     }
     for (int64_t i = 0; i < width; ++i)
-      if (theirs[i] >= 0) out[r][static_cast<size_t>(i / kListed)].push_back(theirs[i]);
+      if (theirs[i] >= 0) out[r][static_cast<size_t>(i / listed_)].push_back(theirs[i]);
   }
   return out;
 }
@@ -224,8 +241,9 @@ std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_bef
     }
   }
   if (!step) return std::nullopt;
-  if (protected_) protected_->set({*step});  // every rank can get it: kept until a newer offer
-  last_offered_ = *step;
+  // Kept (here and in the replicas of it this rank holds) until an offer every peer confirmed.
+  replicated_ = last_offered_ = *step;
+  if (protected_) protect();
   for (int r = 0; r < n; ++r)  // every rank walks the same transfers in the same order
     if (const int k = source_of(h, r, *step); k > 0) {
       const std::string e = fetch_from_peer(*step, r, (r + k) % n, k);
@@ -261,6 +279,10 @@ std::string LocalTier::fetch_from_peer(int64_t step, int rank, int holder, int s
 checkpoint::Restored LocalTier::restore(int64_t step, const checkpoint::Composite& args) const {
   NNX_CHECK(manager_ != nullptr, "checkpoint.local is off");
   return manager_->restore(step, args);
+}
+
+void LocalTier::wait_for_replicas() const {
+  while (replicas_ && replicas_->busy()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 void LocalTier::wait_until_finished() {
@@ -300,6 +322,7 @@ void LocalTier::remove() {
   std::error_code ec;
   checkpoint::fs::remove_tree(dir_, ec);
   stdfs::remove(dir_.parent_path(), ec);  // the run's folder, once every rank removed its own
+  if (default_directory_) stdfs::remove(dir_.parent_path().parent_path(), ec);  // nnx-local/, once empty
 }
 
 }  // namespace nnx::trainer

@@ -35,8 +35,9 @@ std::filesystem::path default_local_directory(const std::filesystem::path& run_d
 /// persistent tier. With cfg.replicas > 0 and several ranks, every committed step is also
 /// copied to the next ranks (PeerReplicas, under <folder>/replicas/), so a rank whose folder is
 /// gone (a replaced host) gets its state back from a peer. The ranks agree on which steps they
-/// replicate, and each keeps the last two it offered beyond max_to_keep, so a step that every
-/// rank can get (from its own folder or a peer's replica) survives steps shorter than a transfer.
+/// replicate, and keep (beyond max_to_keep, in their folders and in the replicas they hold) the
+/// newest step whose replicas every peer confirmed, so once one replication finished there is a
+/// step every rank can get, however far the transfers lag behind the training steps.
 class LocalTier {
  public:
   /// Off when cfg.save_interval_steps is 0, or (with a warning) when its folder cannot be made.
@@ -55,13 +56,20 @@ class LocalTier {
   const std::filesystem::path& directory() const { return dir_; }
   /// Whether `step` is on the local interval (the same answer on every rank).
   bool due(int64_t step) const { return configured_ && step % interval_ == 0; }
-  /// Saves `args` at `step` (a due one) unless this rank's tier is off or still writing the
-  /// previous save (then this one is skipped); failures are warnings. With replicas it is a
-  /// collective of every rank (one all-reduce of one number): the step goes to the peers only
-  /// when every rank saved it and no rank's sender is busy, so all ranks replicate the same
-  /// steps. The last two steps offered (the one in flight and the one before it, which every
-  /// peer holds) are kept beyond max_to_keep: the tier holds at most max_to_keep + 2 steps.
-  void maybe_save(int64_t step, const checkpoint::Composite& args);
+  /// Saves `args` at `step` (a due one) unless `args` is empty (params not finite), this rank's
+  /// tier is off, or it is still writing the previous save (then this one is skipped); failures
+  /// are warnings. With replicas it is a collective of every rank, whatever happened here (one
+  /// all-reduce of three numbers): the step goes to the peers only when every rank saved it and
+  /// no rank's sender is busy, so all ranks replicate the same steps. Kept beyond max_to_keep:
+  /// the newest step every rank's peers confirmed holding, and the step being replicated; a
+  /// folder holds at most max_to_keep + 2 steps.
+  void maybe_save(int64_t step, const std::optional<checkpoint::Composite>& args);
+  /// The newest step every rank's peers confirmed holding, agreed by all ranks (-1: none yet):
+  /// kept in this rank's folder and in the replicas it holds of its peers.
+  int64_t replicated_step() const { return replicated_; }
+  /// Waits until this rank's replica sender is idle (its last transfer committed at the peers,
+  /// or failed). For nnx-train's --crash-after-step test hook.
+  void wait_for_replicas() const;
   /// A collective of every rank where configured(). Agrees on the newest step that every rank
   /// can restore from the local tier, from its own copy or from a replica a peer holds, when
   /// there is one no older than `not_before`; a rank without its own copy then receives the
@@ -81,7 +89,8 @@ class LocalTier {
   /// step the run resumed from; -1: a fresh start). Failures are warnings.
   void discard_newer_than(int64_t step);
   /// The run finished (every rank calls it: a barrier when there are replicas): waits, stops
-  /// replicating, then removes this rank's folder (and the run's, once empty).
+  /// replicating, then removes this rank's folder (and the run's, once empty; and the default
+  /// directory's base, /dev/shm/nnx-local, once empty).
   void remove();
 
  private:
@@ -89,14 +98,18 @@ class LocalTier {
   std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
   void start_replicas(const LocalTierConfig& cfg, int world_size);
   bool save_here(int64_t step, const checkpoint::Composite& args);
-  bool all_ranks(bool mine) const;
+  void agree_and_replicate(int64_t step, bool saved);
   void replicate(int64_t step);
+  void protect();
 
   std::filesystem::path dir_;
   bool configured_ = false;
+  bool default_directory_ = false;  // under /dev/shm/nnx-local/, which the last run to finish removes
   int64_t interval_ = 1;
-  std::shared_ptr<ProtectedSteps> protected_;  // kept beyond max_to_keep: the last steps offered
-  int64_t last_offered_ = -1;
+  int listed_ = 0;  // steps each folder reports when agreeing on a restore: all it can hold
+  std::shared_ptr<ProtectedSteps> protected_;  // kept beyond max_to_keep: the two below
+  int64_t replicated_ = -1;    // the newest step every rank's peers confirmed holding
+  int64_t last_offered_ = -1;  // the step being (or last) replicated
   bool failing_ = false;  // a save failed: warn once per failure streak
   std::atomic<bool> async_failing_{false};  // the same, for failures the replica sender saw
   std::shared_ptr<distributed::ProcessGroup> pg_;

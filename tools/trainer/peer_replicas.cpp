@@ -145,6 +145,7 @@ bool PeerReplicas::busy() const {
 void PeerReplicas::send_one(const Offer& o) {
   if (!o.committed()) return;  // the local save failed or was skipped: nothing to replicate
   const int n = pg_->world_size();
+  bool all = true;  // every peer answered that it holds the step
   for (int k = 1; k <= replicas_; ++k) {
     const int dest = (pg_->rank() + k) % n;
     {
@@ -158,11 +159,26 @@ void PeerReplicas::send_one(const Offer& o) {
       ++copies_sent_;
       warned_ = false;
     } catch (const std::exception& e) {
+      all = false;
       if (!warned_) log::warn_parts("checkpoint.local: replicating step ", o.step, " to rank ", dest, " failed (",
                                     e.what(), "); the local and persistent tiers go on");
       warned_ = true;
     }
   }
+  if (all) confirmed_ = o.step;
+}
+
+void PeerReplicas::protect(int64_t step) {
+  std::lock_guard<std::mutex> l(mu_);
+  protected_ = step;
+}
+
+// The newest max_to_keep steps of a source, and the protected one. Called under mu_.
+void PeerReplicas::apply_retention(checkpoint::CheckpointManager& m) {
+  m.reload();
+  const auto steps = m.all_steps();
+  for (size_t i = 0; i + static_cast<size_t>(max_to_keep_) < steps.size(); ++i)
+    if (steps[i] != protected_) m.delete_step(steps[i]);
 }
 
 void PeerReplicas::stop_sending() {
@@ -170,7 +186,7 @@ void PeerReplicas::stop_sending() {
     std::lock_guard<std::mutex> l(mu_);
     stop_send_ = true;
   }
-  cv_.notify_all();  // the sender finishes its transfer (and any offer already queued is dropped)
+  cv_.notify_all();  // the sender finishes its transfer; an offer it takes after this sends nothing
   if (sender_.joinable()) sender_.join();
 }
 
@@ -204,11 +220,7 @@ bool PeerReplicas::receive_announced(int source) {
     if (got.committed) ++copies_received_;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (auto& m = stores_.at(source)) {
-        m->reload();
-        for (auto steps = m->all_steps(); static_cast<int>(steps.size()) > max_to_keep_; steps.erase(steps.begin()))
-          m->delete_step(steps.front());
-      }
+      if (auto& m = stores_.at(source)) apply_retention(*m);
     }
   } catch (const std::exception& e) {
     log::warn_parts("checkpoint.local: receiving a replica from rank ", source, " failed (", e.what(), ")");

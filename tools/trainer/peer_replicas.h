@@ -29,10 +29,11 @@ void delete_steps_newer_than(checkpoint::CheckpointManager& m, int64_t step);
 /// Replicates this rank's local-tier steps to ranks (rank + k) mod world_size, k = 1..replicas,
 /// and keeps the copies that ranks (rank - k) mod world_size send here, under
 /// <host_dir>/replicas/rank-<source>/ (committed atomically, the newest max_to_keep steps of each
-/// source). Two background threads on a process group of their own: one sends the newest step
-/// offered (an older one still waiting is dropped), one receives. Each transfer is announced by
-/// a store key, so an idle receiver polls the store and never waits on the network. Transfer
-/// failures are warnings: the local tier and the persistent tier go on.
+/// source, and the step protect() names). Two background threads on a process group of their
+/// own: one sends the newest step offered (an older one still waiting is dropped), one receives.
+/// Each transfer is announced by a store key, so an idle receiver polls the store and never
+/// waits on the network; a transfer ends when the peer answers that it committed the step.
+/// Transfer failures are warnings: the local tier and the persistent tier go on.
 /// Memory: one kTransferChunkBytes buffer per thread while a transfer runs.
 class PeerReplicas {
  public:
@@ -49,6 +50,11 @@ class PeerReplicas {
   /// Whether an offer is waiting or being sent (the caller offers a step only when no rank's
   /// sender is busy, so every rank replicates the same steps).
   bool busy() const;
+  /// The newest offered step that every peer answered it holds (-1: none yet).
+  int64_t confirmed_step() const { return confirmed_.load(); }
+  /// Keeps each source's replica of `step` beyond max_to_keep (-1: none): the step the ranks
+  /// agreed every peer holds, the one a replaced host can always get back.
+  void protect(int64_t step);
   /// Finishes the transfer in flight and stops sending. Every rank calls it, then a barrier,
   /// then stop_receiving(): so every announced transfer is received.
   void stop_sending();
@@ -80,6 +86,7 @@ class PeerReplicas {
   void send_one(const Offer& o);
   void receive_loop();
   bool receive_announced(int source);
+  void apply_retention(checkpoint::CheckpointManager& m);
   std::string key(int source, int dest, int64_t seq) const;
 
   std::shared_ptr<distributed::ProcessGroup> pg_;
@@ -93,6 +100,8 @@ class PeerReplicas {
   std::condition_variable cv_;
   std::optional<Offer> pending_;
   bool in_flight_ = false;  // the sender took an offer and has not finished it
+  int64_t protected_ = -1;  // kept beyond max_to_keep in every source's folder
+  std::atomic<int64_t> confirmed_{-1};
   bool stop_send_ = false;
   std::atomic<bool> stop_recv_{false};
   bool warned_ = false;

@@ -475,7 +475,9 @@ bool Run::after_step(double loss, bool finite) {
   const bool local_due = local_->due(step_);
   // One check (a sync on a GPU) for both tiers' saves of this step.
   const bool params_ok = (persistent_due || local_due) && params_finite();
-  if (local_due && params_ok) local_->maybe_save(step_, checkpoint_args(step_, /*per_rank=*/true));
+  // Called on every rank when due (a collective with replicas), saving only finite params.
+  if (local_due)
+    local_->maybe_save(step_, params_ok ? std::optional(checkpoint_args(step_, /*per_rank=*/true)) : std::nullopt);
   if (persistent_due) {
     nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
     if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
@@ -491,7 +493,10 @@ bool Run::after_step(double loss, bool finite) {
           << manager_->step_path(step_).string() << ". Run the same command to resume.\n";
     return false;
   }
-  if (step_ == ropts_.crash_after_step && (ropts_.crash_rank < 0 || ropts_.crash_rank == env_.rank)) ::raise(SIGKILL);
+  if (step_ == ropts_.crash_after_step && (ropts_.crash_rank < 0 || ropts_.crash_rank == env_.rank)) {
+    local_->wait_for_replicas();  // the test hook kills after a replica, not during one (a SIGKILL from outside can)
+    ::raise(SIGKILL);
+  }
   return true;
 }
 

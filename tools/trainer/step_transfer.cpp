@@ -131,7 +131,9 @@ int64_t send_step(distributed::ProcessGroup& pg, const stdfs::path& step_dir, in
     }
   }
   send_word(pg, read_error.empty() ? 0 : 1, dst, tag);
+  const int64_t held = recv_word(pg, dst, tag);  // the peer's answer, once committed (or not)
   NNX_CHECK(read_error.empty(), read_error);
+  NNX_CHECK_IO(held == 0, "rank ", dst, " did not commit step ", step, " (its log says why)");
   return total;
 }
 
@@ -219,15 +221,20 @@ ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
     if (error.empty()) error = e;
     const int64_t status = recv_word(pg, src, tag);
     if (error.empty() && status != 0) error = "rank " + std::to_string(src) + " could not read its step " + std::to_string(r.step);
-    NNX_CHECK_IO(error.empty(), error);
-    if (discard) return r;
-    checkpoint::fs::fsync_path(tmp);
-    checkpoint::fs::rename_no_replace(tmp, target);
-  } catch (...) {
+    if (error.empty() && !discard) try {
+        checkpoint::fs::fsync_path(tmp);
+        checkpoint::fs::rename_no_replace(tmp, target);
+      } catch (const std::exception& x) {
+        error = x.what();
+      }
+  } catch (...) {  // the transport failed: no answer can reach the sender either
     checkpoint::fs::remove_tree(tmp, ec);
     throw;
   }
-  r.committed = true;
+  if (!error.empty()) checkpoint::fs::remove_tree(tmp, ec);
+  send_word(pg, error.empty() ? 0 : 1, src, tag);  // the sender learns whether this rank holds the step
+  NNX_CHECK_IO(error.empty(), error);
+  r.committed = !discard;
   return r;
 }
 
