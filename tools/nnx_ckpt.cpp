@@ -84,8 +84,12 @@ std::vector<stdfs::path> rank_folders(const stdfs::path& dir) {
 
 // The folders of a run's local tier (`local`, or the run dir's default one), if any: each
 // rank's own, then the replicas it keeps of its peers (<rank folder>/replicas/rank-<source>).
+// A `local` given by the user that holds no rank folder is an error naming it (a typo would
+// otherwise list nothing and exit 0).
 std::vector<stdfs::path> local_tier_folders(const std::string& run_dir, const std::string& local) {
   const stdfs::path root = local.empty() ? nnx::trainer::default_local_directory(run_dir) : stdfs::path(local);
+  NNX_CHECK(local.empty() || !rank_folders(root).empty(), "--local '", local,
+            "' holds no local tier (expected the rank-<r>-of-<n> folders of checkpoint.local.directory)");
   std::vector<stdfs::path> out;
   for (const auto& f : rank_folders(root)) {
     out.push_back(f);
@@ -192,7 +196,14 @@ int cmd_show(const std::string& dir, std::optional<int64_t> step) {
 int cmd_verify(const std::string& dir, std::optional<int64_t> step, const std::string& local) {
   std::vector<stdfs::path> targets;
   stdfs::path root(dir);
-  if (step || stdfs::exists(root / kMetadataFile)) {
+  if (step && !local.empty()) {  // the step wherever this run holds it: persistent tier, ranks, replicas
+    CheckpointManager m(checkpoints_dir(dir), read_only_options());
+    if (stdfs::exists(m.step_path(*step) / kMetadataFile)) targets.push_back(m.step_path(*step));
+    for (const auto& f : local_tier_folders(dir, local))
+      if (stdfs::exists(f / std::to_string(*step) / kMetadataFile)) targets.push_back(f / std::to_string(*step));
+    NNX_CHECK(!targets.empty(), "no committed step ", *step, " in '", checkpoints_dir(dir).string(), "' or the local tier '",
+              local, "'");
+  } else if (step || stdfs::exists(root / kMetadataFile)) {
     targets.push_back(resolve(dir, step));
   } else {
     CheckpointManager m(checkpoints_dir(dir), read_only_options());

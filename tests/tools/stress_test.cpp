@@ -118,8 +118,9 @@ void stress(int ranks, int trials, Totals& totals, const std::string& extra = ""
     const std::string log = run + ".log";
     int rc = run_or_kill(command(ranks, run, async, extra), -1, log);
     ASSERT_EQ(rc, 0) << std::ifstream(log).rdbuf();
-    if (extra.find("checkpoint.local") != std::string::npos)  // a finished run removes its local tier
+    if (extra.find("checkpoint.local") != std::string::npos) {  // a finished run removes its local tier
       EXPECT_FALSE(stdfs::exists(nnx::trainer::default_local_directory(run))) << nnx::trainer::default_local_directory(run);
+    }
     auto got = test::final_states(run);
     for (const auto& [item, s] : reference[async])
       EXPECT_TRUE(s.equal(got.at(item))) << item << ": " << s.first_difference(got.at(item));

@@ -114,9 +114,21 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   auto verified = test::run(test::bin("nnx-ckpt") + " verify " + b + " --local " + local);
   EXPECT_EQ(verified.exit_code, 0) << verified.output;
   EXPECT_NE(verified.output.find("OK     " + local + "/rank-0-of-1/24"), std::string::npos) << verified.output;
+  auto one = test::run(test::bin("nnx-ckpt") + " verify " + b + " 24 --local " + local);  // a step of the local tier only
+  EXPECT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_NE(one.output.find("OK     " + local + "/rank-0-of-1/24"), std::string::npos) << one.output;
+  auto typo = test::run(test::bin("nnx-ckpt") + " list " + b + " --local " + local + "-typo");
+  EXPECT_EQ(typo.exit_code, 2) << typo.output;
+  EXPECT_NE(typo.output.find("--local '" + local + "-typo' holds no local tier"), std::string::npos) << typo.output;
+  // The run's local tier at another world size: never read, said once, removed at the end.
+  stdfs::create_directories(stdfs::path(local) / "rank-1-of-2" / "30");
   auto resumed = test::run(train_cmd("tiny_synthetic.yaml", b, o));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from step 24 (" + local + "/rank-0-of-1/24)"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("warning: checkpoint.local: '" + local + "/rank-1-of-2' is this run's local tier at another world size"),
+            std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("local tier: 12 of 12 due saves written, 0 skipped"), std::string::npos) << resumed.output;
+  EXPECT_FALSE(stdfs::exists(stdfs::path(local) / "rank-1-of-2")) << resumed.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
   // A local tier that is gone (a replaced host): the persistent tier's step 20.

@@ -65,6 +65,7 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
   default_directory_ = cfg.directory.empty();
   const stdfs::path root = default_directory_ ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
+  find_other_world_sizes(root, world_size);
   checkpoint::CheckpointManagerOptions mo;
   protected_ = std::make_shared<ProtectedSteps>();
   mo.preservation_policy = std::make_shared<checkpoint::AnyPreservationPolicy>(
@@ -88,10 +89,29 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
   start_replicas(cfg, world_size);
 }
 
+// Folders of this run's local tier at another world size (rank-<r>-of-<m>, m != world_size):
+// never read by this run (the persistent tier restores at any world size), so they only hold
+// memory. Said once, and removed when this run finishes.
+void LocalTier::find_other_world_sizes(const stdfs::path& root, int world_size) {
+  std::error_code ec;
+  const std::string mine = "-of-" + std::to_string(world_size);
+  for (stdfs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("rank-", 0) != 0 || name.find("-of-") == std::string::npos) continue;
+    if (name.size() >= mine.size() && name.compare(name.size() - mine.size(), mine.size(), mine) == 0) continue;
+    other_world_sizes_.push_back(it->path());
+    log::warn_parts("checkpoint.local: '", it->path().string(), "' is this run's local tier at another world size, "
+                    "which a run at world size ", world_size, " does not read; it is removed when this run finishes");
+  }
+}
+
 // Every rank makes the replication's group (a collective), also one whose folder failed: it
 // still receives (and discards) what its peers send.
 void LocalTier::start_replicas(const LocalTierConfig& cfg, int world_size) {
   n_replicas_ = pg_ ? std::min(cfg.replicas, world_size - 1) : 0;
+  if (pg_ && pg_->rank() == 0 && cfg.replicas > n_replicas_)
+    log::warn_parts("checkpoint.local.replicas = ", cfg.replicas, " at world_size ", world_size, ": ", n_replicas_,
+                    " made (each rank's copies go to the other ranks, at most world_size - 1)");
   if (n_replicas_ <= 0) return;
   auto group = pg_->new_group("local-replicas");
   try {
@@ -116,9 +136,16 @@ void LocalTier::maybe_save(int64_t step, const std::optional<checkpoint::Composi
 // This rank's save of `step`; false when skipped or failed.
 bool LocalTier::save_here(int64_t step, const checkpoint::Composite& args) {
   if (!manager_ || !manager_->should_save(step)) return false;
+  ++saves_due_;
+  if (manager_->is_saving_in_progress()) {  // training never waits for the fast tier
+    ++saves_skipped_;
+    log::debug("checkpoint.local: step " + std::to_string(step) + " not saved: the previous local save is still being written");
+    return false;
+  }
   try {
     const bool saved = manager_->save(step, args, nlohmann::json::object());
     failing_ = false;
+    saves_written_ += saved ? 1 : 0;
     return saved;
   } catch (const std::exception& e) {  // a full /dev/shm costs the fast tier, never the run
     if (!failing_) log::warn_parts("checkpoint.local: the local save of step ", step, " failed (", e.what(),
@@ -240,7 +267,13 @@ std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_bef
       break;
     }
   }
-  if (!step) return std::nullopt;
+  if (!step) {
+    if (!candidates.empty() && (!pg_ || pg_->rank() == 0))
+      log::info("checkpoint.local: no local step that every rank can get" +
+                (not_before ? " at or after the persistent tier's step " + std::to_string(*not_before) : std::string()) +
+                "; resuming from the persistent tier");
+    return std::nullopt;
+  }
   // Kept (here and in the replicas of it this rank holds) until an offer every peer confirmed.
   replicated_ = last_offered_ = *step;
   if (protected_) protect();
@@ -321,6 +354,7 @@ void LocalTier::remove() {
   manager_.reset();
   std::error_code ec;
   checkpoint::fs::remove_tree(dir_, ec);
+  for (const auto& other : other_world_sizes_) checkpoint::fs::remove_tree(other, ec);  // (another rank's may race)
   stdfs::remove(dir_.parent_path(), ec);  // the run's folder, once every rank removed its own
   if (default_directory_) stdfs::remove(dir_.parent_path().parent_path(), ec);  // nnx-local/, once empty
 }

@@ -67,6 +67,11 @@ class LocalTier {
   /// The newest step every rank's peers confirmed holding, agreed by all ranks (-1: none yet):
   /// kept in this rank's folder and in the replicas it holds of its peers.
   int64_t replicated_step() const { return replicated_; }
+  /// Local saves that were due on this rank, written, and skipped because the previous one was
+  /// still being written (async; training never waits for this tier).
+  int64_t saves_due() const { return saves_due_; }
+  int64_t saves_written() const { return saves_written_; }
+  int64_t saves_skipped() const { return saves_skipped_; }
   /// Waits until this rank's replica sender is idle (its last transfer committed at the peers,
   /// or failed). For nnx-train's --crash-after-step test hook.
   void wait_for_replicas() const;
@@ -89,14 +94,16 @@ class LocalTier {
   /// step the run resumed from; -1: a fresh start). Failures are warnings.
   void discard_newer_than(int64_t step);
   /// The run finished (every rank calls it: a barrier when there are replicas): waits, stops
-  /// replicating, then removes this rank's folder (and the run's, once empty; and the default
-  /// directory's base, /dev/shm/nnx-local, once empty).
+  /// replicating, then removes this rank's folder, the folders of this run's local tier at other
+  /// world sizes that this host holds (and the run's, once empty; and the default directory's
+  /// base, /dev/shm/nnx-local, once empty).
   void remove();
 
  private:
   std::vector<std::vector<std::vector<int64_t>>> gather_holdings() const;
   std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
   void start_replicas(const LocalTierConfig& cfg, int world_size);
+  void find_other_world_sizes(const std::filesystem::path& root, int world_size);
   bool save_here(int64_t step, const checkpoint::Composite& args);
   void agree_and_replicate(int64_t step, bool saved);
   void replicate(int64_t step);
@@ -104,7 +111,9 @@ class LocalTier {
 
   std::filesystem::path dir_;
   bool configured_ = false;
-  bool default_directory_ = false;  // under /dev/shm/nnx-local/, which the last run to finish removes
+  bool default_directory_ = false;
+  std::vector<std::filesystem::path> other_world_sizes_;  // this run's tiers at other world sizes
+  int64_t saves_due_ = 0, saves_written_ = 0, saves_skipped_ = 0;  // under /dev/shm/nnx-local/, which the last run to finish removes
   int64_t interval_ = 1;
   int listed_ = 0;  // steps each folder reports when agreeing on a restore: all it can hold
   std::shared_ptr<ProtectedSteps> protected_;  // kept beyond max_to_keep: the two below

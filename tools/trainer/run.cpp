@@ -517,6 +517,10 @@ void Run::report_done() const {
         << format_duration(total) << ", loss " << last_loss_;
   if (last.contains("eval_accuracy"))
     *out_ << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
+  if (local_->configured())
+    *out_ << "\nnnx-train: local tier" << (env_.world_size > 1 ? " (rank 0)" : "") << ": " << local_->saves_written() << " of "
+          << local_->saves_due() << " due saves written, " << local_->saves_skipped()
+          << " skipped while the previous one was still being written";
   *out_ << "\nnnx-train: checkpoints in " << manager_->directory().string() << " (latest " << *manager_->latest_step();
   if (lead_)  // rank 0 may still be applying retention; other ranks do not read steps here
     if (auto b = manager_->best_step()) *out_ << ", best " << *b;
