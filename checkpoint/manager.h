@@ -111,6 +111,9 @@ class CheckpointManager {
   void close();
   const std::filesystem::path& directory() const { return directory_; }
   const CheckpointManagerOptions& options() const { return options_; }
+  /// Deletes the committed steps its preservation policy does not keep (save() does it after
+  /// each commit; after reload() found steps another writer committed, this applies it to them).
+  void apply_retention();
 
  private:
   std::optional<int64_t> parse_step(const std::string& name) const;
@@ -120,7 +123,6 @@ class CheckpointManager {
   std::vector<std::filesystem::path> retention_locked();
   CheckpointInfo committed_info(const CheckpointInfo& mine, const std::filesystem::path& path) const;
   bool previous_save_busy() const;
-  void apply_retention();
   void remove_renamed(const std::vector<std::filesystem::path>& gone) const;
   std::filesystem::path rename_away_locked(int64_t step);
   bool agree(int64_t step, bool local_save, bool local_save_if_preempted, bool preempted) const;

@@ -39,6 +39,22 @@ void expect_each_rank_printed(const test::RunResult& r, int n, const std::functi
   for (int k = 0; k < n; ++k)
     EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] " + line(k)), std::string::npos) << r.output;
 }
+// The run resumed from a step of `rank0_folder` (rank 0's own local folder) no older than
+// `at_least`, and rank 1 took that same step from its replica on rank 0. `rank0_output` and
+// `rank1_output` hold each rank's lines: one nnx-launch's output twice (`prefixed`: each line
+// carries its rank's prefix), or each host's own.
+void expect_rank1_resumed_from_replica(const std::string& rank0_output, const std::string& rank1_output,
+                                       const std::string& rank0_folder, int at_least, bool prefixed) {
+  const std::string p0 = prefixed ? "\\[rank 0\\] " : "", p1 = prefixed ? "[rank 1] nnx-train: info: " : "";
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(rank0_output, m,
+                                std::regex(p0 + "nnx-train: resumed from step (\\d+) \\(" + rank0_folder + "/")))
+      << rank0_output;
+  EXPECT_GE(std::stoi(m[1]), at_least) << rank0_output;
+  EXPECT_NE(rank1_output.find(p1 + "checkpoint.local: this rank's step " + std::string(m[1]) +
+                              " came from its replica on rank 0"),
+            std::string::npos) << rank1_output;
+}
 }  // namespace
 
 TEST(Launch, PrefixesLinesAndRunsCollectives) {
@@ -348,13 +364,7 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // The newest step that both ranks can get (rank 1's from rank 0's replica): at least the
   // persistent tier's 20 (steps 20-36 offer replicas; the crash hook waits for the one in flight).
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex("\\[rank 0\\] nnx-train: resumed from step (\\d+) \\(" + local + "/rank-0-of-2/")))
-      << r.output;
-  const std::string step = m[1];
-  EXPECT_GE(std::stoi(step), 20) << r.output;
-  EXPECT_NE(r.output.find("[rank 1] nnx-train: info: checkpoint.local: this rank's step " + step + " came from its replica on rank 0"),
-            std::string::npos) << r.output;
+  expect_rank1_resumed_from_replica(r.output, r.output, local + "/rank-0-of-2", 20, /*prefixed=*/true);
   auto sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
   // Two adjacent ranks' folders gone: nobody holds their steps; the persistent tier.
@@ -392,7 +402,9 @@ TEST(ZeroOne, TheLocalTierKeepsEachRanksOptimizerRowsAndResumesBitExactly) {
     const auto full = sa.at("optimizer").at("mu/layers/1/kernel").value.size(0);
     for (const auto& d : list_item(f, "optimizer")) {
       EXPECT_EQ(d.sharding, "") << "rank " << r << " " << d.path;
-      if (d.path == "mu/layers/1/kernel") EXPECT_EQ(d.shape.at(0), shard_range(full, r, 2).size) << "rank " << r;
+      if (d.path == "mu/layers/1/kernel") {
+        EXPECT_EQ(d.shape.at(0), shard_range(full, r, 2).size) << "rank " << r;
+      }
     }
   }
   auto resumed = test::run(launch(2, train(b, o + " train.max_steps=30")));
@@ -406,13 +418,7 @@ TEST(ZeroOne, TheLocalTierKeepsEachRanksOptimizerRowsAndResumesBitExactly) {
   auto r = test::run(launch(2, train(b, o)));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // A local step no older than the persistent tier's 40 (steps 40-56 offer replicas).
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.output, m, std::regex("\\[rank 0\\] nnx-train: resumed from step (\\d+) \\(" + local + "/rank-0-of-2/")))
-      << r.output;
-  EXPECT_GE(std::stoi(m[1]), 40) << r.output;
-  EXPECT_NE(r.output.find("[rank 1] nnx-train: info: checkpoint.local: this rank's step " + std::string(m[1]) +
-                          " came from its replica on rank 0"),
-            std::string::npos) << r.output;
+  expect_rank1_resumed_from_replica(r.output, r.output, local + "/rank-0-of-2", 40, /*prefixed=*/true);
   const auto sb = test::final_states(b);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
 }
@@ -648,12 +654,7 @@ TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
   auto [r0, r1] = hosts.run(program(""), 29613);
   ASSERT_EQ(r0.exit_code, 0) << r0.output;
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r0.output, m, std::regex("nnx-train: resumed from step (\\d+) \\(" + root + "/host-0/rank-0-of-2/")))
-      << r0.output;
-  EXPECT_GE(std::stoi(m[1]), 20) << r0.output;
-  EXPECT_NE(r1.output.find("checkpoint.local: this rank's step " + std::string(m[1]) + " came from its replica on rank 0"),
-            std::string::npos) << r1.output;
+  expect_rank1_resumed_from_replica(r0.output, r1.output, root + "/host-0/rank-0-of-2", 20, /*prefixed=*/false);
   auto sa = test::final_states(ref), sb = test::final_states(run_dir);
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
 }

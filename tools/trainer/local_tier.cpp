@@ -115,7 +115,7 @@ void LocalTier::start_replicas(const LocalTierConfig& cfg, int world_size) {
   if (n_replicas_ <= 0) return;
   auto group = pg_->new_group("local-replicas");
   try {
-    replicas_ = std::make_unique<PeerReplicas>(group, dir_, n_replicas_, cfg.max_to_keep);
+    replicas_ = std::make_unique<PeerReplicas>(group, dir_, n_replicas_, cfg.max_to_keep, protected_);
   } catch (const std::exception& e) {
     log::warn_parts("checkpoint.local: cannot keep replicas in '", dir_.string(), "' (", e.what(), ")");
   }
@@ -171,14 +171,13 @@ void LocalTier::agree_and_replicate(int64_t step, bool saved) {
   protect();
 }
 
-// Retention keeps replicated_ (in this rank's folder and in the replicas it holds) and the step
-// being replicated, beyond max_to_keep.
+// Retention keeps replicated_ and the step being replicated beyond max_to_keep, in this rank's
+// folder and in the replicas it holds (the same step numbers: the ranks replicate agreed steps).
 void LocalTier::protect() {
   std::set<int64_t> keep;
   for (int64_t s : {replicated_, last_offered_})
     if (s >= 0) keep.insert(s);
   protected_->set(std::move(keep));
-  if (replicas_) replicas_->protect(replicated_);
 }
 
 // Offers `step` to the peers once it committed (protected before the sender can read it).

@@ -23,12 +23,16 @@ int tag_of(int source) { return 1 + source; }
 }  // namespace
 
 PeerReplicas::PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, stdfs::path host_dir, int replicas,
-                           int max_to_keep)
+                           int max_to_keep, checkpoint::PreservationPolicyPtr also_keep)
     : pg_(std::move(group)), host_dir_(std::move(host_dir)), replicas_(replicas), max_to_keep_(max_to_keep) {
   NNX_CHECK(replicas_ >= 1 && replicas_ < pg_->world_size(), "checkpoint.local.replicas = ", replicas_,
             " must be in [1, world_size = ", pg_->world_size(), ")");
   checkpoint::CheckpointManagerOptions mo;
-  mo.max_to_keep = max_to_keep_;
+  if (also_keep)
+    mo.preservation_policy = std::make_shared<checkpoint::AnyPreservationPolicy>(
+        std::vector<checkpoint::PreservationPolicyPtr>{std::make_shared<checkpoint::LatestN>(max_to_keep_), also_keep});
+  else
+    mo.max_to_keep = max_to_keep_;
   mo.handle_preemption_signals = false;
   for (int s : sources()) {
     next_in_[s] = 0;
@@ -168,18 +172,6 @@ void PeerReplicas::send_one(const Offer& o) {
   if (all) confirmed_ = o.step;
 }
 
-void PeerReplicas::protect(int64_t step) {
-  std::lock_guard<std::mutex> l(mu_);
-  protected_ = step;
-}
-
-// The newest max_to_keep steps of a source, and the protected one. Called under mu_.
-void PeerReplicas::apply_retention(checkpoint::CheckpointManager& m) {
-  m.reload();
-  const auto steps = m.all_steps();
-  for (size_t i = 0; i + static_cast<size_t>(max_to_keep_) < steps.size(); ++i)
-    if (steps[i] != protected_) m.delete_step(steps[i]);
-}
 
 void PeerReplicas::stop_sending() {
   {
@@ -220,7 +212,10 @@ bool PeerReplicas::receive_announced(int source) {
     if (got.committed) ++copies_received_;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (auto& m = stores_.at(source)) apply_retention(*m);
+      if (auto& m = stores_.at(source)) {  // committed behind the manager's back: its retention
+        m->reload();
+        m->apply_retention();
+      }
     }
   } catch (const std::exception& e) {
     log::warn_parts("checkpoint.local: receiving a replica from rank ", source, " failed (", e.what(), ")");

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "nnx/checkpoint/preservation_policy.h"
+
 namespace nnx::distributed {
 class ProcessGroup;
 }
@@ -29,7 +31,7 @@ void delete_steps_newer_than(checkpoint::CheckpointManager& m, int64_t step);
 /// Replicates this rank's local-tier steps to ranks (rank + k) mod world_size, k = 1..replicas,
 /// and keeps the copies that ranks (rank - k) mod world_size send here, under
 /// <host_dir>/replicas/rank-<source>/ (committed atomically, the newest max_to_keep steps of each
-/// source, and the step protect() names). Two background threads on a process group of their
+/// source, and those `also_keep` keeps). Two background threads on a process group of their
 /// own: one sends the newest step offered (an older one still waiting is dropped), one receives.
 /// Each transfer is announced by a store key, so an idle receiver polls the store and never
 /// waits on the network; a transfer ends when the peer answers that it committed the step.
@@ -40,8 +42,10 @@ class PeerReplicas {
   /// Starts both threads. `group` serves replication alone (its collectives must not interleave
   /// with the training's); `replicas` is in [1, world_size) (else nnx::Error). A replica folder
   /// that cannot be made is a warning: what that source sends is received and discarded.
+  /// `also_keep` (may be null): a preservation policy whose steps every source's folder keeps
+  /// beyond its newest max_to_keep (the local tier's agreed step).
   PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, std::filesystem::path host_dir, int replicas,
-               int max_to_keep);
+               int max_to_keep, checkpoint::PreservationPolicyPtr also_keep = nullptr);
   /// Stops both threads without waiting for peers (transfers in flight end or fail).
   ~PeerReplicas();
   /// Queues the step `step` at `step_dir` for the peers; `committed` runs on the sending thread
@@ -52,9 +56,6 @@ class PeerReplicas {
   bool busy() const;
   /// The newest offered step that every peer answered it holds (-1: none yet).
   int64_t confirmed_step() const { return confirmed_.load(); }
-  /// Keeps each source's replica of `step` beyond max_to_keep (-1: none): the step the ranks
-  /// agreed every peer holds, the one a replaced host can always get back.
-  void protect(int64_t step);
   /// Finishes the transfer in flight and stops sending. Every rank calls it, then a barrier,
   /// then stop_receiving(): so every announced transfer is received.
   void stop_sending();
@@ -86,7 +87,6 @@ class PeerReplicas {
   void send_one(const Offer& o);
   void receive_loop();
   bool receive_announced(int source);
-  void apply_retention(checkpoint::CheckpointManager& m);
   std::string key(int source, int dest, int64_t seq) const;
 
   std::shared_ptr<distributed::ProcessGroup> pg_;
@@ -100,7 +100,6 @@ class PeerReplicas {
   std::condition_variable cv_;
   std::optional<Offer> pending_;
   bool in_flight_ = false;  // the sender took an offer and has not finished it
-  int64_t protected_ = -1;  // kept beyond max_to_keep in every source's folder
   std::atomic<int64_t> confirmed_{-1};
   bool stop_send_ = false;
   std::atomic<bool> stop_recv_{false};

@@ -406,7 +406,7 @@ checkpoint::Composite Run::checkpoint_args(int64_t at_step, bool per_rank) {
   const std::map<std::string, State> states = {{"params", parts[0]},
                                                {"batch_stats", parts[1]},
                                                {"rngs", parts[2]},
-                                               {"optimizer", per_rank ? local_arrays(state(*optimizer_)) : state(*optimizer_)}};
+                                               {"optimizer", per_rank && zero1_ ? local_arrays(state(*optimizer_)) : state(*optimizer_)}};
   const std::map<std::string, nlohmann::json> json = {
       {"data", nlohmann::json{{"epoch", loader_->epoch()}, {"index", loader_->index()}, {"global_batch", global_batch_}}},
       {"config", cfg_.to_json()},
