@@ -43,6 +43,7 @@
 #include "nnx/framework/distributed.h"
 #include "tools/trainer/peer_replicas.h"
 #include "nnx/framework/graph.h"
+#include "nnx/framework/host_memory.h"
 #include "nnx/models/models.h"
 #include "tools/trainer/trainer.h"
 #include "nnx/optim/optimizer.h"
@@ -768,7 +769,7 @@ void bench_training(bool quick, const stdfs::path& dir) {
                     "plain libtorch " + fmt(median(plain_v), " ms"), fmt(rp, "", 3) + " (median of " + std::to_string(rounds) + " rounds)",
                     "<= 1.03", rp <= 1.03 ? "ok" : "MISSED"});
     const double rk = median(r_plain_kf);
-    rows.push_back({"train step " + name + ": nnx-train vs plain libtorch with nnx-train's malloc settings", fmt(median(ours_v), " ms"),
+    rows.push_back({"train step " + name + ": nnx-train vs plain libtorch with nnx-train's memory settings", fmt(median(ours_v), " ms"),
                     "plain libtorch " + fmt(median(plain_kf_v), " ms"), fmt(rk, "", 3) + " (median of " + std::to_string(rounds) + " rounds)",
                     "reported", ""});
     if (!r_py.empty()) {
@@ -1109,7 +1110,10 @@ int main(int argc, char** argv) {
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
   if (!replica_rank_dir.empty()) return replica_rank(replica_rank_dir, reps_override > 0 ? reps_override : 3);
   if (!plain_model.empty()) {
-    if (plain_keep_freed) nnx::trainer::keep_freed_memory();
+    if (plain_keep_freed) {  // nnx-train's memory settings (Run's constructor)
+      nnx::trainer::keep_freed_memory();
+      nnx::use_huge_pages_for_large_tensors();
+    }
     auto ds = data::load_fashion_mnist("/usr/share/datasets/fashion-mnist", "train");
     std::cout << plain_examples_per_sec(plain_model == "cnn", plain_steps, 2, ds) << "\n";
     return 0;

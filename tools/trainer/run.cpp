@@ -14,6 +14,7 @@
 #include "nnx/framework/blas.h"
 #include "nnx/framework/compat.h"
 #include "nnx/framework/graph.h"
+#include "nnx/framework/host_memory.h"
 #include "nnx/framework/log.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/models/models.h"
@@ -79,6 +80,7 @@ optim::Schedule schedule_of(const Config& cfg) {
 Run::Run(const Config& cfg, const RunOptions& ropts)
     : cfg_(cfg), ropts_(ropts), device_(c10::kCPU), out_(&std::cout) {
   keep_freed_memory();
+  use_huge_pages_for_large_tensors();  // before the model and the restore allocate the state
   if (cfg_.threads > 0) {  // the BLAS's own pool too (OpenBLAS ignores at::set_num_threads)
     at::set_num_threads(cfg_.threads);
     set_blas_num_threads(cfg_.threads);
