@@ -5,11 +5,11 @@
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
-#include <new>
 #include <string>
 
 namespace nnx {
@@ -35,14 +35,18 @@ class HugePageCpuAllocator final : public c10::Allocator {
 
  private:
   c10::DataPtr allocate_block(size_t nbytes) const {
-    if (nbytes < kHugePageBytes || original_->raw_deleter() == nullptr) return original_->allocate(nbytes);
+    // Sizes libtorch's allocator refuses (over PTRDIFF_MAX) go to it for its error.
+    if (nbytes < kHugePageBytes || nbytes > size_t(PTRDIFF_MAX) || original_->raw_deleter() == nullptr)
+      return original_->allocate(nbytes);
     // The advice covers only huge pages inside the block, never a neighbour's bytes. A block's
     // last, partial huge page joins it when that wastes at most an eighth of the block (a
     // 3.8 MiB tensor would otherwise sit half on 4 KiB pages).
     const size_t rounded = (nbytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
     const size_t size = rounded - nbytes <= nbytes / 8 ? rounded : nbytes;
     void* p = nullptr;
-    if (::posix_memalign(&p, kHugePageBytes, size) != 0) throw std::bad_alloc();
+    // Out of memory: libtorch's allocator tries once more and, failing, throws its c10::Error
+    // (and tells the profiler), as callers expect.
+    if (::posix_memalign(&p, kHugePageBytes, size) != 0) return original_->allocate(nbytes);
     // A refusal (EINVAL on a kernel without THP) leaves 4 KiB pages, which still work.
     (void)::madvise(p, size / kHugePageBytes * kHugePageBytes, MADV_HUGEPAGE);
     c10::profiledCPUMemoryReporter().New(p, nbytes);  // the original deleter reports the free
@@ -69,9 +73,11 @@ bool use_huge_pages_for_large_tensors() {
   std::call_once(once, [] {
     const char* opt = std::getenv("NNX_HUGE_PAGES");
     if ((opt != nullptr && std::string(opt) == "0") || std::getenv("LD_PRELOAD") != nullptr || !kernel_offers_thp()) return;
-    static HugePageCpuAllocator allocator(c10::GetCPUAllocator());  // lives as long as the process
-    c10::SetCPUAllocator(&allocator, /*priority=*/1);
-    installed = c10::GetCPUAllocator() == &allocator;
+    // Never destroyed: libtorch's registry keeps the pointer, and tensors may be freed during
+    // static destruction.
+    auto* allocator = new HugePageCpuAllocator(c10::GetCPUAllocator());
+    c10::SetCPUAllocator(allocator, /*priority=*/1);
+    installed = c10::GetCPUAllocator() == allocator;
   });
   return installed;
 }
