@@ -279,14 +279,14 @@ struct RestoreContenders {
   }
 };
 
-// Runs every contender once per round, in a new random order each round (seeded, so every run
-// draws the same orders): no contender always follows the same one. On the test VM what ran just
+// Runs every contender once per round, in a new random order each round (seeded by `seed`, so
+// every run draws the same orders): no contender always follows the same one. On the test VM what ran just
 // before (its allocations, its page-cache traffic) moved a 30 ms restore by about 10%: with the
 // order rotating, "restore" always followed "torch::load" and "without the check" always
 // followed "without checksums", and the structure check row read 1.30 and 1.60 (two runs) for a
 // check that costs 1.3% when timed alone.
-void run_shuffled_rounds(const std::vector<std::function<void()>>& contenders, int rounds) {
-  std::mt19937 gen(2026);
+void run_shuffled_rounds(const std::vector<std::function<void()>>& contenders, int rounds, uint32_t seed = 2026) {
+  std::mt19937 gen(seed);
   std::vector<size_t> order(contenders.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
   for (int i = 0; i < rounds; ++i) {
@@ -581,11 +581,20 @@ void bench_local_tier(const stdfs::path& dir, int reps) {
     save_sync.push_back(time_once([&] { pm.save(i, args, nlohmann::json::object(), true); }));
     save_local_block.push_back(time_once([&] { lm.save(i, args, nlohmann::json::object(), true); }));
     lm.wait_until_finished();
-    pm.restore(i, restore_args);  // reads the file into the page cache (it was written with O_DIRECT)
-    restore_warm.push_back(time_once([&] { pm.restore(i, restore_args); }));
-    evict_from_page_cache(pm.step_path(i) / kCheckpointFile);
-    restore_cold.push_back(time_once([&] { pm.restore(i, restore_args); }));
-    restore_local.push_back(time_once([&] { lm.restore(i, restore_args); }));
+    // The three restores of this step in a random order, three rounds: none always follows
+    // another (the local one used to follow the cold one every time).
+    const stdfs::path file = pm.step_path(i) / kCheckpointFile;
+    run_shuffled_rounds(
+        {[&] {
+           pm.restore(i, restore_args);  // into the page cache (the file was written with O_DIRECT)
+           restore_warm.push_back(time_once([&] { pm.restore(i, restore_args); }));
+         },
+         [&] {
+           evict_from_page_cache(file);
+           restore_cold.push_back(time_once([&] { pm.restore(i, restore_args); }));
+         },
+         [&] { restore_local.push_back(time_once([&] { lm.restore(i, restore_args); })); }},
+        3, static_cast<uint32_t>(i));
   }
   add_rounds("recovery of 400 MB: local tier (" + shm.string() + ") / persistent tier, cold", restore_local, restore_cold,
              " s", "persistent, cold", 0.2);
