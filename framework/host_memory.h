@@ -23,7 +23,7 @@ inline constexpr size_t kHugePageBytes = size_t(2) << 20;
 ///
 /// Why: a restore (and a model's initialisation) first-touches the whole state. With 4 KiB pages
 /// that is one page fault per 4 KiB (a 99 M-param GPT resuming in nnx-train: 650 k minor faults,
-/// 16 s of system time on the test VM); a fault per 2 MiB instead is 512 times fewer.
+/// 14-16 s of system time on the test VM); a fault per 2 MiB instead is 512 times fewer.
 ///
 /// Takes effect for tensors allocated afterwards (earlier ones keep their memory). Idempotent.
 /// Not thread-safe against other threads allocating tensors (libtorch's allocator registry is a

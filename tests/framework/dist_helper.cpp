@@ -262,7 +262,7 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
 int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
   const int r = pg.rank();
   const auto host = [&](int k) { return dir / ("host-" + std::to_string(k)); };
-  trainer::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, 2);
+  trainer::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, std::make_shared<checkpoint::LatestN>(2));
   if (replicas.sources() != std::vector<int>{1 - r}) return 30;
   for (int64_t s = 1; s <= 3; ++s) {
     replicas.offer(s, save_small_step(host(r) / "own", s, r), [] { return true; });

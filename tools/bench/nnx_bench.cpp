@@ -992,7 +992,7 @@ int replica_rank(const std::string& dir, int reps) {
   lo.handle_preemption_signals = false;
   lo.direct_io = false;
   CheckpointManager lm(host / "own", lo);
-  nnx::trainer::PeerReplicas replicas(pg->new_group("replicas"), host, 1, 1);
+  nnx::trainer::PeerReplicas replicas(pg->new_group("replicas"), host, 1, std::make_shared<nnx::checkpoint::LatestN>(1));
   std::vector<double> send_s, save_s;
   int64_t step_bytes = 0;
   for (int i = 1; i <= reps; ++i) {

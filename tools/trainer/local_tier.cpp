@@ -68,8 +68,9 @@ LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int
   find_other_world_sizes(root, world_size);
   checkpoint::CheckpointManagerOptions mo;
   protected_ = std::make_shared<ProtectedSteps>();
-  mo.preservation_policy = std::make_shared<checkpoint::AnyPreservationPolicy>(
+  retention_ = std::make_shared<checkpoint::AnyPreservationPolicy>(
       std::vector<checkpoint::PreservationPolicyPtr>{std::make_shared<checkpoint::LatestN>(cfg.max_to_keep), protected_});
+  mo.preservation_policy = retention_;
   mo.save_interval_steps = cfg.save_interval_steps;
   mo.handle_preemption_signals = false;  // the persistent tier's manager handles them
   mo.direct_io = false;                  // tmpfs refuses O_DIRECT
@@ -115,7 +116,7 @@ void LocalTier::start_replicas(const LocalTierConfig& cfg, int world_size) {
   if (n_replicas_ <= 0) return;
   auto group = pg_->new_group("local-replicas");
   try {
-    replicas_ = std::make_unique<PeerReplicas>(group, dir_, n_replicas_, cfg.max_to_keep, protected_);
+    replicas_ = std::make_unique<PeerReplicas>(group, dir_, n_replicas_, retention_);
   } catch (const std::exception& e) {
     log::warn_parts("checkpoint.local: cannot keep replicas in '", dir_.string(), "' (", e.what(), ")");
   }

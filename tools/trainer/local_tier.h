@@ -111,12 +111,13 @@ class LocalTier {
 
   std::filesystem::path dir_;
   bool configured_ = false;
-  bool default_directory_ = false;
+  bool default_directory_ = false;  // under /dev/shm/nnx-local/, which the last run to finish removes
   std::vector<std::filesystem::path> other_world_sizes_;  // this run's tiers at other world sizes
-  int64_t saves_due_ = 0, saves_written_ = 0, saves_skipped_ = 0;  // under /dev/shm/nnx-local/, which the last run to finish removes
+  int64_t saves_due_ = 0, saves_written_ = 0, saves_skipped_ = 0;
   int64_t interval_ = 1;
   int listed_ = 0;  // steps each folder reports when agreeing on a restore: all it can hold
   std::shared_ptr<ProtectedSteps> protected_;  // kept beyond max_to_keep: the two below
+  checkpoint::PreservationPolicyPtr retention_;  // the newest max_to_keep and protected_: own folder and replicas
   int64_t replicated_ = -1;    // the newest step every rank's peers confirmed holding
   int64_t last_offered_ = -1;  // the step being (or last) replicated
   bool failing_ = false;  // a save failed: warn once per failure streak

@@ -23,16 +23,13 @@ int tag_of(int source) { return 1 + source; }
 }  // namespace
 
 PeerReplicas::PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, stdfs::path host_dir, int replicas,
-                           int max_to_keep, checkpoint::PreservationPolicyPtr also_keep)
-    : pg_(std::move(group)), host_dir_(std::move(host_dir)), replicas_(replicas), max_to_keep_(max_to_keep) {
+                           checkpoint::PreservationPolicyPtr retention)
+    : pg_(std::move(group)), host_dir_(std::move(host_dir)), replicas_(replicas) {
   NNX_CHECK(replicas_ >= 1 && replicas_ < pg_->world_size(), "checkpoint.local.replicas = ", replicas_,
             " must be in [1, world_size = ", pg_->world_size(), ")");
+  NNX_CHECK(retention != nullptr, "PeerReplicas needs a preservation policy for its replica folders");
   checkpoint::CheckpointManagerOptions mo;
-  if (also_keep)
-    mo.preservation_policy = std::make_shared<checkpoint::AnyPreservationPolicy>(
-        std::vector<checkpoint::PreservationPolicyPtr>{std::make_shared<checkpoint::LatestN>(max_to_keep_), also_keep});
-  else
-    mo.max_to_keep = max_to_keep_;
+  mo.preservation_policy = std::move(retention);
   mo.handle_preemption_signals = false;
   for (int s : sources()) {
     next_in_[s] = 0;
@@ -171,7 +168,6 @@ void PeerReplicas::send_one(const Offer& o) {
   }
   if (all) confirmed_ = o.step;
 }
-
 
 void PeerReplicas::stop_sending() {
   {

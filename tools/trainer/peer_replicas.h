@@ -30,8 +30,8 @@ void delete_steps_newer_than(checkpoint::CheckpointManager& m, int64_t step);
 
 /// Replicates this rank's local-tier steps to ranks (rank + k) mod world_size, k = 1..replicas,
 /// and keeps the copies that ranks (rank - k) mod world_size send here, under
-/// <host_dir>/replicas/rank-<source>/ (committed atomically, the newest max_to_keep steps of each
-/// source, and those `also_keep` keeps). Two background threads on a process group of their
+/// <host_dir>/replicas/rank-<source>/ (committed atomically; each source's folder keeps the
+/// steps `retention` keeps). Two background threads on a process group of their
 /// own: one sends the newest step offered (an older one still waiting is dropped), one receives.
 /// Each transfer is announced by a store key, so an idle receiver polls the store and never
 /// waits on the network; a transfer ends when the peer answers that it committed the step.
@@ -42,10 +42,10 @@ class PeerReplicas {
   /// Starts both threads. `group` serves replication alone (its collectives must not interleave
   /// with the training's); `replicas` is in [1, world_size) (else nnx::Error). A replica folder
   /// that cannot be made is a warning: what that source sends is received and discarded.
-  /// `also_keep` (may be null): a preservation policy whose steps every source's folder keeps
-  /// beyond its newest max_to_keep (the local tier's agreed step).
+  /// `retention` (not null, else nnx::Error): the preservation policy of every source's folder,
+  /// applied after each received commit (the local tier passes its own folder's policy).
   PeerReplicas(std::shared_ptr<distributed::ProcessGroup> group, std::filesystem::path host_dir, int replicas,
-               int max_to_keep, checkpoint::PreservationPolicyPtr also_keep = nullptr);
+               checkpoint::PreservationPolicyPtr retention);
   /// Stops both threads without waiting for peers (transfers in flight end or fail).
   ~PeerReplicas();
   /// Queues the step `step` at `step_dir` for the peers; `committed` runs on the sending thread
@@ -92,7 +92,6 @@ class PeerReplicas {
   std::shared_ptr<distributed::ProcessGroup> pg_;
   std::filesystem::path host_dir_;
   int replicas_;
-  int max_to_keep_;
   std::map<int, std::unique_ptr<checkpoint::CheckpointManager>> stores_;  // by source
   std::map<int, int64_t> next_in_;                                         // by source
   std::map<int, int64_t> next_out_;                                        // by destination
