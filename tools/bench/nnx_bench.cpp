@@ -887,14 +887,17 @@ double bench_train_with_checkpoints(const std::string& model, const std::string&
 // GPT's runs without checkpoints: 2057-2211 ms per step; single GPT steps 1.8-3.0 s), so the
 // targeted rows compare windows of one run instead: windows of `window` steps alternate between
 // holding saves and holding none. A save's work (the blocking call, the deferred copy, the
-// write, the commit) lands in the window after the step that saved, so a window whose first step
-// follows a save holds all of that save. Each such window is divided by the mean of the clean
+// write, the commit) lands in the steps after the step that saved, so a saving window saves after
+// the step before it and every `every` steps after that, the last save `every` steps before its
+// end (with a save every step, the last save's write may end in the next window: a CNN save
+// writes 5 MB in about one step). Each saving window is divided by the mean of the clean
 // windows on either side (a slow drift cancels). Window 0 (warm-up) and window 2 (the run's
 // first save, which faults in its host buffers) are left out; window 2 is reported apart.
 struct AlternatingSpec {
   std::string name;
-  bool every_step;  // save at every step of a saving window (else once, at its start)
-  int window, pairs, runs;
+  int every;   // steps between saves inside a saving window (the first save at its start)
+  int window;  // steps per window, a multiple of `every`
+  int pairs, runs;
   double target;
 };
 
@@ -903,7 +906,7 @@ void bench_alternating_windows(const std::string& model, const std::string& conf
   const int W = spec.window, windows = 2 * spec.pairs + 4;  // saving windows 2, 4, ...; the last is clean
   std::string steps;
   for (int k = 2; k + 1 < windows; k += 2)
-    for (int s = k * W; s < (spec.every_step ? (k + 1) * W : k * W + 1); ++s) steps += (steps.empty() ? "" : ", ") + std::to_string(s);
+    for (int s = k * W; s < (k + 1) * W; s += spec.every) steps += (steps.empty() ? "" : ", ") + std::to_string(s);
   const std::string extra = base + " checkpoint.save_interval_steps=null 'checkpoint.save=[{specific_steps: [" + steps +
                             "]}]' checkpoint.max_to_keep=2 checkpoint.async=true";
   std::vector<double> ratio, with_ms, without_ms, first;
@@ -924,7 +927,7 @@ void bench_alternating_windows(const std::string& model, const std::string& conf
   const double clean = without_ms.empty() ? NAN : median(without_ms);
   if (clean_ms) *clean_ms = clean;
   const int64_t save_bytes = step_dir_bytes(dir / ("train-" + config));
-  const double need = save_bytes / 1e6 / ((spec.every_step ? 1 : W) * clean / 1e3);  // MB/s the saves need
+  const double need = save_bytes / 1e6 / (spec.every * clean / 1e3);  // MB/s the saves need
   const std::string n = std::to_string(ratio.size()) + " windows of " + std::to_string(W) + " steps in " +
                         std::to_string(spec.runs) + (spec.runs > 1 ? " runs" : " run");
   rows.push_back({"train step " + model + ", " + spec.name + " / none, alternating windows of one run",
@@ -1004,23 +1007,24 @@ void bench_snapshot(bool quick, const stdfs::path& dir, int gpt_runs) {
     // stay as reported rows.
     bench_train_with_checkpoints("CNN", "fashion_mnist_cnn.yaml", "", 64, quick ? 100 : 200, rounds,
                                  {{every10, 0}, {every1, 0}, {every1_in_save, 0}, {local1, 0}}, dir);
+    // Windows of 50 steps (about 2 s): windows of 10 CNN steps moved 25-65 ms per step.
     bench_alternating_windows("CNN", "fashion_mnist_cnn.yaml", "", 64,
-                              {"async save every 10 steps", false, 10, quick ? 5 : 10, quick ? 1 : 3, 1.02}, dir);
+                              {"async save every 10 steps", 10, 50, quick ? 3 : 6, quick ? 1 : 3, 1.02}, dir);
     bench_alternating_windows("CNN", "fashion_mnist_cnn.yaml", "", 64,
-                              {"async save every step", true, 20, quick ? 3 : 6, quick ? 1 : 3, 1.10}, dir);
+                              {"async save every step", 1, 50, quick ? 3 : 6, quick ? 1 : 3, 1.10}, dir);
   } else
     rows.push_back({"train step CNN with checkpoints", "-", "dataset-fashion-mnist missing", "-", "", ""});
   // char_gpt scaled to about 100 M params: 14 layers of d_model 768 (12 d^2 each) and tied
   // embeddings over the GPL's characters: 99 M; batch 4 x 64 tokens.
   const std::string gpt = "model.d_model=768 model.num_heads=12 model.num_layers=14 model.dropout=0 train.batch_size=4 "
                           "data.block_size=64 eval.batch_size=4 optimizer.clip_norm=0";
-  if (quick) {  // about 10 minutes of 99M-param training: not in --quick
+  if (quick) {  // about 30 minutes of 99M-param training: not in --quick
     rows.push_back({"train step GPT 99M with checkpoints", "-", "skipped in --quick", "-", "", ""});
     return;
   }
   // Runs of 140 steps (about 5 minutes each): five saving windows each, between clean ones.
   double gpt_ms = NAN;
-  bench_alternating_windows("GPT 99M", "char_gpt.yaml", gpt, 4, {"async save every 10 steps", false, 10, 5, gpt_runs, 1.02}, dir,
+  bench_alternating_windows("GPT 99M", "char_gpt.yaml", gpt, 4, {"async save every 10 steps", 10, 10, 5, gpt_runs, 1.02}, dir,
                             &gpt_ms);
   bench_save_cpu(dir, gpt_ms, 10);
 }
@@ -1198,8 +1202,10 @@ int main(int argc, char** argv) {
   bool plain_keep_freed = false;
   app.add_flag("--plain-keep-freed", plain_keep_freed)->group("");
   app.add_option("--reps", reps_override, "repetitions of each timed row (default 5, 3 with --quick)");
-  int gpt_runs = 2;
-  app.add_option("--gpt-runs", gpt_runs, "runs of the 99M GPT's training-with-checkpoints row, about 5 minutes each (default 2)")
+  // Six runs give 30 saving windows: a 10-step GPT window moves 4% against its neighbours here,
+  // and five or ten windows landed on either side of the row's 1.02.
+  int gpt_runs = 6;
+  app.add_option("--gpt-runs", gpt_runs, "runs of the 99M GPT's training-with-checkpoints row, about 5 minutes each (default 6)")
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
