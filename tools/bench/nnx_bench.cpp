@@ -677,11 +677,10 @@ void bench_manager(const stdfs::path& dir) {
 }
 
 // ---- training step: nnx-train vs a plain libtorch loop vs Python ------------------------------
-// `extra`: more overrides (applied after these, so they win); `batch`: the config's batch size.
-// `skip`: windows left out at the start (warm-up; with checkpoints, the first save's fresh host
-// buffers too). `nproc` > 1: that many ranks under nnx-launch (rank 0's examples per second).
 // The seconds of each log window (`log_every` steps) of one fresh nnx-train run in
-// dir/train-<config>; empty when the run failed.
+// dir/train-<config>; empty when the run failed. `extra`: more overrides (applied after these,
+// so they win); `batch`: the config's batch size. `nproc` > 1: that many ranks under nnx-launch
+// (rank 0's windows).
 std::vector<double> nnx_train_window_seconds(const std::string& config, int steps, int threads, const stdfs::path& dir,
                                              const std::string& extra, int64_t batch, int log_every, int nproc = 1) {
   std::string run_dir = (dir / ("train-" + config)).string();
@@ -702,6 +701,8 @@ std::vector<double> nnx_train_window_seconds(const std::string& config, int step
   return secs;
 }
 
+// Steady-state examples per second of one run. `skip`: windows left out at the start (warm-up;
+// with checkpoints, the first save's fresh host buffers too).
 double nnx_train_examples_per_sec(const std::string& config, int steps, int threads, const stdfs::path& dir,
                                   const std::string& extra = "", int64_t batch = 64, int log_every = 0, int skip = 1,
                                   int nproc = 1) {
@@ -926,7 +927,7 @@ void bench_alternating_windows(const std::string& model, const std::string& conf
   const double rt = ratio.empty() ? NAN : median(ratio);
   const double clean = without_ms.empty() ? NAN : median(without_ms);
   if (clean_ms) *clean_ms = clean;
-  const int64_t save_bytes = step_dir_bytes(dir / ("train-" + config));
+  const int64_t save_bytes = ratio.empty() ? 0 : step_dir_bytes(dir / ("train-" + config));  // no run, no directory
   const double need = save_bytes / 1e6 / (spec.every * clean / 1e3);  // MB/s the saves need
   const std::string n = std::to_string(ratio.size()) + " windows of " + std::to_string(W) + " steps in " +
                         std::to_string(spec.runs) + (spec.runs > 1 ? " runs" : " run");
