@@ -839,6 +839,15 @@ int64_t step_dir_bytes(const stdfs::path& run_dir) {
   return best;
 }
 
+// What a row's saves ask of the storage: "saves need N MB/s of the disk's M MB/s (B MB per
+// save)", a save of `save_bytes` every `every` steps of `step_ms`; `disk_mbps` < 0: into memory.
+std::string save_bandwidth(int64_t save_bytes, int every, double step_ms, double disk_mbps) {
+  const double need = save_bytes / 1e6 / (every * step_ms / 1e3);
+  return "saves need " + fmt(need, " MB/s", 0) +
+         (disk_mbps < 0 ? std::string(" of memory") : " of the disk's " + fmt(disk_mbps, " MB/s", 0)) + " (" +
+         fmt(save_bytes / 1e6, " MB", 1) + " per save)";
+}
+
 // Returns the median step time without checkpoints, in ms. `nproc` > 1: that many ranks under
 // nnx-launch, one thread each (this machine's two cores shared).
 double bench_train_with_checkpoints(const std::string& model, const std::string& config, const std::string& base,
@@ -871,12 +880,10 @@ double bench_train_with_checkpoints(const std::string& model, const std::string&
   for (size_t i = 0; i < rows_spec.size(); ++i) {
     const auto& [c, target] = rows_spec[i];
     const double rt = median(ratio[i]);
-    const double need = save_bytes / 1e6 / (c.every * median(without) / 1e3);  // MB/s the saves need
     const bool in_memory = c.overrides.find("checkpoint.local") != std::string::npos;  // /dev/shm, not the disk
     rows.push_back({"train step " + model + ", " + c.name + " / without checkpoints", fmt(median(with[i]), " ms"),
-                    "without " + fmt(median(without), " ms") + "; saves need " + fmt(need, " MB/s", 0) +
-                        (in_memory ? std::string(" of memory") : " of the disk's " + fmt(mbps, " MB/s", 0)) + " (" +
-                        fmt(save_bytes / 1e6, " MB", 1) + " per save)",
+                    "without " + fmt(median(without), " ms") + "; " +
+                        save_bandwidth(save_bytes, c.every, median(without), in_memory ? -1 : mbps),
                     fmt(rt, "", 3) + " (median of " + std::to_string(rounds) + " rounds)",
                     target > 0 ? "<= " + fmt(target, "", 2) : "reported", target > 0 ? (rt <= target ? "ok" : "MISSED") : ""});
   }
@@ -928,15 +935,13 @@ void bench_alternating_windows(const std::string& model, const std::string& conf
   const double clean = without_ms.empty() ? NAN : median(without_ms);
   if (clean_ms) *clean_ms = clean;
   const int64_t save_bytes = ratio.empty() ? 0 : step_dir_bytes(dir / ("train-" + config));  // no run, no directory
-  const double need = save_bytes / 1e6 / (spec.every * clean / 1e3);  // MB/s the saves need
   const std::string n = std::to_string(ratio.size()) + " windows of " + std::to_string(W) + " steps in " +
                         std::to_string(spec.runs) + (spec.runs > 1 ? " runs" : " run");
   rows.push_back({"train step " + model + ", " + spec.name + " / none, alternating windows of one run",
                   ratio.empty() ? "failed" : fmt(median(with_ms), " ms"),
                   ratio.empty() ? "-"
-                                : "windows without saves " + fmt(clean, " ms") + "; saves need " + fmt(need, " MB/s", 0) +
-                                      " of the disk's " + fmt(disk_write_mb_per_s(dir), " MB/s", 0) + " (" +
-                                      fmt(save_bytes / 1e6, " MB", 1) + " per save)",
+                                : "windows without saves " + fmt(clean, " ms") + "; " +
+                                      save_bandwidth(save_bytes, spec.every, clean, disk_write_mb_per_s(dir)),
                   ratio.empty() ? "-"
                                 : fmt(rt, "", 3) + " (median of " + n + "; quartiles " + fmt(quantile(ratio, 0.25), "", 3) +
                                       "-" + fmt(quantile(ratio, 0.75), "", 3) + ")",
