@@ -2,7 +2,8 @@
 # Proves the GPU path in one run, on a machine with an NVIDIA GPU, a CUDA PyTorch 2.x (its libtorch
 # and cmake config), nvcc, cmake and ninja, and no network. Run from the repository root:
 #   tools/gpu-check.sh            # the GPU machine (needs gpu-deps/ from tools/gpu-fetch-deps.sh)
-#   tools/gpu-check.sh --cpu      # dry run of the same steps on the CPU machine (Debian's libtorch)
+#   tools/gpu-check.sh --cpu      # dry run of the same steps on the CPU machine: against the torch2
+#                                 # build's CUDA wheel (.venv-torch2) when present, else Debian's libtorch
 #   NNX_GPU_BINARIES=build tools/gpu-check.sh --cpu   # ... configuring only, then build/'s binaries
 # Steps: extract the carried Debian packages into a prefix; configure and build with all cores;
 # run tests/cuda (cuda_tests); train the Fashion-MNIST CNN on cuda for 300 steps with saves, a
@@ -83,16 +84,24 @@ extract_debs() {
   echo "extracted $(ls "$carry"/debs | wc -l) packages into $prefix"
 }
 
+# The Torch package root (above torch.utils.cmake_prefix_path), first on CMAKE_PREFIX_PATH as in the
+# torch2 preset: the GPU machine's PyTorch there; in the dry run the torch2 build's PyPI wheel when
+# tools/setup-torch2.sh made it (the same CUDA-on configuration), else Debian's libtorch.
+torch_root() {
+  local py=python3
+  [[ $mode == cpu ]] && { [[ -x $root/.venv-torch2/bin/python ]] || return 0; py=$root/.venv-torch2/bin/python; }
+  "$py" -c 'import os, torch.utils; print(os.path.dirname(os.path.dirname(torch.utils.cmake_prefix_path)))'
+}
+
 configure() {
-  local torch_prefix=""
-  [[ $mode == gpu ]] && torch_prefix="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');"
+  local torch; torch=$(torch_root) || return 1
   local p=$prefix/usr l=$prefix/usr/lib/x86_64-linux-gnu
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DNNX_USE_CCACHE=OFF \
-    -DCMAKE_PREFIX_PATH="${torch_prefix}$p" -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
+    -DCMAKE_PREFIX_PATH="${torch:+$torch;}$p" -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
     -DHDF5_C_COMPILER_EXECUTABLE=/nonexistent -DHDF5_C_INCLUDE_DIR="$p/include/hdf5/serial" \
     -DHDF5_C_LIBRARY_hdf5="$l/hdf5/serial/libhdf5.so" -DCMAKE_CXX_FLAGS="-isystem $p/include" || return 1
-  grep -E "^-- nnx: Torch" -r "$build/CMakeFiles/CMakeOutput.log" >/dev/null 2>&1 || true
-  if [[ $mode == gpu ]]; then grep -q "NNX_WITH_CUDA=1" "$build/build.ninja" || { echo "the Torch found has no CUDA"; return 1; }; fi
+  note="torch: ${torch:-Debian libtorch}"
+  if [[ -n $torch ]]; then grep -q "NNX_WITH_CUDA=1" "$build/build.ninja" || { echo "the Torch found has no CUDA"; return 1; }; fi
 }
 
 # What the GPU checks need first; the rest of the project (every test binary) after them.

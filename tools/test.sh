@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# The README's test command: install, build, run the whole default test suite.
+# The README's test command: install, build and run the whole default test suite in two builds:
+#   build/         Debian's libtorch 1.13 (CPU), always;
+#   build-torch2/  PyPI's torch 2.15 with the CUDA path compiled (tools/build.sh --torch2), where the
+#                  CUDA toolkit and PyPI are present (CI's machine); elsewhere one line says why not.
+#                  NNX_TORCH2=0 skips it, NNX_TORCH2=1 makes its absence an error.
 # Long tests (label "long": accuracy on real data, stress) are excluded; run them with
 #   ctest --test-dir build -L long --output-on-failure
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
-tools/build.sh --with-test-deps
-ctest --test-dir "${NNX_BUILD_DIR:-build}" -LE long --output-on-failure -j 2 --timeout 600
+t0=$(date +%s); rc=0
+run_suite() {  # build dir
+  ctest --test-dir "$1" -LE long --output-on-failure -j 2 --timeout 600
+}
+tools/build.sh --with-test-deps || exit 1
+run_suite "${NNX_BUILD_DIR:-build}" || rc=1
+t1=$(date +%s)
+echo "test.sh: libtorch 1.13 build and suite: $(( t1 - t0 )) s"
+
+if [[ "${NNX_TORCH2:-auto}" == 0 ]]; then
+  echo "test.sh: skipped the torch2 build (libtorch 2.15, CUDA path): NNX_TORCH2=0"
+elif why=$(tools/setup-torch2.sh --check); then
+  if tools/build.sh --torch2; then run_suite build-torch2 || rc=1; else rc=1; fi
+  echo "test.sh: torch 2.15 build and suite: $(( $(date +%s) - t1 )) s"
+else
+  echo "test.sh: skipped the torch2 build (libtorch 2.15, CUDA path): $why"
+  [[ "${NNX_TORCH2:-auto}" == 1 ]] && rc=1
+fi
+echo "test.sh: $(( $(date +%s) - t0 )) s in all, $([[ $rc == 0 ]] && echo passed || echo FAILED)"
+exit $rc

@@ -78,7 +78,9 @@ TEST(PendingWrites, DroppedWritesAreCancelledAndTheFileStaysUncommitted) {
     H5File f = H5File::create((dir / "dropped.h5").string());
     { io::PendingWrites pending = write_state(f, "params", s); }  // dropped: skipped or finished, never dangling
     // Its writes were not handed over: the file can no longer be committed.
-    if (scope.stats().direct_writes > 0) EXPECT_THROW(f.commit(), Error);
+    if (scope.stats().direct_writes > 0) {
+      EXPECT_THROW(f.commit(), Error);
+    }
   }
   // The tensors may change now; a new file of the same state is complete and reads back.
   H5File g = H5File::create((dir / "kept.h5").string());

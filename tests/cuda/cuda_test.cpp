@@ -24,7 +24,11 @@ TEST(Cuda, ModuleOptimizerAndCheckpointOnTheGpu) {
   model->to(gpu);
   for (const auto& [p, vs] : state(*model, Param)) EXPECT_TRUE(vs.value.is_cuda()) << p;
   optim::Optimizer opt(model, {optim::adam()});
-  for (const auto& [p, vs] : state(opt)) if (p != "step") EXPECT_TRUE(vs.value.is_cuda()) << p;
+  for (const auto& [p, vs] : state(opt)) {
+    if (p != "step") {
+      EXPECT_TRUE(vs.value.is_cuda()) << p;
+    }
+  }
   for (int i = 0; i < 3; ++i) {
     zero_grad(*model);
     model->forward(at::randn({5, 8}, at::TensorOptions().device(gpu))).sum().backward();

@@ -22,7 +22,9 @@ void check_golden(Module& m, const std::string& name, double tol = 1e-5) {
   at::Tensor y = m.forward(x);
   EXPECT_TRUE(at::allclose(y, test::golden_tensor(g["y"]), tol, tol)) << name << " forward";
   (y * test::golden_tensor(g["w"])).sum().backward();
-  if (float_in) EXPECT_TRUE(at::allclose(x.grad(), test::golden_tensor(g["dx"]), tol, tol)) << name << " dx";
+  if (float_in) {
+    EXPECT_TRUE(at::allclose(x.grad(), test::golden_tensor(g["dx"]), tol, tol)) << name << " dx";
+  }
   State gr = grads(m);
   for (auto it = g["grads"].begin(); it != g["grads"].end(); ++it)
     EXPECT_TRUE(at::allclose(gr.at(it.key()).value, test::golden_tensor(it.value()), tol, tol))

@@ -19,10 +19,18 @@ flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -I"$src" -I"$out/in
 "$CXX" "${flags[@]}" "$src/tests/fuzz/metadata_fuzz.cpp" "$src/checkpoint/format/metadata.cpp" -o "$out/metadata_fuzz"
 targets=(config metadata)
 build=${NNX_BUILD_DIR:-$src/build}
+# The libtorch that build was configured with (the test suite passes it; Debian's by default) and
+# the C++ standard it needs (libtorch 2.x: C++20).
+torch=${NNX_TORCH_PREFIX:-/usr}
+torch_std=${NNX_TORCH_CXX_STD:-c++17}
+torch_cuda=()  # a CUDA libtorch: the framework's CUDA path (NNX_WITH_CUDA) needs its CUDA libraries
+[[ -f "$torch/lib/libtorch_cuda.so" ]] && torch_cuda=(-ltorch_cuda -lc10_cuda)
 if [[ -f "$build/checkpoint/libnnx_checkpoint.a" && -f "$build/framework/libnnx_framework.a" ]]; then
-  "$CXX" "${flags[@]}" -I/usr/include/hdf5/serial -isystem /usr/include/torch/csrc/api/include \
+  "$CXX" "${flags[@]}" -std="$torch_std" -I/usr/include/hdf5/serial -isystem "$torch/include" \
+    -isystem "$torch/include/torch/csrc/api/include" \
     "$src/tests/fuzz/checkpoint_fuzz.cpp" "$build/checkpoint/libnnx_checkpoint.a" "$build/framework/libnnx_framework.a" \
-    -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5 -ltorch -ltorch_cpu -lc10 -lxxhash -lspdlog -lfmt -lz -lpthread \
+    -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L"$torch/lib" -Wl,-rpath,"$torch/lib" \
+    -lhdf5 -ltorch -ltorch_cpu "${torch_cuda[@]}" -lc10 -lxxhash -lspdlog -lfmt -lz -lpthread \
     -o "$out/checkpoint_fuzz"
   targets+=(checkpoint)
 else
