@@ -25,8 +25,10 @@ torch=${NNX_TORCH_PREFIX:-/usr}
 torch_std=${NNX_TORCH_CXX_STD:-c++17}
 torch_cuda=()  # a CUDA libtorch: the framework's CUDA path (NNX_WITH_CUDA) needs its CUDA libraries
 [[ -f "$torch/lib/libtorch_cuda.so" ]] && torch_cuda=(-ltorch_cuda -lc10_cuda)
+torch_inc=()  # never -isystem /usr/include: it breaks libstdc++'s #include_next <stdlib.h>
+[[ "$torch" != /usr ]] && torch_inc=(-isystem "$torch/include")
 if [[ -f "$build/checkpoint/libnnx_checkpoint.a" && -f "$build/framework/libnnx_framework.a" ]]; then
-  "$CXX" "${flags[@]}" -std="$torch_std" -I/usr/include/hdf5/serial -isystem "$torch/include" \
+  "$CXX" "${flags[@]}" -std="$torch_std" -I/usr/include/hdf5/serial "${torch_inc[@]}" \
     -isystem "$torch/include/torch/csrc/api/include" \
     "$src/tests/fuzz/checkpoint_fuzz.cpp" "$build/checkpoint/libnnx_checkpoint.a" "$build/framework/libnnx_framework.a" \
     -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L"$torch/lib" -Wl,-rpath,"$torch/lib" \
