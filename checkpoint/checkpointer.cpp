@@ -23,7 +23,7 @@ using ItemSave = io::PendingWrites (ItemHandler::*)(const SaveContext&, const st
 // Creates `path`, writes every item of `args` with `write`, commits the file; its entry.
 FileEntry write_file(const stdfs::path& path, const Composite& args, const std::vector<const ItemHandler*>& handlers,
                      const std::function<SaveContext(H5File&)>& context, const ItemSave& write) {
-  H5File file = H5File::create(path.string());
+  H5File file = H5File::create(path.string(), H5File::meta_block_size(args.nbytes()));
   const SaveContext ctx = context(file);
   io::PendingWrites pending;
   for (size_t i = 0; i < args.items().size(); ++i)

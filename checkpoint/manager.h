@@ -89,8 +89,10 @@ class CheckpointManager {
   /// manager skips it with a warning. Throws nnx::Error when there is no such step or its save
   /// is in flight.
   void delete_step(int64_t step);
-  /// True once SIGTERM or SIGINT was received (the run should save and stop). With a process
-  /// group, after should_save(step) at this step: whether any rank had received one.
+  /// True once SIGTERM or SIGINT was received (the run should save and stop): the process-wide
+  /// flag that the handlers of a manager made with options.handle_preemption_signals set (without
+  /// one, nothing catches the signals and this stays false). With a process group, after
+  /// should_save(step) at this step: whether any rank had received one.
   bool reached_preemption(int64_t step) const;
   /// Blocks until the async save in flight has committed; rethrows its failure. Several threads
   /// may wait at once; each of them sees the failure.

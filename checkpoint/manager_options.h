@@ -81,8 +81,12 @@ struct CheckpointManagerOptions {
   bool direct_io = true;
   /// Remove <step>.tmp-* leftovers of interrupted saves at start-up.
   bool cleanup_tmp_directories = true;
-  /// Catch SIGTERM/SIGINT so reached_preemption() can report them (restored by close()).
-  bool handle_preemption_signals = true;
+  /// Off by default, as in Orbax: a library leaves the process's signals alone, and Ctrl-C stops
+  /// a program as usual. true: the manager catches SIGTERM and SIGINT (its handlers only set a
+  /// process-wide flag; the previous handlers come back at close()), so that
+  /// reached_preemption(step) of every manager reports them and the loop can save and exit
+  /// (README, "Preemption in your own loop"). nnx-train sets it on its persistent tier's manager.
+  bool handle_preemption_signals = false;
   /// Data parallel: every rank creates a manager on the same directory with the same options
   /// and calls save() with the same replicated items. Saves become collective (see
   /// Checkpointer::process_group); only rank 0 takes the lock, cleans up, and applies

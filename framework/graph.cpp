@@ -226,7 +226,8 @@ std::shared_ptr<Module> merge(const GraphDef& graphdef, const std::vector<State>
   }
   for (const auto& [path, vs] : all)
     NNX_CHECK(used.count(path), "merge: state path '", path, "' is not a variable of the graphdef");
-  for (auto& [p, m] : root->named_modules()) m->on_rebind();
+  const auto modules = root->named_modules();  // the root first: it rebinds last, as before
+  for (size_t i = 1; i < modules.size(); ++i) modules[i].second->on_rebind();
   root->on_rebind();
   return root;
 }
@@ -264,12 +265,8 @@ State pop(Module& module, const Filter& filter) {
     std::vector<std::string> names;
     for (const auto& s : m->slots())
       if (!s.child && ids.count(s.variable.id())) names.push_back(s.name);
-    for (const auto& n : names) m->remove_slot(n);
+    for (const auto& n : names) m->remove_slot(n);  // the root's own variables too
   }
-  std::vector<std::string> names;
-  for (const auto& s : module.slots())
-    if (!s.child && ids.count(s.variable.id())) names.push_back(s.name);
-  for (const auto& n : names) module.remove_slot(n);
   return out;
 }
 

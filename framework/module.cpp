@@ -178,6 +178,8 @@ std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_modul
       rec(*s.child, path);
     }
   };
+  // Non-owning (the aliasing constructor over an empty owner): the caller holds the root.
+  out.emplace_back("", std::shared_ptr<Module>(std::shared_ptr<Module>(), const_cast<Module*>(this)));
   rec(*this, "");
   return out;
 }

@@ -74,10 +74,10 @@ class Module {
   /// Every variable of the tree as (path, Variable), depth-first in registration order. A shared
   /// variable (weight tying) appears once, under its first path, unless `with_duplicates`.
   std::vector<std::pair<std::string, Variable>> named_variables(bool with_duplicates = false) const;
-  /// Every module below this one as (path, module), depth-first in registration order; a shared
-  /// child appears once, under its first path. The root itself is not listed (it need not be
-  /// owned by a shared_ptr): where Flax's iter_modules yields ("", root) first, visit the root
-  /// yourself.
+  /// This module and every module below it as (path, module): the root first at path "" (as
+  /// PyTorch's named_modules() and Flax's iter_modules yield it), then depth-first in registration
+  /// order; a shared child appears once, under its first path. The root's pointer does not own it
+  /// (a root need not be held by a shared_ptr): it is valid while the caller's root lives.
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_modules() const;
 
   /// Sets training mode on the whole tree (Dropout active, BatchNorm uses batch statistics).

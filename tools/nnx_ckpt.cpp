@@ -1,8 +1,12 @@
 // nnx-ckpt: inspect, verify and compare nnx-cpp checkpoints.
-//   nnx-ckpt list DIR              steps, time, bytes, metrics; latest and best
+//   nnx-ckpt list DIR              steps, time, bytes, metrics; latest and best; broken steps
+// Exit codes (every command): 0 ok; 1 a check found problems (list: broken steps; verify: sizes or
+// checksums; diff: tensors that differ) or an output could not be written; 2 bad usage or input:
+// bad arguments, no such directory or step, a folder without checkpoints, or a checkpoint that
+// show, diff or export cannot read (they stop at its first problem; verify names them all).
 //   nnx-ckpt show DIR [STEP]       items and paths with kind, shape, dtype, bytes; JSON items
 //   nnx-ckpt verify DIR [STEP]     checksums and sizes (exit 0 ok, 1 failures named)
-//   nnx-ckpt diff A[/STEP] B[/STEP]  paths that differ and the max abs difference
+//   nnx-ckpt diff A [STEP] B [STEP]  paths that differ and the max abs difference (RUN S1 S2 too)
 //   nnx-ckpt export DIR [STEP] --format torch -o OUT.pt [--item params]
 //                                  a state dict Python's torch.load opens (dotted names)
 //   nnx-ckpt plot RUN_DIR [-o PNG]  loss and accuracy curves from metrics.jsonl
@@ -10,10 +14,10 @@
 //                                  step 0 of <run.dir>/checkpoints from PyTorch weights
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -31,6 +35,7 @@
 #include "tools/trainer/config.h"
 #include "tools/trainer/local_tier.h"
 #include "tools/trainer/plot.h"
+#include "tools/trainer/torch_export.h"
 #include "tools/trainer/trainer.h"
 
 namespace stdfs = std::filesystem;
@@ -111,52 +116,140 @@ void list_local_tier(const std::string& run_dir, const std::string& local) {
   }
 }
 
-int cmd_list(const std::string& dir, const std::string& local) {
-  CheckpointManager m(checkpoints_dir(dir), read_only_options());
-  auto steps = m.all_steps();
-  if (steps.empty()) {
-    std::cout << "no committed checkpoints in " << m.directory().string() << "\n";
-    list_local_tier(dir, local);
-    return 0;
+bool all_digits(const std::string& s) {
+  return !s.empty() && s.size() < 19 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// One step folder of a checkpoints directory as `list` shows it.
+struct StepRow {
+  int64_t step = 0;
+  stdfs::path path;      // as found (a zero-padded name stays as it is)
+  nlohmann::json meta;   // its metadata, when readable
+  std::string problem;   // "" = nothing wrong at a glance
+};
+
+// What is wrong with a step folder at a glance ("" = nothing): its metadata, and each listed
+// file's presence and size (`verify` also checks every checksum).
+std::string quick_problem(const stdfs::path& step_dir, nlohmann::json& meta) {
+  try {
+    meta = read_metadata(step_dir);
+    const nlohmann::json files = meta.value("files", nlohmann::json::object());
+    for (const auto& [name, entry] : files.items()) {
+      std::error_code ec;
+      const auto size = stdfs::file_size(step_dir / name, ec);
+      const auto want = entry.at("size").get<int64_t>();
+      if (ec) return name + " is missing";
+      if (static_cast<int64_t>(size) != want)
+        return name + " has " + std::to_string(size) + " bytes, the metadata says " + std::to_string(want);
+    }
+  } catch (const std::exception& e) {  // nnx::Error from the metadata's checks, or a malformed entry
+    return e.what();
   }
-  // Best by eval metrics when present.
+  return "";
+}
+
+// Every step folder (names of digits; the manager would leave out a step whose metadata it
+// cannot read), committed or broken, by step. A folder removed meanwhile (retention) is skipped.
+std::vector<StepRow> step_rows(const stdfs::path& dir) {
+  std::vector<StepRow> rows;
+  std::error_code ec;
+  for (const auto& e : stdfs::directory_iterator(dir, ec)) {
+    std::error_code dir_ec;
+    if (!all_digits(e.path().filename().string()) || !e.is_directory(dir_ec)) continue;
+    StepRow r;
+    r.step = std::stoll(e.path().filename().string());
+    r.path = e.path();
+    r.problem = quick_problem(r.path, r.meta);
+    rows.push_back(std::move(r));
+  }
+  std::sort(rows.begin(), rows.end(), [](const StepRow& a, const StepRow& b) { return a.step < b.step; });
+  return rows;
+}
+
+// Which metric makes a step the best: --best-metric (and --best-mode), else the run's own config
+// (saved with each of its steps: checkpoint.best_metric and best_mode), else none ("" metric;
+// `why` says which case).
+struct BestChoice {
+  std::string metric, mode, source, why;
+};
+BestChoice best_choice(const CheckpointManager& m, std::optional<int64_t> newest_good, const std::string& metric,
+                       const std::string& mode) {
+  auto default_mode = [](const std::string& k) { return std::string(k == "eval_accuracy" ? "max" : "min"); };
+  if (!metric.empty()) return {metric, mode.empty() ? default_mode(metric) : mode, "--best-metric", ""};
+  if (!newest_good) return {};
+  nlohmann::json ck;
+  try {
+    ck = m.restore(*newest_good, Composite{{"config", JsonRestore()}}).json_item("config").at("checkpoint");
+  } catch (const std::exception&) {  // not an nnx-train run: nothing says which metric is best
+    return {"", "", "", "no nnx-train config in the checkpoints; pass --best-metric NAME [--best-mode min|max]"};
+  }
+  const std::string run_metric = ck.value("best_metric", std::string());
+  if (run_metric.empty()) return {"", "", "", "best tracking is off in the run's config (checkpoint.best_metric \"\")"};
+  return {run_metric, mode.empty() ? ck.value("best_mode", default_mode(run_metric)) : mode,
+          mode.empty() ? "the run's config" : "the run's config, --best-mode", ""};
+}
+
+// The best of the readable steps by `choice` (finite values only, as the manager ranks them).
+std::optional<int64_t> best_of(const std::vector<StepRow>& rows, const BestChoice& choice) {
+  if (choice.metric.empty()) return std::nullopt;
   std::optional<int64_t> best;
   double best_v = 0;
-  for (int64_t s : steps) {
-    auto met = m.metrics(s);
-    if (met.is_object() && met.contains("eval_loss") && met["eval_loss"].is_number()) {
-      double v = met["eval_loss"];
-      if (!best || v < best_v) {
-        best = s;
-        best_v = v;
-      }
-    }
+  for (const auto& r : rows) {
+    if (!r.problem.empty()) continue;
+    const nlohmann::json met = r.meta.value("metrics", nlohmann::json());
+    if (!met.is_object() || !met.contains(choice.metric) || !met[choice.metric].is_number()) continue;
+    const double v = met[choice.metric].get<double>();
+    if (!std::isfinite(v)) continue;
+    if (!best || (choice.mode == "max" ? v > best_v : v < best_v)) best = r.step, best_v = v;
   }
-  std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)"
-            << std::setw(12) << "bytes"
+  return best;
+}
+
+void print_row(const StepRow& r, bool latest, bool best, const std::string& metric) {
+  if (!r.problem.empty()) {
+    std::cout << std::left << std::setw(10) << r.step << "BROKEN: " << r.problem << "\n";
+    return;
+  }
+  int64_t bytes = 0;
+  const nlohmann::json files = r.meta.value("files", nlohmann::json::object());
+  for (const auto& [name, entry] : files.items()) bytes += entry.at("size").get<int64_t>();
+  std::time_t t = static_cast<std::time_t>(r.meta.value("time", 0.0));
+  char when[32];
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
+  const nlohmann::json met = r.meta.value("metrics", nlohmann::json());
+  std::ostringstream ms;
+  if (met.is_object())
+    for (const char* k : {"loss", "eval_loss", "eval_accuracy"})
+      if (met.contains(k) && met[k].is_number()) ms << k << "=" << std::setprecision(5) << met[k].get<double>() << " ";
+  std::cout << std::left << std::setw(10) << r.step << std::setw(22) << when << std::setw(12) << format_bytes(bytes)
+            << ms.str() << (latest ? " [latest]" : "") << (best ? " [best " + metric + "]" : "") << "\n";
+}
+
+int cmd_list(const std::string& dir, const std::string& local, const std::string& best_metric,
+             const std::string& best_mode) {
+  const stdfs::path root = checkpoints_dir(dir);
+  NNX_CHECK(stdfs::is_directory(root), "'", dir, "' is not a directory");
+  const std::vector<StepRow> rows = step_rows(root);
+  const auto local_folders = local_tier_folders(dir, local);
+  NNX_CHECK(!rows.empty() || !local_folders.empty(), "'", dir,
+            "' holds no checkpoints (expected a run dir or its checkpoints/ folder)");
+  std::optional<int64_t> newest_good;
+  int broken = 0;
+  for (const auto& r : rows) {
+    if (r.problem.empty()) newest_good = r.step;
+    else ++broken;
+  }
+  const BestChoice choice = best_choice(CheckpointManager(root, read_only_options()), newest_good, best_metric, best_mode);
+  const std::optional<int64_t> best = best_of(rows, choice);
+  std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)" << std::setw(12) << "bytes"
             << "metrics\n";
-  for (int64_t s : steps) {
-    auto meta = read_metadata(m.step_path(s));
-    int64_t bytes = 0;
-    for (auto it = meta["files"].begin(); it != meta["files"].end(); ++it)
-      bytes += it.value()["size"].get<int64_t>();
-    std::time_t t = static_cast<std::time_t>(meta.value("time", 0.0));
-    char when[32];
-    std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
-    std::string tags;
-    if (s == steps.back()) tags += " [latest]";
-    if (best && s == *best) tags += " [best eval_loss]";
-    nlohmann::json met = meta.value("metrics", nlohmann::json());
-    std::ostringstream ms;
-    if (met.is_object())
-      for (const char* k : {"loss", "eval_loss", "eval_accuracy"})
-        if (met.contains(k) && met[k].is_number())
-          ms << k << "=" << std::setprecision(5) << met[k].get<double>() << " ";
-    std::cout << std::left << std::setw(10) << s << std::setw(22) << when << std::setw(12)
-              << format_bytes(bytes) << ms.str() << tags << "\n";
-  }
+  for (const auto& r : rows) print_row(r, newest_good == r.step, best == r.step, choice.metric);
+  if (rows.empty()) std::cout << "no committed checkpoints in " << root.string() << "\n";
+  if (!choice.why.empty()) std::cout << "best: cannot tell (" << choice.why << ")\n";
+  else if (!choice.metric.empty()) std::cout << "best: by " << choice.metric << " (" << choice.mode << "), from " << choice.source << "\n";
   list_local_tier(dir, local);
-  return 0;
+  if (broken) std::cout << broken << " broken step(s): `nnx-ckpt verify` names every failing check\n";
+  return broken ? 1 : 0;
 }
 
 int cmd_show(const std::string& dir, std::optional<int64_t> step) {
@@ -223,8 +316,25 @@ int cmd_verify(const std::string& dir, std::optional<int64_t> step, const std::s
   return ok ? 0 : 1;
 }
 
-int cmd_diff(const std::string& a, const std::string& b) {
-  stdfs::path pa = resolve(a, std::nullopt), pb = resolve(b, std::nullopt);
+// diff's operands: two checkpoints, each a step's folder or a run / checkpoints dir with an
+// optional STEP after it (default: its latest step); `RUN S1 S2` compares two steps of one run.
+std::pair<stdfs::path, stdfs::path> diff_operands(const std::vector<std::string>& args) {
+  auto is_step = [](const std::string& a) { return all_digits(a); };
+  std::vector<std::pair<std::string, std::optional<int64_t>>> ops;
+  for (const auto& a : args) {
+    // A number after a step's own folder is another folder (`cd run/checkpoints; diff 20 40`).
+    const bool after_step_folder = !ops.empty() && !ops.back().second && stdfs::exists(stdfs::path(ops.back().first) / kMetadataFile);
+    if (!is_step(a) || ops.empty() || after_step_folder) ops.emplace_back(a, std::nullopt);
+    else if (!ops.back().second) ops.back().second = std::stoll(a);
+    else ops.emplace_back(ops.back().first, std::stoll(a));  // RUN S1 S2
+  }
+  NNX_CHECK(ops.size() == 2, "diff compares two checkpoints: A B, A STEP B STEP or RUN STEP STEP (A and B: a run dir, ",
+            "its checkpoints/ or one step's folder); got ", args.size(), " arguments");
+  return {resolve(ops[0].first, ops[0].second), resolve(ops[1].first, ops[1].second)};
+}
+
+int cmd_diff(const std::vector<std::string>& args) {
+  const auto [pa, pb] = diff_operands(args);
   H5File fa = open_verified(pa, read_metadata(pa)), fb = open_verified(pb, read_metadata(pb));
   int differences = 0;
   auto items_a = list_items(fa), items_b = list_items(fb);
@@ -279,21 +389,16 @@ int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::s
   stdfs::path p = resolve(dir, step);
   H5File f = open_verified(p, read_metadata(p));
   State s = read_state_untemplated(f, item);
-  // torch.save's layout of a state dict: an ordered dict of dotted names to tensors.
-  c10::Dict<std::string, at::Tensor> dict;
+  // A state dict: dotted names to tensors, in the checkpoint's order.
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& [path, vs] : s) {
     std::string name = path;
     std::replace(name.begin(), name.end(), '/', '.');
-    dict.insert(name, vs.value);
+    tensors.emplace_back(name, vs.value);
   }
-  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(dict));
-  std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
-  NNX_CHECK_IO(out.good(), "cannot write '", out_path, "'");
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  NNX_CHECK_IO(out.good(), "cannot write '", out_path, "' (disk full?)");
-  std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string()
-            << " to " << out_path << " (torch.load opens it; names use '.' for '/')\n";
+  nnx::trainer::save_torch_state_dict(tensors, out_path);
+  std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string() << " to " << out_path
+            << " (torch.load opens it, weights_only=True too; names use '.' for '/')\n";
   return 0;
 }
 
@@ -322,13 +427,17 @@ int cmd_import(const std::string& config, const std::vector<std::string>& overri
 int main(int argc, char** argv) {
   CLI::App app{"nnx-ckpt: inspect, verify and compare nnx-cpp checkpoints"};
   app.require_subcommand(1);
-  std::string dir, dir_b;
+  std::string dir;
   int64_t step = -1;
   std::string local;
   const std::string local_help = "the run's checkpoint.local.directory (default: the run dir's default)";
-  auto* list = app.add_subcommand("list", "list committed steps with time, bytes, metrics (and the local tier's)");
+  auto* list = app.add_subcommand("list", "list steps with time, bytes, metrics, latest and best, broken ones marked (and the local tier's)");
+  std::string best_metric, best_mode;
   list->add_option("DIR", dir, "run dir or checkpoints dir")->required();
   list->add_option("--local", local, local_help);
+  list->add_option("--best-metric", best_metric, "metric that makes a step the best (default: the run's checkpoint.best_metric)");
+  list->add_option("--best-mode", best_mode, "min or max (default: the run's, else max for eval_accuracy, min otherwise)")
+      ->check(CLI::IsMember({"min", "max"}));
   auto* show = app.add_subcommand("show", "items and variables of a step (default latest)");
   show->add_option("DIR", dir)->required();
   show->add_option("STEP", step);
@@ -337,9 +446,10 @@ int main(int argc, char** argv) {
   ver->add_option("STEP", step);
   ver->add_option("--local", local, local_help);
   auto* dif = app.add_subcommand(
-      "diff", "compare the tensors of two checkpoints (step dirs or run dirs = latest)");
-  dif->add_option("A", dir)->required();
-  dif->add_option("B", dir_b)->required();
+      "diff", "compare the tensors of two checkpoints (A B, A STEP B STEP, or RUN STEP STEP)");
+  std::vector<std::string> diff_args;
+  dif->add_option("CHECKPOINTS", diff_args, "two checkpoints: run dirs (latest step), a run dir and a STEP, or step folders")
+      ->required();
   auto* exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
   std::string format = "torch", item = "params", out;
   exp->add_option("DIR", dir)->required();
@@ -368,10 +478,10 @@ int main(int argc, char** argv) {
   }
   std::optional<int64_t> s = step >= 0 ? std::optional<int64_t>(step) : std::nullopt;
   return nnx::tools::run_main("nnx-ckpt", [&]() -> int {
-    if (*list) return cmd_list(dir, local);
+    if (*list) return cmd_list(dir, local, best_metric, best_mode);
     if (*show) return cmd_show(dir, s);
     if (*ver) return cmd_verify(dir, s, local);
-    if (*dif) return cmd_diff(dir, dir_b);
+    if (*dif) return cmd_diff(diff_args);
     if (*exp) return cmd_export(dir, s, format, item, out);
     if (*plt) return cmd_plot(dir, out);
     if (*imp) return cmd_import(config, overrides, state_dict, mapping);

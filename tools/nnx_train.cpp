@@ -17,12 +17,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   int64_t resume_from = -1, crash_after = -1, inject_nan = -1;
   int crash_rank = -1;
-  bool print_only = false, plot = false;
+  bool print_only = false, plot = false, quiet = false;
   app.add_option("--config", config_path, "YAML config file")->required();
   app.add_option("overrides", overrides, "dotted.key=value overrides, e.g. train.max_steps=100");
   app.add_option("--resume-from", resume_from,
                  "resume from this committed step instead of the latest");
-  app.add_flag("--print-config", print_only, "print the resolved config and exit");
+  app.add_flag("--print-config", print_only, "print the resolved config and exit (each run writes it to <run.dir>/config.json)");
+  app.add_flag("-q,--quiet", quiet, "print only warnings, errors and the final summary");
   std::string init_torch, mapping;
   app.add_option("--init-from-torch", init_torch,
                  "fresh runs: initialise params from a torch.save'd state dict");
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
     if (!init_torch.empty() && mapping.empty())
       throw nnx::Error("--init-from-torch needs --mapping MAP.json");
     ro.inject_nonfinite_at_step = inject_nan;
+    ro.quiet = quiet;
     int rc = nnx::trainer::train(cfg, ro);
     const char* rank = std::getenv("RANK");
     if (rc == 0 && plot && (!rank || std::string(rank) == "0")) {

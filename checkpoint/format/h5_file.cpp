@@ -12,7 +12,13 @@ namespace nnx::checkpoint {
 using h5::Hid;
 using h5::silence_hdf5;
 
-H5File H5File::create(const std::string& path) {
+size_t H5File::meta_block_size(int64_t state_bytes) {
+  size_t block = 4 << 10;
+  while (block < (256 << 10) && static_cast<int64_t>(block) * 64 < state_bytes) block <<= 1;
+  return block;
+}
+
+H5File H5File::create(const std::string& path, size_t meta_block_bytes) {
   silence_hdf5();
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   // v1.8+ object headers carry checksums of HDF5's own metadata.
@@ -23,10 +29,10 @@ H5File H5File::create(const std::string& path) {
   // cache into 64-byte aligned tensors; the padding costs under 4 KiB per large dataset.
   H5Pset_alignment(fapl, 64 << 10, 4096);
   // HDF5's own metadata (object headers, attributes, group links) is allocated from blocks of
-  // 256 KiB instead of 2 KiB, so it sits in a few contiguous runs instead of beside every
+  // up to 256 KiB instead of 2 KiB, so it sits in a few contiguous runs instead of beside every
   // dataset: the structure check before a restore, and HDF5's own reads of it after, read a
   // few runs instead of one small piece per dataset (on a cold file, a disk request each).
-  H5Pset_meta_block_size(fapl, 256 << 10);
+  H5Pset_meta_block_size(fapl, meta_block_bytes);
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
   NNX_CHECK_IO(id >= 0, "cannot create HDF5 file '", path, "'");
   return H5File(id, path);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <random>
 
+#include "nnx/checkpoint/format/h5_file.h"
 #include "nnx/framework/error.h"
 #include "test_util.h"
 
@@ -52,6 +53,25 @@ TEST(Checkpointer, CompositeRoundTripAndPartialItems) {
   // Never overwritten.
   EXPECT_THROW(ck.save(dir / "5", Composite{{"params", StandardSave(params)}}), Error);
   EXPECT_TRUE(verify(dir / "5").ok);
+}
+
+// HDF5's metadata block is sized to the state: a small checkpoint is no longer mostly the
+// unused tail of a 256 KiB block (2.6 KiB of params took 272 KiB), large ones keep 256 KiB.
+TEST(Checkpointer, SmallCheckpointsStaySmall) {
+  EXPECT_EQ(H5File::meta_block_size(0), 4u << 10);
+  EXPECT_EQ(H5File::meta_block_size(1 << 20), 16u << 10);
+  EXPECT_EQ(H5File::meta_block_size(16 << 20), 256u << 10);
+  EXPECT_EQ(H5File::meta_block_size(int64_t(4) << 30), 256u << 10);
+  test::TempDir dir;
+  State s;
+  s.insert("layers/0/kernel", {Param, at::randn({16, 32}), {}});  // 2 KiB
+  s.insert("layers/0/bias", {Param, at::randn({32}), {}});
+  s.insert("layers/1/kernel", {Param, at::randn({32, 4}), {}});  // 512 B
+  StandardCheckpointer ck;
+  ck.save(dir / "small", s);
+  const auto size = std::filesystem::file_size(dir / "small" / "checkpoint.h5");
+  EXPECT_LT(size, 32u << 10) << "bytes on disk for 2.6 KiB of params";
+  EXPECT_TRUE(ck.restore(dir / "small", s).equal(s));
 }
 
 TEST(Checkpointer, StandardCheckpointerInUnicodeDirectoryWithSpaces) {

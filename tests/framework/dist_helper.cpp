@@ -173,7 +173,8 @@ int preemption(const std::shared_ptr<distributed::ProcessGroup>& pg, const std::
   checkpoint::CheckpointManagerOptions o;
   o.enable_async_checkpointing = false;
   o.save_interval_steps = 1000;
-  o.process_group = pg->new_group("ckpt");  // handle_preemption_signals: the default (true)
+  o.process_group = pg->new_group("ckpt");
+  o.handle_preemption_signals = true;
   checkpoint::CheckpointManager mgr(dir, o);
   State s;
   s.insert("w", {Param, at::arange(100, at::kFloat), {}});

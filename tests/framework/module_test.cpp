@@ -126,5 +126,9 @@ TEST(Module, ACycleIsRejectedAtRegistrationNamingBothPaths) {
   auto shared = std::make_shared<ModuleDict>();
   a->register_module("s1", shared);
   b->register_module("s2", shared);  // a shared child is no cycle
-  EXPECT_EQ(a->named_modules().size(), 3u);  // b, b/c, b/s2: the shared child once, first path
+  const auto mods = a->named_modules();  // "" (a), b, b/c, b/s2: the shared child once, first path
+  ASSERT_EQ(mods.size(), 4u);
+  EXPECT_EQ(mods[0].first, "");
+  EXPECT_EQ(mods[0].second.get(), a.get());
+  EXPECT_EQ(mods[3].first, "b/s2");
 }

@@ -37,12 +37,27 @@ TEST(Config, DottedOverridesApplyAndAreNamedInErrors) {
   EXPECT_EQ(c.model.options["hidden"], nlohmann::json({8, 4}));
   EXPECT_EQ(c.seed, 3u);
   EXPECT_EQ(c.to_json()["run"]["dir"], "/tmp/x");
+  // Errors about run.dir name where it was set: a command line's override is not the YAML's.
+  EXPECT_EQ(c.run_dir_origin, "override 'run.dir=/tmp/x'");
+  EXPECT_NE(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml").run_dir_origin.find("tiny_synthetic.yaml:5:"),
+            std::string::npos);
   try {
     load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"train.max_steps=abc"});
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("override 'train.max_steps=abc'"), std::string::npos) << e.what();
   }
+  // Booleans are YAML 1.2's true/false only: yaml-cpp alone took "yes" silently.
+  try {
+    load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"checkpoint.async=yes"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("override 'checkpoint.async=yes': 'checkpoint.async' must be true or false, got "
+                                         "'yes' (did you mean true?)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"checkpoint.async=False"}).checkpoint.async);
   EXPECT_THROW(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"novalue"}), Error);
   EXPECT_THROW(load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"trian.max_steps=1"}), Error);
 }

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "nnx/checkpoint/checkpointer.h"
@@ -16,6 +18,7 @@
 #include "nnx/checkpoint/io/checksum.h"
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
+#include "nnx/checkpoint/preservation_policy.h"
 #include "test_util.h"
 #include "tools/run_util.h"
 
@@ -282,6 +285,67 @@ TEST(Trainer, CheckpointHoldsEveryItemAndVerifies) {
   EXPECT_NE(bad.output.find("FAILED"), std::string::npos);
 }
 
+namespace {
+// The row of `step` in `nnx-ckpt list`'s table ("" when none).
+std::string list_row(const std::string& out, int64_t step) {
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(std::to_string(step) + " ", 0) == 0) return line;
+  return "";
+}
+}  // namespace
+
+// nnx-ckpt list marks latest and best as the run's config defines them (issue 37: it marked the
+// best by eval_loss whatever the run asked), shows broken steps as broken, and exits 1 then;
+// a folder without checkpoints is bad input (exit 2), as for show and verify.
+TEST(Trainer, CkptListMarksTheRunsBestAndBrokenSteps) {
+  test::TempDir dir;
+  const std::string run_dir = (dir / "run").string();
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", run_dir,
+                                "checkpoint.best_metric=eval_accuracy checkpoint.max_to_keep=4 checkpoint.async=false"))
+                .exit_code,
+            0);
+  const stdfs::path ckpts = stdfs::path(run_dir) / "checkpoints";
+  auto best_by = [&](const std::string& metric, const std::string& mode) {
+    CheckpointManagerOptions o;
+    o.read_only = true;
+    o.best_fn = metric_key(metric);
+    o.best_mode = mode;
+    return *CheckpointManager(ckpts, o).best_step();
+  };
+  auto list = test::run(test::bin("nnx-ckpt") + " list " + run_dir);
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_NE(list_row(list.output, best_by("eval_accuracy", "max")).find("[best eval_accuracy]"), std::string::npos)
+      << list.output;
+  EXPECT_NE(list_row(list.output, 60).find("[latest]"), std::string::npos) << list.output;
+  EXPECT_NE(list.output.find("best: by eval_accuracy (max), from the run's config"), std::string::npos) << list.output;
+  auto by_loss = test::run(test::bin("nnx-ckpt") + " list " + run_dir + " --best-metric eval_loss");
+  EXPECT_NE(list_row(by_loss.output, best_by("eval_loss", "min")).find("[best eval_loss]"), std::string::npos)
+      << by_loss.output;
+  // diff: two steps of one run; a wrong number of operands is one clear error, exit 2.
+  EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 40 40").exit_code, 0);
+  EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 60").exit_code, 1);
+  auto three = test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 40 60");
+  EXPECT_EQ(three.exit_code, 2);
+  EXPECT_NE(three.output.find("diff compares two checkpoints"), std::string::npos) << three.output;
+  // A truncated file and an unreadable metadata file: rows marked BROKEN, exit 1.
+  const auto h5 = ckpts / "40" / kCheckpointFile;
+  stdfs::resize_file(h5, stdfs::file_size(h5) / 2);
+  std::ofstream(ckpts / "20" / kMetadataFile, std::ios::trunc) << "{not json";
+  auto broken = test::run(test::bin("nnx-ckpt") + " list " + run_dir);
+  EXPECT_EQ(broken.exit_code, 1) << broken.output;
+  EXPECT_NE(list_row(broken.output, 40).find("BROKEN: checkpoint file"), std::string::npos) << broken.output;
+  EXPECT_NE(list_row(broken.output, 40).find("(truncated or replaced)"), std::string::npos) << broken.output;
+  EXPECT_NE(list_row(broken.output, 20).find("BROKEN:"), std::string::npos) << broken.output;
+  EXPECT_NE(list_row(broken.output, 60).find("[latest]"), std::string::npos) << broken.output;
+  // Not a checkpoint directory, or none at all: exit 2 with the path named.
+  stdfs::create_directories(dir / "empty");
+  auto empty = test::run(test::bin("nnx-ckpt") + " list " + (dir / "empty").string());
+  EXPECT_EQ(empty.exit_code, 2) << empty.output;
+  EXPECT_NE(empty.output.find("holds no checkpoints"), std::string::npos) << empty.output;
+  EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " list " + (dir / "missing").string()).exit_code, 2);
+}
+
 // Saves every 10 steps, evaluation every 20, max_to_keep 5: step 10 has no eval_loss and is
 // kept all the same (max_to_keep keeps 5 once 5 exist), and the run resumes from it.
 TEST(Trainer, MaxToKeepKeepsStepsWithoutEvalMetricsAndResumesFromThem) {
@@ -322,5 +386,7 @@ TEST(Trainer, SaveAndKeepPolicyListsFromTheConfig) {
 TEST(Trainer, UncreatableRunDirExitsTwoNamingIt) {
   auto r = test::run(train_cmd("tiny_synthetic.yaml", "/proc/nnx-no-such-dir/run", "train.max_steps=2"));
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("nnx-train: error: run.dir '/proc/nnx-no-such-dir/run'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("nnx-train: error: run.dir '/proc/nnx-no-such-dir/run' (override 'run.dir=/proc/nnx-no-such-dir/run')"),
+            std::string::npos)
+      << r.output;  // named as the command line's override, not as the YAML file's
 }

@@ -61,6 +61,7 @@ ck::CheckpointManagerOptions manager_options(const CheckpointConfig& c) {
   mo.save_interval_steps = c.save_interval_steps;
   if (!c.save.is_null()) mo.save_decision_policy = save_decision_policy(c.save);
   mo.enable_async_checkpointing = c.async;
+  mo.handle_preemption_signals = true;  // SIGTERM/SIGINT: finish the step, save, exit 0
   mo.direct_io = c.direct_io;
   mo.snapshot_timing = c.snapshot == "in_save" ? ck::io::SnapshotTiming::kInSave : ck::io::SnapshotTiming::kDeferred;
   mo.busy_policy = c.busy_policy == "skip"            ? ck::BusyPolicy::kSkip

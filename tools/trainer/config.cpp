@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <functional>
 #include <map>
 #include <set>
@@ -74,7 +75,7 @@ class Section {
     try {
       if constexpr (std::is_same_v<T, bool>) {
         if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
-        return n.as<bool>();
+        return strict_bool(n, key);
       } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<std::string>>) {
         if (!n.IsSequence()) throw YAML::BadConversion(n.Mark());
         return n.as<T>();
@@ -85,6 +86,20 @@ class Section {
     } catch (const YAML::BadConversion&) {
       fail_at(n, key_path(key), " must be ", type_name<T>(), ", got ", describe(n));
     }
+  }
+
+  // YAML 1.2's booleans only: yaml-cpp also takes YAML 1.1's yes/no/on/off/y/n, which a user
+  // may have meant as a string or typed by mistake; those are errors naming what was meant.
+  bool strict_bool(const YAML::Node& n, const std::string& key) const {
+    const std::string& v = n.Scalar();
+    if (v == "true" || v == "True" || v == "TRUE") return true;
+    if (v == "false" || v == "False" || v == "FALSE") return false;
+    std::string lower(v.size(), ' ');
+    std::transform(v.begin(), v.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+    const char* meant = (lower == "yes" || lower == "y" || lower == "on" || lower == "1")   ? " (did you mean true?)"
+                        : (lower == "no" || lower == "n" || lower == "off" || lower == "0") ? " (did you mean false?)"
+                                                                                           : "";
+    fail_at(n, key_path(key), " must be true or false, got '", v, "'", meant);
   }
 
   template <class T>
@@ -150,7 +165,7 @@ class Section {
  private:
   template <class T>
   static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "a boolean (true/false)";
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
     else if constexpr (std::is_integral_v<T>) return "an integer";
     else if constexpr (std::is_floating_point_v<T>) return "a number";
     else if constexpr (std::is_same_v<T, std::string>) return "a string";
@@ -507,6 +522,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   Section run = top.sub("run");
   c.run_dir = run.get<std::string>("dir", "runs/default");
   if (c.run_dir.empty()) run.fail_at(run.raw("dir"), "run.dir", " must not be empty");
+  c.run_dir_origin = run.has("dir") ? run.where(run.raw("dir"), "run.dir") : "the default";
   run.finish();
 
   unknown_top_level_keys(root, src);  // a typo'd section is named as such, not as a missing key

@@ -144,6 +144,9 @@ struct Config {
   CheckpointConfig checkpoint;
   DistributedConfig distributed;
   std::string source;  ///< the YAML file
+  /// Where run.dir was set, for errors about it: "FILE:line:col", "override 'run.dir=...'" or
+  /// "the default".
+  std::string run_dir_origin;
   /// What load_config() adjusted and the run should be told (e.g. a warmup clamped to a
   /// shortened run); nnx-train prints each as a warning. Not part of to_json().
   std::vector<std::string> warnings;

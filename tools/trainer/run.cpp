@@ -92,7 +92,6 @@ Run::Run(const Config& cfg, const RunOptions& ropts)
   device_ = compat::training_device(cfg_.device, env_.local_rank);  // each rank on its LOCAL_RANK's GPU
   compat::set_current_device(device_);
   compat::set_cudnn_flags(cfg_.cudnn.benchmark, cfg_.cudnn.deterministic);
-  *out_ << "nnx-train: config " << cfg_.source << " (resolved)\n" << cfg_.to_json().dump(2) << "\n";
   ds_ = load_data(cfg_);
   build_model(ds_);
   build_optimizer();
@@ -112,6 +111,24 @@ void Run::build_distributed() {
   if (lead_)
     for (const auto& w : cfg_.warnings) log::warn_parts(w);
   out_ = lead_ ? &std::cout : &null_stream();
+  progress_ = ropts_.quiet ? &null_stream() : out_;
+}
+
+// The resolved config (every key, defaults filled in) goes to <run.dir>/config.json, written
+// whole then renamed, instead of ~95 lines on the terminal; `--print-config` prints it.
+void Run::write_resolved_config() {
+  if (!lead_) return;
+  const stdfs::path path = stdfs::path(cfg_.run_dir) / "config.json", tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << cfg_.to_json().dump(2) << "\n";
+    out.flush();
+    NNX_CHECK_IO(out.good(), "cannot write '", tmp.string(), "' (disk full?)");
+  }
+  std::error_code ec;
+  stdfs::rename(tmp, path, ec);
+  NNX_CHECK_IO(!ec, "cannot write '", path.string(), "': ", ec.message());
+  *progress_ << "nnx-train: config " << cfg_.source << " (resolved: " << path.string() << ")\n";
 }
 
 void Run::build_model(const Datasets& ds) {
@@ -164,13 +181,14 @@ void Run::build_loader_and_manager() {
   {
     std::error_code ec;  // a run.dir that cannot be made is a config error (exit 2), named as such
     stdfs::create_directories(cfg_.run_dir, ec);
-    NNX_CHECK(!ec, "run.dir '", cfg_.run_dir, "' (", cfg_.source, "): cannot create it: ", ec.message());
+    NNX_CHECK(!ec, "run.dir '", cfg_.run_dir, "' (", cfg_.run_dir_origin, "): cannot create it: ", ec.message());
   }
   checkpoint::CheckpointManagerOptions mo = manager_options(cfg_.checkpoint);
   mo.process_group = ckpt_pg_;
   manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
   local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size, pg_);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
+  write_resolved_config();  // after the manager took the run's lock: a refused second run writes nothing
 }
 
 // A changed model is reported as such (its GraphDef against the checkpoint's), before the
@@ -268,7 +286,7 @@ void Run::apply_restored(const checkpoint::Restored& r, int64_t at, const std::f
   history_ = r.json_item("metrics");
   step_ = r.json_item("trainer").at("step");
   skipped_ = r.json_item("trainer").value("skipped_steps", 0);
-  *out_ << "nnx-train: resumed from step " << step_ << " (" << from.string() << "): params "
+  *progress_ << "nnx-train: resumed from step " << step_ << " (" << from.string() << "): params "
         << r.state("params").size() << " arrays (" << format_bytes(r.state("params").nbytes()) << "), batch_stats "
         << r.state("batch_stats").size() << ", rngs " << r.state("rngs").size() << ", optimizer step "
         << optimizer_->step_count() << ", data position epoch " << loader_->epoch() << " batch " << loader_->index()
@@ -295,7 +313,7 @@ bool Run::import_torch() {
   NNX_CHECK(!resumed_, "'", cfg_.run_dir, "' already has checkpoints; PyTorch weights initialise fresh runs only");
   load_torch_params(*model_, ropts_.init_from_torch, ropts_.torch_mapping);
   if (pg_) distributed::broadcast_state(*model_, *pg_);
-  *out_ << "nnx-train: params initialised from " << ropts_.init_from_torch << "\n";
+  *progress_ << "nnx-train: params initialised from " << ropts_.init_from_torch << "\n";
   if (!ropts_.import_only) return false;
   save(0, nlohmann::json::object(), /*force=*/true, params_finite());
   manager_->wait_until_finished();
@@ -459,8 +477,8 @@ nlohmann::json Run::report_step(double loss) {
   if (eval_now && lead_)
     line << " eval_loss " << std::setprecision(4) << rec["eval_loss"].get<double>() << " eval_accuracy "
          << rec["eval_accuracy"].get<double>();
-  if (lead_ && ::isatty(STDERR_FILENO)) std::cerr << "\r" << line.str() << (eval_now ? "\n" : "") << std::flush;
-  else if (lead_) std::cout << line.str() << std::endl;
+  if (lead_ && !ropts_.quiet && ::isatty(STDERR_FILENO)) std::cerr << "\r" << line.str() << (eval_now ? "\n" : "") << std::flush;
+  else if (lead_ && !ropts_.quiet) std::cout << line.str() << std::endl;
   window_start_ = Clock::now();
   window_examples_ = window_steps_ = 0;
   return rec;
@@ -503,7 +521,7 @@ bool Run::after_step(double loss, bool finite) {
 }
 
 void Run::report_start() const {
-  *out_ << "nnx-train: " << model_type_ << " with " << state(*model_, Param).size() << " param arrays ("
+  *progress_ << "nnx-train: " << model_type_ << " with " << state(*model_, Param).size() << " param arrays ("
         << format_bytes(state(*model_, Param).nbytes()) << "), " << ds_.train->size() << " training examples, "
         << loader_->batches_per_epoch() << " batches/epoch, device " << device_.str() << ", threads "
         << at::get_num_threads() << (env_.world_size > 1 ? ", world_size " + std::to_string(env_.world_size) : std::string())

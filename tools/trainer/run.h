@@ -53,6 +53,7 @@ class Run {
  private:
   using Clock = std::chrono::steady_clock;
   void build_distributed();
+  void write_resolved_config();
   void build_model(const Datasets& ds);
   void build_optimizer();
   void build_loader_and_manager();
@@ -83,6 +84,7 @@ class Run {
   std::shared_ptr<distributed::ProcessGroup> pg_, ckpt_pg_;
   bool lead_ = true;
   std::ostream* out_;
+  std::ostream* progress_ = nullptr;  // out_, or nothing with --quiet
   Datasets ds_;
   std::string model_type_;
   std::shared_ptr<Module> model_;

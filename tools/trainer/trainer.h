@@ -26,6 +26,8 @@ struct RunOptions {
   bool import_only = false;
   /// Testing aid: the loss of this step is made NaN (exercises train.nonfinite). -1 = off.
   int64_t inject_nonfinite_at_step = -1;
+  /// Print only warnings, errors and the final summary (no progress lines, no restore report).
+  bool quiet = false;
 };
 
 /// Runs (or resumes) the training described by `config`. Returns the process exit code: 0 when
