@@ -45,17 +45,26 @@ void AsyncCheckpointer::wait() const {
   if (f.done.valid()) f.done.wait();
 }
 
-void AsyncCheckpointer::wait_until_finished() {
-  // Waiters share the save's future: each of them sees its failure. The first to return
-  // forgets the save, so a later wait does not report the same failure again.
+void AsyncCheckpointer::wait_until_finished() { wait_for_flight(/*clear_failure=*/false); }
+
+// Waiters share the save's future: each of them sees its failure. A success is forgotten by the
+// first to return; a failure only by the owner's wait or a save (`clear_failure`), so no other
+// waiter consumes the error that the training loop's next call must raise.
+void AsyncCheckpointer::wait_for_flight(bool clear_failure) {
   Flight f = current();
   if (!f.done.valid()) return;
   f.done.wait();
+  bool failed = false;
+  try {
+    f.done.get();
+  } catch (...) {
+    failed = true;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (flight_.id == f.id) flight_.done = {};
+    if (flight_.id == f.id && (!failed || clear_failure || std::this_thread::get_id() == f.owner)) flight_.done = {};
   }
-  f.done.get();
+  f.done.get();  // rethrows the failure, if any
 }
 
 void AsyncCheckpointer::save(const stdfs::path& path, const Composite& args, const nlohmann::json& metadata) {
@@ -72,7 +81,7 @@ void AsyncCheckpointer::retire_older() {
   const Flight f = current();
   const bool done = !f.done.valid() || f.done.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
   if (max_in_flight == 1 || done) {
-    wait_until_finished();  // a failure is reported before anything else is saved
+    wait_for_flight(/*clear_failure=*/true);  // a failure is reported (and cleared) before anything else is saved
     if (latest_.worker) latest_.worker->wait();
     latest_ = {};
   }
@@ -99,7 +108,7 @@ void AsyncCheckpointer::save_async(const stdfs::path& path, const Composite& arg
   latest_.promise = std::make_unique<std::promise<void>>();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    flight_ = Flight{latest_.promise->get_future().share(), ++next_id_};
+    flight_ = Flight{latest_.promise->get_future().share(), ++next_id_, std::this_thread::get_id()};
   }
   latest_.worker = std::make_unique<io::TaskGroup>(1);
   latest_.worker->submit([this, path, snap = std::move(snap), copies = std::move(copies), metadata, previous,

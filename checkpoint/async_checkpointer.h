@@ -6,6 +6,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "nnx/checkpoint/checkpointer.h"
@@ -25,9 +26,11 @@ namespace nnx::checkpoint {
 /// save() waits only for the save before the one in flight: the new snapshot goes into a second
 /// set of host buffers (two snapshots of extra memory) and its write starts once the previous
 /// save finished, so steps commit in order. A failed background save is rethrown by the next
-/// save() or wait_until_finished(): by every wait_until_finished() that was waiting for it, on
-/// any thread, and by the first one after it (with two in flight, the newer save reports the
-/// older's failure). save() is called from one thread at a time; wait_until_finished(), wait()
+/// save() or wait_until_finished(), Orbax's rule: every wait_until_finished() that waits for it
+/// raises it, on any thread, and none of them clears it, except one on the thread that called
+/// save() (the owner); the owner's next wait or any next save() raises it and clears it, so a
+/// monitoring thread that waits first never swallows the loop's error (with two in flight, the
+/// newer save reports the older's failure). save() is called from one thread at a time; wait_until_finished(), wait()
 /// and in_progress() from any.
 class AsyncCheckpointer : public Checkpointer {
  public:
@@ -42,6 +45,9 @@ class AsyncCheckpointer : public Checkpointer {
                   std::function<void()> on_commit, std::function<void(std::exception_ptr)> on_failure = nullptr);
   /// Blocks until no save is in flight; rethrows a background failure (see the class comment).
   void wait_until_finished();
+  /// The same from a saving path (a manager's save or close), on whichever thread: rethrows a
+  /// failure and clears it, as the owner's wait does.
+  void finish_previous_save() { wait_for_flight(/*clear_failure=*/true); }
   /// Blocks until no save is in flight; never throws, reports nothing (a failure stays for
   /// wait_until_finished()).
   void wait() const;
@@ -56,7 +62,9 @@ class AsyncCheckpointer : public Checkpointer {
   struct Flight {
     std::shared_future<void> done;  // ready when the save committed or failed
     uint64_t id = 0;
+    std::thread::id owner;  // the thread that called save(): its wait clears a failure
   };
+  void wait_for_flight(bool clear_failure);
   Flight current() const;
   struct Job {
     std::unique_ptr<std::promise<void>> promise;

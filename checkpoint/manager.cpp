@@ -77,7 +77,7 @@ void CheckpointManager::close() {
   std::exception_ptr err;
   if (async_) {
     try {
-      async_->wait_until_finished();
+      async_->finish_previous_save();
     } catch (...) {
       err = std::current_exception();
     }
@@ -303,7 +303,7 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
   }
   // One save in flight (surfacing a failed one); with a second buffer set the checkpointer
   // makes room for this save itself.
-  if (async_ && options_.busy_policy != BusyPolicy::kSecondBuffer) async_->wait_until_finished();
+  if (async_ && options_.busy_policy != BusyPolicy::kSecondBuffer) async_->finish_previous_save();
   const stdfs::path path = step_path(step);
   NNX_CHECK(!stdfs::exists(path), "step ", step, " already exists in '", directory_.string(),
             "'; checkpoints are never overwritten");

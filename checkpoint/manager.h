@@ -95,7 +95,9 @@ class CheckpointManager {
   /// should_save(step) at this step: whether any rank had received one.
   bool reached_preemption(int64_t step) const;
   /// Blocks until the async save in flight has committed; rethrows its failure. Several threads
-  /// may wait at once; each of them sees the failure.
+  /// may wait at once; each of them sees the failure, and none clears it but the thread that
+  /// saved: its next wait_until_finished() or save() raises it too, then it is cleared (Orbax's
+  /// rule; a monitoring thread never swallows the training loop's error).
   void wait_until_finished();
   /// Whether an async save has not committed yet.
   bool is_saving_in_progress() const;

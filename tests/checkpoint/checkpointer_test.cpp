@@ -11,6 +11,7 @@
 
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "nnx/checkpoint/format/h5_file.h"
 #include "nnx/framework/error.h"
@@ -141,6 +142,29 @@ TEST(Checkpointer, SnapshotToHostCopiesEveryKindOfTensorAndReusesBuffers) {
   for (auto& [p, vs] : s) vs.value.add_(1);  // new values, same shapes
   snapshot();
   EXPECT_EQ(first, ptrs);  // the same host buffers, refilled
+}
+
+// Orbax's rule for a failed async save: a wait on another thread raises it without clearing it;
+// the saving thread's next wait, or its next save, raises it too, and then it is cleared.
+TEST(Checkpointer, AnotherThreadsWaitDoesNotSwallowTheOwnersFailure) {
+  test::TempDir dir;
+  { std::ofstream(dir / "blocker") << "a file, not a directory"; }
+  for (bool next_is_save : {false, true}) {
+    AsyncCheckpointer ck;
+    ck.save(dir / "blocker" / "1", Composite{{"params", StandardSave(small_state(1.0f))}});
+    std::thread monitor([&] { EXPECT_THROW(ck.wait_until_finished(), Error); });
+    monitor.join();
+    const auto path = dir / (next_is_save ? "saved" : "waited");
+    if (next_is_save) {
+      EXPECT_THROW(ck.save(path, Composite{{"params", StandardSave(small_state(2.0f))}}), Error);
+    } else {
+      EXPECT_THROW(ck.wait_until_finished(), Error);
+    }
+    ck.wait_until_finished();  // cleared
+    ck.save(path, Composite{{"params", StandardSave(small_state(3.0f))}});
+    ck.wait_until_finished();
+    EXPECT_TRUE(std::filesystem::exists(path / kMetadataFile));
+  }
 }
 
 TEST(Checkpointer, FailedAsyncSaveSurfacesOnWaitAndLeavesNoTmp) {
