@@ -131,6 +131,16 @@ void stress(int ranks, int trials, Totals& totals, const std::string& extra = ""
   }
 }
 
+// What a stress test saw, asserted rather than only printed: every trial ran to a bit-exact end
+// (checked per trial above) and the kills happened; `what` names the test in its summary line.
+void expect_and_report(const Totals& t, int trials, const std::string& what) {
+  EXPECT_EQ(t.trials, trials) << what << ": trials that ran to the end";
+  EXPECT_GT(t.kills, 0) << what << ": no SIGKILL landed before a run finished, so nothing was tested";
+  std::cout << "[ stress ] " << what << ": " << t.trials << " trials, " << t.kills << " SIGKILLs, " << t.resumed_from_checkpoint
+            << " resumes from a verified checkpoint, "
+            << (::testing::Test::HasFailure() ? "FAILURES above" : "every run bit-exact") << "\n";
+}
+
 int trials_per_world_size() {
   const char* env = std::getenv("NNX_STRESS_TRIALS");
   return env ? std::atoi(env) : 15;
@@ -140,31 +150,31 @@ int trials_per_world_size() {
 
 TEST(Stress, RandomSigkillsDuringTrainingOneRank) {
   Totals t;
-  stress(1, trials_per_world_size(), t);
-  std::cout << "[ stress ] 1 rank: " << t.trials << " trials, " << t.kills << " SIGKILLs, " << t.resumed_from_checkpoint
-            << " resumes from a verified checkpoint, every run bit-exact\n";
+  const int trials = trials_per_world_size();
+  stress(1, trials, t);
+  expect_and_report(t, trials, "1 rank");
 }
 
 TEST(Stress, RandomSigkillsDuringTrainingTwoRanks) {
   Totals t;
-  stress(2, trials_per_world_size(), t);
-  std::cout << "[ stress ] 2 ranks: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
-            << t.resumed_from_checkpoint << " resumes from a verified checkpoint, every run bit-exact\n";
+  const int trials = trials_per_world_size();
+  stress(2, trials, t);
+  expect_and_report(t, trials, "2 ranks (SIGKILLs of the launcher)");
 }
 
 // ZeRO-1: every save writes each rank's piece of the sharded optimizer state.
 TEST(Stress, RandomSigkillsDuringTrainingTwoRanksZeroOne) {
   Totals t;
-  stress(2, std::max(2, trials_per_world_size() / 3), t, "distributed.zero_stage=1");
-  std::cout << "[ stress ] 2 ranks, ZeRO-1: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
-            << t.resumed_from_checkpoint << " resumes from a verified checkpoint, every run bit-exact\n";
+  const int trials = std::max(2, trials_per_world_size() / 3);
+  stress(2, trials, t, "distributed.zero_stage=1");
+  expect_and_report(t, trials, "2 ranks, ZeRO-1 (SIGKILLs of the launcher)");
 }
 
 TEST(Stress, RandomSigkillsDuringTrainingTwoRanksLocalTier) {
   // The local tier every 3 steps, in each trial's own default folder under /dev/shm: resumes
   // come from it or from the persistent tier, whichever is newer, and stay bit-exact.
   Totals t;
-  stress(2, std::max(2, trials_per_world_size() / 3), t, "checkpoint.local.save_interval_steps=3");
-  std::cout << "[ stress ] 2 ranks, local tier: " << t.trials << " trials, " << t.kills << " SIGKILLs of the launcher, "
-            << t.resumed_from_checkpoint << " resumes with a verified persistent checkpoint, every run bit-exact\n";
+  const int trials = std::max(2, trials_per_world_size() / 3);
+  stress(2, trials, t, "checkpoint.local.save_interval_steps=3");
+  expect_and_report(t, trials, "2 ranks, local tier (SIGKILLs of the launcher)");
 }
