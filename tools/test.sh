@@ -4,7 +4,8 @@
 #   build-torch2/  PyPI's torch 2.15 with the CUDA path compiled (tools/build.sh --torch2), where the
 #                  CUDA toolkit and PyPI are present (CI's machine); elsewhere one line says why not.
 #                  NNX_TORCH2=0 skips it, NNX_TORCH2=1 makes its absence an error.
-# Long tests (label "long": accuracy on real data, stress) are excluded; run them with
+# Long tests (label "long": accuracy on Fashion-MNIST, a 4.5 GiB tensor) are excluded; the stress
+# tests run with a few trials (NNX_STRESS_TRIALS for more, docs/development.md). Long ones:
 #   ctest --test-dir build -L long --output-on-failure
 set -uo pipefail
 cd "$(dirname "$0")/.."
