@@ -17,7 +17,6 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -128,21 +127,12 @@ struct StepRow {
   std::string problem;   // "" = nothing wrong at a glance
 };
 
-// What is wrong with a step folder at a glance ("" = nothing): its metadata, and each listed
-// file's presence and size (`verify` also checks every checksum).
+// What is wrong with a step folder at a glance ("" = nothing): read_metadata's own checks (the
+// metadata, each listed file's presence and size); `verify` also checks every checksum.
 std::string quick_problem(const stdfs::path& step_dir, nlohmann::json& meta) {
   try {
     meta = read_metadata(step_dir);
-    const nlohmann::json files = meta.value("files", nlohmann::json::object());
-    for (const auto& [name, entry] : files.items()) {
-      std::error_code ec;
-      const auto size = stdfs::file_size(step_dir / name, ec);
-      const auto want = entry.at("size").get<int64_t>();
-      if (ec) return name + " is missing";
-      if (static_cast<int64_t>(size) != want)
-        return name + " has " + std::to_string(size) + " bytes, the metadata says " + std::to_string(want);
-    }
-  } catch (const std::exception& e) {  // nnx::Error from the metadata's checks, or a malformed entry
+  } catch (const std::exception& e) {
     return e.what();
   }
   return "";
@@ -189,22 +179,6 @@ BestChoice best_choice(const CheckpointManager& m, std::optional<int64_t> newest
           mode.empty() ? "the run's config" : "the run's config, --best-mode", ""};
 }
 
-// The best of the readable steps by `choice` (finite values only, as the manager ranks them).
-std::optional<int64_t> best_of(const std::vector<StepRow>& rows, const BestChoice& choice) {
-  if (choice.metric.empty()) return std::nullopt;
-  std::optional<int64_t> best;
-  double best_v = 0;
-  for (const auto& r : rows) {
-    if (!r.problem.empty()) continue;
-    const nlohmann::json met = r.meta.value("metrics", nlohmann::json());
-    if (!met.is_object() || !met.contains(choice.metric) || !met[choice.metric].is_number()) continue;
-    const double v = met[choice.metric].get<double>();
-    if (!std::isfinite(v)) continue;
-    if (!best || (choice.mode == "max" ? v > best_v : v < best_v)) best = r.step, best_v = v;
-  }
-  return best;
-}
-
 void print_row(const StepRow& r, bool latest, bool best, const std::string& metric) {
   if (!r.problem.empty()) {
     std::cout << std::left << std::setw(10) << r.step << "BROKEN: " << r.problem << "\n";
@@ -239,8 +213,14 @@ int cmd_list(const std::string& dir, const std::string& local, const std::string
     if (r.problem.empty()) newest_good = r.step;
     else ++broken;
   }
-  const BestChoice choice = best_choice(CheckpointManager(root, read_only_options()), newest_good, best_metric, best_mode);
-  const std::optional<int64_t> best = best_of(rows, choice);
+  CheckpointManagerOptions o = read_only_options();
+  const BestChoice choice = best_choice(CheckpointManager(root, o), newest_good, best_metric, best_mode);
+  if (!choice.metric.empty()) {
+    o.best_fn = metric_key(choice.metric);
+    o.best_mode = choice.mode;
+  }
+  // The manager's own ranking; a broken step has no metrics there, so it is never the best.
+  const std::optional<int64_t> best = choice.metric.empty() ? std::nullopt : CheckpointManager(root, o).best_step();
   std::cout << std::left << std::setw(10) << "step" << std::setw(22) << "time (UTC)" << std::setw(12) << "bytes"
             << "metrics\n";
   for (const auto& r : rows) print_row(r, newest_good == r.step, best == r.step, choice.metric);
@@ -422,69 +402,74 @@ int cmd_import(const std::string& config, const std::vector<std::string>& overri
   return nnx::trainer::train(cfg, ro);
 }
 
+// The command line: every subcommand's operands, and which subcommand was given.
+struct Args {
+  std::string dir, local, best_metric, best_mode, format = "torch", item = "params", out;
+  std::string state_dict, mapping, config;
+  std::vector<std::string> diff_args, overrides;
+  int64_t step = -1;
+  CLI::App *list = nullptr, *show = nullptr, *verify = nullptr, *diff = nullptr, *exp = nullptr, *imp = nullptr,
+           *plot = nullptr;
+};
+
+void add_subcommands(CLI::App& app, Args& a) {
+  const std::string local_help = "the run's checkpoint.local.directory (default: the run dir's default)";
+  a.list = app.add_subcommand("list", "list steps with time, bytes, metrics, latest and best, broken ones marked (and the local tier's)");
+  a.list->add_option("DIR", a.dir, "run dir or checkpoints dir")->required();
+  a.list->add_option("--local", a.local, local_help);
+  a.list->add_option("--best-metric", a.best_metric, "metric that makes a step the best (default: the run's checkpoint.best_metric)");
+  a.list->add_option("--best-mode", a.best_mode, "min or max (default: the run's, else max for eval_accuracy, min otherwise)")
+      ->check(CLI::IsMember({"min", "max"}));
+  a.show = app.add_subcommand("show", "items and variables of a step (default latest)");
+  a.show->add_option("DIR", a.dir)->required();
+  a.show->add_option("STEP", a.step);
+  a.verify = app.add_subcommand("verify", "check sizes and checksums (every step of both tiers, or STEP)");
+  a.verify->add_option("DIR", a.dir)->required();
+  a.verify->add_option("STEP", a.step);
+  a.verify->add_option("--local", a.local, local_help);
+  a.diff = app.add_subcommand("diff", "compare the tensors of two checkpoints (A B, A STEP B STEP, or RUN STEP STEP)");
+  a.diff->add_option("CHECKPOINTS", a.diff_args, "two checkpoints: run dirs (latest step), a run dir and a STEP, or step folders")
+      ->required();
+  a.exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
+  a.exp->add_option("DIR", a.dir)->required();
+  a.exp->add_option("STEP", a.step);
+  a.exp->add_option("--format", a.format, "torch");
+  a.exp->add_option("--item", a.item, "item to export (default params)");
+  a.exp->add_option("-o,--output", a.out, "output file")->required();
+  a.imp = app.add_subcommand("import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
+  a.imp->add_option("STATE_DICT", a.state_dict, "torch.save'd dict of tensors")->required();
+  a.imp->add_option("--mapping", a.mapping, "JSON: torch name -> nnx path (docs/interop.md)")->required();
+  a.imp->add_option("--config", a.config, "the nnx-train config of the run")->required();
+  a.imp->add_option("overrides", a.overrides, "dotted.key=value overrides (run.dir=...)");
+  a.plot = app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
+  a.plot->add_option("RUN_DIR", a.dir, "run dir or metrics.jsonl")->required();
+  a.plot->add_option("-o,--output", a.out, "PNG path (default <run dir>/metrics.png)");
+}
+
+int dispatch(const Args& a) {
+  const std::optional<int64_t> s = a.step >= 0 ? std::optional<int64_t>(a.step) : std::nullopt;
+  if (*a.list) return cmd_list(a.dir, a.local, a.best_metric, a.best_mode);
+  if (*a.show) return cmd_show(a.dir, s);
+  if (*a.verify) return cmd_verify(a.dir, s, a.local);
+  if (*a.diff) return cmd_diff(a.diff_args);
+  if (*a.exp) return cmd_export(a.dir, s, a.format, a.item, a.out);
+  if (*a.plot) return cmd_plot(a.dir, a.out);
+  if (*a.imp) return cmd_import(a.config, a.overrides, a.state_dict, a.mapping);
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"nnx-ckpt: inspect, verify and compare nnx-cpp checkpoints"};
   app.require_subcommand(1);
-  std::string dir;
-  int64_t step = -1;
-  std::string local;
-  const std::string local_help = "the run's checkpoint.local.directory (default: the run dir's default)";
-  auto* list = app.add_subcommand("list", "list steps with time, bytes, metrics, latest and best, broken ones marked (and the local tier's)");
-  std::string best_metric, best_mode;
-  list->add_option("DIR", dir, "run dir or checkpoints dir")->required();
-  list->add_option("--local", local, local_help);
-  list->add_option("--best-metric", best_metric, "metric that makes a step the best (default: the run's checkpoint.best_metric)");
-  list->add_option("--best-mode", best_mode, "min or max (default: the run's, else max for eval_accuracy, min otherwise)")
-      ->check(CLI::IsMember({"min", "max"}));
-  auto* show = app.add_subcommand("show", "items and variables of a step (default latest)");
-  show->add_option("DIR", dir)->required();
-  show->add_option("STEP", step);
-  auto* ver = app.add_subcommand("verify", "check sizes and checksums (every step of both tiers, or STEP)");
-  ver->add_option("DIR", dir)->required();
-  ver->add_option("STEP", step);
-  ver->add_option("--local", local, local_help);
-  auto* dif = app.add_subcommand(
-      "diff", "compare the tensors of two checkpoints (A B, A STEP B STEP, or RUN STEP STEP)");
-  std::vector<std::string> diff_args;
-  dif->add_option("CHECKPOINTS", diff_args, "two checkpoints: run dirs (latest step), a run dir and a STEP, or step folders")
-      ->required();
-  auto* exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
-  std::string format = "torch", item = "params", out;
-  exp->add_option("DIR", dir)->required();
-  exp->add_option("STEP", step);
-  exp->add_option("--format", format, "torch");
-  exp->add_option("--item", item, "item to export (default params)");
-  exp->add_option("-o,--output", out, "output file")->required();
-  auto* imp = app.add_subcommand(
-      "import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
-  std::string state_dict, mapping, config;
-  std::vector<std::string> overrides;
-  imp->add_option("STATE_DICT", state_dict, "torch.save'd dict of tensors")->required();
-  imp->add_option("--mapping", mapping, "JSON: torch name -> nnx path (docs/interop.md)")
-      ->required();
-  imp->add_option("--config", config, "the nnx-train config of the run")->required();
-  imp->add_option("overrides", overrides, "dotted.key=value overrides (run.dir=...)");
-  auto* plt =
-      app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
-  plt->add_option("RUN_DIR", dir, "run dir or metrics.jsonl")->required();
-  plt->add_option("-o,--output", out, "PNG path (default <run dir>/metrics.png)");
+  Args args;
+  add_subcommands(app, args);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  std::optional<int64_t> s = step >= 0 ? std::optional<int64_t>(step) : std::nullopt;
-  return nnx::tools::run_main("nnx-ckpt", [&]() -> int {
-    if (*list) return cmd_list(dir, local, best_metric, best_mode);
-    if (*show) return cmd_show(dir, s);
-    if (*ver) return cmd_verify(dir, s, local);
-    if (*dif) return cmd_diff(diff_args);
-    if (*exp) return cmd_export(dir, s, format, item, out);
-    if (*plt) return cmd_plot(dir, out);
-    if (*imp) return cmd_import(config, overrides, state_dict, mapping);
-    return 2;
-  });
+  return nnx::tools::run_main("nnx-ckpt", [&]() -> int { return dispatch(args); });
 }

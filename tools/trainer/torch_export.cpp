@@ -30,14 +30,11 @@ void save_torch_state_dict(const std::vector<std::pair<std::string, at::Tensor>>
     caffe2::serialize::PyTorchStreamWriter writer(tmp);
     torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
     writer.writeEndOfFile();
-  } catch (const c10::Error& e) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    NNX_CHECK_IO(false, "cannot write '", path, "': ", e.what_without_backtrace());
   } catch (const std::exception& e) {
     std::error_code ec;
     std::filesystem::remove(tmp, ec);
-    NNX_CHECK_IO(false, "cannot write '", path, "': ", e.what());
+    const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+    NNX_CHECK_IO(false, "cannot write '", path, "': ", c10 ? c10->what_without_backtrace() : e.what());
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
