@@ -189,7 +189,7 @@ TEST(DataParallel, SigkillOfTheLauncherThenBitExactResume) {
                         "train.max_steps=2000", "train.log_every=1", "checkpoint.save_interval_steps=50", "checkpoint.async=true", nullptr};
   pid_t pid;
   ASSERT_EQ(posix_spawn(&pid, launcher.c_str(), nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-  for (int i = 0; i < 400 && test::read_jsonl(b + "/metrics.jsonl").size() < 160; ++i)
+  for (int i = 0; i < 400 && test::complete_jsonl_records(b + "/metrics.jsonl") < 160; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   ::kill(pid, SIGKILL);  // the ranks die with it (PR_SET_PDEATHSIG)
   ::waitpid(pid, nullptr, 0);

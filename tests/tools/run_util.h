@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -58,6 +59,14 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return out;
 }
 
+/// The complete records of a metrics.jsonl that a run may be appending to right now: lines that
+/// end in '\n' (a record being written is left out, not parsed half-written).
+inline size_t complete_jsonl_records(const std::string& path) {
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
 /// Starts `args` (args[0]: the program's path), waits until `run_dir`/metrics.jsonl holds 5
 /// records (up to 2 minutes of start-up under load), sends SIGTERM and waits. Returns the exit
 /// code, -1 when the process did not exit normally, -2 when it could not be started.
@@ -67,7 +76,7 @@ inline int sigterm_after_training_starts(const std::vector<std::string>& args, c
   argv.push_back(nullptr);
   pid_t pid;
   if (posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return -2;
-  for (int i = 0; i < 2400 && read_jsonl(run_dir + "/metrics.jsonl").size() < 5; ++i)
+  for (int i = 0; i < 2400 && complete_jsonl_records(run_dir + "/metrics.jsonl") < 5; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ::kill(pid, SIGTERM);
   int status = 0;
