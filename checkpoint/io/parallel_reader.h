@@ -18,9 +18,9 @@ inline constexpr int64_t kLargeDataset = int64_t(1) << 20;
 /// is not reentrant) while the bytes of large contiguous datasets are read with pread() at the
 /// offsets HDF5 reports, on 2-4 reader jobs, in 256 KiB slices hashed while they are still in
 /// the core's cache (XXH3's streaming form, equal to the one-shot hash). Datasets of 64 MiB or
-/// more are read in 32 MiB pieces by all reader jobs at once (one stream of preads leaves the
-/// disk idle between requests: a 2.4 GB tensor read 2.5 x slower than the file), then hashed
-/// whole. Nothing read may be used before finish().
+/// more are read in 32 MiB pieces by 4 jobs at once (one stream of preads leaves the disk idle
+/// between requests: a 2.4 GB tensor read 2.5 x slower than the file), hashed in order as the
+/// pieces arrive. Nothing read may be used before finish().
 class ParallelReader {
  public:
   /// `verify`: check every checksum (read_at's and check's).
@@ -31,12 +31,16 @@ class ParallelReader {
   /// Verifies `t` (already read) against `expected`: here when small, else on a reader job.
   void check(const at::Tensor& t, std::string expected, std::string where);
   /// Waits for every read and checksum; throws the first failure (nnx::Error naming `where`).
-  void finish() { readers_.wait(); }
+  void finish() {
+    pieces_.wait();
+    readers_.wait();
+  }
 
  private:
   void read_in_pieces(const at::Tensor& t, int fd, uint64_t offset, std::string expected, std::string where);
   bool verify_;
   TaskGroup readers_;
+  TaskGroup pieces_;  // the pieces of large datasets: I/O-bound, 4 at a time on any machine
 };
 
 /// Reads bytes [offset, offset + n) of `fd` into `p` in 256 KiB slices, each added to `hash`
