@@ -138,6 +138,32 @@ void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
   guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::SUM, impl_->timeout); });
 }
 
+struct PendingAllReduce::Impl {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::vector<at::Tensor> tensors;
+  const ProcessGroup* group;
+};
+
+PendingAllReduce ProcessGroup::all_reduce_sum_async(const at::Tensor& tensor) {
+  PendingAllReduce p;
+  p.impl_ = std::make_shared<PendingAllReduce::Impl>();
+  p.impl_->tensors = {tensor};
+  p.impl_->group = this;
+  guarded("all_reduce", *this, [&] {
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = impl_->timeout;
+    p.impl_->work = impl_->pg->allreduce(p.impl_->tensors, o);
+  });
+  return p;
+}
+
+void PendingAllReduce::wait() {
+  if (!impl_ || !impl_->work) return;
+  guarded("all_reduce", *impl_->group, [&] { impl_->work->wait(impl_->group->timeout()); });
+  impl_->work.reset();
+}
+
 void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) {
   guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::MAX, impl_->timeout); });
 }

@@ -29,6 +29,21 @@ struct Env {
 /// (RANK >= WORLD_SIZE, a port out of range).
 Env env_from_environment();
 
+class ProcessGroup;
+
+/// An all-reduce in flight (ProcessGroup::all_reduce_sum_async). Holds the tensor until done.
+class PendingAllReduce {
+ public:
+  /// Waits for it, at most the group's timeout; throws nnx::IOError naming the rank when a rank
+  /// failed or is missing, as all_reduce_sum does.
+  void wait();
+
+ private:
+  friend class ProcessGroup;
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
 /// A c10d process group (Gloo) plus its TCPStore. GLOO_SOCKET_IFNAME selects the network
 /// interface (as in torch.distributed); without it a loopback MASTER_ADDR uses 127.0.0.1. Every collective waits at most `timeout`;
 /// a rank missing from a collective makes the others throw nnx::Error within it.
@@ -48,6 +63,9 @@ class ProcessGroup {
 
   /// Element-wise sum over ranks, in place (c10d allreduce).
   void all_reduce_sum(std::vector<at::Tensor>& tensors);
+  /// all_reduce_sum of one tensor, started and not waited for: c10d runs it on its own threads
+  /// while the caller goes on (a gradient bucket's while backward computes the next ones).
+  PendingAllReduce all_reduce_sum_async(const at::Tensor& tensor);
   /// Element-wise max over ranks, in place.
   void all_reduce_max(std::vector<at::Tensor>& tensors);
   /// `root`'s tensors into every rank's tensors (same shapes), in place.

@@ -64,6 +64,16 @@ TEST(Launch, PrefixesLinesAndRunsCollectives) {
   expect_each_rank_printed(r, 3, [](int k) { return "collectives ok on rank " + std::to_string(k); });
 }
 
+// Gradients averaged while backward runs equal those averaged after it (2 and 3 ranks).
+TEST(Launch, OverlappedGradientReductionEqualsReductionAfterBackward) {
+  for (int ranks : {2, 3}) {
+    test::TempDir dir;
+    auto r = test::run(launch(ranks, helper() + " reducer " + dir.path().string()));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    expect_each_rank_printed(r, ranks, [](int k) { return "reducer ok on rank " + std::to_string(k) + ": "; });
+  }
+}
+
 TEST(Launch, OneFailingRankStopsTheOthers) {
   auto t0 = std::chrono::steady_clock::now();
   auto r = test::run(test::bin("nnx-launch") + " --nproc 3 --grace-seconds 2 -- " + std::string("sh -c 'if [ $RANK = 1 ]; then echo bye; exit 3; fi; sleep 60'"));
