@@ -14,6 +14,10 @@ run_suite() {  # build dir
   ctest --test-dir "$1" -LE long --output-on-failure -j 2 --timeout 600
 }
 tools/build.sh --with-test-deps || exit 1
+# The Python libraries the interop tests check files against (jax, flax, orbax, safetensors):
+# where PyPI is reachable; elsewhere those tests skip, saying why.
+if why=$(tools/setup-interop.sh --check); then tools/setup-interop.sh || rc=1
+else echo "test.sh: no interop environment ($why): the safetensors/Orbax interop tests skip"; fi
 run_suite "${NNX_BUILD_DIR:-build}" || rc=1
 t1=$(date +%s)
 echo "test.sh: libtorch 1.13 build and suite: $(( t1 - t0 )) s"

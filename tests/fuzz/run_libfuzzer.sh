@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets with clang's libFuzzer (+ASan/UBSan) and fuzzes each for SECONDS
-# (default 20) from the seed corpora. Usage: tests/fuzz/run_libfuzzer.sh [SECONDS]
-# The checkpoint target (whole HDF5 files in memory) links the static libraries of the build in
+# Builds the fuzz targets (config, metadata, checkpoint, safetensors) with clang's libFuzzer
+# (+ASan/UBSan) and fuzzes each for SECONDS (default 20) from the seed corpora.
+# Usage: tests/fuzz/run_libfuzzer.sh [SECONDS]
+# The checkpoint and safetensors targets link the static libraries of the build in
 # NNX_BUILD_DIR (default build/): its harness is instrumented, the reader code and HDF5 are not,
 # so its guidance is coarser than the other targets'; crashes anywhere are still caught.
 # With NNX_FUZZ_RUNS=N each target instead runs N inputs from a fixed seed (-seed=1): the same
@@ -13,9 +14,11 @@ secs=${1:-20}
 CXX=${CLANGXX:-$(command -v clang++-14 || command -v clang++)}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-mkdir -p "$out/include" && ln -s "$src" "$out/include/nnx"  # <nnx/...> includes
+mkdir -p "$out/include/nnx"  # <nnx/...> includes, laid out as the build and install lay them out
+for part in framework optim checkpoint models nnx.h; do ln -s "$src/$part" "$out/include/nnx/$part"; done
+ln -s "$src/tools/trainer" "$out/include/nnx/trainer"
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -I"$src" -I"$out/include")
-"$CXX" "${flags[@]}" "$src/tests/fuzz/config_fuzz.cpp" "$src/tools/trainer/config.cpp" -lyaml-cpp -o "$out/config_fuzz"
+"$CXX" "${flags[@]}" "$src/tests/fuzz/config_fuzz.cpp" "$src/tools/trainer/config.cpp" "$src/tools/trainer/registry.cpp" -lyaml-cpp -o "$out/config_fuzz"
 "$CXX" "${flags[@]}" "$src/tests/fuzz/metadata_fuzz.cpp" "$src/checkpoint/format/metadata.cpp" -o "$out/metadata_fuzz"
 targets=(config metadata)
 build=${NNX_BUILD_DIR:-$src/build}
@@ -34,7 +37,13 @@ if [[ -f "$build/checkpoint/libnnx_checkpoint.a" && -f "$build/framework/libnnx_
     -L/usr/lib/x86_64-linux-gnu/hdf5/serial -L"$torch/lib" -Wl,-rpath,"$torch/lib" \
     -lhdf5 -ltorch -ltorch_cpu "${torch_cuda[@]}" -lc10 -lxxhash -lspdlog -lfmt -lz -lpthread \
     -o "$out/checkpoint_fuzz"
-  targets+=(checkpoint)
+  # safetensors: its reader compiled here, instrumented; the rest from the same libraries.
+  "$CXX" "${flags[@]}" -std="$torch_std" "${torch_inc[@]}" \
+    "$src/tests/fuzz/safetensors_fuzz.cpp" "$src/checkpoint/format/safetensors.cpp" \
+    "$build/checkpoint/libnnx_checkpoint.a" "$build/framework/libnnx_framework.a" \
+    -L"$torch/lib" -Wl,-rpath,"$torch/lib" -ltorch -ltorch_cpu "${torch_cuda[@]}" -lc10 -lxxhash -lspdlog -lfmt -lpthread \
+    -o "$out/safetensors_fuzz"
+  targets+=(checkpoint safetensors)
 else
   echo "libFuzzer: no static libraries in $build; the checkpoint target is skipped"
 fi

@@ -69,8 +69,11 @@ TEST(Interop, ImportFromAPyTorchStateDictThenFineTune) {
   std::ofstream(map) << R"({"1.weight": {"path": "layers/1/kernel", "transpose": true}, "1.bias": "layers/1/bias",
                             "3.weight": {"path": "layers/4/kernel", "transpose": true}, "3.bias": "layers/4/bias"})";
   auto imp = test::run(test::bin("nnx-ckpt") + " import " + sd + " --mapping " + map + " --config " + test::source_dir() +
-                       "/configs/tiny_synthetic.yaml run.dir=" + run);
+                       "/configs/tiny_synthetic.yaml run.dir=" + run + " 'model.hidden=[32]'");
   ASSERT_EQ(imp.exit_code, 0) << imp.output;
+  // Its hint repeats the overrides that built the model.
+  EXPECT_NE(imp.output.find("tiny_synthetic.yaml 'model.hidden=[32]' run.dir=" + run + "` fine-tunes from it"), std::string::npos)
+      << imp.output;
   auto same = test::run("/usr/bin/python3 -c \"import torch,h5py,numpy as np; d=torch.load('" + sd + "'); f=h5py.File('" + run +
                         "/checkpoints/0/checkpoint.h5'); assert np.array_equal(f['params/layers/1/kernel'][...], d['1.weight'].numpy().T); "
                         "assert np.array_equal(f['params/layers/4/bias'][...], d['3.bias'].numpy())\"");

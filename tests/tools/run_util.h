@@ -48,6 +48,12 @@ inline RunResult run(const std::string& cmd) {
 
 inline std::string bin(const std::string& name) { return std::string(NNX_BIN_DIR) + "/" + name; }
 inline std::string source_dir() { return NNX_SOURCE_DIR; }
+/// .venv-interop's python (jax, flax, orbax-checkpoint, safetensors: tools/setup-interop.sh), or
+/// "" when it has not been made; the interop tests skip then, saying so.
+inline std::string interop_python() {
+  const std::string py = source_dir() + "/.venv-interop/bin/python";
+  return std::filesystem::exists(py) ? py : "";
+}
 
 /// metrics.jsonl as JSON records.
 inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {

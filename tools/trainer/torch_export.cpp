@@ -1,4 +1,4 @@
-#include "tools/trainer/torch_export.h"
+#include "nnx/trainer/torch_export.h"
 
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
