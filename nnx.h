@@ -1,9 +1,11 @@
 // nnx-cpp in one include (as <torch/torch.h> is PyTorch's C++ API): modules, State and the
-// graph functions, layers, sharding annotations, the optimizer, and checkpointing.
+// graph functions, layers, sharding annotations, the optimizer, and checkpointing (with the
+// registry a user's item handler joins).
 #pragma once
 
 #include <ATen/ATen.h>  // the tensor library itself, as <torch/torch.h> brings it
 
+#include "nnx/checkpoint/handlers/registry.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/layers.h"

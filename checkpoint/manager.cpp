@@ -455,6 +455,28 @@ void CheckpointManager::delete_step(int64_t step) {
   remove_renamed({gone});
 }
 
+stdfs::path CheckpointManager::set_aside(int64_t step) {
+  if (options_.read_only) {
+    log::warn_parts("CheckpointManager on '", directory_.string(), "' is read-only; step ", step, " not set aside");
+    return {};
+  }
+  if (options_.process_group) options_.process_group->barrier();  // every rank is done reading it
+  stdfs::path aside;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    NNX_CHECK(!pending_locked(step), "step ", step, " of '", directory_.string(), "' is being saved; wait_until_finished() first");
+    auto it = std::lower_bound(committed_.begin(), committed_.end(), step, by_step);
+    NNX_CHECK(it != committed_.end() && it->step == step, "step ", step, " is not a committed step of '", directory_.string(), "'");
+    if (leader()) {
+      aside = directory_ / (step_path(step).filename().string() + ".unrestorable-" + std::to_string(static_cast<int64_t>(unix_seconds_now())));
+      fs::rename_no_replace(step_path(step), aside);
+    }
+    committed_.erase(it);
+  }
+  if (options_.process_group) options_.process_group->barrier();  // nobody saves the step before it is gone
+  return aside;
+}
+
 void CheckpointManager::wait_for_pending(int64_t step) const {
   bool pending;
   {
@@ -515,6 +537,7 @@ CheckpointManager::FallbackResult CheckpointManager::restore_newest_valid(const 
       return r;
     } catch (const Error& e) {
       r.skipped.push_back("step " + std::to_string(*it) + ": " + e.what());
+      r.skipped_steps.push_back(*it);
     }
   }
   std::string all;

@@ -69,6 +69,7 @@ class CheckpointManager {
     int64_t step = -1;
     Restored restored;
     std::vector<std::string> skipped;  ///< "step N: <error>" for each newer step that failed
+    std::vector<int64_t> skipped_steps;  ///< those steps, newest first
   };
   /// Restores the newest committed step that restores cleanly (sizes, format, checksums of
   /// every item read), trying older steps when a newer one is corrupt. Throws nnx::Error listing
@@ -89,6 +90,14 @@ class CheckpointManager {
   /// manager skips it with a warning. Throws nnx::Error when there is no such step or its save
   /// is in flight.
   void delete_step(int64_t step);
+  /// Moves committed step `step` out of this manager's steps, to "<dir>/<step>.unrestorable-<unix
+  /// seconds>", kept for inspection: neither listed, nor restored, nor removed by retention. For
+  /// a step that does not restore (restore_newest_valid skipped it): a run that resumed from an
+  /// older step then saves that step anew instead of keeping a corrupt one as latest or best.
+  /// Collective with a process group (rank 0 renames). Returns the new path (empty on other
+  /// ranks, and on a read-only manager, which skips it with a warning). Throws nnx::Error when
+  /// there is no such step or its save is in flight, nnx::IOError when it cannot be renamed.
+  std::filesystem::path set_aside(int64_t step);
   /// True once SIGTERM or SIGINT was received (the run should save and stop): the process-wide
   /// flag that the handlers of a manager made with options.handle_preemption_signals set (without
   /// one, nothing catches the signals and this stays false). With a process group, after

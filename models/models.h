@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "nnx/models/model_types.h"
 #include "nnx/framework/init.h"
 #include "nnx/framework/module.h"
 #include "nnx/framework/rngs.h"

@@ -7,11 +7,15 @@
 //   nnx-ckpt show DIR [STEP]       items and paths with kind, shape, dtype, bytes; JSON items
 //   nnx-ckpt verify DIR [STEP]     checksums and sizes (exit 0 ok, 1 failures named)
 //   nnx-ckpt diff A [STEP] B [STEP]  paths that differ and the max abs difference (RUN S1 S2 too)
-//   nnx-ckpt export DIR [STEP] --format torch -o OUT.pt [--item params]
-//                                  a state dict Python's torch.load opens (dotted names)
+//   nnx-ckpt export DIR [STEP] -o OUT.pt|OUT.safetensors [--format torch|safetensors] [--item params]
+//                                  a state dict torch.load opens, or a safetensors file (dotted names)
 //   nnx-ckpt plot RUN_DIR [-o PNG]  loss and accuracy curves from metrics.jsonl
-//   nnx-ckpt import STATE_DICT.pt --mapping MAP.json --config CFG.yaml [key=value ...]
-//                                  step 0 of <run.dir>/checkpoints from PyTorch weights
+//   nnx-ckpt import FILE --mapping MAP.json --config CFG.yaml [key=value ...]
+//                                  step 0 of <run.dir>/checkpoints from a state dict or safetensors
+//   nnx-ckpt export-orbax DIR [STEP] -o ORBAX_DIR [--python PY]
+//                                  a step as an Orbax checkpoint a Flax NNX model restores
+//   nnx-ckpt import-orbax DIR [STEP] --config CFG.yaml [--python PY] [key=value ...]
+//                                  a step from an Orbax checkpoint of a Flax NNX model (+ optimizer)
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -24,6 +28,8 @@
 
 #include "nnx/checkpoint/checkpointer.h"
 #include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/safetensors.h"
+#include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
 #include "nnx/checkpoint/io/checksum.h"
@@ -31,11 +37,12 @@
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/error.h"
 #include "tools/cli.h"
-#include "tools/trainer/config.h"
-#include "tools/trainer/local_tier.h"
-#include "tools/trainer/plot.h"
-#include "tools/trainer/torch_export.h"
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/config.h"
+#include "nnx/trainer/local_tier.h"
+#include "nnx/trainer/plot.h"
+#include "nnx/trainer/orbax_interop.h"
+#include "nnx/trainer/torch_export.h"
+#include "nnx/trainer/trainer.h"
 
 namespace stdfs = std::filesystem;
 using namespace nnx;
@@ -162,17 +169,26 @@ std::vector<StepRow> step_rows(const stdfs::path& dir) {
 struct BestChoice {
   std::string metric, mode, source, why;
 };
-BestChoice best_choice(const CheckpointManager& m, std::optional<int64_t> newest_good, const std::string& metric,
+BestChoice best_choice(const CheckpointManager& m, const std::vector<StepRow>& rows, const std::string& metric,
                        const std::string& mode) {
   auto default_mode = [](const std::string& k) { return std::string(k == "eval_accuracy" ? "max" : "min"); };
   if (!metric.empty()) return {metric, mode.empty() ? default_mode(metric) : mode, "--best-metric", ""};
-  if (!newest_good) return {};
+  // The newest step whose config reads (a step can pass list's checks and still fail to read).
   nlohmann::json ck;
-  try {
-    ck = m.restore(*newest_good, Composite{{"config", JsonRestore()}}).json_item("config").at("checkpoint");
-  } catch (const std::exception&) {  // not an nnx-train run: nothing says which metric is best
-    return {"", "", "", "no nnx-train config in the checkpoints; pass --best-metric NAME [--best-mode min|max]"};
+  std::string unreadable;
+  for (auto r = rows.rbegin(); r != rows.rend() && ck.is_null(); ++r) {
+    if (!r->problem.empty()) continue;
+    try {
+      ck = m.restore(r->step, Composite{{"config", JsonRestore()}}).json_item("config").at("checkpoint");
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      if (what.find("has no item 'config'") == std::string::npos && unreadable.empty())
+        unreadable = "step " + std::to_string(r->step) + "'s config does not read: " + what;
+    }
   }
+  if (ck.is_null())
+    return {"", "", "", (unreadable.empty() ? std::string("no nnx-train config in the checkpoints") : unreadable) +
+                            "; pass --best-metric NAME [--best-mode min|max]"};
   const std::string run_metric = ck.value("best_metric", std::string());
   if (run_metric.empty()) return {"", "", "", "best tracking is off in the run's config (checkpoint.best_metric \"\")"};
   return {run_metric, mode.empty() ? ck.value("best_mode", default_mode(run_metric)) : mode,
@@ -214,7 +230,7 @@ int cmd_list(const std::string& dir, const std::string& local, const std::string
     else ++broken;
   }
   CheckpointManagerOptions o = read_only_options();
-  const BestChoice choice = best_choice(CheckpointManager(root, o), newest_good, best_metric, best_mode);
+  const BestChoice choice = best_choice(CheckpointManager(root, o), rows, best_metric, best_mode);
   if (!choice.metric.empty()) {
     o.best_fn = metric_key(choice.metric);
     o.best_mode = choice.mode;
@@ -364,8 +380,10 @@ int cmd_diff(const std::vector<std::string>& args) {
 
 int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::string& format,
                const std::string& item, const std::string& out_path) {
-  NNX_CHECK(format == "torch", "unknown export format '", format, "' (supported: torch)");
-  NNX_CHECK(!out_path.empty(), "export needs -o OUT.pt");
+  NNX_CHECK(!out_path.empty(), "export needs -o OUT.pt or -o OUT.safetensors");
+  const bool st_name = out_path.size() > 12 && out_path.compare(out_path.size() - 12, 12, ".safetensors") == 0;
+  const std::string fmt = format.empty() ? (st_name ? "safetensors" : "torch") : format;
+  NNX_CHECK(fmt == "torch" || fmt == "safetensors", "unknown export format '", fmt, "' (expected torch or safetensors)");
   stdfs::path p = resolve(dir, step);
   H5File f = open_verified(p, read_metadata(p));
   State s = read_state_untemplated(f, item);
@@ -376,9 +394,15 @@ int cmd_export(const std::string& dir, std::optional<int64_t> step, const std::s
     std::replace(name.begin(), name.end(), '/', '.');
     tensors.emplace_back(name, vs.value);
   }
-  nnx::trainer::save_torch_state_dict(tensors, out_path);
+  if (fmt == "safetensors") {
+    const nlohmann::json meta = read_metadata(p);
+    write_safetensors(out_path, tensors, {{"nnx.item", item}, {"nnx.step", meta.value("step", nlohmann::json()).dump()}});
+  } else {
+    nnx::trainer::save_torch_state_dict(tensors, out_path);
+  }
   std::cout << "wrote " << s.size() << " tensors of item '" << item << "' from " << p.string() << " to " << out_path
-            << " (torch.load opens it, weights_only=True too; names use '.' for '/')\n";
+            << (fmt == "safetensors" ? " (safetensors; " : " (torch.load opens it, weights_only=True too; ")
+            << "names use '.' for '/')\n";
   return 0;
 }
 
@@ -396,20 +420,80 @@ int cmd_import(const std::string& config, const std::vector<std::string>& overri
                const std::string& mapping) {
   auto cfg = nnx::trainer::load_config(config, overrides);
   nnx::trainer::RunOptions ro;
-  ro.init_from_torch = state_dict;
-  ro.torch_mapping = mapping;
+  ro.init_from = state_dict;
+  ro.init_mapping = mapping;
   ro.import_only = true;
   return nnx::trainer::train(cfg, ro);
 }
 
+// A new folder under /tmp for the Orbax commands' intermediate safetensors file, removed with
+// everything in it when it goes.
+struct ScratchDir {
+  stdfs::path path;
+  ScratchDir() {
+    char tmpl[] = "/tmp/nnx-orbax-XXXXXX";
+    NNX_CHECK(::mkdtemp(tmpl) != nullptr, "cannot make a temporary folder in /tmp");
+    path = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    nnx::checkpoint::fs::remove_tree(path, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+};
+
+// A step of the run `config` describes, from an Orbax checkpoint of a Flax NNX model: the
+// converter reads it into a safetensors file of model/... and opt/... (Python, orbax-checkpoint),
+// then nnx-train writes that state as the step it was (the optimizer's count).
+int cmd_import_orbax(const std::string& config, const std::vector<std::string>& overrides, const std::string& orbax_dir,
+                     const std::string& step, const std::string& python) {
+  auto cfg = nnx::trainer::load_config(config, overrides);  // a bad config fails before Python starts
+  const ScratchDir tmp;
+  const stdfs::path file = tmp.path / "state.safetensors";
+  const int64_t at = nnx::trainer::orbax_to_safetensors(python, orbax_dir, step, file.string());
+  std::cout << "nnx-ckpt: read step " << at << " of the Orbax checkpoint " << orbax_dir << "\n";
+  nnx::trainer::RunOptions ro;
+  ro.init_from = file.string();
+  ro.init_from_name = "the Orbax checkpoint " + orbax_dir + " step " + std::to_string(at);
+  ro.import_only = true;
+  return nnx::trainer::train(cfg, ro);
+}
+
+// A step as an Orbax checkpoint that a Flax NNX model of the same architecture restores: params
+// and batch stats as item "model", Adam's moments and step as item "optimizer"
+// (tools/interop/orbax_convert.py writes it from a safetensors file of them).
+int cmd_export_orbax(const std::string& dir, std::optional<int64_t> step, const std::string& out, const std::string& python) {
+  NNX_CHECK(!out.empty(), "export-orbax needs -o ORBAX_DIR");
+  const stdfs::path p = resolve(dir, step);
+  const nlohmann::json meta = read_metadata(p);
+  H5File f = open_verified(p, meta);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const char* item : {"params", "batch_stats"})
+    for (const auto& [path, vs] : read_state_untemplated(f, item)) tensors.emplace_back("model/" + path, vs.value);
+  for (const auto& [path, vs] : read_state_untemplated(f, "optimizer")) {
+    NNX_CHECK(path == "step" || path.rfind("mu/", 0) == 0 || path.rfind("nu/", 0) == 0, p.string(), ": optimizer state '", path,
+              "' has no place in optax.adamw's state (amsgrad and master weights do not cross)");
+    tensors.emplace_back(path == "step" ? "opt/count" : "opt/" + path, vs.value);
+  }
+  const ScratchDir tmp;
+  const std::string file = (tmp.path / "state.safetensors").string();
+  write_safetensors(file, tensors, {}, /*sync=*/false);  // read once, then removed
+  const int64_t at = meta.at("step").get<int64_t>();
+  nnx::trainer::safetensors_to_orbax(python, file, out, at);
+  std::cout << "wrote step " << at << " of " << p.string() << " to the Orbax checkpoint " << out << " (" << tensors.size()
+            << " arrays; restore it with StandardRestore(nnx.state(abstract_model)), docs/interop.md)\n";
+  return 0;
+}
+
 // The command line: every subcommand's operands, and which subcommand was given.
 struct Args {
-  std::string dir, local, best_metric, best_mode, format = "torch", item = "params", out;
-  std::string state_dict, mapping, config;
+  std::string dir, local, best_metric, best_mode, format, item = "params", out;
+  std::string state_dict, mapping, config, python = "python3";
   std::vector<std::string> diff_args, overrides;
   int64_t step = -1;
   CLI::App *list = nullptr, *show = nullptr, *verify = nullptr, *diff = nullptr, *exp = nullptr, *imp = nullptr,
-           *plot = nullptr;
+           *imp_orbax = nullptr, *exp_orbax = nullptr, *plot = nullptr;
 };
 
 void add_subcommands(CLI::App& app, Args& a) {
@@ -430,17 +514,32 @@ void add_subcommands(CLI::App& app, Args& a) {
   a.diff = app.add_subcommand("diff", "compare the tensors of two checkpoints (A B, A STEP B STEP, or RUN STEP STEP)");
   a.diff->add_option("CHECKPOINTS", a.diff_args, "two checkpoints: run dirs (latest step), a run dir and a STEP, or step folders")
       ->required();
-  a.exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict");
+  a.exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict or a safetensors file");
   a.exp->add_option("DIR", a.dir)->required();
   a.exp->add_option("STEP", a.step);
-  a.exp->add_option("--format", a.format, "torch");
+  a.exp->add_option("--format", a.format, "torch or safetensors (default: safetensors for an OUT ending in .safetensors, else torch)");
   a.exp->add_option("--item", a.item, "item to export (default params)");
   a.exp->add_option("-o,--output", a.out, "output file")->required();
-  a.imp = app.add_subcommand("import", "make step 0 of a run from a PyTorch state dict (nnx-train fine-tunes from it)");
-  a.imp->add_option("STATE_DICT", a.state_dict, "torch.save'd dict of tensors")->required();
-  a.imp->add_option("--mapping", a.mapping, "JSON: torch name -> nnx path (docs/interop.md)")->required();
+  a.imp = app.add_subcommand("import", "make step 0 of a run from a PyTorch state dict or safetensors file (nnx-train fine-tunes from it)");
+  a.imp->add_option("FILE", a.state_dict, "torch.save'd dict of tensors, or a safetensors file")->required();
+  a.imp->add_option("--mapping", a.mapping, "JSON: file's tensor name -> nnx path (docs/interop.md)")->required();
   a.imp->add_option("--config", a.config, "the nnx-train config of the run")->required();
   a.imp->add_option("overrides", a.overrides, "dotted.key=value overrides (run.dir=...)");
+  a.exp_orbax = app.add_subcommand("export-orbax", "write a step as an Orbax checkpoint that a Flax NNX model and its "
+                                                   "nnx.Optimizer restore (docs/interop.md)");
+  a.exp_orbax->add_option("DIR", a.dir)->required();
+  a.exp_orbax->add_option("STEP", a.step);
+  a.exp_orbax->add_option("-o,--output", a.out, "the Orbax CheckpointManager directory (the step must not exist there)")->required();
+  a.exp_orbax->add_option("--python", a.python, "a Python with orbax-checkpoint and safetensors (default python3)");
+  a.imp_orbax = app.add_subcommand("import-orbax", "make a step of a run from an Orbax checkpoint of a Flax NNX model "
+                                                   "and its nnx.Optimizer (docs/interop.md)");
+  a.imp_orbax->add_option("DIR", a.dir, "the Orbax CheckpointManager directory")->required();
+
+  a.imp_orbax->add_option("--config", a.config, "the nnx-train config of the same architecture")->required();
+  a.imp_orbax->add_option("--python", a.python, "a Python with orbax-checkpoint and safetensors (default python3; "
+                                                "tools/setup-interop.sh makes .venv-interop/bin/python)");
+  a.imp_orbax->add_option("args", a.overrides, "[STEP] [dotted.key=value ...]: the Orbax step (default: the latest) and "
+                                               "config overrides (run.dir=...)");
   a.plot = app.add_subcommand("plot", "render metrics.jsonl as a PNG of loss and accuracy curves");
   a.plot->add_option("RUN_DIR", a.dir, "run dir or metrics.jsonl")->required();
   a.plot->add_option("-o,--output", a.out, "PNG path (default <run dir>/metrics.png)");
@@ -455,6 +554,13 @@ int dispatch(const Args& a) {
   if (*a.exp) return cmd_export(a.dir, s, a.format, a.item, a.out);
   if (*a.plot) return cmd_plot(a.dir, a.out);
   if (*a.imp) return cmd_import(a.config, a.overrides, a.state_dict, a.mapping);
+  if (*a.exp_orbax) return cmd_export_orbax(a.dir, s, a.out, a.python);
+  if (*a.imp_orbax) {  // STEP is the one operand without '='
+    std::vector<std::string> overrides, steps;
+    for (const auto& o : a.overrides) (o.find('=') != std::string::npos ? overrides : steps).push_back(o);
+    NNX_CHECK(steps.size() <= 1, "import-orbax: more than one STEP given");
+    return cmd_import_orbax(a.config, overrides, a.dir, steps.empty() ? "latest" : steps[0], a.python);
+  }
   return 2;
 }
 

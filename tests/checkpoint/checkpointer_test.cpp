@@ -383,8 +383,9 @@ TEST(Checkpointer, FailedSavesPrintNoHdf5DiagnosticsOnAnyThread) {
   EXPECT_EQ(err.find("HDF5-DIAG"), std::string::npos) << err.substr(0, 2000);
 }
 
-// A dataset of 64 MiB or more is read in 32 MiB pieces by several threads, then hashed: equal
-// bytes back, and a flipped byte in its last piece is found.
+// A dataset of 64 MiB or more is read in 32 MiB pieces by several threads, hashed in order as
+// they arrive: equal bytes back, and a flipped byte in its last or its first piece is found,
+// every time (a piece the hash never reached would pass unverified).
 TEST(Checkpointer, LargeDatasetsReadInPiecesRestoreExactlyAndVerify) {
   test::TempDir dir;
   State s;
@@ -402,4 +403,7 @@ TEST(Checkpointer, LargeDatasetsReadInPiecesRestoreExactlyAndVerify) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("/params/huge"), std::string::npos) << e.what();
   }
+  flip(dir / "1" / kCheckpointFile, st[0].get<int64_t>() + st[1].get<int64_t>() - 7, 0x20);  // undone
+  flip(dir / "1" / kCheckpointFile, st[0].get<int64_t>() + 11, 0x01);
+  for (int i = 0; i < 20; ++i) EXPECT_THROW(ck.restore(dir / "1", Composite{{"params", StandardRestore(t)}}), Error) << i;
 }

@@ -284,6 +284,24 @@ TEST(CheckpointManager, FallbackToNewestStepThatRestores) {
   EXPECT_NE(r.skipped[0].find("truncated"), std::string::npos) << r.skipped[0];
   EXPECT_NE(r.skipped[1].find("not valid JSON"), std::string::npos) << r.skipped[1];
   EXPECT_FLOAT_EQ(r.restored.state("params").at("w").value[0].item<float>(), 1.0f);
+  EXPECT_EQ(r.skipped_steps, (std::vector<int64_t>{3, 2}));
+  // Set aside, the corrupt steps leave the manager's steps (and its retention), keep their
+  // bytes, and their step numbers can be saved anew.
+  const auto truncated_size = stdfs::file_size(m.step_path(3) / kCheckpointFile);
+  const stdfs::path aside3 = m.set_aside(3);
+  m.set_aside(2);
+  EXPECT_EQ(m.all_steps(), (std::vector<int64_t>{1}));
+  EXPECT_NE(aside3.filename().string().find("3.unrestorable-"), std::string::npos) << aside3;
+  EXPECT_EQ(stdfs::file_size(aside3 / kCheckpointFile), truncated_size);
+  EXPECT_THROW(m.set_aside(3), Error);
+  m.save(2, item(20.0f));
+  m.save(3, item(30.0f));
+  EXPECT_EQ(m.latest_step(), 3);
+  EXPECT_FLOAT_EQ(m.restore(3, args).state("params").at("w").value[0].item<float>(), 30.0f);
+  m.close();
+  CheckpointManager reopened(dir.path(), sync_opts());  // start-up cleanup leaves them alone
+  EXPECT_EQ(reopened.all_steps(), (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_TRUE(stdfs::exists(aside3));
 }
 
 TEST(CheckpointManager, ReaderDuringSavesAndDeletesSeesCompleteStepsOrClearErrors) {

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "nnx/framework/error.h"
-#include "tools/trainer/config.h"
+#include "nnx/trainer/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/nnx-config-fuzz-" + std::to_string(::getpid()) + ".yaml";

@@ -1,5 +1,5 @@
-#include "tools/trainer/config.h"
-#include "tools/trainer/checkpoint_options.h"
+#include "nnx/trainer/config.h"
+#include "nnx/trainer/checkpoint_options.h"
 
 #include <gtest/gtest.h>
 

@@ -25,7 +25,7 @@
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
 #include "test_util.h"
-#include "tools/trainer/local_tier.h"
+#include "nnx/trainer/local_tier.h"
 #include "tools/run_util.h"
 
 extern char** environ;

@@ -1,4 +1,4 @@
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/trainer.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -16,6 +16,7 @@
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
 #include "nnx/checkpoint/io/checksum.h"
+#include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/checkpoint/preservation_policy.h"
@@ -227,6 +228,10 @@ TEST(Trainer, StructuralChangeOnResumeIsAnError) {
   // Found by comparing the checkpoint's GraphDef with the model the config builds.
   EXPECT_NE(r.output.find("the model changed since the checkpoint was written (its GraphDef differs)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("graphdef slots["), std::string::npos) << r.output;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) EXPECT_LE(line.size(), 300u) << line.substr(0, 400);
+  // The refused resume left the run's resolved config as the checkpoints have it.
+  EXPECT_EQ(nlohmann::json::parse(nnx::checkpoint::fs::read_file(run_dir + "/config.json"))["model"]["hidden"], nlohmann::json({32}));
   auto ok = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 optimizer.learning_rate=0.02"));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_NE(ok.output.find("optimizer.learning_rate: 0.01 -> 0.02"), std::string::npos) << ok.output;
@@ -298,6 +303,40 @@ std::string list_row(const std::string& out, int64_t step) {
 // nnx-ckpt list marks latest and best as the run's config defines them (issue 37: it marked the
 // best by eval_loss whatever the run asked), shows broken steps as broken, and exits 1 then;
 // a folder without checkpoints is bad input (exit 2), as for show and verify.
+// A fallback resume sets the corrupt step aside: the run saves that step anew, retention never
+// keeps the corrupt one over a good one, and the run ends as one that met no corruption.
+TEST(Trainer, FallbackResumeSetsTheCorruptStepAsideAndEndsAsAnUncorruptedRun) {
+  test::TempDir dir;
+  const std::string a = (dir / "clean").string(), b = (dir / "corrupted").string();
+  for (const std::string& run : {a, b}) ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", run)).exit_code, 0);
+  const stdfs::path h5 = stdfs::path(b) / "checkpoints" / "60" / "checkpoint.h5";
+  {
+    std::fstream f(h5, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(stdfs::file_size(h5) / 2));
+    const char c = static_cast<char>(f.get() ^ 0x5a);
+    f.seekp(static_cast<std::streamoff>(stdfs::file_size(h5) / 2));
+    f.put(c);
+  }
+  // list checks metadata and sizes, not checksums: step 60 lists, and the best step still
+  // comes from the run's config, read from the newest step where it reads.
+  auto listed = test::run(test::bin("nnx-ckpt") + " list " + b);
+  EXPECT_NE(listed.output.find("best: by eval_loss (min), from the run's config"), std::string::npos) << listed.output;
+  const std::string more = "train.max_steps=80 checkpoint.fallback_to_verified=true";  // keeps 2: 60 and 80
+  ASSERT_EQ(test::run(train_cmd("tiny_synthetic.yaml", a, more)).exit_code, 0);
+  auto fell_back = test::run(train_cmd("tiny_synthetic.yaml", b, more));
+  ASSERT_EQ(fell_back.exit_code, 0) << fell_back.output;
+  EXPECT_NE(fell_back.output.find("falling back to step 40"), std::string::npos) << fell_back.output;
+  EXPECT_NE(fell_back.output.find("step 60 set aside as"), std::string::npos) << fell_back.output;
+  auto verified = test::run(test::bin("nnx-ckpt") + " verify " + b + "/checkpoints");
+  EXPECT_EQ(verified.exit_code, 0) << verified.output;  // every kept step is sound
+  bool kept_aside = false;
+  for (const auto& e : stdfs::directory_iterator(stdfs::path(b) / "checkpoints"))
+    kept_aside = kept_aside || e.path().filename().string().rfind("60.unrestorable-", 0) == 0;
+  EXPECT_TRUE(kept_aside) << "the corrupt step's bytes are kept for inspection";
+  auto sa = test::final_states(a), sb = test::final_states(b);
+  for (const auto& [item, st] : sa) EXPECT_TRUE(st.equal(sb.at(item))) << item << ": " << st.first_difference(sb.at(item));
+}
+
 TEST(Trainer, CkptListMarksTheRunsBestAndBrokenSteps) {
   test::TempDir dir;
   const std::string run_dir = (dir / "run").string();

@@ -17,7 +17,7 @@
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/error.h"
 #include "test_util.h"
-#include "tools/trainer/local_tier.h"
+#include "nnx/trainer/local_tier.h"
 
 using namespace nnx;
 using namespace nnx::checkpoint;

@@ -19,7 +19,7 @@
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/framework/graph.h"
 #include "nnx/optim/optimizer.h"
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/trainer.h"
 
 namespace {
 

@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
+#include <atomic>
 #include <thread>
 #include <fstream>
 #include <functional>
@@ -36,16 +37,18 @@
 #include "nnx/checkpoint/async_checkpointer.h"
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/io/device_copies.h"
+#include "nnx/checkpoint/format/safetensors.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/compat.h"
 #include "nnx/framework/data/dataset.h"
 #include "nnx/framework/distributed.h"
-#include "tools/trainer/peer_replicas.h"
+#include "nnx/trainer/peer_replicas.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/host_memory.h"
+#include "nnx/framework/gradient_reducer.h"
 #include "nnx/models/models.h"
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/trainer.h"
 #include "nnx/optim/optimizer.h"
 
 namespace stdfs = std::filesystem;
@@ -481,6 +484,91 @@ void bench_eval_shape() {
                   "~0 (" + fmt(params * 4 / 1e9, " GB", 1) + " if real)", (after - before) < 64 * 1024 ? "ok" : "MISSED"});
 }
 
+// ---- safetensors: nnx-cpp's reader against Python's safetensors.numpy.load_file -------------
+// The 400 MB state of the checkpoint rows (100 fp32 tensors of 4 MB) as one safetensors file,
+// in the page cache; each round reads it with read_safetensors here and with load_file in a
+// Python process that times only the load (tools/bench/safetensors_load.py, .venv-interop).
+void bench_safetensors(const stdfs::path& dir, int reps) {
+  const std::string py = std::string(NNX_SOURCE_DIR) + "/.venv-interop/bin/python";
+  if (!stdfs::exists(py)) {
+    rows.push_back({"safetensors load 400 MB vs safetensors.numpy", "-", "no .venv-interop (tools/setup-interop.sh)", "-", "skipped", ""});
+    return;
+  }
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [path, vs] : make_state(100, 1000 * 1000)) tensors.emplace_back(path, vs.value);
+  const std::string file = (dir / "state.safetensors").string();
+  write_safetensors(file, tensors);
+  std::vector<double> ours, theirs;
+  std::vector<std::function<void()>> contenders = {
+      [&] { ours.push_back(time_once([&] { read_safetensors(file); })); },
+      [&] {
+        const std::string out = run_capture(py + " " + NNX_SOURCE_DIR + "/tools/bench/safetensors_load.py " + file + " 2>/dev/null");
+        if (!out.empty()) theirs.push_back(std::stod(out));
+      }};
+  for (const auto& c : contenders) c();  // warm-up: the file in the page cache, Python's imports cached
+  ours.clear(), theirs.clear();
+  run_shuffled_rounds(contenders, 3 * reps);
+  if (theirs.size() != ours.size()) {
+    rows.push_back({"safetensors load 400 MB vs safetensors.numpy", fmt(median(ours), " s"), "load_file failed", "-", "MISSED", ""});
+    return;
+  }
+  add_rounds("safetensors load 400 MB (100 fp32 tensors, page-cached) vs safetensors.numpy.load_file", ours, theirs, " s",
+             "load_file", 1.2);
+  std::error_code ec;
+  stdfs::remove(file, ec);
+}
+
+// ---- restore of one 2.4 GB tensor, cold, against cold raw reads of its file ----------------
+// The file the async save wrote (O_DIRECT: none of it cached), dropped from the page cache
+// before each read; the contenders alternate in a random order for 5 rounds (a single cold read
+// of each varied by 1.23-1.82 x between runs, 12-04 and 12-07, the second read of the same bytes
+// profiting from caches below the guest). Two anchors: one stream of read()s (what `cat` does),
+// and 4 threads preading 32 MiB pieces into one buffer, as the restore's reader jobs do (this
+// VM's disk serves parallel requests much faster than one stream): the hardware's limit.
+void read_in_parallel_pieces(const stdfs::path& f, at::Tensor& out) {
+  int fd = ::open(f.c_str(), O_RDONLY);
+  const uint64_t size = stdfs::file_size(f), piece = uint64_t(32) << 20;
+  out = at::empty({static_cast<int64_t>(size)}, at::kByte);
+  char* base = static_cast<char*>(out.data_ptr());
+  std::atomic<uint64_t> next{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t)
+    readers.emplace_back([&] {
+      for (uint64_t at = next.fetch_add(piece); at < size; at = next.fetch_add(piece))
+        for (uint64_t done = 0, len = std::min(piece, size - at); done < len;) {
+          const ssize_t r = ::pread(fd, base + at + done, len - done, static_cast<off_t>(at + done));
+          if (r <= 0) return;
+          done += static_cast<uint64_t>(r);
+        }
+    });
+  for (auto& r : readers) r.join();
+  ::close(fd);
+}
+
+void bench_restore_big_cold(const stdfs::path& step_dir, const State& templ) {
+  const stdfs::path f = step_dir / kCheckpointFile;
+  std::vector<double> ours, raw, parallel;
+  auto cold = [&](std::vector<double>& out, const std::function<void()>& read) {
+    evict_from_page_cache(f);
+    out.push_back(time_once(read));
+  };
+  std::vector<std::function<void()>> contenders = {
+      [&] { cold(ours, [&] { Checkpointer().restore(step_dir, Composite{{"params", StandardRestore(templ)}}); }); },
+      [&] { cold(raw, [&] { RestoreContenders::read_plainly(f); }); },
+      [&] {
+        at::Tensor bytes;
+        cold(parallel, [&] { read_in_parallel_pieces(f, bytes); });
+      }};
+  run_shuffled_rounds(contenders, 5);
+  for (size_t i = 0; i < ours.size(); ++i)  // the spread behind the medians, on the progress stream
+    std::cerr << "  round " << i + 1 << ": restore " << fmt(ours[i], " s") << ", one stream " << fmt(raw[i], " s")
+              << ", 4 streams " << fmt(parallel[i], " s") << "\n";
+  add_rounds("restore 2.4 GB cold vs a raw read of the same file in 4 streams, cold", ours, parallel, " s",
+             "4 x 32 MiB preads, cold", 1.10);
+  add_rounds("restore 2.4 GB cold vs a raw read of the same file in one stream, cold", ours, raw, " s",
+             "one stream of read(), cold", 0);
+}
+
 // ---- restore of one 2.4 GB tensor right after a save in the same process: async vs sync ------
 // Issue 18 measured 11-13 s after an async save against about 2 s after a sync one. The async
 // checkpointer stays alive during the restore, as a CheckpointManager's does.
@@ -500,22 +588,7 @@ void bench_restore_after_save(const stdfs::path& dir) {
   async.wait_until_finished();
   const double after_async = restore(dir / "big-async");
   add("restore 2.4 GB right after an async save vs after a sync save", after_async, after_sync, " s", "after sync", 1.10);
-  // The same bytes read plainly (one sequential stream into fresh memory), from a cold file.
-  const stdfs::path f = dir / "big-async" / kCheckpointFile;
-  int fd = ::open(f.c_str(), O_RDONLY);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  const double raw = time_once([&] {
-    at::Tensor t = at::empty({int64_t(600) << 20});
-    char* b = static_cast<char*>(t.data_ptr());
-    const size_t len = size_t(600) << 22;
-    for (size_t done = 0; done < len;) {
-      ssize_t r = ::pread(fd, b + done, std::min<size_t>(len - done, size_t(4) << 20), static_cast<off_t>(done));
-      if (r <= 0) break;
-      done += static_cast<size_t>(r);
-    }
-  });
-  ::close(fd);
-  add("restore 2.4 GB right after an async save vs a cold raw read of the file", after_async, raw, " s", "raw read, cold", 0);
+  bench_restore_big_cold(dir / "big-async", templ);
   std::error_code ec;
   nnx::checkpoint::fs::remove_tree(dir / "big-sync", ec);
   nnx::checkpoint::fs::remove_tree(dir / "big-async", ec);
@@ -1128,6 +1201,61 @@ void bench_local_replicas(int reps) {
       "local save", 0);
 }
 
+// One rank of the overlapped all-reduce row (launched by nnx-launch, 2 ranks): the same MLP on
+// every rank (784 inputs, 8 hidden layers of 1024, 10 classes: 8.2 M params, 33 MB of fp32
+// gradients in 3 buckets; one intra-op thread per rank: 2 ranks on 2 cores), a rank-specific
+// batch of 32; steps with the gradients all-reduced
+// while backward runs (GradientReducer, 25 MB buckets) and after it (all_reduce_mean), the two
+// alternating, `rounds` of each after 3 of each to warm up. Rank 0 prints the per-round times.
+int dp_step_rank(int rounds) {
+  auto env = distributed::env_from_environment();
+  auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(120));
+  at::set_num_threads(1);
+  models::register_models();
+  auto model = models::build_model("MLP", {{"in_features", 784}, {"hidden", std::vector<int64_t>(8, 1024)}, {"num_classes", 10},
+                                            {"dropout", 0.0}},
+                                   std::make_shared<Rngs>(0));
+  distributed::GradientReducer reducer(*model, pg);
+  at::manual_seed(env.rank);
+  const at::Tensor x = at::randn({32, 784}), y = at::randint(0, 10, {32}, at::kLong);
+  auto step = [&](bool overlap) {
+    return time_once([&] {
+      zero_grad(*model, false);
+      if (overlap) reducer.arm();
+      at::cross_entropy_loss(model->forward(x), y).backward();
+      if (overlap) reducer.finish();
+      else distributed::all_reduce_mean(grads(*model), *pg);
+    });
+  };
+  for (int i = 0; i < 3; ++i) step(true), step(false);
+  std::ostringstream out;
+  for (int i = 0; i < rounds; ++i) {
+    const bool first = i % 2 == 0;  // alternate which goes first
+    const double a = step(first), b = step(!first);
+    out << (first ? a : b) * 1e3 << " " << (first ? b : a) * 1e3 << " ";
+  }
+  if (env.rank == 0) std::cout << out.str() << "\n";
+  return 0;
+}
+
+void bench_overlapped_all_reduce(int reps) {
+  const int rounds = 8 * reps;
+  std::string out = run_capture(std::string(NNX_BIN_DIR) + "/nnx-launch --nproc 2 -- " + NNX_BIN_DIR + "/nnx-bench --dp-step-rank " +
+                                std::to_string(rounds) + " 2>/dev/null");
+  auto pos = out.find("[rank 0] ");
+  std::vector<double> overlapped, after;
+  if (pos != std::string::npos) {
+    std::istringstream in(out.substr(pos + 9));
+    for (double a, b; in >> a >> b;) overlapped.push_back(a), after.push_back(b);
+  }
+  if (overlapped.empty()) {
+    rows.push_back({"2-rank step, all-reduce during vs after backward", "failed", out.substr(0, 200), "-", "reported", ""});
+    return;
+  }
+  add_rounds("2-rank step (Gloo, MLP 8.2 M params): gradients all-reduced while backward runs vs after it", overlapped, after,
+             " ms", "all-reduce after backward", 0);
+}
+
 void bench_distributed_save(const stdfs::path& dir, int reps) {
   at::manual_seed(0);
   State s = make_state(100, 1000 * 1000);
@@ -1160,7 +1288,12 @@ void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::pat
   if (want("optimizer")) bench_optimizer(reps, "freed memory kept, as nnx-train does", 1.0);
   if (want("checkpoint")) { std::cerr << "checkpoint (400 MB)...\n"; bench_checkpoint(dir, reps); }
   if (want("training")) { std::cerr << "training...\n"; bench_training(quick, dir); }
-  if (want("distributed")) { std::cerr << "distributed save...\n"; bench_distributed_save(dir, reps); }
+  if (want("distributed")) {
+    std::cerr << "distributed save...\n";
+    bench_distributed_save(dir, reps);
+    std::cerr << "overlapped all-reduce (2 ranks)...\n";
+    bench_overlapped_all_reduce(reps);
+  }
   if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
   if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir, gpt_runs); }
   if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
@@ -1171,6 +1304,7 @@ void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::pat
     std::cerr << "local tier, training at 2 ranks...\n";
     bench_local_tier_training(quick, dir);
   }
+  if (want("safetensors")) { std::cerr << "safetensors...\n"; bench_safetensors(dir, reps); }
   if (want("restore_after_save")) { std::cerr << "restore 2.4 GB after a save...\n"; bench_restore_after_save(dir); }
 }
 
@@ -1194,11 +1328,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps, no 99M-param training rows");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, training, distributed, manager, snapshot, restore_after_save, local_tier, gpu (only when named)");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, safetensors, training, distributed, manager, snapshot, restore_after_save, local_tier, gpu (only when named)");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;
   app.add_option("--dist-save-rank", dist_rank_dir)->group("");
+  int dp_step_rounds = 0;
+  app.add_option("--dp-step-rank", dp_step_rounds)->group("");
   std::string replica_rank_dir;
   app.add_option("--replica-rank", replica_rank_dir)->group("");
   std::string plain_model;  // one plain-libtorch contender in its own process (bench_training)
@@ -1215,6 +1351,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   if (!dist_rank_dir.empty()) return dist_save_rank(dist_rank_dir, reps_override > 0 ? reps_override : 3);
+  if (dp_step_rounds > 0) return dp_step_rank(dp_step_rounds);
   if (!replica_rank_dir.empty()) return replica_rank(replica_rank_dir, reps_override > 0 ? reps_override : 3);
   if (!plain_model.empty()) {
     if (plain_keep_freed) {  // nnx-train's memory settings (Run's constructor)

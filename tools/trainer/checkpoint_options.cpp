@@ -1,4 +1,4 @@
-#include "tools/trainer/checkpoint_options.h"
+#include "nnx/trainer/checkpoint_options.h"
 
 #include <set>
 

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nnx/checkpoint/manager.h"
-#include "tools/trainer/config.h"
+#include "nnx/trainer/config.h"
 
 namespace nnx::trainer {
 

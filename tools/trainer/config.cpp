@@ -1,4 +1,4 @@
-#include "tools/trainer/config.h"
+#include "nnx/trainer/config.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -9,8 +9,8 @@
 #include <set>
 
 #include "nnx/framework/error.h"
-#include "nnx/models/model_types.h"
 #include "nnx/optim/schedule_types.h"
+#include "nnx/trainer/registry.h"
 
 namespace nnx::trainer {
 
@@ -218,30 +218,32 @@ void apply_override(YAML::Node& root, const std::string& text, Source& src) {
   src.overrides[key] = text;
 }
 
-nlohmann::json model_options(Section& m, const std::string& type) {
-  nlohmann::json o;
-  o["init"] = m.one_of("init", "pytorch", {"pytorch", "lecun"});
-  if (type == "mlp") {
-    o["hidden"] = m.get<std::vector<int64_t>>("hidden", {256, 128});
-    for (auto h : o["hidden"]) if (h.get<int64_t>() <= 0) m.fail_at(m.raw("hidden"), m.key_path("hidden"), " entries must be positive");
-    o["dropout"] = m.in_range<double>("dropout", 0.0, 0.0, 0.99);
-  } else if (type == "cnn") {
-    auto ch = m.get<std::vector<int64_t>>("channels", {32, 64});
-    if (ch.size() != 2 || ch[0] <= 0 || ch[1] <= 0) m.fail_at(m.raw("channels"), m.key_path("channels"), " must be 2 positive integers");
-    o["channels"] = ch;
-    o["hidden"] = m.in_range<int64_t>("hidden", 128, 1, 1 << 20);
-    o["dropout"] = m.in_range<double>("dropout", 0.25, 0.0, 0.99);
-    o["bn_momentum"] = m.in_range<double>("bn_momentum", 0.1, 0.0, 1.0);
-  } else {
-    o["d_model"] = m.in_range<int64_t>("d_model", 128, 1, 1 << 16);
-    o["num_heads"] = m.in_range<int64_t>("num_heads", 4, 1, 1024);
-    o["num_layers"] = m.in_range<int64_t>("num_layers", 2, 1, 1024);
-    o["dropout"] = m.in_range<double>("dropout", 0.1, 0.0, 0.99);
-    if (o["d_model"].get<int64_t>() % o["num_heads"].get<int64_t>() != 0)
-      m.fail_at(m.raw("num_heads"), m.key_path("num_heads"), " must divide model.d_model (", o["d_model"].get<int64_t>(), ")");
+// A registered type's view of one section (model: or data:): Section's checks and errors.
+class SectionReader : public OptionReader {
+ public:
+  explicit SectionReader(Section& s) : s_(s) {}
+  int64_t integer(const std::string& key, int64_t def, int64_t lo, int64_t hi) override {
+    return s_.in_range<int64_t>(key, def, static_cast<double>(lo), static_cast<double>(hi));
   }
-  return o;
-}
+  double number(const std::string& key, double def, double lo, double hi) override { return s_.in_range<double>(key, def, lo, hi); }
+  bool boolean(const std::string& key, bool def) override { return s_.get<bool>(key, def); }
+  std::string string(const std::string& key, const std::string& def) override { return s_.get<std::string>(key, def); }
+  std::string one_of(const std::string& key, const std::string& def, const std::vector<std::string>& allowed) override {
+    return s_.one_of(key, def, allowed);
+  }
+  std::vector<int64_t> integers(const std::string& key, const std::vector<int64_t>& def) override {
+    return s_.get<std::vector<int64_t>>(key, def);
+  }
+  std::vector<std::string> strings(const std::string& key, const std::vector<std::string>& def) override {
+    return s_.get<std::vector<std::string>>(key, def);
+  }
+  [[noreturn]] void fail(const std::string& key, const std::string& message) override {
+    s_.fail_at(s_.raw(key), s_.key_path(key), message);
+  }
+
+ private:
+  Section& s_;
+};
 
 std::string join(const std::vector<std::string>& names) {
   std::string list;
@@ -351,7 +353,7 @@ void checkpoint_policies(Section& ck, CheckpointConfig& c) {
   c.keep = policy_list(ck, "keep", {"latest_n", "best_n", "every_n_steps", "every_n_seconds", "custom_steps", "latest_duration_seconds"},
                        [&](Section& e, const std::string& kind) { return keep_policy_value(e, kind, c.best_metric); });
   if (!c.keep.is_null() && keep_flags_set)
-    ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list)");
+    ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list; over a config that sets max_to_keep, add checkpoint.max_to_keep=null)");
 }
 
 // Fails on the first top-level key that is not a section or setting of the config, with a
@@ -426,7 +428,8 @@ YAML::Node read_yaml(const std::string& path) {
 // data: which dataset, where, and whether it fits model.type (set before).
 void parse_data(Section& top, Config& c) {
   Section data = top.sub("data");
-  c.data.dataset = data.one_of("dataset", c.model.type == "gpt" ? "text" : "fashion_mnist", {"fashion_mnist", "text", "synthetic"});
+  const ModelType& model = model_type(c.model.type);
+  c.data.dataset = data.one_of("dataset", model.datasets.empty() ? "fashion_mnist" : model.datasets.front(), dataset_names());
   c.data.root = data.get<std::string>("root", c.data.root);
   c.data.path = data.get<std::string>("path", "");
   c.data.block_size = data.in_range<int64_t>("block_size", 64, 1, 1 << 16);
@@ -435,12 +438,17 @@ void parse_data(Section& top, Config& c) {
   c.data.classes = data.in_range<int64_t>("classes", 4, 2, 1 << 20);
   c.data.shuffle = data.get<bool>("shuffle", true);
   c.data.limit = data.in_range<int64_t>("limit", 0, 0, 1e12);
+  if (const DatasetType* registered = find_dataset(c.data.dataset); registered && registered->options) {
+    SectionReader reader(data);
+    c.data.options = registered->options(reader);
+  }
   if (c.data.dataset == "text" && c.data.path.empty()) throw Error(c.source + ": missing required key 'data.path' (dataset: text)");
-  if ((c.model.type == "gpt") != (c.data.dataset == "text"))
-    data.fail_at(data.raw("dataset"), "data.dataset", " = '", c.data.dataset, "' does not fit model.type '", c.model.type,
-                 "' (gpt trains on text, mlp and cnn on fashion_mnist or synthetic)");
-  if (c.model.type == "cnn" && c.data.dataset == "synthetic")
+  if (c.model.type == "cnn" && c.data.dataset == "synthetic")  // the built-ins' reason, said
     data.fail_at(data.raw("dataset"), "data.dataset", " = 'synthetic' gives vectors; model.type 'cnn' needs images");
+  const auto& fits = model.datasets;
+  if (!fits.empty() && std::find(fits.begin(), fits.end(), c.data.dataset) == fits.end())
+    data.fail_at(data.raw("dataset"), "data.dataset", " = '", c.data.dataset, "' does not fit model.type '", c.model.type,
+                 "' (", c.model.type, " trains on ", join(fits), ")");
   data.finish();
 }
 
@@ -498,6 +506,29 @@ void parse_schedule(Section& top, Config& c) {
   sch.finish();
 }
 
+// model: its type (a registered one's keys read by the type) and dtype.
+void parse_model(Section& top, const YAML::Node& node, ModelConfig& m) {
+  Section model = top.sub("model");
+  if (!model.has("type"))
+    throw Error(model.where(node, "model") + ": missing required key 'model.type' (" + join(model_type_names()) + ")");
+  m.type = model.one_of("type", "", model_type_names());
+  m.dtype = model.one_of("dtype", "float32", {"float32", "bfloat16"});
+  if (const ModelType& type = model_type(m.type); type.options) {
+    SectionReader reader(model);
+    m.options = type.options(reader);
+  }
+  model.finish();
+}
+
+void parse_distributed(Section& top, DistributedConfig& d) {
+  Section dist = top.sub("distributed");
+  d.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
+  d.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
+  d.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
+  d.overlap_grad_reduce = dist.get<bool>("overlap_grad_reduce", true);
+  dist.finish();
+}
+
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -508,6 +539,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   Config c;
   c.source = path;
+  c.overrides = overrides;
   Section top(root, "", src, root.Mark());
   c.seed = top.in_range<uint64_t>("seed", 0, 0, 1.8e19);
   c.device = top.get<std::string>("device", "cpu");
@@ -526,13 +558,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   run.finish();
 
   unknown_top_level_keys(root, src);  // a typo'd section is named as such, not as a missing key
-  Section model = top.sub("model");
-  if (!model.has("type")) throw Error(model.where(root["model"], "model") + ": missing required key 'model.type' (mlp, cnn or gpt)");
-  std::string type = model.one_of("type", "", models::model_config_names());
-  c.model.type = type;
-  c.model.dtype = model.one_of("dtype", "float32", {"float32", "bfloat16"});
-  c.model.options = model_options(model, type);
-  model.finish();
+  parse_model(top, root["model"], c.model);
 
   parse_data(top, c);
   parse_optimizer(top, c.optimizer);
@@ -549,11 +575,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   parse_checkpoint(ck, c.checkpoint);
   ck.finish();
 
-  Section dist = top.sub("distributed");
-  c.distributed.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
-  c.distributed.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
-  c.distributed.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
-  dist.finish();
+  parse_distributed(top, c.distributed);
 
   top.finish();
   return c;
@@ -564,8 +586,13 @@ nlohmann::json Config::to_json() const {
       {"seed", seed}, {"device", device}, {"threads", threads}, {"log_level", log_level}, {"run", {{"dir", run_dir}}},
       {"cudnn", {{"benchmark", cudnn.benchmark}, {"deterministic", cudnn.deterministic}}},
       {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = model.dtype; return m; }()},
-      {"data", {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
-                {"size", data.size}, {"features", data.features}, {"classes", data.classes}, {"shuffle", data.shuffle}, {"limit", data.limit}}},
+      {"data", [&] {
+         nlohmann::json d = {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
+                             {"size", data.size}, {"features", data.features}, {"classes", data.classes},
+                             {"shuffle", data.shuffle}, {"limit", data.limit}};
+         if (data.options.is_object()) d.update(data.options);  // a registered dataset's own keys
+         return d;
+       }()},
       {"optimizer", {{"type", optimizer.type}, {"learning_rate", optimizer.learning_rate}, {"beta1", optimizer.beta1},
                      {"beta2", optimizer.beta2}, {"eps", optimizer.eps}, {"weight_decay", optimizer.weight_decay},
                      {"amsgrad", optimizer.amsgrad}, {"clip_norm", optimizer.clip_norm}, {"no_decay", optimizer.no_decay}}},
@@ -589,7 +616,8 @@ nlohmann::json Config::to_json() const {
                                  {"async", checkpoint.local.async}, {"replicas", checkpoint.local.replicas}}},
                       {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
-      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage}}},
+      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage},
+                       {"overlap_grad_reduce", distributed.overlap_grad_reduce}}},
   };
 }
 

@@ -12,14 +12,14 @@ namespace nnx::trainer {
 
 /// model: the network (type-specific keys; see docs/config.md).
 struct ModelConfig {
-  std::string type;            ///< "mlp", "cnn" or "gpt"
-  nlohmann::json options;      ///< the model's typed options, as its registry config
+  std::string type;            ///< "mlp", "cnn", "gpt" or a registered type (trainer/registry.h)
+  nlohmann::json options;      ///< what the type's ModelType::options read from model:
   std::string dtype = "float32";  ///< float32 | bfloat16 (params; fp32 optimizer masters)
 };
 
 /// data: what to train on.
 struct DataConfig {
-  std::string dataset = "fashion_mnist";  ///< fashion_mnist | text | synthetic
+  std::string dataset = "fashion_mnist";  ///< fashion_mnist | text | synthetic | a registered dataset
   std::string root = "/usr/share/datasets/fashion-mnist";
   std::string path;        ///< text file (dataset: text)
   int64_t block_size = 64;  ///< context length (dataset: text)
@@ -28,6 +28,7 @@ struct DataConfig {
   int64_t classes = 4;      ///< classes (dataset: synthetic)
   bool shuffle = true;
   int64_t limit = 0;  ///< use only the first `limit` training examples; 0 = all
+  nlohmann::json options;  ///< a registered dataset's own keys, as its DatasetType::options read them
 };
 
 /// optimizer: Adam or AdamW (torch.optim semantics).
@@ -125,6 +126,9 @@ struct DistributedConfig {
   /// 0: every rank keeps the whole optimizer state; 1: ZeRO-1, each rank keeps (and checkpoints)
   /// the optimizer state of its rows of every param (Rajbhandari et al., 2020).
   int64_t zero_stage = 0;
+  /// Average gradients in buckets while backward runs (distributed::GradientReducer, as
+  /// PyTorch's DDP); false: one bucketed all-reduce after backward.
+  bool overlap_grad_reduce = true;
 };
 
 /// The whole run.
@@ -144,6 +148,7 @@ struct Config {
   CheckpointConfig checkpoint;
   DistributedConfig distributed;
   std::string source;  ///< the YAML file
+  std::vector<std::string> overrides;  ///< the command line's "key=value" overrides, as given
   /// Where run.dir was set, for errors about it: "FILE:line:col", "override 'run.dir=...'" or
   /// "the default".
   std::string run_dir_origin;

@@ -1,16 +1,20 @@
-#include "tools/trainer/datasets.h"
+#include "nnx/trainer/datasets.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 
 #include "nnx/framework/error.h"
+#include "nnx/trainer/registry.h"
 
 namespace nnx::trainer {
 
 Datasets load_data(const Config& c) {
   Datasets d;
-  if (c.data.dataset == "fashion_mnist") {
+  if (const DatasetType* registered = find_dataset(c.data.dataset)) {
+    d = registered->load(c.data.options, c);
+    NNX_CHECK(d.train && d.eval, "data.dataset '", c.data.dataset, "': its load() gave no ", d.train ? "eval" : "train", " split");
+  } else if (c.data.dataset == "fashion_mnist") {
     d.train = data::load_fashion_mnist(c.data.root, "train");
     d.eval = data::load_fashion_mnist(c.data.root, "test");
     d.in_features = 784;
@@ -22,11 +26,13 @@ Datasets load_data(const Config& c) {
     d.eval = std::make_shared<data::TensorDataset>(all->inputs().slice(0, c.data.size), all->targets().slice(0, c.data.size));
     d.in_features = c.data.features;
     d.num_classes = c.data.classes;
-  } else {
+  } else if (c.data.dataset == "text") {
     auto text = data::CharTextDataset::from_file(c.data.path, c.data.block_size);
     d.train = text->slice(0.0, 0.9);
     d.eval = text->slice(0.9, 1.0);
     d.vocab_size = text->vocab_size();
+  } else {
+    NNX_CHECK(false, "unknown data.dataset '", c.data.dataset, "'");
   }
   if (c.data.limit > 0) {
     auto* td = dynamic_cast<data::TensorDataset*>(d.train.get());

@@ -1,4 +1,4 @@
-#include "tools/trainer/local_tier.h"
+#include "nnx/trainer/local_tier.h"
 
 #include <ATen/ATen.h>
 
@@ -14,7 +14,7 @@
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/log.h"
-#include "tools/trainer/step_transfer.h"
+#include "nnx/trainer/step_transfer.h"
 
 namespace nnx::trainer {
 

@@ -11,8 +11,8 @@
 
 #include "nnx/checkpoint/args.h"
 #include "nnx/checkpoint/manager.h"
-#include "tools/trainer/config.h"
-#include "tools/trainer/peer_replicas.h"
+#include "nnx/trainer/config.h"
+#include "nnx/trainer/peer_replicas.h"
 
 namespace nnx::distributed {
 class ProcessGroup;

@@ -1,4 +1,4 @@
-#include "tools/trainer/peer_replicas.h"
+#include "nnx/trainer/peer_replicas.h"
 
 #include <pthread.h>
 
@@ -9,7 +9,7 @@
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/log.h"
-#include "tools/trainer/step_transfer.h"
+#include "nnx/trainer/step_transfer.h"
 
 namespace nnx::trainer {
 

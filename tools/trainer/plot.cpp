@@ -1,4 +1,4 @@
-#include "tools/trainer/plot.h"
+#include "nnx/trainer/plot.h"
 
 #include <nlohmann/json.hpp>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "tools/trainer/run.h"
+#include "nnx/trainer/run.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,13 +13,15 @@
 
 #include "nnx/framework/blas.h"
 #include "nnx/framework/compat.h"
+#include "nnx/framework/gradient_reducer.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/host_memory.h"
 #include "nnx/framework/log.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/models/models.h"
-#include "tools/trainer/checkpoint_options.h"
-#include "tools/trainer/torch_import.h"
+#include "nnx/trainer/registry.h"
+#include "nnx/trainer/checkpoint_options.h"
+#include "nnx/trainer/torch_import.h"
 
 namespace nnx::trainer {
 
@@ -131,22 +133,31 @@ void Run::write_resolved_config() {
   *progress_ << "nnx-train: config " << cfg_.source << " (resolved: " << path.string() << ")\n";
 }
 
-void Run::build_model(const Datasets& ds) {
-  models::register_models();
-  nlohmann::json mopts = cfg_.model.options;
-  model_type_ = models::registry_type(cfg_.model.type);
-  if (model_type_ == "MLP") mopts["in_features"] = ds.in_features;
-  if (model_type_ != "GPT") mopts["num_classes"] = ds.num_classes;
-  if (model_type_ == "GPT") {
-    mopts["vocab_size"] = ds.vocab_size;
-    mopts["block_size"] = cfg_.data.block_size;
+// mlp, cnn, gpt through ModuleRegistry (a checkpoint's GraphDef rebuilds them alone), their
+// options completed with the data's sizes.
+static std::shared_ptr<Module> build_builtin_model(const Config& c, const Datasets& ds, std::shared_ptr<Rngs> rngs) {
+  const std::string type = c.model.type == "mlp" ? "MLP" : c.model.type == "cnn" ? "CNN" : "GPT";
+  nlohmann::json o = c.model.options;
+  if (type == "MLP") o["in_features"] = ds.in_features;
+  if (type != "GPT") o["num_classes"] = ds.num_classes;
+  if (type == "GPT") {
+    o["vocab_size"] = ds.vocab_size;
+    o["block_size"] = c.data.block_size;
   }
+  return models::build_model(type, o, std::move(rngs));
+}
+
+void Run::build_model(const Datasets& ds) {
   auto rngs = std::make_shared<Rngs>(std::map<std::string, uint64_t>{{"params", cfg_.seed}, {"dropout", cfg_.seed + 1}});
-  model_ = models::build_model(model_type_, mopts, rngs);
+  const ModelType& type = model_type(cfg_.model.type);
+  model_ = type.build ? type.build(cfg_.model.options, ds, cfg_, rngs) : build_builtin_model(cfg_, ds, rngs);
+  NNX_CHECK(model_ != nullptr, "model.type '", cfg_.model.type, "': its build() gave no module");
   if (cfg_.model.dtype == "bfloat16") model_->to(at::kBFloat16);
   model_->to(device_);
   // Per-rank dropout masks; key and count stay replicated (and checkpointed once).
-  if (env_.world_size > 1) model_->child<Rngs>("rngs").stream("dropout")->set_salt(static_cast<uint64_t>(env_.rank) + 1);
+  if (env_.world_size > 1 && model_->has_child("rngs"))
+    if (auto* r = dynamic_cast<Rngs*>(model_->child_ptr("rngs").get()))
+      r->stream("dropout")->set_salt(static_cast<uint64_t>(env_.rank) + 1);
 }
 
 void Run::build_optimizer() {
@@ -167,6 +178,7 @@ void Run::build_optimizer() {
   zero1_ = cfg_.distributed.zero_stage == 1 && env_.world_size > 1;
   optimizer_ = std::make_unique<optim::Optimizer>(model_, tx, Param, zero1_ ? Mesh{env_.rank, env_.world_size} : Mesh{});
   if (zero1_) optimizer_->set_process_group(pg_);
+  if (pg_ && cfg_.distributed.overlap_grad_reduce) reducer_ = std::make_unique<distributed::GradientReducer>(*model_, pg_);
 }
 
 void Run::build_loader_and_manager() {
@@ -188,7 +200,6 @@ void Run::build_loader_and_manager() {
   manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
   local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size, pg_);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
-  write_resolved_config();  // after the manager took the run's lock: a refused second run writes nothing
 }
 
 // A changed model is reported as such (its GraphDef against the checkpoint's), before the
@@ -209,8 +220,11 @@ void Run::check_same_model(int64_t at) {
     for (const auto& l : structural_differences(saved_config, cfg_.to_json())) list += "\n  " + l;
   } catch (const Error&) {
   }
+  // Each GraphDef difference cut to a line: a layer added or removed changes whole node lists
+  // (several KB of JSON on one line).
   const auto changes = json_differences(saved, now);
-  for (size_t i = 0; i < changes.size() && i < 5; ++i) list += "\n  graphdef " + changes[i];
+  for (size_t i = 0; i < changes.size() && i < 5; ++i)
+    list += "\n  graphdef " + (changes[i].size() > 160 ? changes[i].substr(0, 157) + "..." : changes[i]);
   if (changes.size() > 5) list += "\n  ... (" + std::to_string(changes.size() - 5) + " more GraphDef differences)";
   throw ModelChangedError("cannot resume '" + cfg_.run_dir + "' from step " + std::to_string(at) +
                           ": the model changed since the checkpoint was written (its GraphDef differs):" + list +
@@ -238,6 +252,12 @@ bool Run::restore() {
     auto fb = manager_->restore_newest_valid(args);
     for (const auto& s : fb.skipped) log::warn_parts("cannot resume from ", s);
     if (!fb.skipped.empty()) log::warn_parts("falling back to step ", fb.step);
+    // A step that does not restore must not stay as the latest or best one (retention would
+    // keep it over the good step), nor block this run's save of that step: set aside, kept.
+    for (int64_t s : fb.skipped_steps) {
+      const auto aside = manager_->set_aside(s);
+      if (lead_) log::warn_parts("step ", s, " set aside as ", aside.string(), " (kept for inspection; this run saves step ", s, " anew)");
+    }
     at = fb.step;
     r = std::move(fb.restored);
   } else {
@@ -307,18 +327,39 @@ void Run::set_data_position(const nlohmann::json& d) {
   loader_->set_position(d.at("epoch"), std::min(index, loader_->batches_per_epoch()));
 }
 
-// --init-from-torch: returns true when the run ends here (import only).
-bool Run::import_torch() {
-  if (ropts_.init_from_torch.empty()) return false;
-  NNX_CHECK(!resumed_, "'", cfg_.run_dir, "' already has checkpoints; PyTorch weights initialise fresh runs only");
-  load_torch_params(*model_, ropts_.init_from_torch, ropts_.torch_mapping);
+// --init-from (a PyTorch state dict or safetensors file; or a whole training state, e.g. from
+// an Orbax checkpoint through nnx-ckpt import-orbax): returns true when the run ends here
+// (import only).
+bool Run::import_initial_state() {
+  if (ropts_.init_from.empty()) return false;
+  NNX_CHECK(!resumed_, "'", cfg_.run_dir, "' already has checkpoints; --init-from initialises fresh runs only");
+  const NamedTensors named = read_named_tensors(ropts_.init_from);
+  const std::string source = ropts_.init_from_name.empty() ? ropts_.init_from : ropts_.init_from_name;
+  int64_t at = 0;
+  if (is_full_state(named)) {
+    at = load_full_state(*model_, *optimizer_, named, source);
+    step_ = at;  // the source's step: the schedule and the step counter go on from it
+  } else {
+    NNX_CHECK(!ropts_.init_mapping.empty(), "--init-from ", ropts_.init_from, " needs --mapping MAP.json (docs/interop.md)");
+    load_params(*model_, named, ropts_.init_from, ropts_.init_mapping);
+  }
   if (pg_) distributed::broadcast_state(*model_, *pg_);
-  *progress_ << "nnx-train: params initialised from " << ropts_.init_from_torch << "\n";
+  *progress_ << "nnx-train: " << (at ? "state" : "params") << " initialised from " << source
+             << (at ? " at step " + std::to_string(at) : std::string()) << "\n";
   if (!ropts_.import_only) return false;
-  save(0, nlohmann::json::object(), /*force=*/true, params_finite());
+  save(at, nlohmann::json::object(), /*force=*/true, params_finite());
   manager_->wait_until_finished();
-  *out_ << "nnx-train: wrote " << manager_->step_path(0).string() << "; `nnx-train --config " << cfg_.source
-        << " run.dir=" << cfg_.run_dir << "` fine-tunes from it\n";
+  // The command that fine-tunes from it: the same config and overrides (a model override left
+  // out would build another model), shell-quoted where needed.
+  auto quoted = [](const std::string& a) {
+    const bool plain = a.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.,=/:+-") == std::string::npos;
+    return plain ? a : "'" + a + "'";
+  };
+  std::string cmd = "nnx-train --config " + quoted(cfg_.source);
+  for (const auto& o : cfg_.overrides)
+    if (o.rfind("run.dir=", 0) != 0) cmd += " " + quoted(o);
+  *out_ << "nnx-train: wrote " << manager_->step_path(at).string() << "; `" << cmd << " " << quoted("run.dir=" + cfg_.run_dir)
+        << "` fine-tunes from it\n";
   return true;
 }
 
@@ -342,13 +383,15 @@ std::pair<double, bool> Run::step() {
     auto loss = loss_fn(logits.to(at::kFloat), y);
     if (cfg_.train.grad_accum_steps > 1) loss = loss / static_cast<double>(cfg_.train.grad_accum_steps);
     if (step_ + 1 == ropts_.inject_nonfinite_at_step) loss = loss * std::nan("");
+    if (reducer_ && micro + 1 == cfg_.train.grad_accum_steps) reducer_->arm();  // reduce as the last backward runs
     loss.backward();
     loss_value += loss.item<double>();
     window_examples_ += x.size(0);
   }
+  if (reducer_) reducer_->finish();
   State g = grads(*model_);
   if (pg_) {
-    distributed::all_reduce_mean(g, *pg_);
+    if (!reducer_) distributed::all_reduce_mean(g, *pg_);
     std::vector<at::Tensor> v = {at::tensor({loss_value}, at::kDouble)};  // the mean loss
     pg_->all_reduce_sum(v);
     loss_value = v[0][0].item<double>() / env_.world_size;
@@ -521,7 +564,7 @@ bool Run::after_step(double loss, bool finite) {
 }
 
 void Run::report_start() const {
-  *progress_ << "nnx-train: " << model_type_ << " with " << state(*model_, Param).size() << " param arrays ("
+  *progress_ << "nnx-train: " << model_->type_name() << " with " << state(*model_, Param).size() << " param arrays ("
         << format_bytes(state(*model_, Param).nbytes()) << "), " << ds_.train->size() << " training examples, "
         << loader_->batches_per_epoch() << " batches/epoch, device " << device_.str() << ", threads "
         << at::get_num_threads() << (env_.world_size > 1 ? ", world_size " + std::to_string(env_.world_size) : std::string())
@@ -553,7 +596,11 @@ int Run::execute() {
   if (lead_) write_metrics_file(metrics_path_, history_);  // drops records newer than the resumed step
   // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
   if (pg_ && !resumed_local_) distributed::broadcast_state(*model_, *pg_);
-  if (import_torch()) return 0;
+  const bool imported_only = import_initial_state();
+  // After the manager took the run's lock, the checkpoint accepted this config and an import
+  // fitted the model: a refused run leaves the run's config.json alone (or writes none).
+  write_resolved_config();
+  if (imported_only) return 0;
   if (step_ >= cfg_.train.max_steps) {
     *out_ << "nnx-train: already at step " << step_ << " (train.max_steps = " << cfg_.train.max_steps << "); nothing to do\n";
     local_->remove();  // a finished run keeps no local tier

@@ -14,11 +14,12 @@
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/data/loader.h"
 #include "nnx/framework/distributed.h"
+#include "nnx/framework/gradient_reducer.h"
 #include "nnx/framework/module.h"
 #include "nnx/optim/optimizer.h"
-#include "tools/trainer/datasets.h"
-#include "tools/trainer/local_tier.h"
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/datasets.h"
+#include "nnx/trainer/local_tier.h"
+#include "nnx/trainer/trainer.h"
 
 namespace nnx::trainer {
 
@@ -61,7 +62,7 @@ class Run {
   void check_same_model(int64_t step);
   void apply_restored(const checkpoint::Restored& r, int64_t at, const std::filesystem::path& from);
   void set_data_position(const nlohmann::json& d);
-  bool import_torch();
+  bool import_initial_state();  // --init-from
   // One optimizer step over train.grad_accum_steps micro-batches: (mean loss, finite).
   std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast
   std::pair<double, bool> step();
@@ -86,9 +87,9 @@ class Run {
   std::ostream* out_;
   std::ostream* progress_ = nullptr;  // out_, or nothing with --quiet
   Datasets ds_;
-  std::string model_type_;
   std::shared_ptr<Module> model_;
   std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<distributed::GradientReducer> reducer_;  // data parallel with overlap_grad_reduce
   bool zero1_ = false;
   std::unique_ptr<data::DataLoader> loader_;
   int64_t global_batch_ = 0;

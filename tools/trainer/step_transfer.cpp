@@ -1,4 +1,4 @@
-#include "tools/trainer/step_transfer.h"
+#include "nnx/trainer/step_transfer.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>

@@ -1,10 +1,10 @@
-#include "tools/trainer/trainer.h"
+#include "nnx/trainer/trainer.h"
 
 #include <malloc.h>
 
 #include <cstdlib>
 
-#include "tools/trainer/run.h"
+#include "nnx/trainer/run.h"
 
 namespace nnx::trainer {
 

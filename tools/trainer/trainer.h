@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "tools/trainer/config.h"
+#include "nnx/trainer/config.h"
 
 namespace nnx::trainer {
 
@@ -17,10 +17,14 @@ struct RunOptions {
   int64_t crash_after_step = -1;
   /// With crash_after_step: only this rank kills itself (-1 = every rank).
   int crash_rank = -1;
-  /// Initialise params from a PyTorch state dict (torch.save'd dict of tensors) on a fresh run,
-  /// with `torch_mapping` (JSON) naming where each tensor goes. See docs/interop.md.
-  std::string init_from_torch;
-  std::string torch_mapping;
+  /// Initialise params on a fresh run from a file of named tensors (a torch.save'd dict or a
+  /// safetensors file), with `init_mapping` (a JSON file) naming where each tensor goes. See
+  /// docs/interop.md.
+  std::string init_from;
+  std::string init_mapping;
+  /// How messages and errors name init_from ("" = its path), e.g. "Orbax checkpoint D step 5"
+  /// for the temporary file nnx-ckpt import-orbax converts it to.
+  std::string init_from_name;
   /// Stop after initialising: save step 0 (an nnx checkpoint that later runs resume from) and
   /// exit. Used by `nnx-ckpt import`.
   bool import_only = false;
@@ -34,6 +38,13 @@ struct RunOptions {
 /// done or stopped by SIGTERM/SIGINT after saving. Throws nnx::Error for bad config or input
 /// (exit code 2) and nnx::IOError for I/O failures (exit code 1).
 int train(const Config& config, const RunOptions& options = {});
+
+/// nnx-train's whole command line: `PROGRAM --config FILE [key=value ...]` with every flag of
+/// nnx-train (--print-config, --quiet, --resume-from, --plot...). A user's program registers its
+/// model types and datasets (registry.h), then returns train_main(argc, argv) from its main.
+/// Returns the exit code: 0 done or preempted after saving, 1 I/O or internal error, 2 bad
+/// input (config, arguments); errors are printed as one line on stderr, never thrown.
+int train_main(int argc, char** argv);
 
 /// Keeps freed host memory in the process for reuse: glibc's mmap threshold becomes 256 MiB and
 /// its trim threshold 1 GiB (mallopt). A training step frees and reallocates activations and
