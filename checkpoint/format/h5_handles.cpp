@@ -88,10 +88,18 @@ void write_string_attr(hid_t obj, const char* name, const std::string& value, co
   NNX_CHECK_IO(H5Awrite(attr, type, &p) >= 0, "cannot write attribute '", name, "' on ", where);
 }
 
-// Reads a string attribute that exists.
+bool holds_one_element(hid_t space) {
+  return space >= 0 && H5Sget_simple_extent_npoints(space) == 1;
+}
+
+// Reads a string attribute that exists. Its dataspace is checked first: H5Aread writes one
+// string per element, and a damaged file's dataspace can claim billions (seen in fuzzing:
+// HDF5 read vlen strings from a corrupt global heap for minutes, into a one-pointer buffer).
 std::string read_present_string_attr(hid_t obj, const char* name, const std::string& where) {
   Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
   NNX_CHECK(attr.ok(), "cannot open attribute '", name, "' of ", where);
+  Hid space(H5Aget_space(attr), H5Sclose);
+  NNX_CHECK(holds_one_element(space), "attribute '", name, "' of ", where, " is not a single string (malformed)");
   Hid ftype(H5Aget_type(attr), H5Tclose);
   NNX_CHECK(H5Tget_class(ftype) == H5T_STRING, "attribute '", name, "' of ", where, " is not a string");
   Hid type = vlen_string_type();

@@ -42,6 +42,9 @@ Hid storage_type(at::ScalarType t);
 Hid vlen_string_type();
 /// A dataspace of `shape` (scalar for an empty shape).
 Hid dataspace(const std::vector<int64_t>& shape);
+/// Whether `space` is valid and holds exactly one element (scalar, or one point): what a
+/// single string must have before H5Aread/H5Dread write one pointer for each element.
+bool holds_one_element(hid_t space);
 
 /// Attributes; `where` names the object in errors (nnx::IOError when writing, nnx::Error when
 /// reading).

@@ -38,6 +38,13 @@ nlohmann::json read_json(const H5File& file, const std::string& item) {
   const std::string name = "/" + std::string(schema::kJsonGroup) + "/" + item;
   NNX_CHECK(h5::link_exists(file.id(), name.substr(1)), "'", file.path(), "' has no JSON item '", item, "'");
   h5::Hid dset(H5Dopen2(file.id(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  NNX_CHECK(dset.ok(), "cannot open ", name, " in '", file.path(), "'");
+  h5::Hid space(H5Dget_space(dset), H5Sclose);
+  // One string: H5Dread writes one pointer per element the (possibly damaged) dataspace claims.
+  NNX_CHECK(h5::holds_one_element(space), "'", file.path(), "' ", name, " is not a single string (malformed)");
+  h5::Hid ftype(H5Dget_type(dset), H5Tclose);
+  NNX_CHECK(H5Tget_class(ftype) == H5T_STRING && H5Tis_variable_str(ftype) > 0, "'", file.path(), "' ", name,
+            " is not a variable-length string (malformed)");
   h5::Hid type = h5::vlen_string_type();
   char* p = nullptr;
   NNX_CHECK(H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p) >= 0, "cannot read ", name, " in '",

@@ -1,3 +1,4 @@
+#include "nnx/checkpoint/format/h5_handles.h"
 #include "nnx/checkpoint/format/json_item.h"
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
@@ -289,6 +290,44 @@ TEST(Hdf5Io, ACorruptShardIsDetectedByTheRanksThatReadIt) {
     EXPECT_NE(std::string(e.what()).find("piece at 2048 along dim 0"), std::string::npos) << e.what();
   }
   EXPECT_THROW(read_state(f, "opt", sharded_template({4096, 2}, PartitionSpec(), {})), Error);  // the global read
+}
+
+// A damaged file's dataspace may claim many strings where one is stored: H5Aread/H5Dread would
+// write one pointer per element into a one-pointer buffer. The readers check first.
+TEST(Hdf5Io, AStringWithAnArrayDataspaceIsAClearError) {
+  test::TempDir dir;
+  const std::string path = (dir / "s.h5").string();
+  {
+    H5File f = H5File::create(path);
+    write_json(f, "config", nlohmann::json{{"a", 1}});
+    f.close();
+  }
+  {  // json/config and an attribute rewritten as arrays of two strings
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    ASSERT_GE(H5Ldelete(f, "/json/config", H5P_DEFAULT), 0);
+    h5::Hid type = h5::vlen_string_type();
+    hsize_t two = 2;
+    h5::Hid space(H5Screate_simple(1, &two, nullptr), H5Sclose);
+    const char* values[2] = {"{\"a\": 1}", "{\"b\": 2}"};
+    h5::Hid d(H5Dcreate2(f, "/json/config", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    ASSERT_GE(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), 0);
+    h5::Hid a(H5Acreate2(f, "label", type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    ASSERT_GE(H5Awrite(a, type, values), 0);
+    H5Fclose(f);
+  }
+  H5File f = H5File::open(path);
+  auto message_of = [](auto&& read) {
+    try {
+      read();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message_of([&] { read_json(f, "config"); }).find("/json/config is not a single string"), std::string::npos);
+  EXPECT_NE(message_of([&] { h5::read_string_attr(f.id(), "label", "the root"); }).find("attribute 'label' of the root is not a single string"),
+            std::string::npos);
 }
 
 TEST(Hdf5Io, AMalformedPiecesAttributeIsAClearError) {
