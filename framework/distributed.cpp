@@ -6,10 +6,17 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if NNX_WITH_NCCL
+#ifndef USE_C10D_NCCL
+#error "NNX_WITH_NCCL needs a libtorch built with NCCL (its torch_cuda target defines USE_C10D_NCCL)"
+#endif
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 #include <map>
 
+#include "nnx/framework/compat.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/framework/graph.h"
@@ -50,12 +57,60 @@ Env env_from_environment() {
   return e;
 }
 
+// What c10d's backends derive from: c10d::Backend since libtorch 2.0, ProcessGroup before.
+#if NNX_TORCH_VERSION_AT_LEAST(2, 0)
+using C10dGroup = c10d::Backend;
+#else
+using C10dGroup = c10d::ProcessGroup;
+#endif
+
+const char* backend_name(Backend backend) { return backend == Backend::kNccl ? "nccl" : "gloo"; }
+
+bool nccl_built() {
+#if NNX_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+Backend resolve_backend(const std::string& name, const c10::Device& device) {
+  NNX_CHECK(name == "auto" || name == "gloo" || name == "nccl", "distributed.backend = '", name,
+            "' is not auto, gloo or nccl");
+  if (name == "gloo") return Backend::kGloo;
+  if (name == "auto") return device.is_cuda() && nccl_built() ? Backend::kNccl : Backend::kGloo;
+  NNX_CHECK(nccl_built(), "distributed.backend = nccl: this build has no NCCL (it needs a CUDA libtorch "
+            "and nccl.h at configure time; see docs/gpu.md); use gloo or auto");
+  NNX_CHECK(device.is_cuda(), "distributed.backend = nccl needs a CUDA device; the device is ", device.str(),
+            " (NCCL moves GPU memory only; use gloo or auto)");
+  return Backend::kNccl;
+}
+
 struct ProcessGroup::Impl {
   Env env;
   std::chrono::milliseconds timeout;
+  Backend backend = Backend::kGloo;
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<C10dGroup> pg;    // Gloo: CPU tensors, and CUDA tensors without NCCL
+  c10::intrusive_ptr<C10dGroup> nccl;  // CUDA tensors on Backend::kNccl, else null
+
+  C10dGroup& for_tensor(const at::Tensor& t) const { return nccl && t.is_cuda() ? *nccl : *pg; }
+  void wait(const C10dGroup& group, c10d::Work& work) const;
 };
+
+namespace {
+// Gloo's work is waited for on the CPU, at most the timeout. NCCL's orders the current CUDA
+// stream after it and the CPU goes on (as torch.distributed's wait()); NCCL's watchdog ends a
+// collective that runs past the group's timeout.
+void wait_work(c10d::Work& work, bool on_nccl, std::chrono::milliseconds timeout) {
+  if (on_nccl) work.wait();
+  else work.wait(timeout);
+}
+}  // namespace
+
+void ProcessGroup::Impl::wait(const C10dGroup& group, c10d::Work& work) const {
+  wait_work(work, &group == nccl.get(), timeout);
+}
 
 ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ProcessGroup::~ProcessGroup() = default;
@@ -77,6 +132,20 @@ c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo(const c10::intrusive_ptr<c1
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
 }
 
+c10::intrusive_ptr<C10dGroup> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, const Env& env,
+                                        std::chrono::milliseconds timeout) {
+#if NNX_WITH_NCCL
+  // Checked here: ProcessGroupNCCL's own error for a machine without GPUs names no rank.
+  NNX_CHECK(compat::cuda_device_count() > 0, "rank ", env.rank, ": distributed.backend = nccl, but no GPU is visible");
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, opts);
+#else
+  NNX_CHECK(false, "rank ", env.rank, ": this build has no NCCL (distributed.backend = nccl)");
+  return {};
+#endif
+}
+
 template <class F>
 void guarded(const char* what, const ProcessGroup& g, F&& f) {
   try {
@@ -90,31 +159,43 @@ void guarded(const char* what, const ProcessGroup& g, F&& f) {
 }
 }  // namespace
 
-std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::milliseconds timeout) {
+std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::milliseconds timeout, Backend backend) {
+  if (backend == Backend::kNccl) NNX_CHECK(nccl_built(), "rank ", env.rank, ": this build has no NCCL (distributed.backend = nccl)");
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->timeout = timeout;
+  impl->backend = backend;
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);
     so.isServer = env.rank == 0;
     so.numWorkers = env.world_size;
-    so.waitWorkers = true;
+    // Not waitWorkers: libtorch 1.13's server gives up waiting for workers silently after the
+    // timeout, and the group's rendezvous below then waits a second timeout (a rank that never
+    // arrived failed the others after twice timeout_seconds). Gloo's full-mesh connect waits
+    // for every rank once, within the timeout.
+    so.waitWorkers = false;
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
     impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/default", impl->store), env, timeout);
-  } catch (const c10::Error& e) {
-    NNX_CHECK(false, "rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr, ":",
-              env.master_port, " failed: ", e.what_without_backtrace());
+    if (backend == Backend::kNccl)
+      impl->nccl = make_nccl(c10::make_intrusive<c10d::PrefixStore>("nnx/default-nccl", impl->store), env, timeout);
+  } catch (const nnx::Error&) {
+    throw;
   } catch (const std::exception& e) {
-    NNX_CHECK(false, "rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr, ":",
-              env.master_port, " failed: ", e.what());
+    // Operational (a rank missing or unreachable, a port taken): nnx::IOError, exit code 1.
+    const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+    NNX_CHECK_IO(false, "rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr, ":",
+                 env.master_port, " failed within ", timeout.count() / 1000.0, " s (a rank missing or unreachable?): ",
+                 c10 ? c10->what_without_backtrace() : e.what());
   }
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
 
 std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) const {
   auto impl = std::make_unique<Impl>(*impl_);
+  impl->backend = Backend::kGloo;
+  impl->nccl.reset();
   guarded("creating process group", *this, [&] {
     impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/" + name, impl_->store), impl_->env, impl_->timeout);
   });
@@ -124,24 +205,26 @@ std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) c
 int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::world_size() const { return impl_->env.world_size; }
 std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->timeout; }
+Backend ProcessGroup::backend() const { return impl_->backend; }
 
-namespace {
-void all_reduce(c10d::ProcessGroupGloo& pg, std::vector<at::Tensor>& tensors, c10d::ReduceOp op, std::chrono::milliseconds timeout) {
-  c10d::AllreduceOptions o;
-  o.reduceOp = op;
-  o.timeout = timeout;
-  pg.allreduce(tensors, o)->wait(timeout);
+void ProcessGroup::all_reduce(std::vector<at::Tensor>& tensors, int op) {
+  NNX_CHECK(!tensors.empty(), "all_reduce of no tensors");
+  guarded("all_reduce", *this, [&] {
+    c10d::AllreduceOptions o;
+    o.reduceOp = static_cast<c10d::ReduceOp::RedOpType>(op);
+    o.timeout = impl_->timeout;
+    C10dGroup& group = impl_->for_tensor(tensors[0]);
+    impl_->wait(group, *group.allreduce(tensors, o));
+  });
 }
-}  // namespace
 
-void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) {
-  guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::SUM, impl_->timeout); });
-}
+void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) { all_reduce(tensors, c10d::ReduceOp::SUM); }
 
 struct PendingAllReduce::Impl {
   c10::intrusive_ptr<c10d::Work> work;
   std::vector<at::Tensor> tensors;
   const ProcessGroup* group;
+  bool on_nccl = false;
 };
 
 PendingAllReduce ProcessGroup::all_reduce_sum_async(const at::Tensor& tensor) {
@@ -153,27 +236,29 @@ PendingAllReduce ProcessGroup::all_reduce_sum_async(const at::Tensor& tensor) {
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.timeout = impl_->timeout;
-    p.impl_->work = impl_->pg->allreduce(p.impl_->tensors, o);
+    C10dGroup& group = impl_->for_tensor(tensor);
+    p.impl_->on_nccl = &group == impl_->nccl.get();
+    p.impl_->work = group.allreduce(p.impl_->tensors, o);
   });
   return p;
 }
 
 void PendingAllReduce::wait() {
   if (!impl_ || !impl_->work) return;
-  guarded("all_reduce", *impl_->group, [&] { impl_->work->wait(impl_->group->timeout()); });
+  guarded("all_reduce", *impl_->group, [&] { wait_work(*impl_->work, impl_->on_nccl, impl_->group->timeout()); });
   impl_->work.reset();
 }
 
-void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) {
-  guarded("all_reduce", *this, [&] { all_reduce(*impl_->pg, tensors, c10d::ReduceOp::MAX, impl_->timeout); });
-}
+void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) { all_reduce(tensors, c10d::ReduceOp::MAX); }
 
 void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
+  NNX_CHECK(!tensors.empty(), "broadcast of no tensors");
   guarded("broadcast", *this, [&] {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = impl_->timeout;
-    impl_->pg->broadcast(tensors, o)->wait(impl_->timeout);
+    C10dGroup& group = impl_->for_tensor(tensors[0]);
+    impl_->wait(group, *group.broadcast(tensors, o));
   });
 }
 
@@ -185,7 +270,8 @@ void ProcessGroup::all_gather(std::vector<at::Tensor>& outputs, const at::Tensor
     o.timeout = impl_->timeout;
     std::vector<std::vector<at::Tensor>> out = {outputs};
     std::vector<at::Tensor> in = {input};
-    impl_->pg->allgather(out, in, o)->wait(impl_->timeout);
+    C10dGroup& group = impl_->for_tensor(input);
+    impl_->wait(group, *group.allgather(out, in, o));
   });
 }
 

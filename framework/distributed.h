@@ -1,8 +1,9 @@
-// Data-parallel process groups on PyTorch's c10d (Gloo on CPU), gradient averaging, state
-// broadcast. c10d headers stay in distributed.cpp.
+// Data-parallel process groups on PyTorch's c10d (Gloo for CPU tensors, NCCL for CUDA tensors
+// where chosen), gradient averaging, state broadcast. c10d headers stay in distributed.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <memory>
@@ -29,6 +30,25 @@ struct Env {
 /// (RANK >= WORLD_SIZE, a port out of range).
 Env env_from_environment();
 
+/// The c10d backend that carries the collectives of CUDA tensors (torch.distributed's names).
+/// CPU tensors always travel over Gloo: a group on kNccl is what torch.distributed calls
+/// "cuda:nccl,cpu:gloo", so the checkpoint protocol's CPU-side decisions and host-memory
+/// replicas keep working beside NCCL.
+enum class Backend { kGloo, kNccl };
+
+/// "gloo" or "nccl".
+const char* backend_name(Backend backend);
+
+/// Whether this build can make NCCL groups: a CUDA libtorch whose c10d has ProcessGroupNCCL,
+/// compiled against nccl.h (CMake's NNX_WITH_NCCL). Says nothing about GPUs being present.
+bool nccl_built();
+
+/// The backend for the config value `name` ("auto" | "gloo" | "nccl") and the training device:
+/// auto is NCCL for a CUDA device in a build with NCCL, Gloo otherwise. Throws nnx::Error for
+/// another name, and for "nccl" with a device that is not CUDA or in a build without NCCL
+/// (saying which).
+Backend resolve_backend(const std::string& name, const c10::Device& device);
+
 class ProcessGroup;
 
 /// An all-reduce in flight (ProcessGroup::all_reduce_sum_async). Holds the tensor until done.
@@ -44,22 +64,34 @@ class PendingAllReduce {
   std::shared_ptr<Impl> impl_;
 };
 
-/// A c10d process group (Gloo) plus its TCPStore. GLOO_SOCKET_IFNAME selects the network
-/// interface (as in torch.distributed); without it a loopback MASTER_ADDR uses 127.0.0.1. Every collective waits at most `timeout`;
-/// a rank missing from a collective makes the others throw nnx::Error within it.
+/// A c10d process group plus its TCPStore: Gloo, and on Backend::kNccl also ProcessGroupNCCL,
+/// each collective going to the backend of its tensors' device (CUDA tensors to NCCL, CPU
+/// tensors to Gloo). GLOO_SOCKET_IFNAME selects Gloo's network interface (as in
+/// torch.distributed); without it a loopback MASTER_ADDR uses 127.0.0.1. NCCL reads its own
+/// NCCL_* variables.
+/// Timeouts: a Gloo collective waits at most `timeout` and a rank missing from it makes the
+/// others throw nnx::IOError within it. An NCCL collective is ordered on the CUDA stream and
+/// does not block the CPU; NCCL's watchdog (c10d's) aborts one that runs past `timeout`, ending
+/// the process with c10d's error, which names the rank and the collective.
 class ProcessGroup {
  public:
-  /// Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it). Throws
-  /// nnx::Error when the rendezvous fails or times out.
-  static std::shared_ptr<ProcessGroup> create(const Env& env, std::chrono::milliseconds timeout);
-  /// Another group over the same ranks and store (keys prefixed by `name`): collectives on it
-  /// never interleave with this group's (the checkpointer's background thread uses its own).
+  /// Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it); every rank
+  /// waits at most `timeout` for the others. NCCL's communicators are made at the first
+  /// collective of CUDA tensors. Throws nnx::IOError (exit code 1) when the rendezvous fails or
+  /// times out, naming the rank; nnx::Error for kNccl in a build without NCCL or without a GPU.
+  static std::shared_ptr<ProcessGroup> create(const Env& env, std::chrono::milliseconds timeout,
+                                              Backend backend = Backend::kGloo);
+  /// Another group over the same ranks and store (keys prefixed by `name`), on Gloo only: for
+  /// CPU-side coordination (the checkpointer's background thread, replicas of host memory).
+  /// Collectives on it never interleave with this group's.
   std::shared_ptr<ProcessGroup> new_group(const std::string& name) const;
   ~ProcessGroup();
 
   int rank() const;
   int world_size() const;
   std::chrono::milliseconds timeout() const;
+  /// The backend of CUDA tensors' collectives (kGloo for groups from new_group()).
+  Backend backend() const;
 
   /// Element-wise sum over ranks, in place (c10d allreduce).
   void all_reduce_sum(std::vector<at::Tensor>& tensors);
@@ -73,7 +105,7 @@ class ProcessGroup {
   /// c10d allgather: `outputs` (world_size tensors shaped like `input`) receive every rank's
   /// `input`, in rank order.
   void all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input);
-  /// Waits until every rank arrives.
+  /// Waits until every rank arrives (over Gloo, on the CPU).
   void barrier();
   /// c10d send of `tensor`'s bytes (CPU, contiguous; any dtype) to rank `dst`, matched by the
   /// recv() of `dst` with the same `tag`; messages between two ranks on one tag arrive in order.
@@ -93,6 +125,7 @@ class ProcessGroup {
  private:
   struct Impl;
   explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  void all_reduce(std::vector<at::Tensor>& tensors, int op);  // op: c10d::ReduceOp::RedOpType
   std::unique_ptr<Impl> impl_;
 };
 

@@ -7,6 +7,7 @@
 #include "nnx/checkpoint/checkpointer.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/compat.h"
+#include "nnx/framework/distributed.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/layers.h"
 #include "nnx/optim/optimizer.h"
@@ -133,4 +134,31 @@ TEST(Cuda, DevicesAutocastAndCudnnFlags) {
   EXPECT_EQ(at::matmul(a, a).scalar_type(), at::kFloat);
   compat::set_cudnn_flags(false, true);
   EXPECT_TRUE(at::globalContext().deterministicCuDNN());
+}
+
+// One rank on NCCL: CUDA tensors go to NCCL, CPU tensors to the group's Gloo, in one group
+// (torch.distributed's "cuda:nccl,cpu:gloo"). Two ranks run in tools/gpu-check.sh.
+TEST(Cuda, NcclGroupCarriesCudaTensorsAndGlooTheCpuOnes) {
+  if (!compat::cuda_available()) GTEST_SKIP() << "no CUDA device visible";
+  ASSERT_TRUE(distributed::nccl_built()) << "a CUDA build without NCCL: the GPU machine's build must have it";
+  distributed::Env env;
+  env.master_port = 0;
+  auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(60), distributed::Backend::kNccl);
+  EXPECT_EQ(pg->backend(), distributed::Backend::kNccl);
+  const auto on_gpu = at::TensorOptions().device(c10::kCUDA);
+  std::vector<at::Tensor> g = {at::arange(6, on_gpu.dtype(at::kFloat))}, c = {at::arange(3, at::kLong)};
+  pg->all_reduce_sum(g);
+  pg->all_reduce_max(c);
+  EXPECT_TRUE(at::equal(g[0].cpu(), at::arange(6, at::kFloat)));
+  EXPECT_TRUE(at::equal(c[0], at::arange(3, at::kLong)));
+  auto pending = pg->all_reduce_sum_async(g[0]);
+  pending.wait();
+  std::vector<at::Tensor> out = {at::empty({6}, on_gpu.dtype(at::kFloat))};
+  pg->all_gather(out, g[0]);
+  EXPECT_TRUE(at::equal(out[0].cpu(), at::arange(6, at::kFloat)));
+  std::vector<at::Tensor> b = {at::ones({4}, on_gpu.dtype(at::kBFloat16))};
+  pg->broadcast(b);
+  EXPECT_TRUE(at::equal(b[0].cpu(), at::ones({4}, at::kBFloat16)));
+  pg->barrier();
+  EXPECT_EQ(pg->new_group("cpu-side")->backend(), distributed::Backend::kGloo);
 }

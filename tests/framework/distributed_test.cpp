@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include "nnx/framework/compat.h"
+#include "nnx/framework/error.h"
+
 namespace {
 struct EnvGuard {
   ~EnvGuard() {
@@ -49,4 +52,46 @@ TEST(Distributed, OneRankGroupCollectivesAreIdentities) {
   pg->barrier();
   pg->store_set("k", "v");
   EXPECT_EQ(pg->store_get("k"), "v");
+}
+
+TEST(Distributed, BackendFollowsTheDeviceAndTheBuild) {
+  using nnx::distributed::Backend;
+  using nnx::distributed::resolve_backend;
+  const c10::Device cpu(c10::kCPU), gpu(c10::kCUDA, 0);
+  const bool nccl = nnx::distributed::nccl_built();
+  EXPECT_EQ(resolve_backend("auto", cpu), Backend::kGloo);
+  EXPECT_EQ(resolve_backend("gloo", cpu), Backend::kGloo);
+  EXPECT_EQ(resolve_backend("gloo", gpu), Backend::kGloo);
+  EXPECT_EQ(resolve_backend("auto", gpu), nccl ? Backend::kNccl : Backend::kGloo);
+  if (nccl) {
+    EXPECT_EQ(resolve_backend("nccl", gpu), Backend::kNccl);
+  }
+  auto message_of = [](const std::string& name, const c10::Device& d) {
+    try {
+      resolve_backend(name, d);
+    } catch (const nnx::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message_of("mpi", cpu).find("'mpi' is not auto, gloo or nccl"), std::string::npos);
+  EXPECT_NE(message_of("nccl", cpu).find(nccl ? "needs a CUDA device; the device is cpu" : "this build has no NCCL"),
+            std::string::npos)
+      << message_of("nccl", cpu);
+  EXPECT_STREQ(nnx::distributed::backend_name(Backend::kNccl), "nccl");
+}
+
+TEST(Distributed, AnNcclGroupWithoutAGpuIsAClearError) {
+  if (nnx::compat::cuda_available()) GTEST_SKIP() << "a GPU is visible: tests/cuda makes NCCL groups";
+  nnx::distributed::Env env;
+  env.master_port = 0;
+  try {
+    nnx::distributed::ProcessGroup::create(env, std::chrono::seconds(10), nnx::distributed::Backend::kNccl);
+    ADD_FAILURE() << "an NCCL group was made without a GPU";
+  } catch (const nnx::Error& e) {
+    const std::string why = nnx::distributed::nccl_built() ? "no GPU is visible" : "this build has no NCCL";
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+  auto gloo = nnx::distributed::ProcessGroup::create(env, std::chrono::seconds(10));
+  EXPECT_EQ(gloo->backend(), nnx::distributed::Backend::kGloo);
 }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -167,6 +168,25 @@ TEST(DistributedCheckpoint, SaveEnteredBySomeRanksFailsWithinTheTimeout) {
   EXPECT_FALSE(stdfs::exists(dir / "1"));
   for (const auto& e : stdfs::directory_iterator(dir.path()))  // the timed-out save left no tmp dir
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+// A rank that never arrives: the ranks that did fail within timeout_seconds (plus start-up), with
+// the exit code of an operational failure (1), naming themselves. Each side alone: rank 0 (the
+// store's server) waiting for rank 1, and rank 1 waiting for a rank 0 that never serves.
+TEST(DataParallel, ARankThatNeverArrivesFailsTheOthersWithinTheTimeout) {
+  test::TempDir dir;
+  const int port = 20000 + static_cast<int>(::getpid() % 20000);
+  for (int rank : {0, 1}) {
+    const std::string env = "RANK=" + std::to_string(rank) + " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+                            std::to_string(port + rank) + " ";
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = test::run(env + train((dir / std::to_string(rank)).string(), "distributed.timeout_seconds=6 -q"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("rendezvous of rank " + std::to_string(rank) + " of 2"), std::string::npos) << r.output;
+    EXPECT_GE(secs, 5.0) << r.output;   // it waited for the rank
+    EXPECT_LT(secs, 11.0) << r.output;  // once: twice the timeout (12 s) is the fault this guards
+  }
 }
 
 TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {

@@ -520,8 +520,12 @@ void parse_model(Section& top, const YAML::Node& node, ModelConfig& m) {
   model.finish();
 }
 
-void parse_distributed(Section& top, DistributedConfig& d) {
+void parse_distributed(Section& top, DistributedConfig& d, const std::string& device) {
   Section dist = top.sub("distributed");
+  d.backend = dist.one_of("backend", "auto", {"auto", "gloo", "nccl"});
+  if (d.backend == "nccl" && device == "cpu")
+    dist.fail_at(dist.raw("backend"), "distributed.backend", " = nccl needs device: cuda (NCCL moves GPU memory only); "
+                 "the device is cpu (use gloo or auto)");
   d.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
   d.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
   d.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
@@ -575,7 +579,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   parse_checkpoint(ck, c.checkpoint);
   ck.finish();
 
-  parse_distributed(top, c.distributed);
+  parse_distributed(top, c.distributed, c.device);
 
   top.finish();
   return c;
@@ -616,7 +620,7 @@ nlohmann::json Config::to_json() const {
                                  {"async", checkpoint.local.async}, {"replicas", checkpoint.local.replicas}}},
                       {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
-      {"distributed", {{"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage},
+      {"distributed", {{"backend", distributed.backend}, {"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage},
                        {"overlap_grad_reduce", distributed.overlap_grad_reduce}}},
   };
 }

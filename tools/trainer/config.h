@@ -121,6 +121,9 @@ struct CheckpointConfig {
 
 /// distributed: data parallel over the ranks nnx-launch (or torchrun/mpirun variables) starts.
 struct DistributedConfig {
+  /// The backend of collectives on CUDA tensors: auto (NCCL on a CUDA device in a build with
+  /// NCCL, else Gloo) | gloo | nccl. CPU tensors always go over Gloo (distributed::Backend).
+  std::string backend = "auto";
   int64_t timeout_seconds = 300;    ///< every collective and the rendezvous wait at most this
   std::string batch_stats = "sync";  ///< sync: average BatchNorm running stats over ranks each step; local: keep per rank (rank 0's are saved)
   /// 0: every rank keeps the whole optimizer state; 1: ZeRO-1, each rank keeps (and checkpoints)

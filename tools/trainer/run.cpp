@@ -103,8 +103,11 @@ Run::Run(const Config& cfg, const RunOptions& ropts)
 // Data parallel when started with several ranks (nnx-launch, torchrun, mpirun).
 void Run::build_distributed() {
   env_ = distributed::env_from_environment();
+  // Resolved in one process too: a backend this build or device cannot serve is a config error
+  // before the run is scaled out.
+  backend_ = distributed::resolve_backend(cfg_.distributed.backend, device_);
   if (env_.world_size > 1) {
-    pg_ = distributed::ProcessGroup::create(env_, std::chrono::seconds(cfg_.distributed.timeout_seconds));
+    pg_ = distributed::ProcessGroup::create(env_, std::chrono::seconds(cfg_.distributed.timeout_seconds), backend_);
     ckpt_pg_ = pg_->new_group("checkpoint");
   }
   lead_ = env_.rank == 0;  // rank 0 prints, logs metrics and evaluates
@@ -567,7 +570,9 @@ void Run::report_start() const {
   *progress_ << "nnx-train: " << model_->type_name() << " with " << state(*model_, Param).size() << " param arrays ("
         << format_bytes(state(*model_, Param).nbytes()) << "), " << ds_.train->size() << " training examples, "
         << loader_->batches_per_epoch() << " batches/epoch, device " << device_.str() << ", threads "
-        << at::get_num_threads() << (env_.world_size > 1 ? ", world_size " + std::to_string(env_.world_size) : std::string())
+        << at::get_num_threads()
+        << (env_.world_size > 1 ? ", world_size " + std::to_string(env_.world_size) + " over " + distributed::backend_name(backend_)
+                                : std::string())
         << (zero1_ ? ", ZeRO-1 optimizer state " + format_bytes(state(*optimizer_).nbytes()) + " on this rank" : std::string())
         << "\n";
 }

@@ -83,6 +83,7 @@ class Run {
   c10::Device device_;
   distributed::Env env_;
   std::shared_ptr<distributed::ProcessGroup> pg_, ckpt_pg_;
+  distributed::Backend backend_ = distributed::Backend::kGloo;  ///< of CUDA tensors' collectives
   bool lead_ = true;
   std::ostream* out_;
   std::ostream* progress_ = nullptr;  // out_, or nothing with --quiet
