@@ -8,7 +8,9 @@
 # Steps: extract the carried Debian packages into a prefix; configure and build with all cores;
 # run tests/cuda (cuda_tests); train the Fashion-MNIST CNN on cuda for 300 steps with saves, a
 # SIGKILL at step 150 and a resume, and compare with an uninterrupted run; run nnx-bench's GPU
-# checkpoint rows. Logs go to $OUT (or build-gpu/out); a summary table is printed last. Exits
+# checkpoint rows; data parallel: 2 ranks on the one GPU over NCCL (SIGKILL of rank 1, nnx-launch's
+# restart, bit-exact; restores at world size 1 on the GPU and the CPU; the same with ZeRO-1; 2 ranks
+# over Gloo with CUDA tensors). Logs go to $OUT (or build-gpu/out); a summary table is printed last. Exits
 # non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -149,6 +151,101 @@ train_resume() {
   note="SIGKILL after step 150, $(grep -o "resumed from step [0-9]*" "$out/resume.txt"): bit-exact at step 300"
 }
 
+# --- Data parallel: 2 ranks on the one GPU over NCCL (the dry run: the same steps on Gloo and the CPU,
+# with NNX_GPU_CHECK_DP_STEPS fewer steps). Fashion-MNIST CNN, cuDNN deterministic (the config's).
+dp_steps=${NNX_GPU_CHECK_DP_STEPS:-300}
+dp_every=$(( dp_steps / 6 ))
+dp_crash=$(( 3 * dp_every ))  # a (sync) save step: the restarted ranks resume there, past the crash flag
+dp_dev=cuda dp_backend=nccl
+[[ $mode == cpu ]] && dp_dev=cpu dp_backend=gloo
+
+# Two ranks on one GPU: NCCL >= 2.30 with NCCL_MULTI_RANK_GPU_ENABLE=1; an older NCCL runs them as
+# two hosts, a distinct NCCL_HOSTID per rank (socket transport; rank.sh sets it).
+nccl_setup() {
+  write_rank_sh
+  if [[ $mode == cpu ]]; then note="dry run: Gloo on the CPU"; return 0; fi
+  local v; v=$(python3 -c 'import torch; print(".".join(map(str, torch.cuda.nccl.version())))') || return 1
+  if [[ "$(printf '%s\n2.30.0\n' "$v" | sort -V | head -1)" == 2.30.0 ]]; then
+    export NCCL_MULTI_RANK_GPU_ENABLE=1; note="NCCL $v: NCCL_MULTI_RANK_GPU_ENABLE=1"
+  else
+    export NNX_NCCL_HOSTID_PER_RANK=1; note="NCCL $v (< 2.30): NCCL_HOSTID per rank"
+  fi
+  nccl_note=$note
+}
+write_rank_sh() {
+  cat > "$build/rank.sh" <<'SH'
+#!/usr/bin/env bash
+# One rank under nnx-launch; a host id of its own where NCCL cannot put two ranks on one GPU.
+[[ -n "${NNX_NCCL_HOSTID_PER_RANK:-}" ]] && export NCCL_HOSTID="gpu-check-rank-$RANK"
+exec "$@"
+SH
+  chmod +x "$build/rank.sh"
+}
+
+dp_args() {  # run dir, device, backend, zero stage -> the array args
+  args=(--config "$root/configs/fashion_mnist_cnn.yaml" "run.dir=$1" "device=$2" "distributed.backend=$3"
+        "distributed.zero_stage=$4" "data.root=$carry/fashion-mnist" "train.max_steps=$dp_steps" train.log_every=50
+        "checkpoint.save_interval_steps=$dp_every" checkpoint.async=false eval.every_steps=0 eval.max_batches=2 threads=4)
+}
+launch2() {  # max restarts, nnx-train args...
+  local restarts=$1; shift
+  "$build/bin/nnx-launch" --nproc 2 --max-restarts "$restarts" -- "$build/rank.sh" "$build/bin/nnx-train" "$@"
+}
+seconds_of() { grep -o "done: step [0-9]* ([0-9]* this run, [0-9]* skipped) in [0-9.]*s" "$1" | grep -o "[0-9.]*s$" | tail -1; }
+
+dp_resume() {  # zero stage: uninterrupted against SIGKILL of rank 1 and nnx-launch's restart
+  local z=$1 a=$build/dp$1-a b=$build/dp$1-b
+  rm -rf "$a" "$b"
+  dp_args "$a" "$dp_dev" "$dp_backend" "$z"
+  launch2 0 "${args[@]}" | tee "$out/dp$z-a.txt"; [[ ${PIPESTATUS[0]} -eq 0 ]] || return 1
+  dp_args "$b" "$dp_dev" "$dp_backend" "$z"
+  launch2 1 "${args[@]}" --crash-after-step "$dp_crash" --crash-rank 1 | tee "$out/dp$z-b.txt"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || return 1
+  local resumed; resumed=$(grep -o "rank 0\] nnx-train: resumed from step [0-9]*" "$out/dp$z-b.txt" | grep -o "[0-9]*$" | head -1)
+  [[ -n $resumed ]] || { echo "the restarted ranks did not resume"; return 1; }
+  "$build/bin/nnx-ckpt" diff "$a" "$b" | tee "$out/dp$z-diff.txt"
+  if grep -q "differs" "$out/dp$z-diff.txt"; then note="2 ranks, resume NOT bit-exact"; return 1; fi
+  note="2 ranks on $dp_backend: rank 1 SIGKILLed after step $dp_crash, resumed from $resumed: bit-exact at $dp_steps ($(seconds_of "$out/dp$z-a.txt") for $dp_steps steps)"
+}
+
+# The 2-rank step restored at world size 1 on DEVICE, then one step at learning_rate 0: the params
+# it saves are the restored ones, bitwise equal to the saved global arrays (nnx-ckpt diff).
+dp_restore_ws1() {  # zero stage, device
+  local src=$build/dp$1-b c=$build/dp$1-ws1-$2 next=$(( dp_steps + 1 ))
+  [[ -d "$src/checkpoints/$dp_steps" ]] || { echo "no step $dp_steps in $src: its 2-rank run failed"; return 1; }
+  rm -rf "$c"; cp -r "$src" "$c"
+  dp_args "$c" "$2" auto 0
+  "$build/bin/nnx-train" "${args[@]}" "train.max_steps=$next" optimizer.learning_rate=0 | tee "$out/ws1-$1-$2.txt"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || return 1
+  grep -q "resumed from step $dp_steps" "$out/ws1-$1-$2.txt" || { echo "did not resume from step $dp_steps"; return 1; }
+  "$build/bin/nnx-ckpt" diff "$c/checkpoints/$dp_steps" "$c/checkpoints/$next" | tee "$out/ws1-$1-$2-diff.txt"
+  if grep -q "^differs: params/" "$out/ws1-$1-$2-diff.txt"; then note="restored params differ from the saved ones"; return 1; fi
+  grep -q "^differs: optimizer/step" "$out/ws1-$1-$2-diff.txt" || { echo "no step ran after the restore"; return 1; }
+  note="zero_stage $1 checkpoint of 2 ranks restored at world size 1 on $2: params bitwise equal to the saved ones"
+}
+
+# 2 ranks over Gloo with CUDA tensors: the same run as dp0-a on another backend (a sum of two
+# values does not depend on the backend, so the checkpoints should be equal bitwise).
+dp_gloo_cuda() {
+  local g=$build/dp-gloo-cuda
+  rm -rf "$g"
+  dp_args "$g" "$dp_dev" gloo 0
+  launch2 0 "${args[@]}" | tee "$out/dp-gloo.txt"; [[ ${PIPESTATUS[0]} -eq 0 ]] || return 1
+  local same="bitwise equal to the NCCL run"
+  "$build/bin/nnx-ckpt" diff "$build/dp0-a" "$g" > "$out/dp-gloo-diff.txt"
+  grep -q differs "$out/dp-gloo-diff.txt" && same="differs from the NCCL run (dp-gloo-diff.txt)"
+  note="2 ranks on Gloo, device $dp_dev: $same; $(seconds_of "$out/dp-gloo.txt") for $dp_steps steps"
+}
+
+# Step time of 2 ranks sharing the GPU against 1 rank (reported only: the ranks share its compute).
+dp_step_time() {
+  local one two
+  # train_sigkill_resume.log: its first run is the uninterrupted one (300 steps, 1 rank).
+  one=$(grep -o "done: step 300 (300 this run, [0-9]* skipped) in [0-9.]*s" "$out/train_sigkill_resume.log" | head -1 | grep -o "[0-9.]*s$")
+  two=$(seconds_of "$out/dp0-a.txt")
+  note="1 rank: ${one:-?} for 300 steps; 2 ranks sharing the device: ${two:-?} for $dp_steps steps (the same global batch, split between them)"
+}
+
 bench() {
   local only=gpu; [[ $mode == cpu ]] && only=checkpoint
   rm -rf "$build/bench"
@@ -171,7 +268,7 @@ export LD_LIBRARY_PATH="$libdirs"
 [[ $mode == gpu ]] && export LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)"
 if [[ -n "${NNX_GPU_BINARIES:-}" ]]; then  # dry runs: binaries of an existing build
   step configure configure
-  build=$NNX_GPU_BINARIES
+  build=$(cd "$NNX_GPU_BINARIES" && pwd)
 else
   step configure configure
   [[ ${verdicts[-1]} == ok ]] || exit 1  # nothing below can run without a build
@@ -182,6 +279,15 @@ step link_order link_order
 step cuda_tests cuda_tests
 step train_sigkill_resume train_resume
 step bench_gpu_checkpoint bench
+nccl_note=""
+step dp_setup nccl_setup
+step dp_nccl_sigkill_resume dp_resume 0
+step dp_restore_ws1_gpu dp_restore_ws1 0 "$dp_dev"
+step dp_restore_ws1_cpu dp_restore_ws1 0 cpu
+step dp_zero1_sigkill_resume dp_resume 1
+step dp_zero1_restore_ws1 dp_restore_ws1 1 "$dp_dev"
+[[ $mode == gpu ]] && step dp_gloo_cuda_tensors dp_gloo_cuda
+step dp_step_time dp_step_time
 # The whole project and three CPU suites under this libtorch, while the 8-minute budget lasts.
 if [[ -z "${NNX_GPU_BINARIES:-}" ]]; then
   if (( $(date +%s) - t0 < 300 )); then step build_all compile_rest; else names+=(build_all); verdicts+=(skipped); secs+=(0); notes+=("over the time budget"); fi
