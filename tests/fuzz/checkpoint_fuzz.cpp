@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
 
 #include "nnx/checkpoint/format/h5_file.h"
 #include "nnx/checkpoint/format/json_item.h"
@@ -30,30 +31,31 @@ void read_templated(const H5File& f, const std::string& item) {
   read_state(f, item, templ, o);
 }
 
+std::string first_rejection;  // of the last input; empty when every part of it was read
+
+template <class F>
+void attempt(F&& read) {
+  try {
+    read();
+  } catch (const Error& e) {
+    if (first_rejection.empty()) first_rejection = e.what();
+  }
+}
+
 void read_everything(const H5File& f) {
   for (const auto& item : list_items(f)) {
-    try {
-      read_templated(f, item);
-    } catch (const Error&) {
-    }
-    try {
-      read_state_untemplated(f, item, /*verify_checksums=*/true);
-    } catch (const Error&) {
-    }
+    attempt([&] { read_templated(f, item); });
+    attempt([&] { read_state_untemplated(f, item, /*verify_checksums=*/true); });
   }
-  for (const auto& item : list_json_items(f)) {
-    try {
-      read_json(f, item);
-    } catch (const Error&) {
-    }
-  }
+  for (const auto& item : list_json_items(f)) attempt([&] { read_json(f, item); });
 }
 }  // namespace
 
+// For the replay's --require-read (replay_main.cpp): why the last input was not read whole.
+extern "C" const char* nnx_fuzz_last_rejection() { return first_rejection.c_str(); }
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  try {
-    read_everything(H5File::open_image(data, size, "fuzz-input.h5"));
-  } catch (const nnx::Error&) {
-  }
+  first_rejection.clear();
+  attempt([&] { read_everything(H5File::open_image(data, size, "fuzz-input.h5")); });
   return 0;
 }
