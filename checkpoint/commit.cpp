@@ -5,6 +5,7 @@
 #include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/framework/error.h"
+#include "nnx/framework/error_kind.h"
 
 namespace nnx::checkpoint {
 
@@ -94,6 +95,7 @@ RankReport write_rank(const stdfs::path& path, const stdfs::path& tmp, const Sav
   } catch (...) {
     failed = std::current_exception();
     report.error = message_of(failed);
+    report.error_kind = static_cast<int>(error_kind_of(failed));
   }
   return report;
 }
@@ -131,18 +133,26 @@ void commit_save(Coordinator& c, const std::string& key, const stdfs::path& path
   c.publish(key + "/report" + std::to_string(c.rank()), report);
   // Everyone learns whether every rank's files are written (a missing rank times out here).
   if (c.any(!report.error.empty())) {
+    // Every rank throws the type of the lowest failing rank's error: the same on every rank, and
+    // the type one rank alone would have thrown for the same input.
     std::string all;
+    int kind = -1;
     for (int r = 0; r < n; ++r)
-      if (auto rep = receive_report(c, key, r); !rep.error.empty()) all += "\n  rank " + std::to_string(r) + ": " + rep.error;
-    NNX_CHECK_IO(false, "distributed save of '", path.string(), "' failed:", all);
+      if (auto rep = receive_report(c, key, r); !rep.error.empty()) {
+        all += "\n  rank " + std::to_string(r) + ": " + rep.error;
+        if (kind < 0) kind = rep.error_kind;
+      }
+    throw_error(static_cast<ErrorKind>(kind), "distributed save of '" + path.string() + "' failed:" + all);
   }
   if (c.rank() == 0) {
     std::exception_ptr e = lead_commit(c, key, path, tmp, steps);
     if (n == 1 && e) std::rethrow_exception(e);
-    c.publish(key + "/commit", CommitOutcome{message_of(e)});
+    c.publish(key + "/commit", CommitOutcome{message_of(e), static_cast<int>(error_kind_of(e))});
   }
   const auto outcome = receive_as<CommitOutcome>(c, key + "/commit", "rank 0");
-  NNX_CHECK_IO(outcome.error.empty(), "distributed save of '", path.string(), "' failed on rank 0: ", outcome.error);
+  if (!outcome.error.empty())
+    throw_error(static_cast<ErrorKind>(outcome.error_kind),
+                "distributed save of '" + path.string() + "' failed on rank 0: " + outcome.error);
 }
 
 void all_succeed_or_throw(Coordinator& c, const std::string& key, std::exception_ptr error, const std::string& what) {
@@ -150,12 +160,13 @@ void all_succeed_or_throw(Coordinator& c, const std::string& key, std::exception
     if (error) std::rethrow_exception(error);
     return;
   }
-  c.publish(key + "/rank" + std::to_string(c.rank()), CommitOutcome{message_of(error)});
+  c.publish(key + "/rank" + std::to_string(c.rank()), CommitOutcome{message_of(error), static_cast<int>(error_kind_of(error))});
   if (!c.any(error != nullptr)) return;
   if (error) std::rethrow_exception(error);
   for (int r = 0; r < c.world_size(); ++r) {
     const auto o = receive_as<CommitOutcome>(c, key + "/rank" + std::to_string(r), "rank " + std::to_string(r));
-    NNX_CHECK(o.error.empty(), what, " failed on another rank: rank ", r, ": ", o.error);
+    if (!o.error.empty())  // the failing rank's type (it was nnx::Error, exit 2, whatever it was)
+      throw_error(static_cast<ErrorKind>(o.error_kind), what + " failed on another rank: rank " + std::to_string(r) + ": " + o.error);
   }
   NNX_INTERNAL_ASSERT(false, what, ": a rank failed but none reported an error");
 }

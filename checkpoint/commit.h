@@ -31,18 +31,20 @@ struct FileEntry {
 /// What a rank reports once its files are written (or why they are not).
 struct RankReport {
   std::string error;
+  int error_kind = 0;  ///< nnx::ErrorKind of `error`: every rank throws that type
   std::vector<FileEntry> files;
 };
 
 /// The leader's outcome of the commit.
 struct CommitOutcome {
   std::string error;
+  int error_kind = 0;  ///< nnx::ErrorKind of `error`
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TmpDirMessage, dir, error, exists)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(FileEntry, name, size, checksum, structure)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RankReport, error, files)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CommitOutcome, error)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RankReport, error, error_kind, files)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CommitOutcome, error, error_kind)
 
 /// What a save does at each step of the protocol.
 struct SaveSteps {
@@ -64,13 +66,15 @@ struct SaveSteps {
 /// then _CHECKPOINT_METADATA last, fsyncs, renames the directory to `path` (never replacing
 /// one) and fsyncs the parent; every rank learns the outcome. Any failure removes the temporary
 /// directory and fails the save on every rank: one rank rethrows its own exception; several
-/// throw nnx::IOError naming each failing rank's error. An existing `path` is an nnx::Error.
+/// throw an error naming each failing rank's error, of the lowest failing rank's nnx type
+/// (nnx::ErrorKind: bad input stays nnx::Error, exit code 2, at any world size). An existing
+/// `path` is an nnx::Error.
 void commit_save(Coordinator& coordinator, const std::string& key, const std::filesystem::path& path,
                  const SaveSteps& steps);
 
 /// A collective outcome (every rank calls it, e.g. after a restore): returns when no rank
-/// failed; else rethrows this rank's `error` if it has one, or throws nnx::Error "<what>
-/// failed on another rank: rank <r>: <its error>".
+/// failed; else rethrows this rank's `error` if it has one, or throws "<what> failed on another
+/// rank: rank <r>: <its error>" with the nnx type of that rank's error (nnx::ErrorKind).
 void all_succeed_or_throw(Coordinator& coordinator, const std::string& key, std::exception_ptr error,
                           const std::string& what);
 

@@ -463,6 +463,10 @@ int main(int argc, char** argv) {
     State s;
     for (int i = 0; i < 7; ++i) s.insert("w" + std::to_string(i), {Param, at::arange(1000 * (i + 1), at::kFloat), {}});
     s.insert("step", {OptState, at::scalar_tensor(int64_t(1)), {}});
+    if (mode == "every-rank-fails") {  // the same bad input on every rank: a tensor without data
+      s.at("w0").value = at::empty({1000}, at::TensorOptions().device(at::kMeta));
+      s.at("w6").value = at::empty({7000}, at::TensorOptions().device(at::kMeta));
+    }
     if (mode == "rank1-fails" && r == 1) {
       // Break a tensor that rank 1 writes (the assignment is deterministic).
       auto writers = checkpoint::assign_writers(checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, n);
@@ -481,6 +485,10 @@ int main(int argc, char** argv) {
       mgr.save(1, checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, {{"loss", 1.0}}, true);
     } catch (const Error& e) {
       if (mode == "rank1-fails") return report_and_wait(dir, r, n, "save failed on rank " + std::to_string(r) + ": " + e.what(), 20);
+      if (mode == "every-rank-fails") {  // what a program's exit code would be (tools/cli.h)
+        std::cout << "save failed on rank " << r << " with exit code " << e.exit_code() << std::endl;
+        return 0;
+      }
       std::cout << "save failed on rank " << r << ": " << e.what() << std::endl;
       return 20;
     }

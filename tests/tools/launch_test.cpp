@@ -131,6 +131,18 @@ TEST(DistributedCheckpoint, FailureOnOneRankFailsTheSaveEverywhere) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+// Errors keep their type across ranks: the same bad input (a tensor without data, on every rank)
+// is an nnx::Error (exit code 2) at one rank and at two; before, two ranks made it an IOError (1).
+TEST(DistributedCheckpoint, TheSameBadInputHasTheSameExitCodeAtOneRankAndAtTwo) {
+  for (int n : {1, 2}) {
+    test::TempDir dir;
+    auto r = test::run(launch(n, helper() + " every-rank-fails " + dir.path().string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    expect_each_rank_printed(r, n, [](int k) { return "save failed on rank " + std::to_string(k) + " with exit code 2"; });
+    EXPECT_FALSE(stdfs::exists(dir / "1"));
+  }
+}
+
 // A preemption signal seen by one rank saves on every rank at the same step: the manager's
 // should_save() agrees it across ranks.
 TEST(DistributedCheckpoint, PreemptionSeenByOneRankSavesOnEveryRankAtTheSameStep) {
