@@ -201,6 +201,33 @@ TEST(DataParallel, ARankThatNeverArrivesFailsTheOthersWithinTheTimeout) {
   }
 }
 
+// distributed.batch_stats: local: each rank keeps its own BatchNorm statistics; a persistent save
+// writes rank 0's (broadcast into a copy at save), the local tier each rank's own.
+TEST(DataParallel, LocalBatchStatsSaveRankZerosPersistentlyAndEachRanksOwnLocally) {
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  if (!stdfs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string run = (dir / "run").string(), local = (shm / "local").string();
+  const std::string cnn = test::bin("nnx-train") + " --config " + test::source_dir() + "/configs/fashion_mnist_cnn.yaml run.dir=" + run;
+  auto r = test::run(launch(2, cnn + " distributed.batch_stats=local train.max_steps=6 checkpoint.save_interval_steps=6 "
+                                     "checkpoint.async=false checkpoint.local.save_interval_steps=6 checkpoint.local.async=false "
+                                     "checkpoint.local.replicas=0 checkpoint.local.directory=" + local +
+                                     " eval.every_steps=0 eval.max_batches=1 -q --crash-after-step 6"));
+  ASSERT_NE(r.exit_code, 0) << r.output;  // killed after step 6's saves: a finished run removes its local tier
+  auto stats_at_6 = [](const stdfs::path& folder) {
+    CheckpointManagerOptions o;
+    o.read_only = true;
+    CheckpointManager m(folder, o);
+    H5File f = H5File::open((m.step_path(6) / kCheckpointFile).string());
+    return read_state_untemplated(f, "batch_stats");
+  };
+  const State persistent = stats_at_6(stdfs::path(run) / "checkpoints");
+  const State rank0 = stats_at_6(stdfs::path(local) / "rank-0-of-2"), rank1 = stats_at_6(stdfs::path(local) / "rank-1-of-2");
+  ASSERT_EQ(persistent.size(), 4u);
+  EXPECT_TRUE(persistent.equal(rank0)) << persistent.first_difference(rank0);
+  EXPECT_FALSE(persistent.equal(rank1));  // rank 1 saw other examples
+}
+
 TEST(DataParallel, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   test::TempDir dir;
   const std::string common = "model.dropout=0 train.max_steps=30 checkpoint.async=false";

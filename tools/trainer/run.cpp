@@ -460,18 +460,22 @@ State local_arrays(State s) {
 // The checkpoint's items at `at_step`. With distributed.batch_stats local, the persistent tier
 // holds rank 0's statistics (a copy; each rank keeps its own), the local tier (`per_rank`) each
 // rank's own.
-checkpoint::Composite Run::checkpoint_args(int64_t at_step, bool per_rank) {
-  auto parts = state(*model_).split({Param, BatchStat, RngState, Everything()});
-  if (pg_ && cfg_.distributed.batch_stats == "local" && !per_rank) {
-    parts[1] = parts[1].clone();
-    for (auto& [p, vs] : parts[1]) {
-      std::vector<at::Tensor> one = {vs.value};
-      pg_->broadcast(one, 0);
-    }
+State Run::batch_stats_to_save() {
+  State stats = state(*model_, BatchStat);
+  if (!pg_ || cfg_.distributed.batch_stats != "local") return stats;  // equal on every rank (sync), or one rank
+  stats = stats.clone();  // the model keeps its own
+  for (auto& [p, vs] : stats) {
+    std::vector<at::Tensor> one = {vs.value};
+    pg_->broadcast(one, 0);
   }
+  return stats;
+}
+
+checkpoint::Composite Run::checkpoint_args(int64_t at_step, const State& batch_stats, bool per_rank) {
+  auto parts = state(*model_).split({Param, RngState, Everything()});
   const std::map<std::string, State> states = {{"params", parts[0]},
-                                               {"batch_stats", parts[1]},
-                                               {"rngs", parts[2]},
+                                               {"batch_stats", batch_stats},
+                                               {"rngs", parts[1]},
                                                {"optimizer", per_rank && zero1_ ? local_arrays(state(*optimizer_)) : state(*optimizer_)}};
   const std::map<std::string, nlohmann::json> json = {
       {"data", nlohmann::json{{"epoch", loader_->epoch()}, {"index", loader_->index()}, {"global_batch", global_batch_}}},
@@ -496,7 +500,8 @@ bool Run::params_finite() const {
 void Run::save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok) {
   // Non-finite params are never written: stop with the last good checkpoint intact.
   NNX_CHECK_IO(params_ok, "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
-  manager_->save(at_step, checkpoint_args(at_step, /*per_rank=*/false), metrics, force);
+  const State stats = batch_stats_to_save();  // a collective with batch_stats: local
+  manager_->save(at_step, checkpoint_args(at_step, stats, /*per_rank=*/false), metrics, force);
 }
 
 // Logs (and evaluates) when due: the metrics record, appended to metrics.jsonl and printed.
@@ -543,7 +548,8 @@ bool Run::after_step(double loss, bool finite) {
   const bool params_ok = (persistent_due || local_due) && params_finite();
   // Called on every rank when due (a collective with replicas), saving only finite params.
   if (local_due)
-    local_->maybe_save(step_, params_ok ? std::optional(checkpoint_args(step_, /*per_rank=*/true)) : std::nullopt);
+    local_->maybe_save(step_, params_ok ? std::optional(checkpoint_args(step_, state(*model_, BatchStat), /*per_rank=*/true))
+                                        : std::nullopt);
   if (persistent_due) {
     nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
     if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best

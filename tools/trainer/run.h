@@ -67,7 +67,12 @@ class Run {
   std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast
   std::pair<double, bool> step();
   std::pair<double, double> evaluate();
-  checkpoint::Composite checkpoint_args(int64_t at_step, bool per_rank);
+  // The BatchStats a persistent save writes: with distributed.batch_stats: local, rank 0's,
+  // broadcast into a copy (a collective: every rank calls it); else this rank's own.
+  State batch_stats_to_save();
+  // What a save writes at `at_step`; `per_rank`: the local tier's (this rank's optimizer rows
+  // under ZeRO-1).
+  checkpoint::Composite checkpoint_args(int64_t at_step, const State& batch_stats, bool per_rank);
   bool params_finite() const;
   // Throws nnx::IOError (nothing written) unless `params_ok` (params_finite()).
   void save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok);
