@@ -52,6 +52,16 @@
 
 using namespace nnx;
 
+// A failed check prints its condition and line (the launching test shows the output) and
+// returns `code`, the helper's exit code.
+#define FAIL_IF(code, ...)                                                                     \
+  do {                                                                                         \
+    if (__VA_ARGS__) {                                                                         \
+      std::cerr << "dist_helper line " << __LINE__ << ": failed, " << #__VA_ARGS__ << std::endl; \
+      return code;                                                                             \
+    }                                                                                          \
+  } while (0)
+
 namespace {
 // Prints `what` and, since nnx-launch stops the other ranks as soon as one exits non-zero, waits
 // (up to 30 s) until every rank has reported, so the test sees every rank's line.
@@ -234,11 +244,11 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
   const fs::path src = dir / "src" / "7";
   auto target = [&](int64_t s) { return dir / "dst" / std::to_string(s); };
   if (r == 0) {
-    if (trainer::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA"))) return 20;
+    FAIL_IF(20, trainer::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA")));
     trainer::send_step(pg, src, 7, 1, 5);  // again: the step exists there
     // The peer cannot commit it: its answer says so.
-    if (!throws_with([&] { trainer::send_step(pg, src, 7, 1, 5); }, "rank 1 did not commit step 7")) return 28;
-    if (!throws_with([&] { trainer::send_step(pg, dir / "missing", 8, 1, 5); }, "missing")) return 21;
+    FAIL_IF(28, !throws_with([&] { trainer::send_step(pg, src, 7, 1, 5); }, "rank 1 did not commit step 7"));
+    FAIL_IF(21, !throws_with([&] { trainer::send_step(pg, dir / "missing", 8, 1, 5); }, "missing"));
     const std::string hostile = R"({"step":9,"files":[{"name":"../escape","size":4}]})";
     pg.send(at::tensor({static_cast<int64_t>(hostile.size())}, at::kLong), 1, 6);
     at::Tensor h = at::empty({static_cast<int64_t>(hostile.size())}, at::kByte);
@@ -246,15 +256,15 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
     pg.send(h, 1, 6);
   } else {
     const auto got = trainer::recv_step(pg, 0, 5, target);
-    if (!got.committed || got.step != 7 || !same_bytes(src, target(7)) || !checkpoint::verify(target(7)).ok) return 22;
-    if (trainer::recv_step(pg, 0, 5, target).committed) return 23;  // left alone
+    FAIL_IF(22, !got.committed || got.step != 7 || !same_bytes(src, target(7)) || !checkpoint::verify(target(7)).ok);
+    FAIL_IF(23, trainer::recv_step(pg, 0, 5, target).committed);  // left alone
     auto blocked = [&](int64_t s) { return dir / "blocker" / std::to_string(s); };
-    if (!throws_with([&] { trainer::recv_step(pg, 0, 5, blocked); }, "cannot create")) return 29;
-    if (!throws_with([&] { trainer::recv_step(pg, 0, 5, target); }, "could not send its step")) return 24;
-    if (!throws_with([&] { trainer::recv_step(pg, 0, 6, target); }, "not a plain name")) return 25;
-    if (fs::exists(dir / "escape") || fs::exists(target(8)) || fs::exists(target(9))) return 26;
+    FAIL_IF(29, !throws_with([&] { trainer::recv_step(pg, 0, 5, blocked); }, "cannot create"));
+    FAIL_IF(24, !throws_with([&] { trainer::recv_step(pg, 0, 5, target); }, "could not send its step"));
+    FAIL_IF(25, !throws_with([&] { trainer::recv_step(pg, 0, 6, target); }, "not a plain name"));
+    FAIL_IF(26, fs::exists(dir / "escape") || fs::exists(target(8)) || fs::exists(target(9)));
     for (const auto& e : fs::directory_iterator(dir / "dst"))  // no temporary directory left behind
-      if (e.path().filename() != "7") return 27;
+      FAIL_IF(27, e.path().filename() != "7");
   }
   pg.barrier();
   return 0;
@@ -266,19 +276,19 @@ int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& di
   const int r = pg.rank();
   const auto host = [&](int k) { return dir / ("host-" + std::to_string(k)); };
   trainer::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, std::make_shared<checkpoint::LatestN>(2));
-  if (replicas.sources() != std::vector<int>{1 - r}) return 30;
+  FAIL_IF(30, replicas.sources() != std::vector<int>{1 - r});
   for (int64_t s = 1; s <= 3; ++s) {
     replicas.offer(s, save_small_step(host(r) / "own", s, r), [] { return true; });
     for (int i = 0; i < 3000 && replicas.copies_sent() < s; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (replicas.copies_sent() != s) return 31;
+    FAIL_IF(31, replicas.copies_sent() != s);
   }
   replicas.stop_sending();
   pg.barrier();
   replicas.stop_receiving();
-  if (replicas.steps_of(1 - r) != std::vector<int64_t>{2, 3} || replicas.copies_received() != 3) return 32;
+  FAIL_IF(32, replicas.steps_of(1 - r) != std::vector<int64_t>{2, 3} || replicas.copies_received() != 3);
   for (int64_t s : {2, 3})
-    if (!same_bytes(host(1 - r) / "own" / std::to_string(s), replicas.step_path(1 - r, s))) return 33;
-  if (replicas.bytes_sent() <= 0) return 34;
+    FAIL_IF(33, !same_bytes(host(1 - r) / "own" / std::to_string(s), replicas.step_path(1 - r, s)));
+  FAIL_IF(34, replicas.bytes_sent() <= 0);
   std::cout << "replicas ok on rank " << r << "\n";
   return 0;
 }
@@ -311,7 +321,7 @@ int replica_agreement(distributed::ProcessGroup& pg, const std::filesystem::path
     if (const int64_t f = tier.replicated_step(); f >= 0) {
       std::vector<at::Tensor> both = {at::tensor({double(f), -double(f)}, at::kDouble)};
       pg.all_reduce_max(both);  // the same on both ranks: max == -max(-f)
-      if (both[0][0].item<double>() != -both[0][1].item<double>()) return 40;
+      FAIL_IF(40, both[0][0].item<double>() != -both[0][1].item<double>());
       const auto mine = steps(own), theirs = steps(at_peer);
       const auto has = [f](const std::vector<int64_t>& v) { return std::find(v.begin(), v.end(), f) != v.end(); };
       if (!has(mine) || !has(theirs)) {
@@ -332,8 +342,8 @@ int replica_agreement(distributed::ProcessGroup& pg, const std::filesystem::path
   tier.wait_for_replicas();
   const int64_t copies = tier.replicas()->copies_sent();
   tier.stop_replicas();
-  if (agreed < 0 || copies < 1) return 43;
-  if (steps(own).size() > 3 || steps(at_peer).size() > 2) return 44;
+  FAIL_IF(43, agreed < 0 || copies < 1);
+  FAIL_IF(44, steps(own).size() > 3 || steps(at_peer).size() > 2);
   std::cout << "agreement ok on rank " << r << ": " << copies << " of 40 local steps replicated\n";
   return 0;
 }
@@ -363,7 +373,7 @@ int reducer_check(const std::shared_ptr<distributed::ProcessGroup>& pg) {
       for (auto& [path, vs] : same) vs.value = vs.value.detach().clone();
       const void* before = state(*overlapped, Param).begin()->second.value.unsafeGetTensorImpl();
       update(*overlapped, same);
-      if (state(*overlapped, Param).begin()->second.value.unsafeGetTensorImpl() == before) return 21;
+      FAIL_IF(21, state(*overlapped, Param).begin()->second.value.unsafeGetTensorImpl() == before);
     }
     zero_grad(*overlapped, false);
     zero_grad(*after, false);
@@ -389,7 +399,7 @@ int reducer_check(const std::shared_ptr<distributed::ProcessGroup>& pg) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) return 2;
+  FAIL_IF(2, argc != 3);
   const std::string mode = argv[1], dir = argv[2];
   try {
     auto env = distributed::env_from_environment();
@@ -398,18 +408,18 @@ int main(int argc, char** argv) {
     if (mode == "collectives") {
       std::vector<at::Tensor> v = {at::full({3}, static_cast<float>(r + 1))};
       pg->all_reduce_sum(v);
-      if (!at::equal(v[0], at::full({3}, static_cast<float>(n * (n + 1) / 2)))) return 10;
+      FAIL_IF(10, !at::equal(v[0], at::full({3}, static_cast<float>(n * (n + 1) / 2))));
       State g;
       g.insert("a", {Param, at::full({5}, static_cast<float>(r)), {}});
       g.insert("b", {Param, at::full({2, 2}, static_cast<double>(2 * r)), {}});
       distributed::all_reduce_mean(g, *pg, /*bucket_bytes=*/8);
-      if (!at::allclose(g.at("a").value, at::full({5}, (n - 1) / 2.0f))) return 11;
-      if (!at::allclose(g.at("b").value, at::full({2, 2}, static_cast<double>(n - 1)))) return 12;
+      FAIL_IF(11, !at::allclose(g.at("a").value, at::full({5}, (n - 1) / 2.0f)));
+      FAIL_IF(12, !at::allclose(g.at("b").value, at::full({2, 2}, static_cast<double>(n - 1))));
       ModuleDict m;
       m.register_variable("w", Param(at::full({4}, static_cast<float>(r))));
       m.register_variable("k", RngKey(at::scalar_tensor(static_cast<int64_t>(100 + r))));
       distributed::broadcast_state(m, *pg);
-      if (!at::equal(m.variable("w").value(), at::zeros({4})) || m.variable("k").value().item<int64_t>() != 100) return 13;
+      FAIL_IF(13, !at::equal(m.variable("w").value(), at::zeros({4})) || m.variable("k").value().item<int64_t>() != 100);
       std::cout << "collectives ok on rank " << r << "\n";
       return 0;
     }
@@ -494,7 +504,7 @@ int main(int argc, char** argv) {
     }
     State t = s;
     auto back = mgr.restore(1, checkpoint::Composite{{"params", checkpoint::StandardRestore(t)}}).state("params");
-    if (!back.equal(s)) return 21;
+    FAIL_IF(21, !back.equal(s));
     std::cout << "save ok on rank " << r << "\n";
     return 0;
   } catch (const std::exception& e) {
