@@ -8,7 +8,7 @@
 # Steps: extract the carried Debian packages into a prefix; configure and build with all cores;
 # run tests/cuda (cuda_tests); train the Fashion-MNIST CNN on cuda for 300 steps with saves, a
 # SIGKILL at step 150 and a resume, and compare with an uninterrupted run; run nnx-bench's GPU
-# checkpoint rows; data parallel: 2 ranks on the one GPU over NCCL (SIGKILL of rank 1, nnx-launch's
+# rows (training against a PyTorch eager loop, MFU; checkpoints); data parallel: 2 ranks on the one GPU over NCCL (SIGKILL of rank 1, nnx-launch's
 # restart, bit-exact; restores at world size 1 on the GPU and the CPU; the same with ZeRO-1; 2 ranks
 # over Gloo with CUDA tensors). Logs go to $OUT (or build-gpu/out); a summary table is printed last. Exits
 # non-zero when any step failed.
@@ -247,9 +247,11 @@ dp_step_time() {
 }
 
 bench() {
-  local only=gpu; [[ $mode == cpu ]] && only=checkpoint
+  local only=(gpu)
+  # The dry run: the checkpoint rows, and the GPU training rows small on the CPU.
+  [[ $mode == cpu ]] && only=(checkpoint gpu) && export NNX_BENCH_GPU_DEVICE=cpu NNX_BENCH_PYTHON=/usr/bin/python3
   rm -rf "$build/bench"
-  "$build/bin/nnx-bench" --only "$only" --reps 3 --dir "$build/bench" | tee "$out/bench.md"
+  NNX_BENCH_MNIST="$carry/fashion-mnist" "$build/bin/nnx-bench" --only "${only[@]}" --reps 3 --dir "$build/bench" | tee "$out/bench.md"
   local rc=${PIPESTATUS[0]}
   rm -rf "$build/bench"
   return "$rc"

@@ -46,7 +46,12 @@ void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::pat
   }
   if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
   if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir, gpt_runs); }
-  if (std::find(only.begin(), only.end(), "gpu") != only.end()) { std::cerr << "GPU checkpoints (2 GB)...\n"; bench_gpu_checkpoint(dir, reps); }
+  if (std::find(only.begin(), only.end(), "gpu") != only.end()) {
+    std::cerr << "GPU training against PyTorch...\n";
+    bench_gpu_training(quick, dir);
+    std::cerr << "GPU checkpoints (2 GB)...\n";
+    bench_gpu_checkpoint(dir, reps);
+  }
   if (want("local_tier")) {
     std::cerr << "local tier (400 MB)...\n";
     bench_local_tier(dir, reps);

@@ -49,6 +49,9 @@ void bench_training(bool quick, const stdfs::path& dir);
 void bench_snapshot(bool quick, const stdfs::path& dir, int gpt_runs);
 /// The local tier's cost to training at 2 ranks.
 void bench_local_tier_training(bool quick, const stdfs::path& dir);
+/// nnx-train against tools/bench/train_step.py on the GPU (the CNN; the 99M GPT in bf16 with its
+/// MFU); NNX_BENCH_GPU_DEVICE=cpu: the same rows small on the CPU (a dry run).
+void bench_gpu_training(bool quick, const stdfs::path& dir);
 /// Examples per second of the plain libtorch contender (nnx-bench --plain-train, its own process).
 double plain_examples_per_sec(bool cnn, int steps, int threads, const std::shared_ptr<data::TensorDataset>& ds);
 

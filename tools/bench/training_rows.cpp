@@ -423,3 +423,105 @@ void bench_local_tier_training(bool quick, const stdfs::path& dir) {
 
 
 }  // namespace nnx::bench
+
+namespace nnx::bench {
+
+// ---- training on the GPU against a plain PyTorch eager loop (issue 36, item 1) ----------------
+// nnx-train and tools/bench/train_step.py (the machine's own torch: `python3`, or
+// NNX_BENCH_PYTHON) train the same model, batch, dtype and optimizer, alternating in fresh
+// processes; each row is the median of per-round step-time ratios. NNX_BENCH_GPU_DEVICE=cpu
+// runs the same rows small on the CPU: the dry run of a GPU machine's script.
+namespace {
+struct GpuRun {
+  std::string device, python;
+  bool dry;
+};
+
+GpuRun gpu_run() {
+  const char* d = std::getenv("NNX_BENCH_GPU_DEVICE");
+  const char* py = std::getenv("NNX_BENCH_PYTHON");
+  GpuRun g{d ? d : "cuda", py ? py : "python3", false};
+  g.dry = g.device == "cpu";
+  return g;
+}
+
+// Dense bf16 Tensor Core peak of the GPU nvidia-smi names (NVIDIA's H100 and H200 datasheets),
+// in FLOP/s; 0 when unknown (MFU is then not reported).
+double bf16_peak_flops() {
+  const std::string name = run_capture("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1");
+  if (name.find("H100 PCIe") != std::string::npos) return 756e12;
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989.4e12;
+  return 0;
+}
+
+// Distinct bytes of a file: nnx-train's text dataset's vocabulary (one token per byte value).
+int64_t byte_vocab(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<bool> seen(256);
+  char c;
+  while (in.get(c)) seen[static_cast<unsigned char>(c)] = true;
+  return std::count(seen.begin(), seen.end(), true);
+}
+
+// One row pair: nnx-train's step time against train_step.py's, `rounds` alternating rounds.
+// Returns the median step times (ours, anchor) in ms; NAN when a contender failed.
+std::pair<double, double> gpu_rounds(const std::string& name, const std::string& config, const std::string& overrides,
+                                     const std::string& py_args, int64_t batch, int steps, int rounds,
+                                     const stdfs::path& dir, const GpuRun& g) {
+  std::vector<double> ours, anchor;
+  for (int r = 0; r < rounds; ++r) {
+    const double eps = nnx_train_examples_per_sec(config, steps, 4, dir, "device=" + g.device + " " + overrides, batch,
+                                                  std::max(steps / 5, 5));
+    const std::string out = run_capture(g.python + " " + NNX_SOURCE_DIR + "/tools/bench/train_step.py " + py_args +
+                                        " --device " + g.device + " 2>/dev/null");
+    if (eps <= 0 || out.empty()) return {NAN, NAN};
+    ours.push_back(batch / eps * 1e3);
+    anchor.push_back(batch / std::stod(out) * 1e3);
+    std::cerr << "  " << name << " round " << r << ": nnx-train " << ours.back() << " ms, PyTorch " << anchor.back() << " ms\n";
+  }
+  add_rounds(name, ours, anchor, " ms", "PyTorch eager (" + g.python + ")", 1.0);
+  return {median(ours), median(anchor)};
+}
+}  // namespace
+
+void bench_gpu_training(bool quick, const stdfs::path& dir) {
+  const GpuRun g = gpu_run();
+  if (!g.dry && !compat::cuda_available()) {
+    rows.push_back({"train steps on the GPU vs PyTorch", "-", "no CUDA device in this build or machine", "-", "skipped", ""});
+    return;
+  }
+  const int rounds = quick || g.dry ? 2 : 3;
+  const std::string mnist = "/usr/share/datasets/fashion-mnist", text = "/usr/share/common-licenses/GPL-3";
+  const std::string root = std::getenv("NNX_BENCH_MNIST") ? std::getenv("NNX_BENCH_MNIST") : mnist;
+  const int cnn_steps = g.dry ? 20 : 300;
+  gpu_rounds("train step CNN on " + g.device + " (batch 64): nnx-train / PyTorch eager", "fashion_mnist_cnn.yaml",
+             "data.root=" + root, "cnn " + std::to_string(cnn_steps) + " 4 " + root, 64, cnn_steps, rounds, dir, g);
+  // The 99M GPT of the snapshot rows (14 layers of d_model 768, tied embeddings) in bf16
+  // autocast, 16 sequences of 256 tokens per step; the dry run a small one.
+  const int64_t d = g.dry ? 64 : 768, layers = g.dry ? 2 : 14, heads = g.dry ? 4 : 12, block = g.dry ? 32 : 256,
+                batch = g.dry ? 4 : 16;
+  const int steps = g.dry ? 10 : 100;
+  const std::string shape = "model.d_model=" + std::to_string(d) + " model.num_heads=" + std::to_string(heads) +
+                            " model.num_layers=" + std::to_string(layers) + " model.dropout=0 train.batch_size=" +
+                            std::to_string(batch) + " data.block_size=" + std::to_string(block) + " eval.batch_size=" +
+                            std::to_string(batch) + " optimizer.clip_norm=0 train.autocast=bfloat16";
+  const std::string py = "gpt " + std::to_string(steps) + " 4 " + text + " --batch " + std::to_string(batch) + " --block " +
+                         std::to_string(block) + " --d-model " + std::to_string(d) + " --heads " + std::to_string(heads) +
+                         " --layers " + std::to_string(layers) + " --autocast bfloat16";
+  const auto [ours_ms, py_ms] = gpu_rounds("train step GPT " + std::string(g.dry ? "(dry-run size)" : "99M") + " on " +
+                                               g.device + " (bf16 autocast, " + std::to_string(batch) + " x " + std::to_string(block) +
+                                               " tokens): nnx-train / PyTorch eager",
+                                           "char_gpt.yaml", shape, py, batch, steps, rounds, dir, g);
+  // MFU: training FLOPs per token 6 N + 12 L T d (Kaplan et al., 2020: forward 2 N + 2 L T d,
+  // backward twice that), N every param (the tied embedding is the output projection's matmul).
+  const double v = static_cast<double>(byte_vocab(text)), dd = static_cast<double>(d), t = static_cast<double>(block);
+  const double n = v * dd + t * dd + static_cast<double>(layers) * (12 * dd * dd + 13 * dd) + 2 * dd;
+  const double flops = (6 * n + 12 * static_cast<double>(layers) * t * dd) * t * static_cast<double>(batch);
+  const double peak = g.dry ? 0 : bf16_peak_flops();
+  if (peak > 0 && std::isfinite(ours_ms))
+    rows.push_back({"MFU, GPT 99M, bf16 (" + fmt(n / 1e6, " M params", 1) + ", " + fmt(flops / 1e12, " TFLOP per step", 2) + ")",
+                    fmt(100 * flops / (ours_ms / 1e3) / peak, " %", 1), "PyTorch eager " + fmt(100 * flops / (py_ms / 1e3) / peak, " %", 1),
+                    "-", "reported", ""});
+}
+
+}  // namespace nnx::bench
