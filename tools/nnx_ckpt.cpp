@@ -6,7 +6,10 @@
 // show, diff or export cannot read (they stop at its first problem; verify names them all).
 //   nnx-ckpt show DIR [STEP]       items and paths with kind, shape, dtype, bytes; JSON items
 //   nnx-ckpt verify DIR [STEP]     checksums and sizes (exit 0 ok, 1 failures named)
-//   nnx-ckpt diff A [STEP] B [STEP]  paths that differ and the max abs difference (RUN S1 S2 too)
+//   nnx-ckpt diff A [STEP] B [STEP] [--atol X] [--rtol Y]  paths that differ and the max abs
+//                                  difference (RUN S1 S2 too); with a tolerance, floating-point
+//                                  tensors within |a - b| <= atol + rtol |b| (numpy.allclose) are
+//                                  listed as close and do not count
 //   nnx-ckpt export DIR [STEP] -o OUT.pt|OUT.safetensors [--format torch|safetensors] [--item params]
 //                                  a state dict torch.load opens, or a safetensors file (dotted names)
 //   nnx-ckpt plot RUN_DIR [-o PNG]  loss and accuracy curves from metrics.jsonl
@@ -329,8 +332,17 @@ std::pair<stdfs::path, stdfs::path> diff_operands(const std::vector<std::string>
   return {resolve(ops[0].first, ops[0].second), resolve(ops[1].first, ops[1].second)};
 }
 
-int cmd_diff(const std::vector<std::string>& args) {
+// Whether floating-point `a` and `b` (same shape and dtype) are within numpy.allclose's
+// tolerance; never for other dtypes, which must be equal.
+bool within_tolerance(const at::Tensor& a, const at::Tensor& b, double atol, double rtol) {
+  if ((atol <= 0 && rtol <= 0) || !a.is_floating_point()) return false;
+  return at::allclose(a.to(at::kDouble), b.to(at::kDouble), rtol, atol);
+}
+
+int cmd_diff(const std::vector<std::string>& args, double atol, double rtol) {
+  NNX_CHECK(atol >= 0 && rtol >= 0, "diff: --atol and --rtol must be >= 0, got ", atol, " and ", rtol);
   const auto [pa, pb] = diff_operands(args);
+  int close = 0;
   H5File fa = open_verified(pa, read_metadata(pa)), fb = open_verified(pb, read_metadata(pb));
   int differences = 0;
   auto items_a = list_items(fa), items_b = list_items(fb);
@@ -357,8 +369,9 @@ int cmd_diff(const std::vector<std::string>& args) {
         ++differences;
       } else if (!at::equal(va.value, vb.value)) {
         double d = (va.value.to(at::kDouble) - vb.value.to(at::kDouble)).abs().max().item<double>();
-        std::cout << "differs: " << item << "/" << path << ": max abs difference " << d << "\n";
-        ++differences;
+        const bool ok = within_tolerance(va.value, vb.value, atol, rtol);
+        std::cout << (ok ? "close: " : "differs: ") << item << "/" << path << ": max abs difference " << d << "\n";
+        ++(ok ? close : differences);
       }
     }
     for (const auto& [path, vb] : sb)
@@ -374,6 +387,8 @@ int cmd_diff(const std::vector<std::string>& args) {
     }
   std::cout << (differences ? std::to_string(differences) + " differences"
                             : "no differences in tensors")
+            << (close ? " (" + std::to_string(close) + " within --atol " + nnx::detail::str(atol) + " --rtol " + nnx::detail::str(rtol) + ")"
+                      : std::string())
             << " between " << pa.string() << " and " << pb.string() << "\n";
   return differences ? 1 : 0;
 }
@@ -492,6 +507,7 @@ struct Args {
   std::string state_dict, mapping, config, python = "python3";
   std::vector<std::string> diff_args, overrides;
   int64_t step = -1;
+  double atol = 0, rtol = 0;  // diff's tolerance (0: bitwise)
   CLI::App *list = nullptr, *show = nullptr, *verify = nullptr, *diff = nullptr, *exp = nullptr, *imp = nullptr,
            *imp_orbax = nullptr, *exp_orbax = nullptr, *plot = nullptr;
 };
@@ -514,6 +530,8 @@ void add_subcommands(CLI::App& app, Args& a) {
   a.diff = app.add_subcommand("diff", "compare the tensors of two checkpoints (A B, A STEP B STEP, or RUN STEP STEP)");
   a.diff->add_option("CHECKPOINTS", a.diff_args, "two checkpoints: run dirs (latest step), a run dir and a STEP, or step folders")
       ->required();
+  a.diff->add_option("--atol", a.atol, "absolute tolerance for floating-point tensors (default 0: bitwise)");
+  a.diff->add_option("--rtol", a.rtol, "relative tolerance, as numpy.allclose's (default 0)");
   a.exp = app.add_subcommand("export", "write a checkpoint item as a PyTorch state dict or a safetensors file");
   a.exp->add_option("DIR", a.dir)->required();
   a.exp->add_option("STEP", a.step);
@@ -550,7 +568,7 @@ int dispatch(const Args& a) {
   if (*a.list) return cmd_list(a.dir, a.local, a.best_metric, a.best_mode);
   if (*a.show) return cmd_show(a.dir, s);
   if (*a.verify) return cmd_verify(a.dir, s, a.local);
-  if (*a.diff) return cmd_diff(a.diff_args);
+  if (*a.diff) return cmd_diff(a.diff_args, a.atol, a.rtol);
   if (*a.exp) return cmd_export(a.dir, s, a.format, a.item, a.out);
   if (*a.plot) return cmd_plot(a.dir, a.out);
   if (*a.imp) return cmd_import(a.config, a.overrides, a.state_dict, a.mapping);

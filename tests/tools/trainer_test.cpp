@@ -364,6 +364,15 @@ TEST(Trainer, CkptListMarksTheRunsBestAndBrokenSteps) {
   // diff: two steps of one run; a wrong number of operands is one clear error, exit 2.
   EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 40 40").exit_code, 0);
   EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 60").exit_code, 1);
+  // With a tolerance, floating-point tensors within it are "close" and do not count; integer
+  // ones (the step, RNG counts) must still be equal.
+  auto tolerant = test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 60 --atol 1e9");
+  EXPECT_EQ(tolerant.exit_code, 1) << tolerant.output;
+  EXPECT_NE(tolerant.output.find("close: params/"), std::string::npos) << tolerant.output;
+  EXPECT_EQ(tolerant.output.find("differs: params/"), std::string::npos) << tolerant.output;
+  EXPECT_NE(tolerant.output.find("differs: optimizer/step"), std::string::npos) << tolerant.output;
+  EXPECT_NE(tolerant.output.find("within --atol 1e+09 --rtol 0)"), std::string::npos) << tolerant.output;
+  EXPECT_EQ(test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 60 --atol -1").exit_code, 2);
   auto three = test::run(test::bin("nnx-ckpt") + " diff " + run_dir + " 20 40 60");
   EXPECT_EQ(three.exit_code, 2);
   EXPECT_NE(three.output.find("diff compares two checkpoints"), std::string::npos) << three.output;
