@@ -50,7 +50,13 @@ c10::Device training_device(const std::string& name, int local_rank) {
             "' is not cpu, cuda or cuda:N");
   if (name == "cpu") return c10::Device(c10::kCPU);
   const int n = cuda_device_count();
-  NNX_CHECK(n > 0, "device '", name, "' requested but this build has no usable CUDA (", n, " GPUs visible)");
+#ifdef NNX_WITH_CUDA
+  NNX_CHECK(n > 0, "device '", name, "': this CUDA build sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
+            "or set device: cpu");
+#else
+  NNX_CHECK(n > 0, "device '", name, "': this build has no CUDA (it links a CPU-only libtorch); build against a CUDA "
+            "libtorch 2.x (tools/build.sh --torch2, docs/gpu.md), or set device: cpu");
+#endif
   c10::Device d(name);
   if (!d.has_index()) d = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
   NNX_CHECK(d.index() < n, "device '", name, "' does not exist: ", n, " GPUs visible");

@@ -19,9 +19,19 @@ TEST(Compat, SeededGeneratorsAreReproducible) {
 TEST(Compat, TrainingDeviceAndAutocastOnTheCpu) {
   EXPECT_EQ(nnx::compat::training_device("cpu", 3), c10::Device(c10::kCPU));
   EXPECT_THROW(nnx::compat::training_device("tpu", 0), nnx::Error);
-#ifndef NNX_WITH_CUDA
-  EXPECT_THROW(nnx::compat::training_device("cuda", 0), nnx::Error);  // names the GPUs visible
+  if (!nnx::compat::cuda_available()) {  // the error says what to do, by build
+    try {
+      nnx::compat::training_device("cuda", 0);
+      ADD_FAILURE() << "device cuda without a GPU";
+    } catch (const nnx::Error& e) {
+#ifdef NNX_WITH_CUDA
+      const char* fix = "this CUDA build sees no GPU (check nvidia-smi and CUDA_VISIBLE_DEVICES), or set device: cpu";
+#else
+      const char* fix = "build against a CUDA libtorch 2.x (tools/build.sh --torch2, docs/gpu.md), or set device: cpu";
 #endif
+      EXPECT_NE(std::string(e.what()).find(fix), std::string::npos) << e.what();
+    }
+  }
   const auto a = at::randn({8, 8});
   {
     nnx::compat::AutocastGuard guard(c10::kCPU, at::kBFloat16);
