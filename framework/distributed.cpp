@@ -13,8 +13,16 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <map>
+#include <thread>
 
 #include "nnx/framework/compat.h"
 #include "nnx/framework/error.h"
@@ -159,18 +167,64 @@ void guarded(const char* what, const ProcessGroup& g, F&& f) {
 }
 }  // namespace
 
+namespace {
+// One non-blocking TCP connect to `ai`, waiting at most `wait`; true when it connected.
+bool connects(const addrinfo& ai, std::chrono::milliseconds wait) {
+  const int fd = ::socket(ai.ai_family, ai.ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai.ai_protocol);
+  if (fd < 0) return false;
+  bool ok = ::connect(fd, ai.ai_addr, ai.ai_addrlen) == 0;
+  if (!ok && errno == EINPROGRESS) {
+    pollfd p{fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t len = sizeof err;
+    ok = ::poll(&p, 1, static_cast<int>(wait.count())) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
+         err == 0;
+  }
+  ::close(fd);
+  return ok;
+}
+
+// Waits until rank 0's store accepts connections, at most `timeout`. c10d's client (libtorch 2.x)
+// would wait one timeout in its socket connect, then retry after a backoff of seconds, so a
+// rank 0 that never came failed the others after about 2.5 timeouts.
+bool store_answers(const Env& env, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  while (true) {
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(env.master_addr.c_str(), std::to_string(env.master_port).c_str(), &hints, &found) == 0) {
+      bool ok = false;
+      for (addrinfo* a = found; a && !ok; a = a->ai_next) ok = connects(*a, std::chrono::milliseconds(1000));
+      ::freeaddrinfo(found);
+      if (ok) return true;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+}  // namespace
+
 std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::milliseconds timeout, Backend backend) {
   if (backend == Backend::kNccl) NNX_CHECK(nccl_built(), "rank ", env.rank, ": this build has no NCCL (distributed.backend = nccl)");
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->timeout = timeout;
   impl->backend = backend;
+  NNX_CHECK_IO(env.rank == 0 || store_answers(env, timeout), "rendezvous of rank ", env.rank, " of ", env.world_size,
+               " at ", env.master_addr, ":", env.master_port, " failed within ", timeout.count() / 1000.0,
+               " s: rank 0's store never answered (rank 0 missing or unreachable?)");
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);
     so.isServer = env.rank == 0;
     so.numWorkers = env.world_size;
-    so.waitWorkers = true;
+    // Not waitWorkers: libtorch 1.13's server gives up waiting for workers silently after the
+    // timeout, and the group's rendezvous below then waits a second timeout (a rank that never
+    // arrived failed the others after twice timeout_seconds). Gloo's full-mesh connect waits
+    // for every rank once, within the timeout.
+    so.waitWorkers = false;
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
     impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/default", impl->store), env, timeout);

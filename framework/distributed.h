@@ -75,9 +75,8 @@ class PendingAllReduce {
 /// the process with c10d's error, which names the rank and the collective.
 class ProcessGroup {
  public:
-  /// Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it); a missing
-  /// rank fails the others after about two to two and a half `timeout`s (c10d's store, then
-  /// its group, each wait one). NCCL's communicators are made at the first
+  /// Rendezvous through a TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it); every rank
+  /// waits at most `timeout` for the others. NCCL's communicators are made at the first
   /// collective of CUDA tensors. Throws nnx::IOError (exit code 1) when the rendezvous fails or
   /// times out, naming the rank; nnx::Error for kNccl in a build without NCCL or without a GPU.
   static std::shared_ptr<ProcessGroup> create(const Env& env, std::chrono::milliseconds timeout,
