@@ -97,7 +97,6 @@ Backend resolve_backend(const std::string& name, const c10::Device& device) {
 struct ProcessGroup::Impl {
   Env env;
   std::chrono::milliseconds timeout;
-  Backend backend = Backend::kGloo;
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<C10dGroup> pg;    // Gloo: CPU tensors, and CUDA tensors without NCCL
   c10::intrusive_ptr<C10dGroup> nccl;  // CUDA tensors on Backend::kNccl, else null
@@ -211,7 +210,6 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->timeout = timeout;
-  impl->backend = backend;
   NNX_CHECK_IO(env.rank == 0 || store_answers(env, timeout), "rendezvous of rank ", env.rank, " of ", env.world_size,
                " at ", env.master_addr, ":", env.master_port, " failed within ", timeout.count() / 1000.0,
                " s: rank 0's store never answered (rank 0 missing or unreachable?)");
@@ -244,7 +242,6 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::
 
 std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) const {
   auto impl = std::make_unique<Impl>(*impl_);
-  impl->backend = Backend::kGloo;
   impl->nccl.reset();
   guarded("creating process group", *this, [&] {
     impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/" + name, impl_->store), impl_->env, impl_->timeout);
@@ -255,7 +252,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) c
 int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::world_size() const { return impl_->env.world_size; }
 std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->timeout; }
-Backend ProcessGroup::backend() const { return impl_->backend; }
+Backend ProcessGroup::backend() const { return impl_->nccl ? Backend::kNccl : Backend::kGloo; }
 
 void ProcessGroup::all_reduce(std::vector<at::Tensor>& tensors, int op) {
   NNX_CHECK(!tensors.empty(), "all_reduce of no tensors");
