@@ -147,6 +147,40 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
 }
 
+// Killed after the last step's local save but before its persistent save committed (here the
+// persistent step is removed after the kill, which leaves what such a kill leaves): the rerun
+// has nothing to train, and writes that step to the persistent tier before it removes the
+// local tier, which held its only copy. Two ranks: they agree on it, as saves are collective.
+// (Stress.RandomSigkillsDuringTrainingTwoRanksLocalTier found it: the final step was lost.)
+TEST(Trainer, ALastStepOnlyInTheLocalTierIsSavedToThePersistentTierBeforeTheTierGoes) {
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir dir, shm("/dev/shm");
+  const std::string o = "train.max_steps=30 checkpoint.save_interval_steps=20 checkpoint.async=false checkpoint.local.save_interval_steps=3 "
+                        "checkpoint.local.async=false checkpoint.local.directory=" + (shm / "local").string();
+  const std::string launch = test::bin("nnx-launch") + " --nproc 2 -- ";
+  const std::string a = (dir / "a").string(), b = (dir / "b").string();
+  auto full = test::run(launch + train_cmd("tiny_synthetic.yaml", a, o));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  auto killed = test::run(launch + train_cmd("tiny_synthetic.yaml", b, o + " --crash-after-step 30"));
+  ASSERT_NE(killed.exit_code, 0) << killed.output;
+  ASSERT_TRUE(stdfs::is_directory(stdfs::path(b) / "checkpoints" / "30")) << killed.output;
+  stdfs::remove_all(stdfs::path(b) / "checkpoints" / "30");
+  auto rerun = test::run(launch + train_cmd("tiny_synthetic.yaml", b, o));
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
+  EXPECT_NE(rerun.output.find("already at step 30"), std::string::npos) << rerun.output;
+  EXPECT_NE(rerun.output.find("step 30 was only in the local tier; saved to " + b + "/checkpoints/30"), std::string::npos) << rerun.output;
+  EXPECT_FALSE(stdfs::exists(shm / "local" / "rank-0-of-2")) << rerun.output;
+  CheckpointManagerOptions ro;
+  ro.read_only = true;
+  EXPECT_EQ(CheckpointManager(stdfs::path(b) / "checkpoints", ro).latest_step(), std::optional<int64_t>(30));
+  auto sa = test::final_states(a), sb = test::final_states(b);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  // A second rerun finds step 30 in the persistent tier: nothing to save.
+  auto again = test::run(launch + train_cmd("tiny_synthetic.yaml", b, o));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(again.output.find("was only in the local tier"), std::string::npos) << again.output;
+}
+
 TEST(Trainer, ALocalTierThatCannotBeWrittenIsAWarningNotAnError) {
   test::TempDir dir;
   // /proc takes no new folders, even for root: the tier is off, the run completes.

@@ -300,6 +300,21 @@ bool Run::restore_local(const Composite& args, std::optional<int64_t> persistent
   return true;
 }
 
+// A run killed after its last step's local save but before its persistent save committed
+// resumes from the local tier with nothing left to train. The local tier is removed at the
+// end, so that step is written to the persistent tier first, or it would be lost (found by
+// Stress.RandomSigkillsDuringTrainingTwoRanksLocalTier). The ranks agree, as saves are collective.
+void Run::persist_local_resume() {
+  std::vector<at::Tensor> missing = {at::tensor({resumed_local_ && manager_->latest_step() != step_ ? int64_t(1) : int64_t(0)}, at::kLong)};
+  if (pg_) pg_->all_reduce_max(missing);
+  if (missing[0].item<int64_t>() == 0) return;
+  nlohmann::json metrics = {{"step", step_}};
+  if (!history_.empty() && history_.back().value("step", int64_t(-1)) == step_) metrics = history_.back();
+  save(step_, metrics, /*force=*/true, params_finite());
+  manager_->wait_until_finished();
+  *out_ << "nnx-train: step " << step_ << " was only in the local tier; saved to " << manager_->step_path(step_).string() << "\n";
+}
+
 void Run::apply_restored(const checkpoint::Restored& r, int64_t at, const std::filesystem::path& from) {
   for (const auto& l : other_differences(r.json_item("config"), cfg_.to_json()))
     log::warn_parts("config changed since step ", at, " (applied): ", l);
@@ -614,6 +629,7 @@ int Run::execute() {
   if (imported_only) return 0;
   if (step_ >= cfg_.train.max_steps) {
     *out_ << "nnx-train: already at step " << step_ << " (train.max_steps = " << cfg_.train.max_steps << "); nothing to do\n";
+    persist_local_resume();
     local_->remove();  // a finished run keeps no local tier
     return 0;
   }

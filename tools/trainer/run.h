@@ -77,6 +77,8 @@ class Run {
   // Throws nnx::IOError (nothing written) unless `params_ok` (params_finite()).
   void save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok);
   bool restore_local(const checkpoint::Composite& args, std::optional<int64_t> persistent_latest);
+  // Before the local tier goes: saves a step resumed from it that the persistent tier lacks.
+  void persist_local_resume();
   nlohmann::json report_step(double loss);
   void report_start() const;
   void report_done() const;
