@@ -41,7 +41,7 @@
 #include "nnx/framework/error.h"
 #include "tools/cli.h"
 #include "nnx/trainer/config.h"
-#include "nnx/trainer/local_tier.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
 #include "nnx/trainer/plot.h"
 #include "nnx/trainer/orbax_interop.h"
 #include "nnx/trainer/torch_export.h"
@@ -101,7 +101,7 @@ std::vector<stdfs::path> rank_folders(const stdfs::path& dir) {
 // A `local` given by the user that holds no rank folder is an error naming it (a typo would
 // otherwise list nothing and exit 0).
 std::vector<stdfs::path> local_tier_folders(const std::string& run_dir, const std::string& local) {
-  const stdfs::path root = local.empty() ? nnx::trainer::default_local_directory(run_dir) : stdfs::path(local);
+  const stdfs::path root = local.empty() ? nnx::checkpoint::emergency::default_local_directory(run_dir) : stdfs::path(local);
   NNX_CHECK(local.empty() || !rank_folders(root).empty(), "--local '", local,
             "' holds no local tier (expected the rank-<r>-of-<n> folders of checkpoint.local.directory)");
   std::vector<stdfs::path> out;

@@ -45,9 +45,9 @@
 #include "nnx/framework/layers.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/optim/optimizer.h"
-#include "nnx/trainer/local_tier.h"
-#include "nnx/trainer/peer_replicas.h"
-#include "nnx/trainer/step_transfer.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
+#include "nnx/checkpoint/emergency/peer_replicas.h"
+#include "nnx/checkpoint/emergency/step_transfer.h"
 #include "../checkpoint/fixture_state.h"
 
 using namespace nnx;
@@ -244,24 +244,24 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
   const fs::path src = dir / "src" / "7";
   auto target = [&](int64_t s) { return dir / "dst" / std::to_string(s); };
   if (r == 0) {
-    FAIL_IF(20, trainer::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA")));
-    trainer::send_step(pg, src, 7, 1, 5);  // again: the step exists there
+    FAIL_IF(20, checkpoint::emergency::send_step(pg, src, 7, 1, 5) != static_cast<int64_t>(fs::file_size(src / "checkpoint.h5") + fs::file_size(src / "_CHECKPOINT_METADATA")));
+    checkpoint::emergency::send_step(pg, src, 7, 1, 5);  // again: the step exists there
     // The peer cannot commit it: its answer says so.
-    FAIL_IF(28, !throws_with([&] { trainer::send_step(pg, src, 7, 1, 5); }, "rank 1 did not commit step 7"));
-    FAIL_IF(21, !throws_with([&] { trainer::send_step(pg, dir / "missing", 8, 1, 5); }, "missing"));
+    FAIL_IF(28, !throws_with([&] { checkpoint::emergency::send_step(pg, src, 7, 1, 5); }, "rank 1 did not commit step 7"));
+    FAIL_IF(21, !throws_with([&] { checkpoint::emergency::send_step(pg, dir / "missing", 8, 1, 5); }, "missing"));
     const std::string hostile = R"({"step":9,"files":[{"name":"../escape","size":4}]})";
     pg.send(at::tensor({static_cast<int64_t>(hostile.size())}, at::kLong), 1, 6);
     at::Tensor h = at::empty({static_cast<int64_t>(hostile.size())}, at::kByte);
     std::memcpy(h.data_ptr(), hostile.data(), hostile.size());
     pg.send(h, 1, 6);
   } else {
-    const auto got = trainer::recv_step(pg, 0, 5, target);
+    const auto got = checkpoint::emergency::recv_step(pg, 0, 5, target);
     FAIL_IF(22, !got.committed || got.step != 7 || !same_bytes(src, target(7)) || !checkpoint::verify(target(7)).ok);
-    FAIL_IF(23, trainer::recv_step(pg, 0, 5, target).committed);  // left alone
+    FAIL_IF(23, checkpoint::emergency::recv_step(pg, 0, 5, target).committed);  // left alone
     auto blocked = [&](int64_t s) { return dir / "blocker" / std::to_string(s); };
-    FAIL_IF(29, !throws_with([&] { trainer::recv_step(pg, 0, 5, blocked); }, "cannot create"));
-    FAIL_IF(24, !throws_with([&] { trainer::recv_step(pg, 0, 5, target); }, "could not send its step"));
-    FAIL_IF(25, !throws_with([&] { trainer::recv_step(pg, 0, 6, target); }, "not a plain name"));
+    FAIL_IF(29, !throws_with([&] { checkpoint::emergency::recv_step(pg, 0, 5, blocked); }, "cannot create"));
+    FAIL_IF(24, !throws_with([&] { checkpoint::emergency::recv_step(pg, 0, 5, target); }, "could not send its step"));
+    FAIL_IF(25, !throws_with([&] { checkpoint::emergency::recv_step(pg, 0, 6, target); }, "not a plain name"));
     FAIL_IF(26, fs::exists(dir / "escape") || fs::exists(target(8)) || fs::exists(target(9)));
     for (const auto& e : fs::directory_iterator(dir / "dst"))  // no temporary directory left behind
       FAIL_IF(27, e.path().filename() != "7");
@@ -275,7 +275,7 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
 int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
   const int r = pg.rank();
   const auto host = [&](int k) { return dir / ("host-" + std::to_string(k)); };
-  trainer::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, std::make_shared<checkpoint::LatestN>(2));
+  checkpoint::emergency::PeerReplicas replicas(pg.new_group("replicas-test"), host(r), 1, std::make_shared<checkpoint::LatestN>(2));
   FAIL_IF(30, replicas.sources() != std::vector<int>{1 - r});
   for (int64_t s = 1; s <= 3; ++s) {
     replicas.offer(s, save_small_step(host(r) / "own", s, r), [] { return true; });
@@ -301,11 +301,11 @@ int peer_replicas(distributed::ProcessGroup& pg, const std::filesystem::path& di
 // (replicas: max_to_keep + 1).
 int replica_agreement(distributed::ProcessGroup& pg, const std::filesystem::path& dir) {
   const int r = pg.rank(), peer = 1 - r;
-  trainer::LocalTierConfig cfg;
+  checkpoint::emergency::LocalCheckpointOptions cfg;
   cfg.save_interval_steps = 1;
   cfg.max_to_keep = 1;
   cfg.directory = dir.string();
-  trainer::LocalTier tier(cfg, dir, r, 2, std::shared_ptr<distributed::ProcessGroup>(&pg, [](auto*) {}));
+  checkpoint::emergency::LocalTier tier(cfg, r, 2, std::shared_ptr<distributed::ProcessGroup>(&pg, [](auto*) {}));
   const auto own = dir / ("rank-" + std::to_string(r) + "-of-2");
   const auto at_peer = dir / ("rank-" + std::to_string(peer) + "-of-2") / "replicas" / ("rank-" + std::to_string(r));
   auto steps = [](const std::filesystem::path& p) {

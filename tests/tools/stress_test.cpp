@@ -25,7 +25,7 @@
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
 #include "test_util.h"
-#include "nnx/trainer/local_tier.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
 #include "tools/run_util.h"
 
 extern char** environ;
@@ -121,7 +121,7 @@ void stress(int ranks, int trials, Totals& totals, const std::string& extra = ""
     int rc = run_or_kill(command(ranks, run, async, extra), -1, log);
     ASSERT_EQ(rc, 0) << std::ifstream(log).rdbuf();
     if (extra.find("checkpoint.local") != std::string::npos) {  // a finished run removes its local tier
-      EXPECT_FALSE(stdfs::exists(nnx::trainer::default_local_directory(run))) << nnx::trainer::default_local_directory(run);
+      EXPECT_FALSE(stdfs::exists(nnx::checkpoint::emergency::default_local_directory(run))) << nnx::checkpoint::emergency::default_local_directory(run);
     }
     auto got = test::final_states(run);
     for (const auto& [item, s] : reference[async])

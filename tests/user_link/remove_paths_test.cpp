@@ -17,7 +17,7 @@
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/error.h"
 #include "test_util.h"
-#include "nnx/trainer/local_tier.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
 
 using namespace nnx;
 using namespace nnx::checkpoint;
@@ -122,11 +122,11 @@ TEST(UserLink, LeftoversAndAFailedSaveAreRemoved) {
 
 TEST(UserLink, TheLocalTierRemovesItsFolder) {
   test::TempDir dir;
-  trainer::LocalTierConfig cfg;
+  checkpoint::emergency::LocalCheckpointOptions cfg;
   cfg.save_interval_steps = 1;
   cfg.directory = (dir / "local").string();
   cfg.async = false;  // every due save written (an async one is skipped while the previous writes)
-  trainer::LocalTier tier(cfg, dir / "run", 0, 1);
+  checkpoint::emergency::LocalTier tier(cfg, 0, 1);
   ASSERT_TRUE(tier.enabled());
   for (int64_t step = 1; step <= 4; ++step) tier.maybe_save(step, small_state(float(step)));  // retention too
   tier.wait_until_finished();

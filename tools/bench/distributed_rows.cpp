@@ -38,7 +38,7 @@
 #include "nnx/framework/compat.h"
 #include "nnx/framework/data/dataset.h"
 #include "nnx/framework/distributed.h"
-#include "nnx/trainer/peer_replicas.h"
+#include "nnx/checkpoint/emergency/peer_replicas.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/host_memory.h"
 #include "nnx/framework/gradient_reducer.h"

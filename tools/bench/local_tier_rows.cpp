@@ -38,7 +38,7 @@
 #include "nnx/framework/compat.h"
 #include "nnx/framework/data/dataset.h"
 #include "nnx/framework/distributed.h"
-#include "nnx/trainer/peer_replicas.h"
+#include "nnx/checkpoint/emergency/peer_replicas.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/host_memory.h"
 #include "nnx/framework/gradient_reducer.h"
@@ -115,7 +115,7 @@ int replica_rank(const std::string& dir, int reps) {
   lo.handle_preemption_signals = false;
   lo.direct_io = false;
   CheckpointManager lm(host / "own", lo);
-  nnx::trainer::PeerReplicas replicas(pg->new_group("replicas"), host, 1, std::make_shared<nnx::checkpoint::LatestN>(1));
+  nnx::checkpoint::emergency::PeerReplicas replicas(pg->new_group("replicas"), host, 1, std::make_shared<nnx::checkpoint::LatestN>(1));
   std::vector<double> send_s, save_s;
   int64_t step_bytes = 0;
   for (int i = 1; i <= reps; ++i) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "nnx/checkpoint/emergency/local_checkpoint_options.h"
+
 namespace nnx::trainer {
 
 /// model: the network (type-specific keys; see docs/config.md).
@@ -74,16 +76,8 @@ struct EvalConfig {
   int64_t max_batches = 0;  ///< 0 = the whole split
 };
 
-/// checkpoint.local: a fast tier of frequent saves in this host's memory (LocalTier).
-struct LocalTierConfig {
-  int64_t save_interval_steps = 0;  ///< 0 = no local tier
-  int max_to_keep = 2;              ///< steps kept per rank (the tier's memory bound)
-  std::string directory;            ///< "" = /dev/shm/nnx-local/<run id>
-  bool async = true;                ///< write in the background (busy saves skipped); false: inside the step
-  /// Copies of every local step kept on the next ranks ((rank + k) mod world_size, k = 1..replicas;
-  /// at most world_size - 1 are made); 0 = none.
-  int replicas = 1;
-};
+/// checkpoint.local: a fast tier of frequent saves in this host's memory (the library's options).
+using LocalTierConfig = checkpoint::emergency::LocalCheckpointOptions;
 
 /// checkpoint: the CheckpointManager policy.
 struct CheckpointConfig {

@@ -201,7 +201,9 @@ void Run::build_loader_and_manager() {
   checkpoint::CheckpointManagerOptions mo = manager_options(cfg_.checkpoint);
   mo.process_group = ckpt_pg_;
   manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
-  local_ = std::make_unique<LocalTier>(cfg_.checkpoint.local, cfg_.run_dir, env_.rank, env_.world_size, pg_);
+  checkpoint::emergency::LocalCheckpointOptions local = cfg_.checkpoint.local;
+  if (local.directory.empty()) local.directory = checkpoint::emergency::default_local_directory(cfg_.run_dir).string();
+  local_ = std::make_unique<checkpoint::emergency::LocalTier>(local, env_.rank, env_.world_size, pg_);
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
 }
 

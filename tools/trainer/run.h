@@ -18,7 +18,7 @@
 #include "nnx/framework/module.h"
 #include "nnx/optim/optimizer.h"
 #include "nnx/trainer/datasets.h"
-#include "nnx/trainer/local_tier.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
 #include "nnx/trainer/trainer.h"
 
 namespace nnx::trainer {
@@ -102,7 +102,7 @@ class Run {
   std::unique_ptr<data::DataLoader> loader_;
   int64_t global_batch_ = 0;
   std::unique_ptr<checkpoint::CheckpointManager> manager_;
-  std::unique_ptr<LocalTier> local_;
+  std::unique_ptr<checkpoint::emergency::LocalTier> local_;
   bool resumed_local_ = false;
   std::filesystem::path metrics_path_;
   nlohmann::json history_ = nlohmann::json::array();

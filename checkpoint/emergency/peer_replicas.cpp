@@ -1,4 +1,4 @@
-#include "nnx/trainer/peer_replicas.h"
+#include "nnx/checkpoint/emergency/peer_replicas.h"
 
 #include <pthread.h>
 
@@ -9,9 +9,9 @@
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/log.h"
-#include "nnx/trainer/step_transfer.h"
+#include "nnx/checkpoint/emergency/step_transfer.h"
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 namespace stdfs = std::filesystem;
 
@@ -219,4 +219,4 @@ bool PeerReplicas::receive_announced(int source) {
   return true;
 }
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency

@@ -9,7 +9,7 @@ namespace nnx::distributed {
 class ProcessGroup;
 }
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 /// Largest message of a transfer (bytes): a step of any size moves through one buffer this big.
 inline constexpr int64_t kTransferChunkBytes = int64_t(64) << 20;
@@ -43,4 +43,4 @@ struct ReceivedStep {
 ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
                        const std::function<std::filesystem::path(int64_t step)>& target_of);
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency

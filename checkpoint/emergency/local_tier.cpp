@@ -1,4 +1,4 @@
-#include "nnx/trainer/local_tier.h"
+#include "nnx/checkpoint/emergency/local_tier.h"
 
 #include <ATen/ATen.h>
 
@@ -14,23 +14,26 @@
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/log.h"
-#include "nnx/trainer/step_transfer.h"
+#include "nnx/checkpoint/emergency/step_transfer.h"
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 namespace stdfs = std::filesystem;
 
-// /dev/shm/nnx-local/<run dir's name>-<FNV-1a of its absolute path>: per run, stable across
-// restarts of that run, and in memory where the host has /dev/shm.
+stdfs::path default_local_root() {
+  std::error_code ec;
+  return (stdfs::is_directory("/dev/shm", ec) ? stdfs::path("/dev/shm") : stdfs::temp_directory_path()) / "nnx-local";
+}
+
+// <root>/<run dir's name>-<FNV-1a of its absolute path>: per run, stable across restarts of
+// that run, and in memory where the host has /dev/shm.
 stdfs::path default_local_directory(const stdfs::path& run_dir) {
   const std::string abs = stdfs::absolute(run_dir).lexically_normal().string();
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : abs) h = (h ^ c) * 1099511628211ull;
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
-  std::error_code ec;
-  const stdfs::path base = stdfs::is_directory("/dev/shm", ec) ? stdfs::path("/dev/shm") : stdfs::temp_directory_path();
-  return base / "nnx-local" / (stdfs::absolute(run_dir).lexically_normal().filename().string() + "-" + hex);
+  return default_local_root() / (stdfs::absolute(run_dir).lexically_normal().filename().string() + "-" + hex);
 }
 
 /// The steps a local tier keeps beyond its max_to_keep newest: the newest step every peer holds a
@@ -55,15 +58,15 @@ class ProtectedSteps : public checkpoint::PreservationPolicy {
   std::set<int64_t> steps_;
 };
 
-LocalTier::LocalTier(const LocalTierConfig& cfg, const stdfs::path& run_dir, int rank, int world_size,
-                     std::shared_ptr<distributed::ProcessGroup> pg)
+LocalTier::LocalTier(const LocalCheckpointOptions& cfg, int rank, int world_size, std::shared_ptr<distributed::ProcessGroup> pg)
     : pg_(std::move(pg)) {
   if (cfg.save_interval_steps <= 0) return;
+  NNX_CHECK(!cfg.directory.empty(), "the local tier needs a directory (default_local_directory() gives one per run)");
   configured_ = true;
   interval_ = cfg.save_interval_steps;
   listed_ = cfg.max_to_keep + 2;  // a folder's most: max_to_keep and the two protected steps
-  default_directory_ = cfg.directory.empty();
-  const stdfs::path root = default_directory_ ? default_local_directory(run_dir) : stdfs::path(cfg.directory);
+  const stdfs::path root = cfg.directory;
+  default_directory_ = stdfs::absolute(root).lexically_normal().parent_path() == default_local_root();
   dir_ = root / ("rank-" + std::to_string(rank) + "-of-" + std::to_string(world_size));
   find_other_world_sizes(root, world_size);
   checkpoint::CheckpointManagerOptions mo;
@@ -108,7 +111,7 @@ void LocalTier::find_other_world_sizes(const stdfs::path& root, int world_size) 
 
 // Every rank makes the replication's group (a collective), also one whose folder failed: it
 // still receives (and discards) what its peers send.
-void LocalTier::start_replicas(const LocalTierConfig& cfg, int world_size) {
+void LocalTier::start_replicas(const LocalCheckpointOptions& cfg, int world_size) {
   n_replicas_ = pg_ ? std::min(cfg.replicas, world_size - 1) : 0;
   if (pg_ && pg_->rank() == 0 && cfg.replicas > n_replicas_)
     log::warn_parts("checkpoint.local.replicas = ", cfg.replicas, " at world_size ", world_size, ": ", n_replicas_,
@@ -359,4 +362,4 @@ void LocalTier::remove() {
   if (default_directory_) stdfs::remove(dir_.parent_path().parent_path(), ec);  // nnx-local/, once empty
 }
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency

@@ -1,4 +1,4 @@
-#include "nnx/trainer/step_transfer.h"
+#include "nnx/checkpoint/emergency/step_transfer.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -18,7 +18,7 @@
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 namespace stdfs = std::filesystem;
 
@@ -238,4 +238,4 @@ ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
   return r;
 }
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency

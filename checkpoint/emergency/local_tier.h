@@ -11,19 +11,23 @@
 
 #include "nnx/checkpoint/args.h"
 #include "nnx/checkpoint/manager.h"
-#include "nnx/trainer/config.h"
-#include "nnx/trainer/peer_replicas.h"
+#include "nnx/checkpoint/emergency/local_checkpoint_options.h"
+#include "nnx/checkpoint/emergency/peer_replicas.h"
 
 namespace nnx::distributed {
 class ProcessGroup;
 }
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 class ProtectedSteps;
 
-/// Where a run's local tier lives by default: /dev/shm/nnx-local/<run dir's name>-<hash of its
-/// absolute path> (the temp directory where there is no /dev/shm).
+/// Where local tiers live by default: /dev/shm/nnx-local (<temp directory>/nnx-local where
+/// there is no /dev/shm). The last tier there to be removed removes it.
+std::filesystem::path default_local_root();
+
+/// Where a run's local tier lives by default: default_local_root()/<run dir's name>-<hash of
+/// its absolute path>, stable across restarts of the run.
 std::filesystem::path default_local_directory(const std::filesystem::path& run_dir);
 
 /// The local tier of one rank: a CheckpointManager of its own (one process, no coordination)
@@ -41,10 +45,10 @@ std::filesystem::path default_local_directory(const std::filesystem::path& run_d
 class LocalTier {
  public:
   /// Off when cfg.save_interval_steps is 0, or (with a warning) when its folder cannot be made.
-  /// `run_dir` names the default directory. With `pg` (world_size > 1) and cfg.replicas > 0 it
-  /// is collective: it creates the replication's process group.
-  LocalTier(const LocalTierConfig& cfg, const std::filesystem::path& run_dir, int rank, int world_size,
-            std::shared_ptr<distributed::ProcessGroup> pg = nullptr);
+  /// cfg.directory must be set (nnx::Error otherwise; default_local_directory() gives one).
+  /// With `pg` (world_size > 1) and cfg.replicas > 0 it is collective: it creates the
+  /// replication's process group.
+  LocalTier(const LocalCheckpointOptions& cfg, int rank, int world_size, std::shared_ptr<distributed::ProcessGroup> pg = nullptr);
   ~LocalTier();
   /// Whether the config asks for a local tier (the same on every rank, unlike enabled()).
   bool configured() const { return configured_; }
@@ -102,7 +106,7 @@ class LocalTier {
  private:
   std::vector<std::vector<std::vector<int64_t>>> gather_holdings() const;
   std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
-  void start_replicas(const LocalTierConfig& cfg, int world_size);
+  void start_replicas(const LocalCheckpointOptions& cfg, int world_size);
   void find_other_world_sizes(const std::filesystem::path& root, int world_size);
   bool save_here(int64_t step, const checkpoint::Composite& args);
   void agree_and_replicate(int64_t step, bool saved);
@@ -111,7 +115,7 @@ class LocalTier {
 
   std::filesystem::path dir_;
   bool configured_ = false;
-  bool default_directory_ = false;  // under /dev/shm/nnx-local/, which the last run to finish removes
+  bool default_directory_ = false;  // under default_local_root(), which the last run to finish removes
   std::vector<std::filesystem::path> other_world_sizes_;  // this run's tiers at other world sizes
   int64_t saves_due_ = 0, saves_written_ = 0, saves_skipped_ = 0;
   int64_t interval_ = 1;
@@ -128,4 +132,4 @@ class LocalTier {
   int n_replicas_ = 0;  // replicas per step, the same on every rank
 };
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency

@@ -22,7 +22,7 @@ namespace nnx::checkpoint {
 class CheckpointManager;
 }
 
-namespace nnx::trainer {
+namespace nnx::checkpoint::emergency {
 
 /// Deletes the committed steps of `m` newer than `step` (rereading its directory first);
 /// failures are warnings naming the step and directory.
@@ -107,4 +107,4 @@ class PeerReplicas {
   std::thread sender_, receiver_;
 };
 
-}  // namespace nnx::trainer
+}  // namespace nnx::checkpoint::emergency
