@@ -11,6 +11,8 @@
 #include <iomanip>
 #include <iostream>
 
+#include "nnx/checkpoint/emergency/local_tier.h"
+#include "nnx/checkpoint/manager.h"
 #include "nnx/framework/blas.h"
 #include "nnx/framework/compat.h"
 #include "nnx/framework/gradient_reducer.h"
@@ -198,12 +200,13 @@ void Run::build_loader_and_manager() {
     stdfs::create_directories(cfg_.run_dir, ec);
     NNX_CHECK(!ec, "run.dir '", cfg_.run_dir, "' (", cfg_.run_dir_origin, "): cannot create it: ", ec.message());
   }
-  checkpoint::CheckpointManagerOptions mo = manager_options(cfg_.checkpoint);
-  mo.process_group = ckpt_pg_;
-  manager_ = std::make_unique<checkpoint::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo);
-  checkpoint::emergency::LocalCheckpointOptions local = cfg_.checkpoint.local;
-  if (local.directory.empty()) local.directory = checkpoint::emergency::default_local_directory(cfg_.run_dir).string();
-  local_ = std::make_unique<checkpoint::emergency::LocalTier>(local, env_.rank, env_.world_size, pg_);
+  checkpoint::emergency::CheckpointManagerOptions mo;
+  mo.persistent = manager_options(cfg_.checkpoint);
+  mo.persistent.process_group = ckpt_pg_;
+  mo.local = cfg_.checkpoint.local;
+  if (mo.local.directory.empty()) mo.local.directory = checkpoint::emergency::default_local_directory(cfg_.run_dir).string();
+  tiers_ = std::make_unique<checkpoint::emergency::CheckpointManager>(stdfs::path(cfg_.run_dir) / "checkpoints", mo, pg_);
+  manager_ = &tiers_->persistent();
   metrics_path_ = stdfs::path(cfg_.run_dir) / "metrics.jsonl";
 }
 
@@ -240,7 +243,7 @@ void Run::check_same_model(int64_t at) {
 // every rank at least as new as the persistent tier's latest, else from the persistent tier.
 // Returns whether the run resumed.
 bool Run::restore() {
-  std::optional<int64_t> at = ropts_.resume_from ? ropts_.resume_from : manager_->latest_step();
+  const std::optional<int64_t> at = ropts_.resume_from ? ropts_.resume_from : manager_->latest_step();
   const State all = state(*model_);
   const auto parts = all.split({Param, BatchStat, RngState, Everything()});
   const std::map<std::string, State> templates = {
@@ -249,72 +252,31 @@ bool Run::restore() {
   for (const auto& item : kCheckpointItems)
     if (item.restored) args.add(item.name, item.is_state ? checkpoint::ItemArgs(StandardRestore(templates.at(item.name)))
                                                          : checkpoint::ItemArgs(JsonRestore()));
-  if (!ropts_.resume_from && local_->configured() && restore_local(args, at)) return true;
-  if (!at) return false;
-  check_same_model(*at);
-  checkpoint::Restored r;
-  if (!ropts_.resume_from && cfg_.checkpoint.fallback_to_verified) {
-    auto fb = manager_->restore_newest_valid(args);
-    for (const auto& s : fb.skipped) log::warn_parts("cannot resume from ", s);
-    if (!fb.skipped.empty()) log::warn_parts("falling back to step ", fb.step);
-    // A step that does not restore must not stay as the latest or best one (retention would
-    // keep it over the good step), nor block this run's save of that step: set aside, kept.
-    for (int64_t s : fb.skipped_steps) {
-      const auto aside = manager_->set_aside(s);
-      if (lead_) log::warn_parts("step ", s, " set aside as ", aside.string(), " (kept for inspection; this run saves step ", s, " anew)");
-    }
-    at = fb.step;
-    r = std::move(fb.restored);
-  } else {
-    try {
-      r = manager_->restore(*at, args);
-    } catch (const Error& e) {
-      NNX_CHECK(false, "cannot resume from step ", *at, ": ", e.what(),
-                ropts_.resume_from ? std::string() : std::string(" (checkpoint.fallback_to_verified=true resumes from the newest step that restores)"));
-    }
+  checkpoint::emergency::RestoreOptions ro;
+  ro.step = ropts_.resume_from;
+  ro.fallback_to_verified = !ropts_.resume_from && cfg_.checkpoint.fallback_to_verified;
+  ro.before_persistent_restore = [this](int64_t step) { check_same_model(step); };
+  std::optional<checkpoint::emergency::RestoredStep> r;
+  try {
+    r = tiers_->restore(args, ro);
+  } catch (const Error& e) {
+    if (ro.fallback_to_verified) throw;
+    NNX_CHECK(false, "cannot resume from step ", at.value_or(-1), ": ", e.what(),
+              ropts_.resume_from ? std::string() : std::string(" (checkpoint.fallback_to_verified=true resumes from the newest step that restores)"));
   }
-  apply_restored(r, *at, manager_->step_path(*at));
+  if (!r) return false;
+  apply_restored(r->restored, r->step, r->path);
+  resumed_local_ = r->from_local_tier;
   return true;
 }
 
-// The local tier's newest step that every rank has (or gets from a peer's replica), when no
-// older than the persistent tier's latest: each rank restores its own state from it, or, when
-// any rank cannot, none does.
-bool Run::restore_local(const Composite& args, std::optional<int64_t> persistent_latest) {
-  std::string failure;
-  const std::optional<int64_t> step = local_->prepare_restore(persistent_latest, failure);
-  if (!step) return false;
-  checkpoint::Restored r;
-  if (failure.empty()) try {
-      r = local_->restore(*step, args);
-    } catch (const Error& e) {
-      failure = e.what();
-    }
-  std::vector<at::Tensor> failed = {at::tensor({failure.empty() ? int64_t(0) : int64_t(1)}, at::kLong)};
-  if (pg_) pg_->all_reduce_max(failed);
-  if (failed[0].item<int64_t>() != 0) {
-    log::warn_parts("checkpoint.local: step ", *step, " does not restore on every rank",
-                    failure.empty() ? std::string() : " (here: " + failure + ")", "; resuming from the persistent tier");
-    return false;
-  }
-  apply_restored(r, *step, local_->step_path(*step));
-  resumed_local_ = true;
-  return true;
-}
-
-// A run killed after its last step's local save but before its persistent save committed
-// resumes from the local tier with nothing left to train. The local tier is removed at the
-// end, so that step is written to the persistent tier first, or it would be lost (found by
-// Stress.RandomSigkillsDuringTrainingTwoRanksLocalTier). The ranks agree, as saves are collective.
-void Run::persist_local_resume() {
-  std::vector<at::Tensor> missing = {at::tensor({resumed_local_ && manager_->latest_step() != step_ ? int64_t(1) : int64_t(0)}, at::kLong)};
-  if (pg_) pg_->all_reduce_max(missing);
-  if (missing[0].item<int64_t>() == 0) return;
+void Run::close_tiers() {
   nlohmann::json metrics = {{"step", step_}};
   if (!history_.empty() && history_.back().value("step", int64_t(-1)) == step_) metrics = history_.back();
-  save(step_, metrics, /*force=*/true, params_finite());
-  manager_->wait_until_finished();
-  *out_ << "nnx-train: step " << step_ << " was only in the local tier; saved to " << manager_->step_path(step_).string() << "\n";
+  tiers_->close([&] {
+    NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", step_, "; not saving them. The last checkpoint is intact.");
+    return checkpoint_args(step_, batch_stats_to_save(), /*per_rank=*/false);
+  }, metrics);
 }
 
 void Run::apply_restored(const checkpoint::Restored& r, int64_t at, const std::filesystem::path& from) {
@@ -560,30 +522,30 @@ bool Run::after_step(double loss, bool finite) {
   const bool save_now = manager_->should_save(step_);
   const bool preempted = manager_->reached_preemption(step_);
   const bool persistent_due = save_now || step_ == cfg_.train.max_steps || preempted;
-  const bool local_due = local_->due(step_);
+  const bool local_due = tiers_->local_due(step_);
   // One check (a sync on a GPU) for both tiers' saves of this step.
   const bool params_ok = (persistent_due || local_due) && params_finite();
-  // Called on every rank when due (a collective with replicas), saving only finite params.
-  if (local_due)
-    local_->maybe_save(step_, params_ok ? std::optional(checkpoint_args(step_, state(*model_, BatchStat), /*per_rank=*/true))
-                                        : std::nullopt);
-  if (persistent_due) {
-    nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
-    if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
-    // Unforced when the policy asked for it: the manager may skip it (busy_policy: skip).
-    save(step_, metrics, /*force=*/!save_now || step_ == cfg_.train.max_steps || preempted, params_ok);
-  }
+  // Non-finite params are never written: the local tier skips this step on every rank (its
+  // agreement is still collective), the persistent save stops the run with the last good
+  // checkpoint intact.
+  checkpoint::emergency::TierArgs args;
+  if (local_due && params_ok) args.local = checkpoint_args(step_, state(*model_, BatchStat), /*per_rank=*/true);
+  if (persistent_due && params_ok) args.persistent = checkpoint_args(step_, batch_stats_to_save(), /*per_rank=*/false);
+  nlohmann::json metrics = rec.is_null() ? nlohmann::json{{"step", step_}, {"loss", loss}} : rec;
+  if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
+  // Unforced when the policy asked for it: the manager may skip it (busy_policy: skip).
+  tiers_->save(step_, args, metrics, /*force=*/!save_now || step_ == cfg_.train.max_steps || preempted);
+  NNX_CHECK_IO(!persistent_due || params_ok, "params hold NaN or Inf at step ", step_,
+               "; not saving them. The last checkpoint is intact.");
   if (preempted) {
-    manager_->wait_until_finished();
-    local_->wait_until_finished();
-    local_->stop_replicas();  // every rank stops here (the decision is agreed): none is left sending
+    tiers_->stop();  // waits; every rank stops its replicas here (the decision is agreed)
     if (::isatty(STDERR_FILENO)) std::cerr << "\n";
     *out_ << "nnx-train: stopped by signal " << checkpoint::preemption_signal() << " at step " << step_ << "; saved to "
           << manager_->step_path(step_).string() << ". Run the same command to resume.\n";
     return false;
   }
   if (step_ == ropts_.crash_after_step && (ropts_.crash_rank < 0 || ropts_.crash_rank == env_.rank)) {
-    local_->wait_for_replicas();  // the test hook kills after a replica, not during one (a SIGKILL from outside can)
+    tiers_->local().wait_for_replicas();  // the test hook kills after a replica, not during one (a SIGKILL from outside can)
     ::raise(SIGKILL);
   }
   return true;
@@ -608,9 +570,10 @@ void Run::report_done() const {
         << format_duration(total) << ", loss " << last_loss_;
   if (last.contains("eval_accuracy"))
     *out_ << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
-  if (local_->configured())
-    *out_ << "\nnnx-train: local tier" << (env_.world_size > 1 ? " (rank 0)" : "") << ": " << local_->saves_written() << " of "
-          << local_->saves_due() << " due saves written, " << local_->saves_skipped()
+  const auto& local = tiers_->local();
+  if (local.configured())
+    *out_ << "\nnnx-train: local tier" << (env_.world_size > 1 ? " (rank 0)" : "") << ": " << local.saves_written() << " of "
+          << local.saves_due() << " due saves written, " << local.saves_skipped()
           << " skipped while the previous one was still being written";
   *out_ << "\nnnx-train: checkpoints in " << manager_->directory().string() << " (latest " << *manager_->latest_step();
   if (lead_)  // rank 0 may still be applying retention; other ranks do not read steps here
@@ -620,7 +583,7 @@ void Run::report_done() const {
 
 int Run::execute() {
   resumed_ = restore();
-  local_->discard_newer_than(resumed_ ? step_ : -1);
+  tiers_->discard_newer_than(resumed_ ? step_ : -1);
   if (lead_) write_metrics_file(metrics_path_, history_);  // drops records newer than the resumed step
   // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
   if (pg_ && !resumed_local_) distributed::broadcast_state(*model_, *pg_);
@@ -631,8 +594,7 @@ int Run::execute() {
   if (imported_only) return 0;
   if (step_ >= cfg_.train.max_steps) {
     *out_ << "nnx-train: already at step " << step_ << " (train.max_steps = " << cfg_.train.max_steps << "); nothing to do\n";
-    persist_local_resume();
-    local_->remove();  // a finished run keeps no local tier
+    close_tiers();  // a finished run keeps no local tier
     return 0;
   }
   report_start();
@@ -646,8 +608,7 @@ int Run::execute() {
     last_loss_ = loss;
     if (!after_step(loss, finite)) return 0;
   }
-  manager_->wait_until_finished();
-  local_->remove();  // the run finished: the persistent tier holds its last step
+  close_tiers();  // the run finished: the persistent tier holds its last step; no local tier is kept
   report_done();
   return 0;
 }

@@ -18,7 +18,7 @@
 #include "nnx/framework/module.h"
 #include "nnx/optim/optimizer.h"
 #include "nnx/trainer/datasets.h"
-#include "nnx/checkpoint/emergency/local_tier.h"
+#include "nnx/checkpoint/emergency/checkpoint_manager.h"
 #include "nnx/trainer/trainer.h"
 
 namespace nnx::trainer {
@@ -76,9 +76,9 @@ class Run {
   bool params_finite() const;
   // Throws nnx::IOError (nothing written) unless `params_ok` (params_finite()).
   void save(int64_t at_step, const nlohmann::json& metrics, bool force, bool params_ok);
-  bool restore_local(const checkpoint::Composite& args, std::optional<int64_t> persistent_latest);
-  // Before the local tier goes: saves a step resumed from it that the persistent tier lacks.
-  void persist_local_resume();
+  // Both tiers' end: close() writes a step resumed from the local tier that the persistent
+  // tier lacks, then removes the local tier.
+  void close_tiers();
   nlohmann::json report_step(double loss);
   void report_start() const;
   void report_done() const;
@@ -101,8 +101,8 @@ class Run {
   bool zero1_ = false;
   std::unique_ptr<data::DataLoader> loader_;
   int64_t global_batch_ = 0;
-  std::unique_ptr<checkpoint::CheckpointManager> manager_;
-  std::unique_ptr<checkpoint::emergency::LocalTier> local_;
+  std::unique_ptr<checkpoint::emergency::CheckpointManager> tiers_;  // the local tier above the persistent one
+  checkpoint::CheckpointManager* manager_ = nullptr;                  // tiers_->persistent()
   bool resumed_local_ = false;
   std::filesystem::path metrics_path_;
   nlohmann::json history_ = nlohmann::json::array();

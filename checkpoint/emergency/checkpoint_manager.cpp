@@ -1,0 +1,158 @@
+#include "nnx/checkpoint/emergency/checkpoint_manager.h"
+
+#include <ATen/ATen.h>
+
+#include "nnx/checkpoint/emergency/local_tier.h"
+#include "nnx/checkpoint/manager.h"
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/log.h"
+
+namespace nnx::checkpoint::emergency {
+
+namespace stdfs = std::filesystem;
+
+namespace {
+
+// Whether `flag` holds on any rank (every rank calls it).
+bool any_rank(distributed::ProcessGroup* pg, bool flag) {
+  std::vector<at::Tensor> t = {at::tensor({flag ? int64_t(1) : int64_t(0)}, at::kLong)};
+  if (pg) pg->all_reduce_max(t);
+  return t[0].item<int64_t>() != 0;
+}
+
+}  // namespace
+
+CheckpointManager::CheckpointManager(stdfs::path persistent_directory, CheckpointManagerOptions options,
+                                     std::shared_ptr<distributed::ProcessGroup> pg)
+    : pg_(std::move(pg)) {
+  if (!options.persistent.process_group) options.persistent.process_group = pg_;
+  persistent_ = std::make_unique<checkpoint::CheckpointManager>(persistent_directory, options.persistent);
+  if (options.local.directory.empty()) options.local.directory = default_local_directory(persistent_directory).string();
+  local_ = std::make_unique<LocalTier>(options.local, pg_ ? pg_->rank() : 0, pg_ ? pg_->world_size() : 1, pg_);
+}
+
+CheckpointManager::~CheckpointManager() = default;
+
+bool CheckpointManager::should_save(int64_t step) const { return persistent_->should_save(step); }
+
+bool CheckpointManager::local_due(int64_t step) const { return local_->due(step); }
+
+std::optional<int64_t> CheckpointManager::latest_step() const { return persistent_->latest_step(); }
+
+bool CheckpointManager::reached_preemption(int64_t step) const { return persistent_->reached_preemption(step); }
+
+bool CheckpointManager::save(int64_t step, const TierArgs& args, const nlohmann::json& metrics, bool force) {
+  if (local_->due(step)) local_->maybe_save(step, args.local);  // collective when due, saved or not here
+  if (!args.persistent) return false;
+  const bool saved = persistent_->save(step, *args.persistent, metrics, force);
+  if (saved && resumed_local_step_ && step >= *resumed_local_step_) resumed_local_step_.reset();
+  return saved;
+}
+
+bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann::json& metrics, bool force) {
+  TierArgs both;
+  if (local_->due(step)) both.local = args;
+  if (force || persistent_->should_save(step)) both.persistent = args;
+  return save(step, both, metrics, force);
+}
+
+std::optional<RestoredStep> CheckpointManager::restore(const Composite& args, const RestoreOptions& options) {
+  if (!options.step && local_->configured())
+    if (auto r = restore_local(args)) return r;
+  return restore_persistent(args, options);
+}
+
+// The local tier's newest step that every rank has (or gets from a peer's replica), when no
+// older than the persistent tier's latest: each rank restores its own state from it, or, when
+// any rank cannot, none does.
+std::optional<RestoredStep> CheckpointManager::restore_local(const Composite& args) {
+  std::string failure;
+  const std::optional<int64_t> step = local_->prepare_restore(persistent_->latest_step(), failure);
+  if (!step) return std::nullopt;
+  RestoredStep r;
+  if (failure.empty()) try {
+      r.restored = local_->restore(*step, args);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  if (any_rank(pg_.get(), !failure.empty())) {
+    log::warn_parts("checkpoint.local: step ", *step, " does not restore on every rank",
+                    failure.empty() ? std::string() : " (here: " + failure + ")", "; resuming from the persistent tier");
+    return std::nullopt;
+  }
+  r.step = *step;
+  r.path = local_->step_path(*step);
+  r.from_local_tier = true;
+  resumed_local_step_ = *step;
+  return r;
+}
+
+std::optional<RestoredStep> CheckpointManager::restore_persistent(const Composite& args, const RestoreOptions& options) {
+  const std::optional<int64_t> at = options.step ? options.step : persistent_->latest_step();
+  if (!at) return std::nullopt;
+  if (options.before_persistent_restore) options.before_persistent_restore(*at);
+  RestoredStep r;
+  r.step = *at;
+  if (!options.step && options.fallback_to_verified) {
+    auto fb = persistent_->restore_newest_valid(args);
+    for (const auto& s : fb.skipped) log::warn_parts("cannot resume from ", s);
+    if (!fb.skipped.empty()) log::warn_parts("falling back to step ", fb.step);
+    // A step that does not restore must not stay as the latest or best one (retention would
+    // keep it over the good step), nor block the save of that step anew: set aside, kept.
+    for (int64_t s : fb.skipped_steps) {
+      const auto aside = persistent_->set_aside(s);
+      if (!pg_ || pg_->rank() == 0)
+        log::warn_parts("step ", s, " set aside as ", aside.string(), " (kept for inspection; this run saves step ", s, " anew)");
+    }
+    r.step = fb.step;
+    r.restored = std::move(fb.restored);
+  } else {
+    r.restored = persistent_->restore(*at, args);
+  }
+  r.path = persistent_->step_path(r.step);
+  return r;
+}
+
+void CheckpointManager::wait_until_finished() {
+  local_->wait_until_finished();
+  persistent_->wait_until_finished();
+}
+
+void CheckpointManager::stop() {
+  wait_until_finished();
+  local_->stop_replicas();  // every rank stops here (the decision is agreed): none is left sending
+}
+
+void CheckpointManager::discard_newer_than(int64_t step) { local_->discard_newer_than(step); }
+
+// The ranks agree, as the save that follows is collective.
+bool CheckpointManager::persistent_lacks_local_resume() const {
+  return any_rank(pg_.get(), resumed_local_step_ && persistent_->latest_step() != resumed_local_step_);
+}
+
+void CheckpointManager::close(const std::function<Composite()>& state_at_step, const nlohmann::json& metrics) {
+  if (closed_) return;
+  persistent_->wait_until_finished();
+  if (persistent_lacks_local_resume()) {
+    const int64_t step = resumed_local_step_.value_or(-1);
+    if (!state_at_step) {
+      log::warn_parts("checkpoint.local: step ", step, " is only in the local tier, which is kept: pass close() the state to save it");
+      local_->wait_until_finished();
+      local_->stop_replicas();
+      persistent_->close();
+      closed_ = true;
+      return;
+    }
+    persistent_->save(step, state_at_step(), metrics, /*force=*/true);
+    persistent_->wait_until_finished();
+    log::info("checkpoint.local: step " + std::to_string(step) + " was only in the local tier; saved to " +
+              persistent_->step_path(step).string());
+    resumed_local_step_.reset();
+  }
+  local_->remove();
+  persistent_->close();
+  closed_ = true;
+}
+
+}  // namespace nnx::checkpoint::emergency
