@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>  // the tensor library itself, as <torch/torch.h> brings it
 
+#include "nnx/checkpoint/emergency/checkpoint_manager.h"
 #include "nnx/checkpoint/handlers/registry.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/graph.h"

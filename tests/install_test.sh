@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs nnx-cpp from BUILD_DIR into a temporary prefix, then configures, builds and runs
-# examples/custom_module, examples/seed_workflow and examples/custom_trainer against the install
-# tree (find_package(nnx), headers as <nnx/...>). The seed workflow's C++ must stay within 1.3 x
-# its Python's lines. The custom trainer (a model and dataset nnx-train does not have) trains from
-# its YAML file, is SIGKILLed and resumes to the same params as an uninterrupted run.
+# examples/custom_module, examples/seed_workflow, examples/custom_trainer and examples/multi_tier
+# against the install tree (find_package(nnx), headers as <nnx/...>). The seed workflow's C++
+# must stay within 1.3 x its Python's lines. The custom trainer (a model and dataset nnx-train
+# does not have) trains from its YAML file, is SIGKILLed and resumes to the same params as an
+# uninterrupted run.
+# examples/multi_tier resumes 2 ranks from a peer's replica after a kill and a wiped local folder.
 set -euo pipefail
 build_dir=$1; source_dir=$2
 tmp=$(mktemp -d)
@@ -46,4 +48,28 @@ rc=0; "${trainer[@]}" run.dir="$tmp/ct-bad" model.width=0 2> "$tmp/ct-bad.log" |
 (( rc == 2 )) && grep -q "'model.width' = 0 is out of range" "$tmp/ct-bad.log" \
   || { echo "custom trainer: a bad registered key gave exit $rc"; cat "$tmp/ct-bad.log"; exit 1; }
 echo "custom trainer: SIGKILL at step 130, resumed, params at step 200 equal an uninterrupted run's"
+
+# The multi-tier CheckpointManager on 2 ranks: rank 1 SIGKILLed after step 13 (local steps every
+# 2, persistent every 10), its local folder wiped (a replaced host); the rerun resumes from local
+# step 12, rank 1's state from its replica on rank 0, and ends equal to an uninterrupted run.
+example=examples/multi_tier
+cmake -S "$source_dir/$example" -B "$tmp/mt" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$tmp/prefix" > "$tmp/mt-configure.log" || { cat "$tmp/mt-configure.log"; exit 1; }
+cmake --build "$tmp/mt" > "$tmp/mt-build.log" || { cat "$tmp/mt-build.log"; exit 1; }
+launch=("$tmp/prefix/bin/nnx-launch" --nproc 2 --)
+"${launch[@]}" "$tmp/mt/multi_tier" "$tmp/mt-whole" "$tmp/mt-whole-local" > "$tmp/mt-whole.log" 2>&1 \
+  || { cat "$tmp/mt-whole.log"; exit 1; }
+rc=0; "${launch[@]}" "$tmp/mt/multi_tier" "$tmp/mt-killed" "$tmp/mt-killed-local" --crash-after 13 --crash-rank 1 \
+  > "$tmp/mt-killed.log" 2>&1 || rc=$?
+(( rc != 0 )) && test -d "$tmp/mt-killed-local/rank-1-of-2/12" \
+  || { echo "multi-tier: expected rank 1 killed after step 13 with its local step 12 (exit $rc)"; cat "$tmp/mt-killed.log"; exit 1; }
+rm -rf "$tmp/mt-killed-local/rank-1-of-2"
+"${launch[@]}" "$tmp/mt/multi_tier" "$tmp/mt-killed" "$tmp/mt-killed-local" > "$tmp/mt-resumed.log" 2>&1 \
+  || { cat "$tmp/mt-resumed.log"; exit 1; }
+grep -q "resumed from step 12 (local tier)" "$tmp/mt-resumed.log" && grep -q "came from its replica on rank 0" "$tmp/mt-resumed.log" \
+  || { echo "multi-tier: the rerun did not resume from the local tier's step 12 through rank 0's replica"; cat "$tmp/mt-resumed.log"; exit 1; }
+test ! -e "$tmp/mt-killed-local/rank-0-of-2" || { echo "multi-tier: close() left the local tier"; exit 1; }
+"$tmp/prefix/bin/nnx-ckpt" diff "$tmp/mt-whole" 20 "$tmp/mt-killed" 20 > "$tmp/mt-diff.log" \
+  || { echo "multi-tier: the resumed run's step 20 differs from the uninterrupted run's"; cat "$tmp/mt-diff.log"; exit 1; }
+echo "multi-tier: rank 1 killed and its local folder wiped; resumed from its replica, step 20 bit-exact"
 echo "install test OK"

@@ -26,7 +26,9 @@ bool any_rank(distributed::ProcessGroup* pg, bool flag) {
 CheckpointManager::CheckpointManager(stdfs::path persistent_directory, CheckpointManagerOptions options,
                                      std::shared_ptr<distributed::ProcessGroup> pg)
     : pg_(std::move(pg)) {
-  if (!options.persistent.process_group) options.persistent.process_group = pg_;
+  // A group of its own: the persistent tier's background commits must not interleave with the
+  // caller's collectives, nor with the local tier's.
+  if (!options.persistent.process_group && pg_) options.persistent.process_group = pg_->new_group("persistent-tier");
   persistent_ = std::make_unique<checkpoint::CheckpointManager>(persistent_directory, options.persistent);
   if (options.local.directory.empty()) options.local.directory = default_local_directory(persistent_directory).string();
   local_ = std::make_unique<LocalTier>(options.local, pg_ ? pg_->rank() : 0, pg_ ? pg_->world_size() : 1, pg_);

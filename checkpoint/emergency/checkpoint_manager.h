@@ -25,7 +25,8 @@ namespace nnx::checkpoint::emergency {
 
 class LocalTier;
 
-/// Both tiers' options. `persistent.process_group` null: the manager's own `pg` is used.
+/// Both tiers' options. `persistent.process_group` null: a group of the manager's `pg` made for
+/// the persistent tier (its background commits never interleave with other collectives).
 struct CheckpointManagerOptions {
   LocalCheckpointOptions local;
   checkpoint::CheckpointManagerOptions persistent;
