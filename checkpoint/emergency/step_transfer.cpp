@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "nnx/checkpoint/commit.h"
 #include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/io/direct_writer.h"
 #include "nnx/checkpoint/io/fs.h"
@@ -166,21 +167,24 @@ std::vector<Entry> parse_entries(const nlohmann::json& h, int src) {
   return out;
 }
 
-// Receives the files' bytes into `tmp` (all of them even after a failed write, so the stream
-// stays aligned for the next transfer); returns the first write error ("" = none).
+// Receives the files' bytes: the step's files into `tmp` (when not `discard`), the metadata into
+// `metadata` (commit_save writes it, last). All of them are received even after a failed write,
+// so the stream stays aligned for the next transfer; returns the first write error ("" = none).
 std::string recv_files(distributed::ProcessGroup& pg, int src, int tag, const std::vector<Entry>& files,
-                       const stdfs::path& tmp, bool discard) {
+                       const stdfs::path& tmp, bool discard, std::string& metadata) {
   int64_t largest = 0;
   for (const auto& f : files) largest = std::max(largest, f.size);
   at::Tensor buf = at::empty({std::min(largest, kTransferChunkBytes)}, at::kByte);
   std::string error;
   for (const auto& f : files) {
     const stdfs::path path = tmp / f.name;
-    Fd fd(discard ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-    if (!discard && fd.fd < 0 && error.empty()) error = "cannot create '" + path.string() + "': " + std::strerror(errno);
+    const bool in_memory = f.name == checkpoint::kMetadataFile;
+    Fd fd(discard || in_memory ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!discard && !in_memory && fd.fd < 0 && error.empty()) error = "cannot create '" + path.string() + "': " + std::strerror(errno);
     for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
       at::Tensor part = buf.narrow(0, 0, std::min(kTransferChunkBytes, f.size - off));
       pg.recv(part, src, tag);
+      if (in_memory && !discard) metadata.append(static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()));
       if (fd.fd >= 0 && error.empty()) try {
           checkpoint::io::pwrite_all(fd.fd, static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()),
                                      static_cast<uint64_t>(off), "'" + path.string() + "'");
@@ -193,8 +197,18 @@ std::string recv_files(distributed::ProcessGroup& pg, int src, int tag, const st
   return error;
 }
 
+// The rest of a transfer after a failure before its files: received and dropped.
+void drain(distributed::ProcessGroup& pg, int src, int tag, const std::vector<Entry>& files) {
+  std::string ignored;
+  recv_files(pg, src, tag, files, {}, /*discard=*/true, ignored);
+  recv_word(pg, src, tag);
+}
+
 }  // namespace
 
+// The commit is the library's (commit_save, as one rank): a temporary folder beside the target,
+// the files, _CHECKPOINT_METADATA last, fsyncs, a rename that never replaces. The bytes are the
+// sender's, so the checksums its metadata lists still describe them.
 ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
                        const std::function<stdfs::path(int64_t step)>& target_of) {
   nlohmann::json h;
@@ -213,25 +227,46 @@ ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
   const stdfs::path target = target_of(r.step);
   std::error_code ec;
   const bool discard = stdfs::exists(target, ec);
-  const stdfs::path tmp = target.string() + ".tmp-" + checkpoint::fs::unique_suffix();
   std::string error;
-  if (!discard && (stdfs::create_directories(tmp, ec), ec)) error = "cannot create '" + tmp.string() + "': " + ec.message();
-  try {
-    const std::string e = recv_files(pg, src, tag, files, tmp, discard || !error.empty());
-    if (error.empty()) error = e;
-    const int64_t status = recv_word(pg, src, tag);
-    if (error.empty() && status != 0) error = "rank " + std::to_string(src) + " could not read its step " + std::to_string(r.step);
-    if (error.empty() && !discard) try {
-        checkpoint::fs::fsync_path(tmp);
-        checkpoint::fs::rename_no_replace(tmp, target);
-      } catch (const std::exception& x) {
-        error = x.what();
+  if (discard) {
+    drain(pg, src, tag, files);
+  } else {
+    bool received = false;         // the stream was consumed (else it is drained below)
+    std::exception_ptr transport;  // the network failed: no answer can reach the sender either
+    std::string metadata;
+    checkpoint::SaveSteps steps;
+    steps.write_rank_files = [&](const stdfs::path& tmp) {
+      std::string e;
+      try {
+        e = recv_files(pg, src, tag, files, tmp, /*discard=*/false, metadata);
+        const int64_t status = recv_word(pg, src, tag);
+        if (e.empty() && status != 0) e = "rank " + std::to_string(src) + " could not read its step " + std::to_string(r.step);
+      } catch (...) {
+        transport = std::current_exception();
+        throw;
       }
-  } catch (...) {  // the transport failed: no answer can reach the sender either
-    checkpoint::fs::remove_tree(tmp, ec);
-    throw;
+      received = true;
+      NNX_CHECK_IO(e.empty(), e);
+      return std::vector<checkpoint::FileEntry>{};  // the sender's metadata lists the files
+    };
+    steps.write_leader_files = [](const stdfs::path&) { return std::vector<checkpoint::FileEntry>{}; };
+    steps.metadata = [&](const std::vector<checkpoint::FileEntry>&) {
+      try {
+        return nlohmann::json::parse(metadata);
+      } catch (const std::exception& e) {
+        NNX_CHECK(false, "step transfer from rank ", src, ": its ", checkpoint::kMetadataFile, " is not JSON (", e.what(), ")");
+      }
+      return nlohmann::json();
+    };
+    try {
+      checkpoint::LocalCoordinator one;
+      checkpoint::commit_save(one, "replica", target, steps);
+    } catch (const std::exception& e) {
+      if (transport) std::rethrow_exception(transport);
+      error = e.what();
+      if (!received) drain(pg, src, tag, files);  // e.g. its temporary folder could not be made
+    }
   }
-  if (!error.empty()) checkpoint::fs::remove_tree(tmp, ec);
   send_word(pg, error.empty() ? 0 : 1, src, tag);  // the sender learns whether this rank holds the step
   NNX_CHECK_IO(error.empty(), error);
   r.committed = !discard;
