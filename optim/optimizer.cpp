@@ -73,9 +73,10 @@ void Optimizer::set_process_group(std::shared_ptr<distributed::ProcessGroup> pg)
 int64_t Optimizer::step_count() const { return variable("step").value().item<int64_t>(); }
 
 double Optimizer::learning_rate() const {
-  auto* adam = dynamic_cast<ScaleByAdam*>(tx_.back().get());
-  NNX_CHECK(adam != nullptr, "the optimizer's last stage has no learning rate");
-  return adam->options().learning_rate(step_count());
+  for (auto it = tx_.rbegin(); it != tx_.rend(); ++it)
+    if (const auto lr = (*it)->learning_rate(step_count())) return *lr;
+  NNX_CHECK(false, "no stage of the optimizer has a learning rate");
+  return 0;
 }
 
 void Optimizer::update(const State& grads) {

@@ -47,7 +47,8 @@ class Optimizer : public ModuleBase<Optimizer> {
   void step();
   /// Updates applied so far (the `step` variable).
   int64_t step_count() const;
-  /// The learning rate the next update will use, when the last stage is ScaleByAdam.
+  /// The learning rate the next update will use: the last stage's that has one
+  /// (Transform::learning_rate). Throws nnx::Error when none has.
   double learning_rate() const;
   /// The selected param paths in model order.
   const std::vector<std::string>& paths() const { return paths_; }

@@ -138,6 +138,24 @@ void adam_group_step(const AdamOptions& o, AdamGroup& group, const AdamScalars& 
 
 }  // namespace
 
+// The state of each param of ctx.paths, found by path once per optimizer (a transform shared by
+// two optimizers rebinds when the other one steps).
+void ScaleByAdam::bind(const UpdateContext& ctx) {
+  const auto& o = options_;
+  slots_.assign(ctx.paths.size(), Slot{});
+  for (size_t i = 0; i < ctx.paths.size(); ++i) {
+    const std::string& path = ctx.paths[i];
+    Slot& s = slots_[i];
+    if (o.master_weights && low_precision(ctx.params[i])) s.master = state_var(ctx.state, "master/" + path);
+    s.mu = state_var(ctx.state, "mu/" + path);
+    s.nu = state_var(ctx.state, "nu/" + path);
+    if (o.amsgrad) s.nu_max = state_var(ctx.state, "nu_max/" + path);
+    s.decay = *o.weight_decay != 0 && o.weight_decay_mask(path, Param);
+  }
+  bound_state_ = &ctx.state;
+  bound_paths_ = &ctx.paths;
+}
+
 void ScaleByAdam::apply(UpdateContext& ctx) {
   const auto& o = options_;
   const size_t n = ctx.paths.size();
@@ -149,24 +167,24 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
   const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
 
-  std::vector<at::Tensor> params, grads, mu, nu, nu_max, masters, low_params;
+  if (bound_state_ != &ctx.state || bound_paths_ != &ctx.paths || slots_.size() != n) bind(ctx);
+  std::vector<at::Tensor> params, grads, mu, nu, nu_max, low_params;
   std::vector<bool> decay(n);
   for (size_t i = 0; i < n; ++i) {
-    const std::string& path = ctx.paths[i];
+    const Slot& s = slots_[i];
     at::Tensor p = ctx.params[i];
     at::Tensor g = ctx.grads[i];
-    bool master = o.master_weights && low_precision(p);
-    if (master) {
+    if (s.master.defined()) {
       low_params.push_back(p);
-      p = state_var(ctx.state, "master/" + path).value();
+      p = s.master.value();
       g = g.to(at::kFloat);
     }
     params.push_back(p);
     grads.push_back(g);
-    mu.push_back(state_var(ctx.state, "mu/" + path).value());
-    nu.push_back(state_var(ctx.state, "nu/" + path).value());
-    if (o.amsgrad) nu_max.push_back(state_var(ctx.state, "nu_max/" + path).value());
-    decay[i] = *o.weight_decay != 0 && o.weight_decay_mask(path, Param);
+    mu.push_back(s.mu.value());
+    nu.push_back(s.nu.value());
+    if (o.amsgrad) nu_max.push_back(s.nu_max.value());
+    decay[i] = s.decay;
   }
 
   // Adam's L2 decay (grad + wd * param) reads the params only; AdamW's decoupled decay writes

@@ -46,6 +46,8 @@ class Transform {
   virtual void apply(UpdateContext& ctx) = 0;
   /// A JSON description (type and hyper-parameters).
   virtual nlohmann::json to_json() const = 0;
+  /// The learning rate this stage applies at update `step` (0-based), for a stage that has one.
+  virtual std::optional<double> learning_rate(int64_t step) const { return std::nullopt; }
 };
 
 /// Scales all gradients by min(1, max_norm / (total_norm + 1e-6)) where total_norm is the L2
@@ -103,10 +105,21 @@ class ScaleByAdam : public Transform {
             Module& state) override;
   void apply(UpdateContext& ctx) override;
   nlohmann::json to_json() const override;
+  std::optional<double> learning_rate(int64_t step) const override { return options_.learning_rate(step); }
   const AdamOptions& options() const { return options_; }
 
  private:
+  // One param's state, bound once (handles: a restore's set_value is seen through them), so a
+  // step looks up no path.
+  struct Slot {
+    Variable mu, nu, nu_max, master;  // nu_max: amsgrad; master: low-precision params
+    bool decay = false;               // weight_decay_mask selects it
+  };
+  void bind(const UpdateContext& ctx);
   AdamOptions options_;
+  std::vector<Slot> slots_;
+  const Module* bound_state_ = nullptr;               // the optimizer slots_ belong to
+  const std::vector<std::string>* bound_paths_ = nullptr;  // and its param paths
   at::Tensor scratch_;  // reused denominators of one group (not state)
 };
 

@@ -290,3 +290,44 @@ TEST(Optimizer, MomentsCarryTheirParamsPartitionSpec) {
     EXPECT_EQ(get_partition_spec(t.at(p).metadata), spec) << p;
   for (const char* p : {"mu/fc1/bias", "nu/fc2/kernel", "step"}) EXPECT_TRUE(get_partition_spec(t.at(p).metadata).replicated()) << p;
 }
+
+// ScaleByAdam binds each param's state once; what a step reads must still follow the
+// optimizer it steps (a transform shared by two optimizers) and a restore into the state
+// (update() replaces values through the same variables).
+TEST(Optimizer, AdamStateBoundOnceFollowsASharedTransformAndARestore) {
+  const at::Tensor x = at::linspace(-1, 1, 20).reshape({5, 4}), y = at::tensor({0, 1, 2, 1, 0}, at::kLong);
+  auto step = [&](Module& m, Optimizer& opt) {
+    zero_grad(m);
+    at::cross_entropy_loss(m.forward(x), y).backward();
+    opt.step();
+  };
+  auto make = [] {
+    Rngs rngs({{"params", 3}});
+    return std::make_shared<Mlp>(rngs);
+  };
+  // Two optimizers sharing one transform, stepped alternately, against one transform each.
+  auto a = make(), b = make(), ra = make(), rb = make();
+  auto shared = adamw(AdamOptions(1e-2));
+  Optimizer oa(a, {shared}), ob(b, {shared}), ora(ra, {adamw(AdamOptions(1e-2))}), orb(rb, {adamw(AdamOptions(1e-2))});
+  for (int i = 0; i < 3; ++i) {
+    step(*a, oa);
+    step(*ra, ora);
+  }
+  step(*b, ob);
+  step(*rb, orb);
+  step(*a, oa);
+  step(*ra, ora);
+  EXPECT_TRUE(state(*a).equal(state(*ra))) << state(*a).first_difference(state(*ra));
+  EXPECT_TRUE(state(oa).equal(state(ora))) << state(oa).first_difference(state(ora));
+  EXPECT_TRUE(state(ob).equal(state(orb))) << state(ob).first_difference(state(orb));
+  // A restore after steps: the next step starts from the restored moments, not the bound ones.
+  const State params_at_4 = state(*a).clone(), opt_at_4 = state(oa).clone();
+  step(*a, oa);
+  const State params_at_5 = state(*a).clone(), opt_at_5 = state(oa).clone();
+  step(*a, oa);
+  update(*a, params_at_4);
+  update(oa, opt_at_4);
+  step(*a, oa);
+  EXPECT_TRUE(state(*a).equal(params_at_5)) << state(*a).first_difference(params_at_5);
+  EXPECT_TRUE(state(oa).equal(opt_at_5)) << state(oa).first_difference(opt_at_5);
+}
