@@ -65,8 +65,8 @@ TEST(Config, DottedOverridesApplyAndAreNamedInErrors) {
 TEST(Config, SnapshotTimingAndBusyPolicy) {
   const std::string yaml = test::source_dir() + "/configs/tiny_synthetic.yaml";
   auto d = load_config(yaml);
-  EXPECT_EQ(d.checkpoint.snapshot, "deferred");  // nnx-train's default
-  EXPECT_EQ(d.checkpoint.busy_policy, "wait");
+  EXPECT_EQ(d.checkpoint.snapshot, checkpoint::io::SnapshotTiming::kDeferred);  // nnx-train's default
+  EXPECT_EQ(d.checkpoint.busy_policy, checkpoint::BusyPolicy::kWait);
   auto c = load_config(yaml, {"checkpoint.snapshot=in_save", "checkpoint.busy_policy=skip"});
   EXPECT_EQ(c.to_json()["checkpoint"]["snapshot"], "in_save");
   EXPECT_EQ(c.to_json()["checkpoint"]["busy_policy"], "skip");
@@ -77,13 +77,48 @@ TEST(Config, SnapshotTimingAndBusyPolicy) {
     EXPECT_NE(std::string(e.what()).find("deferred"), std::string::npos) << e.what();
   }
   EXPECT_THROW(load_config(yaml, {"checkpoint.busy_policy=later"}), Error);
-  EXPECT_EQ(load_config(yaml, {"checkpoint.busy_policy=second_buffer"}).checkpoint.busy_policy, "second_buffer");
+  EXPECT_EQ(load_config(yaml, {"checkpoint.busy_policy=second_buffer"}).checkpoint.busy_policy, checkpoint::BusyPolicy::kSecondBuffer);
+}
+
+// Each word option is typed at load, its words listed once (config.h), and every value, key
+// and policy error suggests the nearest word the same way; the JSON round trip keeps words.
+TEST(Config, WordOptionsAreTypedAndAWrongOneSuggestsTheNearest) {
+  const std::string yaml = test::source_dir() + "/configs/tiny_synthetic.yaml";
+  auto c = load_config(yaml, {"optimizer.type=adam", "train.nonfinite=stop", "model.dtype=bfloat16", "distributed.batch_stats=local"});
+  EXPECT_EQ(c.optimizer.type, OptimizerType::kAdam);
+  EXPECT_EQ(load_config(yaml, {"optimizer.type=adam", "optimizer.weight_decay=null"}).optimizer.weight_decay, 0.0);  // adam's default
+  EXPECT_EQ(c.train.nonfinite, Nonfinite::kStop);
+  EXPECT_EQ(c.model.dtype, ParamDType::kBFloat16);
+  EXPECT_EQ(c.distributed.batch_stats, BatchStatsMode::kLocal);
+  const nlohmann::json j = c.to_json();
+  EXPECT_EQ(j["optimizer"]["type"], "adam");
+  EXPECT_EQ(j["train"]["nonfinite"], "stop");
+  EXPECT_EQ(j["model"]["dtype"], "bfloat16");
+  EXPECT_EQ(j["distributed"]["batch_stats"], "local");
+  for (const auto& [override, suggestion] : std::vector<std::pair<std::string, std::string>>{
+           {"optimizer.type=adamww", "(did you mean 'adamw'?)"},
+           {"checkpoint.busy_policy=skp", "(did you mean 'skip'?)"},
+           {"train.nonfinit=stop", "(did you mean 'train.nonfinite'?)"},
+           {"trian.max_steps=1", "(did you mean 'train'?)"}}) {
+    try {
+      load_config(yaml, {override});
+      ADD_FAILURE() << override << " loaded";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(suggestion), std::string::npos) << override << ": " << e.what();
+    }
+  }
+  try {
+    load_config(yaml, {"optimizer.type=sgd"});  // nothing near: no suggestion
+    ADD_FAILURE() << "optimizer.type=sgd loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("did you mean"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Config, DeviceCudnnAndAutocast) {
   const std::string yaml = test::source_dir() + "/configs/tiny_synthetic.yaml";
   auto d = load_config(yaml);
-  EXPECT_EQ(d.train.autocast, "none");
+  EXPECT_EQ(d.train.autocast, Autocast::kNone);
   EXPECT_FALSE(d.cudnn.benchmark);
   EXPECT_TRUE(d.cudnn.deterministic);  // what a bit-exact resume on a GPU needs
   auto b = load_config(yaml, {"cudnn.benchmark=true", "train.autocast=bfloat16", "device=cuda:1"});

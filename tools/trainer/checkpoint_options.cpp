@@ -63,10 +63,8 @@ ck::CheckpointManagerOptions manager_options(const CheckpointConfig& c) {
   mo.enable_async_checkpointing = c.async;
   mo.handle_preemption_signals = true;  // SIGTERM/SIGINT: finish the step, save, exit 0
   mo.direct_io = c.direct_io;
-  mo.snapshot_timing = c.snapshot == "in_save" ? ck::io::SnapshotTiming::kInSave : ck::io::SnapshotTiming::kDeferred;
-  mo.busy_policy = c.busy_policy == "skip"            ? ck::BusyPolicy::kSkip
-                   : c.busy_policy == "second_buffer" ? ck::BusyPolicy::kSecondBuffer
-                                                      : ck::BusyPolicy::kWait;
+  mo.snapshot_timing = c.snapshot;
+  mo.busy_policy = c.busy_policy;
   if (!c.best_metric.empty()) {
     mo.best_fn = ck::metric_key(c.best_metric);
     mo.best_mode = c.best_mode;

@@ -28,6 +28,20 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return prev[b.size()];
 }
 
+// " (did you mean 'c'?)" for the candidate nearest to `word` (fewer than 4 edits), else "":
+// the one suggestion every config error makes (unknown keys, policies, values).
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates,
+                         const std::function<std::string(const std::string&)>& shown = nullptr) {
+  std::string best;
+  size_t best_d = 4;
+  for (const auto& c : candidates)
+    if (const size_t d = edit_distance(word, c); d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  return best.empty() ? std::string() : " (did you mean '" + (shown ? shown(best) : best) + "'?)";
+}
+
 // Where values came from, for error messages.
 struct Source {
   std::string file;
@@ -124,9 +138,20 @@ class Section {
     if (std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      fail_at(raw(key), key_path(key), " = '", v, "' is not one of: ", list);
+      fail_at(raw(key), key_path(key), " = '", v, "' is not one of: ", list, did_you_mean(v, allowed));
     }
     return v;
+  }
+
+  /// one_of() over an option's table of words: its value.
+  template <class E, size_t N>
+  E choice(const std::string& key, E def, const EnumName<E> (&names)[N]) {
+    std::vector<std::string> allowed;
+    for (const auto& n : names) allowed.push_back(n.name);
+    const std::string v = one_of(key, name_of(def, names), allowed);
+    for (const auto& n : names)
+      if (v == n.name) return n.value;
+    return def;
   }
 
   /// A section over `n` (part of this one's node), named `dotted` in errors.
@@ -147,18 +172,9 @@ class Section {
                 " used as a key");
       std::string k = it->first.as<std::string>();
       if (used_.count(k)) continue;
-      std::string best;
-      size_t best_d = 4;
-      for (const auto& u : used_) {
-        size_t d = edit_distance(k, u);
-        if (d < best_d) {
-          best_d = d;
-          best = u;
-        }
-      }
       std::string dotted = key_path(k);
       throw Error(where(it->first, dotted) + ": unknown key '" + dotted + "'" +
-                  (best.empty() ? std::string() : " (did you mean '" + key_path(best) + "'?)"));
+                  did_you_mean(k, std::vector<std::string>(used_.begin(), used_.end()), [&](const std::string& u) { return key_path(u); }));
     }
   }
 
@@ -270,11 +286,7 @@ nlohmann::json policy_list(Section& ck, const std::string& key, const std::vecto
       ck.fail_at(item, at, " must be a mapping with one key naming the policy (one of: ", join(kinds), ")");
     const std::string kind = item.begin()->first.Scalar();
     if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
-      std::string best;
-      for (const auto& k : kinds)
-        if (edit_distance(kind, k) < 4 && (best.empty() || edit_distance(kind, k) < edit_distance(kind, best))) best = k;
-      ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'",
-                 best.empty() ? std::string() : " (did you mean '" + best + "'?)", "; one of: ", join(kinds));
+      ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'", did_you_mean(kind, kinds), "; one of: ", join(kinds));
     }
     Section entry = ck.child(item, at);
     out.push_back({{kind, value(entry, kind)}});
@@ -367,11 +379,7 @@ void unknown_top_level_keys(const YAML::Node& root, const Source& src) {
     if (!it->first.IsScalar()) continue;  // reported by finish()
     const std::string k = it->first.Scalar();
     if (std::find(known.begin(), known.end(), k) != known.end()) continue;
-    std::string best;
-    for (const auto& c : known)
-      if (edit_distance(k, c) < 4 && (best.empty() || edit_distance(k, c) < edit_distance(k, best))) best = c;
-    throw Error(top.where(it->first, k) + ": unknown key '" + k + "'" +
-                (best.empty() ? std::string() : " (did you mean '" + best + "'?)"));
+    throw Error(top.where(it->first, k) + ": unknown key '" + k + "'" + did_you_mean(k, known));
   }
 }
 
@@ -387,8 +395,8 @@ void parse_checkpoint(Section& ck, CheckpointConfig& c) {
   c.best_mode = ck.one_of("best_mode", c.best_metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
   c.fallback_to_verified = ck.get<bool>("fallback_to_verified", false);
   c.direct_io = ck.get<bool>("direct_io", true);
-  c.snapshot = ck.one_of("snapshot", "deferred", {"deferred", "in_save"});
-  c.busy_policy = ck.one_of("busy_policy", "wait", {"wait", "skip", "second_buffer"});
+  c.snapshot = ck.choice("snapshot", checkpoint::io::SnapshotTiming::kDeferred, kSnapshotTimings);
+  c.busy_policy = ck.choice("busy_policy", checkpoint::BusyPolicy::kWait, kBusyPolicies);
   Section local = ck.sub("local");
   c.local.save_interval_steps = local.in_range<int64_t>("save_interval_steps", 0, 0, 1e12);
   c.local.max_to_keep = local.in_range<int>("max_to_keep", 2, 1, 1000);
@@ -454,12 +462,12 @@ void parse_data(Section& top, Config& c) {
 
 void parse_optimizer(Section& top, OptimizerConfig& o) {
   Section opt = top.sub("optimizer");
-  o.type = opt.one_of("type", "adamw", {"adam", "adamw"});
+  o.type = opt.choice("type", OptimizerType::kAdamW, kOptimizerTypes);
   o.learning_rate = opt.in_range<double>("learning_rate", 1e-3, 0.0, 10.0);
   o.beta1 = opt.in_range<double>("beta1", 0.9, 0.0, 0.999999);
   o.beta2 = opt.in_range<double>("beta2", 0.999, 0.0, 0.999999);
   o.eps = opt.in_range<double>("eps", 1e-8, 0.0, 1.0);
-  o.weight_decay = opt.in_range<double>("weight_decay", o.type == "adamw" ? 0.01 : 0.0, 0.0, 10.0);
+  o.weight_decay = opt.in_range<double>("weight_decay", o.type == OptimizerType::kAdamW ? 0.01 : 0.0, 0.0, 10.0);
   o.amsgrad = opt.get<bool>("amsgrad", false);
   o.clip_norm = opt.in_range<double>("clip_norm", 0.0, 0.0, 1e9);
   o.no_decay = opt.get<std::vector<std::string>>("no_decay", {"bias", "scale"});
@@ -472,8 +480,8 @@ void parse_train(Section& top, TrainConfig& t) {
   t.batch_size = tr.in_range<int64_t>("batch_size", 64, 1, 1 << 20);
   t.grad_accum_steps = tr.in_range<int64_t>("grad_accum_steps", 1, 1, 4096);
   t.log_every = tr.in_range<int64_t>("log_every", 50, 1, 1e12);
-  t.nonfinite = tr.one_of("nonfinite", "skip", {"skip", "stop"});
-  t.autocast = tr.one_of("autocast", "none", {"none", "bfloat16"});
+  t.nonfinite = tr.choice("nonfinite", Nonfinite::kSkip, kNonfinite);
+  t.autocast = tr.choice("autocast", Autocast::kNone, kAutocast);
   tr.finish();
 }
 
@@ -512,7 +520,7 @@ void parse_model(Section& top, const YAML::Node& node, ModelConfig& m) {
   if (!model.has("type"))
     throw Error(model.where(node, "model") + ": missing required key 'model.type' (" + join(model_type_names()) + ")");
   m.type = model.one_of("type", "", model_type_names());
-  m.dtype = model.one_of("dtype", "float32", {"float32", "bfloat16"});
+  m.dtype = model.choice("dtype", ParamDType::kFloat32, kParamDTypes);
   if (const ModelType& type = model_type(m.type); type.options) {
     SectionReader reader(model);
     m.options = type.options(reader);
@@ -527,7 +535,7 @@ void parse_distributed(Section& top, DistributedConfig& d, const std::string& de
     dist.fail_at(dist.raw("backend"), "distributed.backend", " = nccl needs device: cuda (NCCL moves GPU memory only); "
                  "the device is cpu (use gloo or auto)");
   d.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
-  d.batch_stats = dist.one_of("batch_stats", "sync", {"sync", "local"});
+  d.batch_stats = dist.choice("batch_stats", BatchStatsMode::kSync, kBatchStatsModes);
   d.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
   d.overlap_grad_reduce = dist.get<bool>("overlap_grad_reduce", true);
   dist.finish();
@@ -589,7 +597,7 @@ nlohmann::json Config::to_json() const {
   return {
       {"seed", seed}, {"device", device}, {"threads", threads}, {"log_level", log_level}, {"run", {{"dir", run_dir}}},
       {"cudnn", {{"benchmark", cudnn.benchmark}, {"deterministic", cudnn.deterministic}}},
-      {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = model.dtype; return m; }()},
+      {"model", [&] { nlohmann::json m = model.options; m["type"] = model.type; m["dtype"] = name_of(model.dtype, kParamDTypes); return m; }()},
       {"data", [&] {
          nlohmann::json d = {{"dataset", data.dataset}, {"root", data.root}, {"path", data.path}, {"block_size", data.block_size},
                              {"size", data.size}, {"features", data.features}, {"classes", data.classes},
@@ -597,15 +605,15 @@ nlohmann::json Config::to_json() const {
          if (data.options.is_object()) d.update(data.options);  // a registered dataset's own keys
          return d;
        }()},
-      {"optimizer", {{"type", optimizer.type}, {"learning_rate", optimizer.learning_rate}, {"beta1", optimizer.beta1},
+      {"optimizer", {{"type", name_of(optimizer.type, kOptimizerTypes)}, {"learning_rate", optimizer.learning_rate}, {"beta1", optimizer.beta1},
                      {"beta2", optimizer.beta2}, {"eps", optimizer.eps}, {"weight_decay", optimizer.weight_decay},
                      {"amsgrad", optimizer.amsgrad}, {"clip_norm", optimizer.clip_norm}, {"no_decay", optimizer.no_decay}}},
       {"schedule", {{"type", schedule.type}, {"warmup_steps", schedule.warmup_steps}, {"decay_steps", schedule.decay_steps},
                     {"end_value", schedule.end_value}, {"init_value", schedule.init_value}, {"alpha", schedule.alpha},
                     {"gamma", schedule.gamma}, {"step_size", schedule.step_size}}},
       {"train", {{"max_steps", train.max_steps}, {"batch_size", train.batch_size},
-                 {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", train.nonfinite},
-                 {"autocast", train.autocast}}},
+                 {"grad_accum_steps", train.grad_accum_steps}, {"log_every", train.log_every}, {"nonfinite", name_of(train.nonfinite, kNonfinite)},
+                 {"autocast", name_of(train.autocast, kAutocast)}}},
       {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
       // A key that checkpoint.save or checkpoint.keep replaces prints as null, so the printed
       // config loads again (giving both is an error).
@@ -618,9 +626,9 @@ nlohmann::json Config::to_json() const {
                       {"local", {{"save_interval_steps", checkpoint.local.save_interval_steps},
                                  {"max_to_keep", checkpoint.local.max_to_keep}, {"directory", checkpoint.local.directory},
                                  {"async", checkpoint.local.async}, {"replicas", checkpoint.local.replicas}}},
-                      {"snapshot", checkpoint.snapshot}, {"busy_policy", checkpoint.busy_policy},
+                      {"snapshot", name_of(checkpoint.snapshot, kSnapshotTimings)}, {"busy_policy", name_of(checkpoint.busy_policy, kBusyPolicies)},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
-      {"distributed", {{"backend", distributed.backend}, {"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", distributed.batch_stats}, {"zero_stage", distributed.zero_stage},
+      {"distributed", {{"backend", distributed.backend}, {"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", name_of(distributed.batch_stats, kBatchStatsModes)}, {"zero_stage", distributed.zero_stage},
                        {"overlap_grad_reduce", distributed.overlap_grad_reduce}}},
   };
 }

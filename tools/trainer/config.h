@@ -9,14 +9,55 @@
 #include <vector>
 
 #include "nnx/checkpoint/emergency/local_checkpoint_options.h"
+#include "nnx/checkpoint/manager_options.h"
+#include "nnx/framework/error.h"
 
 namespace nnx::trainer {
+
+/// One value of a config option that takes a word: the value and the word (what YAML gives and
+/// to_json() writes). Each option's words are listed once, in a table of these.
+template <class E>
+struct EnumName {
+  E value;
+  const char* name;
+};
+
+/// The word of `value` in `names`. Throws nnx::InternalError when it is not listed.
+template <class E, size_t N>
+const char* name_of(E value, const EnumName<E> (&names)[N]) {
+  for (const auto& n : names)
+    if (n.value == value) return n.name;
+  throw InternalError("a config value without a name in its table");
+}
+
+/// model.dtype: the params' dtype (bfloat16 keeps fp32 optimizer masters).
+enum class ParamDType { kFloat32, kBFloat16 };
+inline constexpr EnumName<ParamDType> kParamDTypes[] = {{ParamDType::kFloat32, "float32"}, {ParamDType::kBFloat16, "bfloat16"}};
+/// optimizer.type: torch.optim.Adam or AdamW.
+enum class OptimizerType { kAdam, kAdamW };
+inline constexpr EnumName<OptimizerType> kOptimizerTypes[] = {{OptimizerType::kAdam, "adam"}, {OptimizerType::kAdamW, "adamw"}};
+/// train.nonfinite: what a NaN or Inf loss or gradient does.
+enum class Nonfinite { kSkip, kStop };
+inline constexpr EnumName<Nonfinite> kNonfinite[] = {{Nonfinite::kSkip, "skip"}, {Nonfinite::kStop, "stop"}};
+/// train.autocast: mixed precision of the forward pass.
+enum class Autocast { kNone, kBFloat16 };
+inline constexpr EnumName<Autocast> kAutocast[] = {{Autocast::kNone, "none"}, {Autocast::kBFloat16, "bfloat16"}};
+/// distributed.batch_stats: BatchNorm running statistics averaged over ranks each step, or kept per rank.
+enum class BatchStatsMode { kSync, kLocal };
+inline constexpr EnumName<BatchStatsMode> kBatchStatsModes[] = {{BatchStatsMode::kSync, "sync"}, {BatchStatsMode::kLocal, "local"}};
+/// checkpoint.snapshot (checkpoint::io::SnapshotTiming).
+inline constexpr EnumName<checkpoint::io::SnapshotTiming> kSnapshotTimings[] = {
+    {checkpoint::io::SnapshotTiming::kDeferred, "deferred"}, {checkpoint::io::SnapshotTiming::kInSave, "in_save"}};
+/// checkpoint.busy_policy (checkpoint::BusyPolicy).
+inline constexpr EnumName<checkpoint::BusyPolicy> kBusyPolicies[] = {{checkpoint::BusyPolicy::kWait, "wait"},
+                                                                     {checkpoint::BusyPolicy::kSkip, "skip"},
+                                                                     {checkpoint::BusyPolicy::kSecondBuffer, "second_buffer"}};
 
 /// model: the network (type-specific keys; see docs/config.md).
 struct ModelConfig {
   std::string type;            ///< "mlp", "cnn", "gpt" or a registered type (trainer/registry.h)
   nlohmann::json options;      ///< what the type's ModelType::options read from model:
-  std::string dtype = "float32";  ///< float32 | bfloat16 (params; fp32 optimizer masters)
+  ParamDType dtype = ParamDType::kFloat32;
 };
 
 /// data: what to train on.
@@ -35,7 +76,7 @@ struct DataConfig {
 
 /// optimizer: Adam or AdamW (torch.optim semantics).
 struct OptimizerConfig {
-  std::string type = "adamw";  ///< adam | adamw
+  OptimizerType type = OptimizerType::kAdamW;
   double learning_rate = 1e-3;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double weight_decay = 0.0;
@@ -59,8 +100,8 @@ struct TrainConfig {
   int64_t batch_size = 64;
   int64_t grad_accum_steps = 1;
   int64_t log_every = 50;
-  std::string nonfinite = "skip";  ///< skip | stop: what a NaN/Inf loss or gradient does
-  std::string autocast = "none";   ///< none | bfloat16: mixed precision of forward (CPU and CUDA autocast)
+  Nonfinite nonfinite = Nonfinite::kSkip;
+  Autocast autocast = Autocast::kNone;  ///< CPU and CUDA autocast
 };
 
 /// cudnn: cuDNN's algorithm choice on CUDA devices (ignored on the CPU).
@@ -96,11 +137,11 @@ struct CheckpointConfig {
   /// When an async save's host snapshot copies: "deferred" (beside the next training step;
   /// the optimizer and layers wait at the write fence for a tensor not yet copied) or
   /// "in_save" (inside save(), which then blocks for the copy). checkpoint::SnapshotTiming.
-  std::string snapshot = "deferred";
+  checkpoint::io::SnapshotTiming snapshot = checkpoint::io::SnapshotTiming::kDeferred;
   /// While the previous async save is still being written: "wait" for it, "skip" this
   /// interval's save (never the last step's or a preemption's), or "second_buffer" (snapshot
   /// into a second host buffer set, written after the previous). checkpoint::BusyPolicy.
-  std::string busy_policy = "wait";
+  checkpoint::BusyPolicy busy_policy = checkpoint::BusyPolicy::kWait;
   /// checkpoint.save: save decision policies, a union, each one object naming its kind, e.g.
   /// [{"fixed_interval": 1000}, {"specific_steps": [50]}] (docs/config.md); null = from
   /// save_interval_steps.
@@ -119,7 +160,7 @@ struct DistributedConfig {
   /// NCCL, else Gloo) | gloo | nccl. CPU tensors always go over Gloo (distributed::Backend).
   std::string backend = "auto";
   int64_t timeout_seconds = 300;    ///< every collective and the rendezvous wait at most this
-  std::string batch_stats = "sync";  ///< sync: average BatchNorm running stats over ranks each step; local: keep per rank (rank 0's are saved)
+  BatchStatsMode batch_stats = BatchStatsMode::kSync;  ///< local: rank 0's are saved
   /// 0: every rank keeps the whole optimizer state; 1: ZeRO-1, each rank keeps (and checkpoints)
   /// the optimizer state of its rows of every param (Rajbhandari et al., 2020).
   int64_t zero_stage = 0;

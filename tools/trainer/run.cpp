@@ -129,7 +129,7 @@ void Run::build_model(const Datasets& ds) {
   auto& model = state_.model;
   model = type.build ? type.build(cfg_.model.options, ds, cfg_, rngs) : build_builtin_model(cfg_, ds, rngs);
   NNX_CHECK(model != nullptr, "model.type '", cfg_.model.type, "': its build() gave no module");
-  if (cfg_.model.dtype == "bfloat16") model->to(at::kBFloat16);
+  if (cfg_.model.dtype == ParamDType::kBFloat16) model->to(at::kBFloat16);
   model->to(device_);
   // Per-rank dropout masks; key and count stay replicated (and checkpointed once).
   if (ctx_.env.world_size > 1 && model->has_child("rngs"))
@@ -150,7 +150,7 @@ void Run::build_optimizer() {
   ao.weight_decay_mask = Not(Any(exempt));
   std::vector<std::shared_ptr<optim::Transform>> tx;
   if (cfg_.optimizer.clip_norm > 0) tx.push_back(optim::clip_by_global_norm(cfg_.optimizer.clip_norm));
-  tx.push_back(cfg_.optimizer.type == "adamw" ? optim::adamw(ao) : optim::adam(ao));
+  tx.push_back(cfg_.optimizer.type == OptimizerType::kAdamW ? optim::adamw(ao) : optim::adam(ao));
   // ZeRO-1: each rank keeps the optimizer state of its rows of every param.
   const distributed::Env& env = ctx_.env;
   state_.zero1 = cfg_.distributed.zero_stage == 1 && env.world_size > 1;
@@ -171,7 +171,7 @@ void Run::build_loader() {
 }
 
 std::optional<at::ScalarType> Run::autocast_dtype() const {
-  if (cfg_.train.autocast == "bfloat16") return at::kBFloat16;
+  if (cfg_.train.autocast == Autocast::kBFloat16) return at::kBFloat16;
   return std::nullopt;
 }
 
@@ -181,7 +181,7 @@ std::pair<double, bool> Run::step() {
   for (int64_t micro = 0; micro < cfg_.train.grad_accum_steps; ++micro) {
     auto b = state_.loader->next();
     auto x = b.inputs.to(device_), y = b.targets.to(device_);
-    if (cfg_.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
+    if (cfg_.model.dtype == ParamDType::kBFloat16 && x.is_floating_point()) x = x.to(at::kBFloat16);
     at::Tensor logits;
     {
       compat::AutocastGuard autocast(device_.type(), autocast_dtype());
@@ -212,7 +212,7 @@ std::pair<double, bool> Run::step() {
   }
   if (finite) {
     state_.optimizer->update(g);
-  } else if (cfg_.train.nonfinite == "stop") {
+  } else if (cfg_.train.nonfinite == Nonfinite::kStop) {
     NNX_CHECK_IO(false, "non-finite loss or gradient at step ", state_.step + 1, " (loss ", loss_value,
                  "); stopping without saving (train.nonfinite = stop). The last checkpoint is intact.");
   } else {
@@ -223,7 +223,7 @@ std::pair<double, bool> Run::step() {
 }
 
 void Run::sync_batch_stats() {
-  if (!ctx_.pg || cfg_.distributed.batch_stats != "sync") return;
+  if (!ctx_.pg || cfg_.distributed.batch_stats != BatchStatsMode::kSync) return;
   State stats = state(*state_.model, BatchStat);
   if (!stats.empty()) distributed::all_reduce_mean(stats, *ctx_.pg);
 }
@@ -239,7 +239,7 @@ std::pair<double, double> Run::evaluate() {
     if (cfg_.eval.max_batches > 0 && batches++ >= cfg_.eval.max_batches) break;
     auto b = ds_.eval->get_batch(at::arange(start, std::min(n, start + cfg_.eval.batch_size), at::kLong));
     auto x = b.inputs.to(device_), y = b.targets.to(device_);
-    if (cfg_.model.dtype == "bfloat16" && x.is_floating_point()) x = x.to(at::kBFloat16);
+    if (cfg_.model.dtype == ParamDType::kBFloat16 && x.is_floating_point()) x = x.to(at::kBFloat16);
     at::Tensor logits;
     {
       compat::AutocastGuard autocast(device_.type(), autocast_dtype());

@@ -186,7 +186,7 @@ State local_arrays(State s) {
 // each rank keeps its own), the local tier each rank's own.
 State RunCheckpoints::batch_stats_to_save() {
   State stats = state(*state_.model, BatchStat);
-  if (!ctx_.pg || ctx_.cfg.distributed.batch_stats != "local") return stats;  // equal on every rank (sync), or one rank
+  if (!ctx_.pg || ctx_.cfg.distributed.batch_stats != BatchStatsMode::kLocal) return stats;  // equal on every rank (sync), or one rank
   stats = stats.clone();  // the model keeps its own
   for (auto& [p, vs] : stats) {
     std::vector<at::Tensor> one = {vs.value};
