@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "nnx/checkpoint/busy_policy.h"
 #include "nnx/checkpoint/io/host_snapshot.h"
 #include "nnx/checkpoint/preservation_policy.h"
 #include "nnx/checkpoint/save_decision_policy.h"
@@ -15,18 +16,6 @@ class ProcessGroup;
 }
 
 namespace nnx::checkpoint {
-
-/// What an async save does when the previous one is still being written.
-enum class BusyPolicy {
-  kWait,  ///< wait for it, then save (training stalls while the disk catches up)
-  /// Save nothing this time and return false, unless forced (the last step, a preemption);
-  /// with several ranks, every rank skips when any rank is still writing.
-  kSkip,
-  /// Snapshot into a second set of host buffers (two snapshots of extra memory) without waiting;
-  /// its write starts when the previous save finished, so steps commit in order. A third save
-  /// while two are in flight waits for the older.
-  kSecondBuffer,
-};
 
 /// Options of a CheckpointManager (ocp.CheckpointManagerOptions).
 struct CheckpointManagerOptions {

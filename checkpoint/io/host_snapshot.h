@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "nnx/checkpoint/io/snapshot_timing.h"
+
 namespace nnx {
 class PendingRead;
 }
@@ -19,11 +21,6 @@ struct DeferredCopy;
 struct DeviceFence;
 class DeviceCopies;
 
-/// When a snapshot copies: inside save() (the caller may then change its tensors any way it
-/// likes) or after save() returned, beside the caller's next steps (in-place writers of the
-/// saved tensors must pass the write fence, nnx::prepare_write, which the framework's writers
-/// do: the optimizer, BatchNorm, the collectives, Variable::mutable_value()).
-enum class SnapshotTiming { kInSave, kDeferred };
 
 /// Copies tensors into host buffers that a background save can write while the caller goes on
 /// changing the originals. copy() returns the buffer at once.

@@ -1,8 +1,11 @@
 #include "nnx/trainer/checkpoint_options.h"
 
 #include <set>
+#include <string>
+#include <vector>
 
 #include "nnx/framework/error.h"
+#include "nnx/trainer/policy_kinds.h"
 
 namespace nnx::trainer {
 
@@ -16,18 +19,50 @@ std::pair<std::string, nlohmann::json> kind_of(const nlohmann::json& entry) {
 }
 }  // namespace
 
+namespace {
+// The kind named by `kind` in `names`; nnx::Error naming `what` when it is unknown (load_config()
+// produces none).
+template <class E, size_t N>
+E kind_named(const std::string& kind, const EnumName<E> (&names)[N], const char* what) {
+  for (const auto& n : names)
+    if (kind == n.name) return n.value;
+  NNX_CHECK(false, "unknown ", what, " '", kind, "'");
+  return names[0].value;
+}
+
+ck::SaveDecisionPolicyPtr build(SavePolicyKind kind, const nlohmann::json& v) {
+  switch (kind) {
+    case SavePolicyKind::kFixedInterval: return std::make_shared<ck::FixedIntervalPolicy>(v.get<int64_t>());
+    case SavePolicyKind::kSpecificSteps: return std::make_shared<ck::SpecificStepsPolicy>(v.get<std::set<int64_t>>());
+    case SavePolicyKind::kPreemption: return std::make_shared<ck::PreemptionCheckpointingPolicy>();
+    case SavePolicyKind::kContinuous:
+      return std::make_shared<ck::ContinuousCheckpointingPolicy>(v.at("minimum_interval_steps").get<int64_t>(),
+                                                                 v.at("minimum_interval_seconds").get<double>());
+    case SavePolicyKind::kInitialSave: return std::make_shared<ck::InitialSavePolicy>();
+  }
+  return nullptr;
+}
+
+ck::PreservationPolicyPtr build(KeepPolicyKind kind, const nlohmann::json& v) {
+  switch (kind) {
+    case KeepPolicyKind::kLatestN: return std::make_shared<ck::LatestN>(v.get<int>());
+    case KeepPolicyKind::kBestN:
+      return std::make_shared<ck::BestN>(ck::metric_key(v.at("metric").get<std::string>()), v.at("mode").get<std::string>(),
+                                         v.at("n").get<int>(), v.at("keep_checkpoints_without_metrics").get<bool>());
+    case KeepPolicyKind::kEveryNSteps: return std::make_shared<ck::EveryNSteps>(v.get<int64_t>());
+    case KeepPolicyKind::kEveryNSeconds: return std::make_shared<ck::EveryNSeconds>(v.get<double>());
+    case KeepPolicyKind::kCustomSteps: return std::make_shared<ck::CustomSteps>(v.get<std::set<int64_t>>());
+    case KeepPolicyKind::kLatestDurationSeconds: return std::make_shared<ck::LatestDuration>(v.get<double>());
+  }
+  return nullptr;
+}
+}  // namespace
+
 ck::SaveDecisionPolicyPtr save_decision_policy(const nlohmann::json& save) {
   std::vector<ck::SaveDecisionPolicyPtr> all;
   for (const auto& entry : save) {
-    auto [kind, v] = kind_of(entry);
-    if (kind == "fixed_interval") all.push_back(std::make_shared<ck::FixedIntervalPolicy>(v.get<int64_t>()));
-    else if (kind == "specific_steps") all.push_back(std::make_shared<ck::SpecificStepsPolicy>(v.get<std::set<int64_t>>()));
-    else if (kind == "preemption") all.push_back(std::make_shared<ck::PreemptionCheckpointingPolicy>());
-    else if (kind == "initial_save") all.push_back(std::make_shared<ck::InitialSavePolicy>());
-    else if (kind == "continuous")
-      all.push_back(std::make_shared<ck::ContinuousCheckpointingPolicy>(v.at("minimum_interval_steps").get<int64_t>(),
-                                                                        v.at("minimum_interval_seconds").get<double>()));
-    else NNX_CHECK(false, "unknown save decision policy '", kind, "'");
+    const auto [kind, value] = kind_of(entry);
+    all.push_back(build(kind_named(kind, kSavePolicyKinds, "save decision policy"), value));
   }
   all.push_back(std::make_shared<ck::PreemptionCheckpointingPolicy>());
   return std::make_shared<ck::AnySavePolicy>(std::move(all));
@@ -36,16 +71,8 @@ ck::SaveDecisionPolicyPtr save_decision_policy(const nlohmann::json& save) {
 ck::PreservationPolicyPtr preservation_policy(const nlohmann::json& keep) {
   std::vector<ck::PreservationPolicyPtr> all;
   for (const auto& entry : keep) {
-    auto [kind, v] = kind_of(entry);
-    if (kind == "latest_n") all.push_back(std::make_shared<ck::LatestN>(v.get<int>()));
-    else if (kind == "every_n_steps") all.push_back(std::make_shared<ck::EveryNSteps>(v.get<int64_t>()));
-    else if (kind == "every_n_seconds") all.push_back(std::make_shared<ck::EveryNSeconds>(v.get<double>()));
-    else if (kind == "latest_duration_seconds") all.push_back(std::make_shared<ck::LatestDuration>(v.get<double>()));
-    else if (kind == "custom_steps") all.push_back(std::make_shared<ck::CustomSteps>(v.get<std::set<int64_t>>()));
-    else if (kind == "best_n")
-      all.push_back(std::make_shared<ck::BestN>(ck::metric_key(v.at("metric").get<std::string>()), v.at("mode").get<std::string>(),
-                                                v.at("n").get<int>(), v.at("keep_checkpoints_without_metrics").get<bool>()));
-    else NNX_CHECK(false, "unknown preservation policy '", kind, "'");
+    const auto [kind, value] = kind_of(entry);
+    all.push_back(build(kind_named(kind, kKeepPolicyKinds, "preservation policy"), value));
   }
   return std::make_shared<ck::AnyPreservationPolicy>(std::move(all));
 }

@@ -10,6 +10,7 @@
 
 #include "nnx/framework/error.h"
 #include "nnx/optim/schedule_types.h"
+#include "nnx/trainer/policy_kinds.h"
 #include "nnx/trainer/registry.h"
 
 namespace nnx::trainer {
@@ -267,12 +268,16 @@ std::string join(const std::vector<std::string>& names) {
   return list;
 }
 
-// The value of one policy entry ({kind: value}), normalized to JSON; fails naming the entry.
-using PolicyValue = std::function<nlohmann::json(Section& entry, const std::string& kind)>;
+// The value of one policy entry ({name: value}) of kind E, normalized to JSON; fails naming the
+// entry.
+template <class E>
+using PolicyValue = std::function<nlohmann::json(Section& entry, const std::string& name, E kind)>;
 
-// checkpoint.save or checkpoint.keep: a non-empty list of one-key mappings, each naming a kind.
-nlohmann::json policy_list(Section& ck, const std::string& key, const std::vector<std::string>& kinds,
-                           const PolicyValue& value) {
+// checkpoint.save or checkpoint.keep: a non-empty list of one-key mappings, each naming a kind
+// of `table` (policy_kinds.h).
+template <class E, size_t N>
+nlohmann::json policy_list(Section& ck, const std::string& key, const EnumName<E> (&table)[N], const PolicyValue<E>& value) {
+  const std::vector<std::string> kinds = names_of(table);
   YAML::Node list = ck.raw(key);
   if (!list || list.IsNull()) return nullptr;
   const std::string dotted = ck.key_path(key);
@@ -289,7 +294,10 @@ nlohmann::json policy_list(Section& ck, const std::string& key, const std::vecto
       ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'", did_you_mean(kind, kinds), "; one of: ", join(kinds));
     }
     Section entry = ck.child(item, at);
-    out.push_back({{kind, value(entry, kind)}});
+    E k = table[0].value;
+    for (const auto& n : table)
+      if (kind == n.name) k = n.value;
+    out.push_back({{kind, value(entry, kind, k)}});
   }
   return out;
 }
@@ -309,10 +317,14 @@ nlohmann::json must_be_true(Section& entry, const std::string& kind) {
   return true;
 }
 
-nlohmann::json save_policy_value(Section& e, const std::string& kind) {
-  if (kind == "fixed_interval") return e.in_range<int64_t>(kind, 0, 1, 1e12);
-  if (kind == "specific_steps") return step_list(e, kind, 1);
-  if (kind == "preemption" || kind == "initial_save") return must_be_true(e, kind);
+nlohmann::json save_policy_value(Section& e, const std::string& kind, SavePolicyKind k) {
+  switch (k) {
+    case SavePolicyKind::kFixedInterval: return e.in_range<int64_t>(kind, 0, 1, 1e12);
+    case SavePolicyKind::kSpecificSteps: return step_list(e, kind, 1);
+    case SavePolicyKind::kPreemption:
+    case SavePolicyKind::kInitialSave: return must_be_true(e, kind);
+    case SavePolicyKind::kContinuous: break;
+  }
   // continuous: true, or {minimum_interval_steps, minimum_interval_seconds}
   if (e.raw(kind).IsScalar()) {
     must_be_true(e, kind);
@@ -329,12 +341,12 @@ nlohmann::json save_policy_value(Section& e, const std::string& kind) {
 const std::vector<std::string> kMetrics = {"eval_loss", "eval_accuracy", "loss"};
 
 // best_n: N, or {n, metric, mode, keep_checkpoints_without_metrics}.
-nlohmann::json best_n_value(Section& e, const std::string& default_metric) {
+nlohmann::json best_n_value(Section& e, const std::string& kind, const std::string& default_metric) {
   const std::string metric0 = default_metric.empty() ? "eval_loss" : default_metric;
-  if (e.raw("best_n").IsScalar())
-    return {{"n", e.in_range<int>("best_n", 1, 1, 1000000)}, {"metric", metric0},
+  if (e.raw(kind).IsScalar())
+    return {{"n", e.in_range<int>(kind, 1, 1, 1000000)}, {"metric", metric0},
             {"mode", metric0 == "eval_accuracy" ? "max" : "min"}, {"keep_checkpoints_without_metrics", true}};
-  Section b = e.sub("best_n");
+  Section b = e.sub(kind);
   nlohmann::json v;
   v["n"] = b.in_range<int>("n", 1, 1, 1000000);
   v["metric"] = b.one_of("metric", metric0, kMetrics);
@@ -344,12 +356,16 @@ nlohmann::json best_n_value(Section& e, const std::string& default_metric) {
   return v;
 }
 
-nlohmann::json keep_policy_value(Section& e, const std::string& kind, const std::string& default_metric) {
-  if (kind == "latest_n") return e.in_range<int>(kind, 0, 1, 1000000);
-  if (kind == "every_n_steps") return e.in_range<int64_t>(kind, 0, 1, 1e12);
-  if (kind == "custom_steps") return step_list(e, kind, 0);
-  if (kind == "best_n") return best_n_value(e, default_metric);
-  const double v = e.get<double>(kind, 0);  // every_n_seconds, latest_duration_seconds
+nlohmann::json keep_policy_value(Section& e, const std::string& kind, KeepPolicyKind k, const std::string& default_metric) {
+  switch (k) {
+    case KeepPolicyKind::kLatestN: return e.in_range<int>(kind, 0, 1, 1000000);
+    case KeepPolicyKind::kEveryNSteps: return e.in_range<int64_t>(kind, 0, 1, 1e12);
+    case KeepPolicyKind::kCustomSteps: return step_list(e, kind, 0);
+    case KeepPolicyKind::kBestN: return best_n_value(e, kind, default_metric);
+    case KeepPolicyKind::kEveryNSeconds:
+    case KeepPolicyKind::kLatestDurationSeconds: break;
+  }
+  const double v = e.get<double>(kind, 0);
   if (!(v > 0 && v <= 1e12)) e.fail_at(e.raw(kind), e.key_path(kind), " = ", v, " must be a number of seconds > 0");
   return v;
 }
@@ -358,12 +374,12 @@ nlohmann::json keep_policy_value(Section& e, const std::string& kind, const std:
 void checkpoint_policies(Section& ck, CheckpointConfig& c) {
   auto given = [&](const char* key) { return ck.has(key) && !ck.raw(key).IsNull(); };
   const bool interval_set = given("save_interval_steps"), keep_flags_set = given("max_to_keep") || given("keep_period");
-  c.save = policy_list(ck, "save", {"fixed_interval", "specific_steps", "preemption", "continuous", "initial_save"},
-                       save_policy_value);
+  c.save = policy_list<SavePolicyKind>(ck, "save", kSavePolicyKinds, save_policy_value);
   if (!c.save.is_null() && interval_set)
     ck.fail_at(ck.raw("save"), "checkpoint.save", " replaces checkpoint.save_interval_steps; set one of them (e.g. {fixed_interval: N} in the list)");
-  c.keep = policy_list(ck, "keep", {"latest_n", "best_n", "every_n_steps", "every_n_seconds", "custom_steps", "latest_duration_seconds"},
-                       [&](Section& e, const std::string& kind) { return keep_policy_value(e, kind, c.best_metric); });
+  c.keep = policy_list<KeepPolicyKind>(ck, "keep", kKeepPolicyKinds, [&](Section& e, const std::string& kind, KeepPolicyKind k) {
+    return keep_policy_value(e, kind, k, c.best_metric);
+  });
   if (!c.keep.is_null() && keep_flags_set)
     ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list; over a config that sets max_to_keep, add checkpoint.max_to_keep=null)");
 }
