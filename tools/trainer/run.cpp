@@ -58,9 +58,13 @@ Run::Run(const Config& cfg, const RunOptions& ropts)
   if (blas_is_reference())
     log::warn_parts("the reference BLAS (", blas_library_path(),
                     ") is active; matmuls run ~25x slower. Run tools/setup.sh to select OpenBLAS.");
-  build_distributed();
+  // The device before the process group: distributed.backend auto means NCCL for a CUDA device.
+  ctx_.env = distributed::env_from_environment();
+  log::configure("nnx-train", ctx_.env.rank, ctx_.env.world_size);
+  if (!cfg_.log_level.empty()) log::set_level(log::level_from_string(cfg_.log_level));
   device_ = compat::training_device(cfg_.device, ctx_.env.local_rank);  // each rank on its LOCAL_RANK's GPU
   compat::set_current_device(device_);
+  build_distributed();
   compat::set_cudnn_flags(cfg_.cudnn.benchmark, cfg_.cudnn.deterministic);
   ds_ = load_data(cfg_);
   build_model(ds_);
@@ -74,8 +78,7 @@ Run::~Run() = default;
 
 // Data parallel when started with several ranks (nnx-launch, torchrun, mpirun).
 void Run::build_distributed() {
-  distributed::Env& env = ctx_.env;
-  env = distributed::env_from_environment();
+  const distributed::Env& env = ctx_.env;
   // Resolved in one process too: a backend this build or device cannot serve is a config error
   // before the run is scaled out.
   backend_ = distributed::resolve_backend(cfg_.distributed.backend, device_);
@@ -84,8 +87,6 @@ void Run::build_distributed() {
     ctx_.ckpt_pg = ctx_.pg->new_group("checkpoint");
   }
   ctx_.lead = env.rank == 0;  // rank 0 prints, logs metrics and evaluates
-  log::configure("nnx-train", env.rank, env.world_size);
-  if (!cfg_.log_level.empty()) log::set_level(log::level_from_string(cfg_.log_level));
   if (ctx_.lead)
     for (const auto& w : cfg_.warnings) log::warn_parts(w);
   ctx_.out = ctx_.lead ? &std::cout : &null_stream();
