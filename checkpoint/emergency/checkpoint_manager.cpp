@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "nnx/checkpoint/emergency/local_tier.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/distributed.h"
@@ -46,10 +48,9 @@ bool CheckpointManager::reached_preemption(int64_t step) const { return persiste
 
 bool CheckpointManager::save(int64_t step, const TierArgs& args, const nlohmann::json& metrics, bool force) {
   if (local_->due(step)) local_->maybe_save(step, args.local);  // collective when due, saved or not here
+  newest_ = std::max(newest_, step);
   if (!args.persistent) return false;
-  const bool saved = persistent_->save(step, *args.persistent, metrics, force);
-  if (saved && resumed_local_step_ && step >= *resumed_local_step_) resumed_local_step_.reset();
-  return saved;
+  return persistent_->save(step, *args.persistent, metrics, force);
 }
 
 bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann::json& metrics, bool force) {
@@ -60,9 +61,12 @@ bool CheckpointManager::save(int64_t step, const Composite& args, const nlohmann
 }
 
 std::optional<RestoredStep> CheckpointManager::restore(const Composite& args, const RestoreOptions& options) {
-  if (!options.step && local_->configured())
-    if (auto r = restore_local(args)) return r;
-  return restore_persistent(args, options);
+  std::optional<RestoredStep> r;
+  if (!options.step && local_->configured()) r = restore_local(args);
+  if (!r) r = restore_persistent(args, options);
+  if (r) newest_ = r->step;
+  discard_newer_than(r ? r->step : -1);  // a timeline this run does not continue
+  return r;
 }
 
 // The local tier's newest step that every rank has (or gets from a peer's replica), when no
@@ -86,7 +90,6 @@ std::optional<RestoredStep> CheckpointManager::restore_local(const Composite& ar
   r.step = *step;
   r.path = local_->step_path(*step);
   r.from_local_tier = true;
-  resumed_local_step_ = *step;
   return r;
 }
 
@@ -128,33 +131,39 @@ void CheckpointManager::stop() {
 
 void CheckpointManager::discard_newer_than(int64_t step) { local_->discard_newer_than(step); }
 
-// The ranks agree, as the save that follows is collective.
-bool CheckpointManager::persistent_lacks_local_resume() const {
-  return any_rank(pg_.get(), resumed_local_step_ && persistent_->latest_step() != resumed_local_step_);
+// The ranks agree, as the save that follows is collective. Only a local tier's removal can lose
+// a step: without one, close() saves nothing.
+bool CheckpointManager::persistent_lacks_newest() const {
+  bool lacks = false;
+  if (local_->configured() && newest_ >= 0) {
+    const auto steps = persistent_->all_steps();
+    lacks = std::find(steps.begin(), steps.end(), newest_) == steps.end();
+  }
+  return any_rank(pg_.get(), lacks);
 }
 
-void CheckpointManager::close(const std::function<Composite()>& state_at_step, const nlohmann::json& metrics) {
-  if (closed_) return;
+std::optional<int64_t> CheckpointManager::close(const std::function<Composite(int64_t)>& state_at, const nlohmann::json& metrics) {
+  if (closed_) return std::nullopt;
   persistent_->wait_until_finished();
-  if (persistent_lacks_local_resume()) {
-    const int64_t step = resumed_local_step_.value_or(-1);
-    if (!state_at_step) {
-      log::warn_parts("checkpoint.local: step ", step, " is only in the local tier, which is kept: pass close() the state to save it");
+  std::optional<int64_t> saved;
+  if (persistent_lacks_newest()) {
+    if (!state_at) {
+      log::warn_parts("checkpoint.local: step ", newest_, " is not in the persistent tier; the local tier is kept "
+                      "(pass close() the state to save it there)");
       local_->wait_until_finished();
       local_->stop_replicas();
       persistent_->close();
       closed_ = true;
-      return;
+      return std::nullopt;
     }
-    persistent_->save(step, state_at_step(), metrics, /*force=*/true);
+    persistent_->save(newest_, state_at(newest_), metrics, /*force=*/true);
     persistent_->wait_until_finished();
-    log::info("checkpoint.local: step " + std::to_string(step) + " was only in the local tier; saved to " +
-              persistent_->step_path(step).string());
-    resumed_local_step_.reset();
+    saved = newest_;
   }
   local_->remove();
   persistent_->close();
   closed_ = true;
+  return saved;
 }
 
 }  // namespace nnx::checkpoint::emergency

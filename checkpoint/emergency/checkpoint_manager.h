@@ -32,11 +32,15 @@ struct CheckpointManagerOptions {
   checkpoint::CheckpointManagerOptions persistent;
 };
 
-/// What one save() writes to each tier.
+/// What one save() writes to each tier. Every rank passes the same shape: both tiers' saves are
+/// collective, so a rank that leaves `persistent` empty while another sets it makes the others
+/// wait until the process group's timeout ("rank 0 saves" is not a pattern here: every rank
+/// saves its part).
 struct TierArgs {
-  /// This rank's whole state for its local tier (each rank restores exactly what it held:
-  /// its RNG streams, BatchNorm statistics, optimizer rows). Empty when the local tier is due:
-  /// this rank skips the save (e.g. non-finite params); the ranks still agree on replicas.
+  /// This rank's whole state for its local tier (each rank restores exactly what it held: its
+  /// RNG streams, BatchNorm statistics, optimizer rows). When the local tier is due and this is
+  /// empty, this rank writes nothing at this step (e.g. non-finite params), and still takes part
+  /// in the ranks' agreement on replicas.
   std::optional<Composite> local;
   /// The run's state for the persistent tier, as checkpoint::CheckpointManager::save takes it.
   /// Empty: no persistent save at this step.
@@ -95,7 +99,9 @@ class CheckpointManager {
   /// Collective. The newest step every rank can restore: the local tier's (each rank its own
   /// state, from its folder or a peer's replica) when no older than the persistent tier's latest
   /// and it restores on every rank, else the persistent tier's. Empty when no tier holds a step.
-  /// Throws what CheckpointManager::restore throws when the persistent step does not restore.
+  /// Local steps newer than the restored one (or all, when none) are then deleted: they belong to
+  /// a timeline this run does not continue. Throws what CheckpointManager::restore throws when
+  /// the persistent step does not restore.
   std::optional<RestoredStep> restore(const Composite& args, const RestoreOptions& options = {});
   /// The persistent tier's newest step (the local tier's steps are per rank; restore() agrees).
   std::optional<int64_t> latest_step() const;
@@ -104,18 +110,19 @@ class CheckpointManager {
   /// Waits for both tiers' saves in flight; rethrows the persistent tier's failure.
   void wait_until_finished();
   /// After a preemption save: waits, then stops the replicas (collective). The local tier stays
-  /// for the resume.
+  /// for the resume: do not close() after it (close() removes the tier).
   void stop();
-  /// Deletes local steps (and replicas) newer than `step`, the step a run resumed from (-1: a
-  /// fresh start), so that a step from a discarded timeline is never restored.
-  void discard_newer_than(int64_t step);
-  /// The run finished (collective). A step restored from the local tier that the persistent
-  /// tier lacks (a run killed after its last local save and resumed with nothing left to train)
-  /// is saved there first, as `state_at_step()` gives it (with `metrics`); without
-  /// `state_at_step` the local tier is kept then, with a warning, so that step is not lost.
-  /// Then saves are waited for, the local tier is removed (its folder, the replicas it holds,
-  /// this run's folders at other world sizes) and the persistent tier closed. Idempotent.
-  void close(const std::function<Composite()>& state_at_step = nullptr, const nlohmann::json& metrics = nullptr);
+  /// The run finished (collective; every rank passes a callback, or none). The newest step this
+  /// run saved or restored must be in the persistent tier before the local tier goes: when it
+  /// is not (a run killed after its last local save resumes with nothing left to train; a
+  /// last step whose persistent save was not forced), it is saved there as
+  /// `state_at(step)` gives it (the caller's state now, at that step), with `metrics`. Without a
+  /// callback the local tier is then kept, with a warning, so that step is not lost. Then saves
+  /// are waited for, the local tier is removed (its folder, the replicas it holds, this run's
+  /// folders at other world sizes) and the persistent tier closed. Returns the step it saved to
+  /// the persistent tier, if any. Idempotent.
+  std::optional<int64_t> close(const std::function<Composite(int64_t step)>& state_at = nullptr,
+                               const nlohmann::json& metrics = nullptr);
 
   checkpoint::CheckpointManager& persistent() { return *persistent_; }
   const checkpoint::CheckpointManager& persistent() const { return *persistent_; }
@@ -125,12 +132,13 @@ class CheckpointManager {
  private:
   std::optional<RestoredStep> restore_local(const Composite& args);
   std::optional<RestoredStep> restore_persistent(const Composite& args, const RestoreOptions& options);
-  bool persistent_lacks_local_resume() const;
+  void discard_newer_than(int64_t step);
+  bool persistent_lacks_newest() const;
 
   std::shared_ptr<distributed::ProcessGroup> pg_;
   std::unique_ptr<checkpoint::CheckpointManager> persistent_;
   std::unique_ptr<LocalTier> local_;
-  std::optional<int64_t> resumed_local_step_;  // restored from the local tier, for close()
+  int64_t newest_ = -1;  // the newest step saved (either tier) or restored, for close()
   bool closed_ = false;
 };
 

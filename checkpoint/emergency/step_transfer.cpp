@@ -224,10 +224,15 @@ ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
   ReceivedStep r;
   r.step = h["step"].get<int64_t>();
   for (const auto& f : files) r.bytes += f.size;
-  const stdfs::path target = target_of(r.step);
-  std::error_code ec;
-  const bool discard = stdfs::exists(target, ec);
+  stdfs::path target;
   std::string error;
+  try {
+    target = target_of(r.step);
+  } catch (const std::exception& e) {
+    error = e.what();  // no place for it: received and dropped, the sender told
+  }
+  std::error_code ec;
+  const bool discard = !error.empty() || stdfs::exists(target, ec);
   if (discard) {
     drain(pg, src, tag, files);
   } else {

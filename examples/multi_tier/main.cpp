@@ -79,7 +79,6 @@ int main(int argc, char** argv) {
       std::cout << "resumed from step " << restored->step << " (" << (restored->from_local_tier ? "local" : "persistent")
                 << " tier)\n";
   }
-  mngr.discard_newer_than(start);  // a step of a timeline this run does not continue
 
   // Each rank's own batch (its shard of the data); gradients averaged over the ranks.
   const at::Tensor x = at::ones({8, 4}) * (env.rank + 1), y = at::zeros({8, 3});
@@ -89,14 +88,16 @@ int main(int argc, char** argv) {
     State g = grads(*model);
     if (pg) distributed::all_reduce_mean(g, *pg);
     optimizer.update(g);
-    mngr.save(step, save_args(*model, optimizer, step));
+    mngr.save(step, save_args(*model, optimizer, step), nullptr, /*force=*/step == 20);  // the last step always
     if (step == crash_after && (crash_rank < 0 || crash_rank == env.rank)) {
       mngr.local().wait_for_replicas();  // killed after its replica reached the peer
       ::raise(SIGKILL);
     }
   }
   mngr.wait_until_finished();
-  mngr.close([&] { return save_args(*model, optimizer, 20); });
+  // The newest step must reach the persistent tier before the local tier goes: a run killed
+  // after step 20's local save resumes here with nothing to train, and close() saves it.
+  mngr.close([&](int64_t step) { return save_args(*model, optimizer, step); });
   if (env.rank == 0) std::cout << "done: step 20, persistent tier latest " << *mngr.latest_step() << "\n";
   return 0;
 }

@@ -92,6 +92,8 @@ bool RunCheckpoints::restore() {
   std::optional<checkpoint::emergency::RestoredStep> r;
   try {
     r = tiers_->restore(args, ro);
+  } catch (const ModelChangedError&) {
+    throw;  // its own message says what to do
   } catch (const Error& e) {
     if (ro.fallback_to_verified) throw;
     NNX_CHECK(false, "cannot resume from step ", at.value_or(-1), ": ", e.what(),
@@ -101,7 +103,6 @@ bool RunCheckpoints::restore() {
     apply_restored(r->restored, r->step, r->path);
     resumed_local_ = r->from_local_tier;
   }
-  tiers_->discard_newer_than(r ? state_.step : -1);  // a timeline this run does not continue
   return r.has_value();
 }
 
@@ -269,10 +270,13 @@ bool RunCheckpoints::save_due(const nlohmann::json& rec, double loss, bool finit
 void RunCheckpoints::close() {
   nlohmann::json metrics = {{"step", state_.step}};
   if (!state_.history.empty() && state_.history.back().value("step", int64_t(-1)) == state_.step) metrics = state_.history.back();
-  tiers_->close([&] {
-    NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", state_.step, "; not saving them. The last checkpoint is intact.");
-    return checkpoint_args(state_.step, batch_stats_to_save(), /*per_rank=*/false);
+  const auto saved = tiers_->close([&](int64_t step) {
+    NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", step, "; not saving them. The last checkpoint is intact.");
+    return checkpoint_args(step, batch_stats_to_save(), /*per_rank=*/false);
   }, metrics);
+  if (saved)
+    *ctx_.out << "nnx-train: step " << *saved << " was only in the local tier; saved to " << persistent().step_path(*saved).string()
+              << "\n";
 }
 
 }  // namespace nnx::trainer

@@ -51,7 +51,8 @@ class RunCheckpoints {
   ~RunCheckpoints();
   /// Restores the newest step into the state (or --resume-from): from the local tier when every
   /// rank can get a step there no older than the persistent tier's latest, else from the
-  /// persistent tier. Then discards local steps newer than it. Returns whether the run resumed.
+  /// persistent tier (the manager then discards newer local steps). Returns whether the run
+  /// resumed.
   bool restore();
   /// Whether restore() took the local tier (each rank then holds its own state).
   bool resumed_local() const { return resumed_local_; }
@@ -63,8 +64,9 @@ class RunCheckpoints {
   /// null). Never writes non-finite params (nnx::IOError when the persistent tier was due).
   /// Returns whether a preemption stops the run.
   bool save_due(const nlohmann::json& record, double loss, bool finite);
-  /// The run ended (also with nothing to train): a step restored from the local tier that the
-  /// persistent tier lacks is saved there, then the local tier is removed.
+  /// The run ended (also with nothing to train): the newest step, when the persistent tier lacks
+  /// it (a resume from the local tier with nothing left to train), is saved there and said so,
+  /// then the local tier is removed.
   void close();
   /// The persistent tier.
   checkpoint::CheckpointManager& persistent();
