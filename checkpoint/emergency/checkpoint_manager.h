@@ -112,8 +112,8 @@ class CheckpointManager {
   /// After a preemption save: waits, then stops the replicas (collective). The local tier stays
   /// for the resume: do not close() after it (close() removes the tier).
   void stop();
-  /// The run finished (collective; every rank passes a callback, or none). The newest step this
-  /// run saved or restored must be in the persistent tier before the local tier goes: when it
+  /// The run finished (collective; every rank passes a callback, or none). The newest step given
+  /// to save() or restored must be in the persistent tier before the local tier goes: when it
   /// is not (a run killed after its last local save resumes with nothing left to train; a
   /// last step whose persistent save was not forced), it is saved there as
   /// `state_at(step)` gives it (the caller's state now, at that step), with `metrics`. Without a
