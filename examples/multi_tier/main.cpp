@@ -35,21 +35,31 @@ ocp::Composite save_args(const Module& model, const optim::Optimizer& optimizer,
           {"data", ocp::JsonSave({{"index", step}})}};
 }
 
+// The command line: a run folder, an optional local folder, and where to kill a rank.
+struct Args {
+  std::string run_dir, local_dir;
+  int64_t crash_after = -1;
+  int crash_rank = -1;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  a.run_dir = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--crash-after" && i + 1 < argc) a.crash_after = std::stoll(argv[++i]);
+    else if (arg == "--crash-rank" && i + 1 < argc) a.crash_rank = std::stoi(argv[++i]);
+    else a.local_dir = arg;
+  }
+  return a;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: multi_tier <run dir> [<local dir>] [--crash-after STEP --crash-rank R]\n";
     return 2;
   }
-  const std::string run_dir = argv[1];
-  std::string local_dir;
-  int64_t crash_after = -1;
-  int crash_rank = -1;
-  for (int i = 2; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--crash-after" && i + 1 < argc) crash_after = std::stoll(argv[++i]);
-    else if (a == "--crash-rank" && i + 1 < argc) crash_rank = std::stoi(argv[++i]);
-    else local_dir = a;
-  }
+  const Args args = parse_args(argc, argv);
   const distributed::Env env = distributed::env_from_environment();
   auto pg = env.world_size > 1 ? distributed::ProcessGroup::create(env, std::chrono::seconds(60)) : nullptr;
 
@@ -61,11 +71,11 @@ int main(int argc, char** argv) {
   options.local.max_to_keep = 2;
   options.local.replicas = 1;
   options.local.async = false;  // each local save committed inside its step (the kill below is exact)
-  options.local.directory = local_dir;  // "" = default_local_directory(run dir's checkpoints)
+  options.local.directory = args.local_dir;  // "" = default_local_directory(run dir's checkpoints)
   options.persistent.save_interval_steps = 10;
   options.persistent.max_to_keep = 2;
   options.persistent.enable_async_checkpointing = false;
-  ocp::emergency::CheckpointManager mngr(run_dir + "/checkpoints", options, pg);
+  ocp::emergency::CheckpointManager mngr(args.run_dir + "/checkpoints", options, pg);
 
   int64_t start = 0;
   const auto restored = mngr.restore(ocp::Composite{{"params", ocp::StandardRestore(state(*model))},
@@ -89,10 +99,10 @@ int main(int argc, char** argv) {
     if (pg) distributed::all_reduce_mean(g, *pg);
     optimizer.update(g);
     mngr.save(step, save_args(*model, optimizer, step), nullptr, /*force=*/step == 20);  // the last step always
-    if (step == crash_after && (crash_rank < 0 || crash_rank == env.rank)) {
-      mngr.local().wait_for_replicas();  // killed after its replica reached the peer
-      ::raise(SIGKILL);
-    }
+    // Replicas are sent in the background, and a step is not replicated while an older transfer
+    // still runs. A run that is to be killed waits for each, so the kill comes at a known point.
+    if (args.crash_after >= 0) mngr.local().wait_for_replicas();
+    if (step == args.crash_after && (args.crash_rank < 0 || args.crash_rank == env.rank)) ::raise(SIGKILL);
   }
   mngr.wait_until_finished();
   // The newest step must reach the persistent tier before the local tier goes: a run killed
