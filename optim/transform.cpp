@@ -136,6 +136,49 @@ void adam_group_step(const AdamOptions& o, AdamGroup& group, const AdamScalars& 
   at::_foreach_addcdiv_(p, m, denom, -k.step_size);
 }
 
+
+// grads[i] += wd * params[i] where decay[i] (Adam's L2 decay), in one multi-tensor op.
+void add_l2_decay(double wd, const std::vector<at::Tensor>& params, std::vector<at::Tensor>& grads,
+                  const std::vector<bool>& decay) {
+  std::vector<at::Tensor> dp, dg;
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (decay[i]) {
+      dp.push_back(params[i]);
+      dg.push_back(grads[i]);
+      idx.push_back(i);
+    }
+  if (dp.empty()) return;
+  auto decayed = at::_foreach_add(dg, dp, wd);
+  for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
+}
+
+// The update of all params (`all.decayed` unused), group by group. The multi-tensor ops run over
+// groups of about 1 MiB of params, so each group's params, grads, moments and denominators stay
+// in cache across the eight passes (one pass over all tensors at once would stream every array
+// from memory eight times).
+void step_in_groups(const AdamOptions& o, const AdamGroup& all, const std::vector<bool>& decay, const AdamScalars& k,
+                    at::Tensor& scratch) {
+  constexpr int64_t kGroupBytes = int64_t(1) << 20;
+  auto sub = [](const std::vector<at::Tensor>& v, size_t b, size_t e) {
+    return std::vector<at::Tensor>(v.begin() + static_cast<std::ptrdiff_t>(b), v.begin() + static_cast<std::ptrdiff_t>(e));
+  };
+  const size_t n = all.p.size();
+  for (size_t b = 0; b < n;) {
+    size_t e = b;
+    int64_t bytes = 0;
+    while (e < n && (e == b || bytes + all.p[e].numel() * 4 <= kGroupBytes)) bytes += all.p[e++].numel() * 4;
+    std::vector<at::Tensor> decayed;  // AdamW: the group's params that decay
+    if (o.decoupled_weight_decay && *o.weight_decay != 0)
+      for (size_t i = b; i < e; ++i)
+        if (decay[i]) decayed.push_back(all.p[i]);
+    AdamGroup group{sub(all.p, b, e), sub(all.g, b, e), sub(all.m, b, e), sub(all.v, b, e),
+                    o.amsgrad ? sub(all.nu_max, b, e) : std::vector<at::Tensor>(), std::move(decayed)};
+    adam_group_step(o, group, k, scratch);
+    b = e;
+  }
+}
+
 }  // namespace
 
 // The state of each param of ctx.paths, found by path once per optimizer (a transform shared by
@@ -188,42 +231,9 @@ void ScaleByAdam::apply(UpdateContext& ctx) {
   }
 
   // Adam's L2 decay (grad + wd * param) reads the params only; AdamW's decoupled decay writes
-  // them, so it runs per group below, after the group's write fence.
-  if (*o.weight_decay != 0 && !o.decoupled_weight_decay) {
-    std::vector<at::Tensor> dp, dg;
-    std::vector<size_t> idx;
-    for (size_t i = 0; i < n; ++i)
-      if (decay[i]) {
-        dp.push_back(params[i]);
-        dg.push_back(grads[i]);
-        idx.push_back(i);
-      }
-    if (!dp.empty()) {
-      auto decayed = at::_foreach_add(dg, dp, *o.weight_decay);  // grad + wd * param (Adam)
-      for (size_t k = 0; k < idx.size(); ++k) grads[idx[k]] = decayed[k];
-    }
-  }
-
-  // The multi-tensor ops run over groups of about 1 MiB of params, so each group's params,
-  // grads, moments and denominators stay in cache across the eight passes (one pass over all
-  // tensors at once would stream every array from memory eight times).
-  constexpr int64_t kGroupBytes = int64_t(1) << 20;
-  auto sub = [](const std::vector<at::Tensor>& v, size_t b, size_t e) {
-    return std::vector<at::Tensor>(v.begin() + static_cast<std::ptrdiff_t>(b), v.begin() + static_cast<std::ptrdiff_t>(e));
-  };
-  for (size_t b = 0; b < n;) {
-    size_t e = b;
-    int64_t bytes = 0;
-    while (e < n && (e == b || bytes + params[e].numel() * 4 <= kGroupBytes)) bytes += params[e++].numel() * 4;
-    std::vector<at::Tensor> decayed;  // AdamW: the group's params that decay
-    if (o.decoupled_weight_decay && *o.weight_decay != 0)
-      for (size_t i = b; i < e; ++i)
-        if (decay[i]) decayed.push_back(params[i]);
-    AdamGroup group{sub(params, b, e), sub(grads, b, e), sub(mu, b, e), sub(nu, b, e),
-                    o.amsgrad ? sub(nu_max, b, e) : std::vector<at::Tensor>(), std::move(decayed)};
-    adam_group_step(o, group, AdamScalars{lr, step_size, bc2_sqrt}, scratch_);
-    b = e;
-  }
+  // them, so it runs per group, after the group's write fence.
+  if (*o.weight_decay != 0 && !o.decoupled_weight_decay) add_l2_decay(*o.weight_decay, params, grads, decay);
+  step_in_groups(o, AdamGroup{params, grads, mu, nu, nu_max, {}}, decay, AdamScalars{lr, step_size, bc2_sqrt}, scratch_);
 
   prepare_write(low_params);
   for (size_t i = 0, k = 0; i < n; ++i) {

@@ -204,6 +204,49 @@ void drain(distributed::ProcessGroup& pg, int src, int tag, const std::vector<En
   recv_word(pg, src, tag);
 }
 
+// Receives a step's files into `target` through the library's commit (commit_save, as one rank).
+// Returns the error that keeps this rank from holding the step ("" = committed); the stream is
+// consumed either way. A transport failure is rethrown: no answer could reach the sender.
+std::string commit_received(distributed::ProcessGroup& pg, int src, int tag, const std::vector<Entry>& files,
+                            int64_t step, const stdfs::path& target) {
+  bool received = false;         // the stream was consumed (else it is drained below)
+  std::exception_ptr transport;  // the network failed
+  std::string metadata;
+  checkpoint::SaveSteps steps;
+  steps.write_rank_files = [&](const stdfs::path& tmp) {
+    std::string e;
+    try {
+      e = recv_files(pg, src, tag, files, tmp, /*discard=*/false, metadata);
+      const int64_t status = recv_word(pg, src, tag);
+      if (e.empty() && status != 0) e = "rank " + std::to_string(src) + " could not read its step " + std::to_string(step);
+    } catch (...) {
+      transport = std::current_exception();
+      throw;
+    }
+    received = true;
+    NNX_CHECK_IO(e.empty(), e);
+    return std::vector<checkpoint::FileEntry>{};  // the sender's metadata lists the files
+  };
+  steps.write_leader_files = [](const stdfs::path&) { return std::vector<checkpoint::FileEntry>{}; };
+  steps.metadata = [&](const std::vector<checkpoint::FileEntry>&) {
+    try {
+      return nlohmann::json::parse(metadata);
+    } catch (const std::exception& e) {
+      NNX_CHECK(false, "step transfer from rank ", src, ": its ", checkpoint::kMetadataFile, " is not JSON (", e.what(), ")");
+    }
+    return nlohmann::json();
+  };
+  try {
+    checkpoint::LocalCoordinator one;
+    checkpoint::commit_save(one, "replica", target, steps);
+  } catch (const std::exception& e) {
+    if (transport) std::rethrow_exception(transport);
+    if (!received) drain(pg, src, tag, files);  // e.g. its temporary folder could not be made
+    return e.what();
+  }
+  return {};
+}
+
 }  // namespace
 
 // The commit is the library's (commit_save, as one rank): a temporary folder beside the target,
@@ -236,41 +279,7 @@ ReceivedStep recv_step(distributed::ProcessGroup& pg, int src, int tag,
   if (discard) {
     drain(pg, src, tag, files);
   } else {
-    bool received = false;         // the stream was consumed (else it is drained below)
-    std::exception_ptr transport;  // the network failed: no answer can reach the sender either
-    std::string metadata;
-    checkpoint::SaveSteps steps;
-    steps.write_rank_files = [&](const stdfs::path& tmp) {
-      std::string e;
-      try {
-        e = recv_files(pg, src, tag, files, tmp, /*discard=*/false, metadata);
-        const int64_t status = recv_word(pg, src, tag);
-        if (e.empty() && status != 0) e = "rank " + std::to_string(src) + " could not read its step " + std::to_string(r.step);
-      } catch (...) {
-        transport = std::current_exception();
-        throw;
-      }
-      received = true;
-      NNX_CHECK_IO(e.empty(), e);
-      return std::vector<checkpoint::FileEntry>{};  // the sender's metadata lists the files
-    };
-    steps.write_leader_files = [](const stdfs::path&) { return std::vector<checkpoint::FileEntry>{}; };
-    steps.metadata = [&](const std::vector<checkpoint::FileEntry>&) {
-      try {
-        return nlohmann::json::parse(metadata);
-      } catch (const std::exception& e) {
-        NNX_CHECK(false, "step transfer from rank ", src, ": its ", checkpoint::kMetadataFile, " is not JSON (", e.what(), ")");
-      }
-      return nlohmann::json();
-    };
-    try {
-      checkpoint::LocalCoordinator one;
-      checkpoint::commit_save(one, "replica", target, steps);
-    } catch (const std::exception& e) {
-      if (transport) std::rethrow_exception(transport);
-      error = e.what();
-      if (!received) drain(pg, src, tag, files);  // e.g. its temporary folder could not be made
-    }
+    error = commit_received(pg, src, tag, files, r.step, target);
   }
   send_word(pg, error.empty() ? 0 : 1, src, tag);  // the sender learns whether this rank holds the step
   NNX_CHECK_IO(error.empty(), error);

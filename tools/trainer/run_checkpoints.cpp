@@ -216,6 +216,13 @@ checkpoint::Composite RunCheckpoints::checkpoint_args(int64_t at_step, const Sta
   return args;
 }
 
+namespace {
+// Non-finite params are never written: the run stops with the last good checkpoint intact.
+void require_finite(bool params_ok, int64_t step) {
+  NNX_CHECK_IO(params_ok, "params hold NaN or Inf at step ", step, "; not saving them. The last checkpoint is intact.");
+}
+}  // namespace
+
 bool RunCheckpoints::params_finite() const {
   std::vector<at::Tensor> ps;
   for (const auto& [p, vs] : state(*state_.model, Param))
@@ -224,8 +231,7 @@ bool RunCheckpoints::params_finite() const {
 }
 
 void RunCheckpoints::save_now(int64_t at_step) {
-  // Non-finite params are never written: stop with the last good checkpoint intact.
-  NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", at_step, "; not saving them. The last checkpoint is intact.");
+  require_finite(params_finite(), at_step);
   const State stats = batch_stats_to_save();  // a collective with batch_stats: local
   persistent().save(at_step, checkpoint_args(at_step, stats, /*per_rank=*/false), nlohmann::json::object(), /*force=*/true);
   persistent().wait_until_finished();
@@ -251,7 +257,7 @@ bool RunCheckpoints::save_due(const nlohmann::json& rec, double loss, bool finit
   if (!finite) metrics.erase("eval_loss");  // non-finite state never counts as best
   // Unforced when the policy asked for it: the manager may skip it (busy_policy: skip).
   tiers_->save(step, args, metrics, /*force=*/!save_now || step == max_steps || preempted);
-  NNX_CHECK_IO(!persistent_due || params_ok, "params hold NaN or Inf at step ", step, "; not saving them. The last checkpoint is intact.");
+  require_finite(!persistent_due || params_ok, step);
   if (preempted) {
     tiers_->stop();  // waits; every rank stops its replicas here (the decision is agreed)
     if (::isatty(STDERR_FILENO)) std::cerr << "\n";
@@ -271,7 +277,7 @@ void RunCheckpoints::close() {
   nlohmann::json metrics = {{"step", state_.step}};
   if (!state_.history.empty() && state_.history.back().value("step", int64_t(-1)) == state_.step) metrics = state_.history.back();
   const auto saved = tiers_->close([&](int64_t step) {
-    NNX_CHECK_IO(params_finite(), "params hold NaN or Inf at step ", step, "; not saving them. The last checkpoint is intact.");
+    require_finite(params_finite(), step);
     return checkpoint_args(step, batch_stats_to_save(), /*per_rank=*/false);
   }, metrics);
   if (saved)
