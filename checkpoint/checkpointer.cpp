@@ -34,10 +34,17 @@ FileEntry write_file(const stdfs::path& path, const Composite& args, const std::
 
 // Every rank must compute the same writer assignment (a variable sharded on some ranks only, or
 // shaped differently per rank, would make two ranks write it, or none).
-int64_t plan_digest(const std::map<std::string, int>& writers) {
-  std::string desc;
-  for (const auto& [k, w] : writers) desc += k + "=" + std::to_string(w) + ";";
+int64_t plan_digest(const WritePlan& plan) {
+  const std::string desc = plan.digest_text();
   return static_cast<int64_t>(XXH3_64bits(desc.data(), desc.size()) >> 1);  // >= 0: -h exists
+}
+
+// Every item's writes (its handler's plan_writes), balanced over the n ranks.
+WritePlan plan_writes(const Composite& args, const std::vector<const ItemHandler*>& handlers, int n) {
+  std::vector<std::pair<std::string, std::vector<WriteRequest>>> requests;
+  for (size_t i = 0; i < handlers.size(); ++i)
+    requests.emplace_back(args.items()[i].first, handlers[i]->plan_writes(args.items()[i].first, args.items()[i].second));
+  return WritePlan::balance(requests, n);
 }
 
 nlohmann::json save_metadata(const nlohmann::json& user, const Composite& args,
@@ -68,10 +75,10 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
   const int rank = coord->rank(), n = coord->world_size();
   std::vector<const ItemHandler*> handlers;  // every item's, before any file is written
   for (const auto& [name, a] : args.items()) handlers.push_back(&HandlerRegistry::global().for_save(name, a));
-  const auto writers = n > 1 ? assign_writers(args, n) : std::map<std::string, int>{};
-  auto base = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, nullptr}; };
+  const WritePlan plan = n > 1 ? plan_writes(args, handlers, n) : WritePlan();
+  auto base = [&](H5File& f) { return SaveContext{f, write_options, rank, n, plan, nullptr}; };
   SaveSteps steps;
-  steps.plan_digest = plan_digest(writers);
+  steps.plan_digest = plan_digest(plan);
   steps.plan_mismatch = "the ranks' states do not agree on which rank writes which tensor (a variable sharded on "
                         "some ranks only, or a replicated variable shaped differently per rank)";
   steps.write_rank_files = [&](const stdfs::path& tmp) -> std::vector<FileEntry> {
@@ -82,7 +89,7 @@ void Checkpointer::save(const stdfs::path& path, const Composite& args, const nl
     if (n == 1) return {};
     std::vector<H5File> shards;
     for (int r = 0; r < n; ++r) shards.push_back(H5File::open((tmp / shard_file_name(r, n)).string()));
-    auto global = [&](H5File& f) { return SaveContext{f, write_options, rank, n, writers, &shards}; };
+    auto global = [&](H5File& f) { return SaveContext{f, write_options, rank, n, plan, &shards}; };
     return {write_file(tmp / kCheckpointFile, args, handlers, global, &ItemHandler::save_global)};
   };
   steps.metadata = [&](const std::vector<FileEntry>& files) { return save_metadata(metadata, args, handlers, n, files); };

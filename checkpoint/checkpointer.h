@@ -44,7 +44,7 @@ class Checkpointer {
   WriteOptions write_options;
   /// With a process group of world_size > 1, save() is collective: every rank calls it with
   /// the same (replicated) items; each tensor is written once, by a writer rank chosen
-  /// deterministically and balanced by bytes (assign_writers), into shard-<r>-of-<n>.h5; rank 0
+  /// deterministically and balanced by bytes (ItemHandler::plan_writes, WritePlan), into shard-<r>-of-<n>.h5; rank 0
   /// writes checkpoint.h5 with virtual datasets over the shards (global arrays), the metadata,
   /// and commits. A variable with a sharded PartitionSpec holds this rank's shard
   /// (framework/sharding.h): every rank writes its shard and checkpoint.h5 presents their

@@ -2,6 +2,8 @@
 
 namespace nnx::checkpoint {
 
+std::vector<WriteRequest> ItemHandler::plan_writes(const std::string&, const ItemArgs&) const { return {}; }
+
 io::PendingWrites ItemHandler::save_shard(const SaveContext&, const std::string&, const ItemArgs&) const { return {}; }
 
 io::PendingWrites ItemHandler::save_global(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const {

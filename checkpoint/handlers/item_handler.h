@@ -12,6 +12,7 @@
 #include "nnx/checkpoint/args.h"
 #include "nnx/checkpoint/format/h5_file.h"
 #include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/handlers/write_plan.h"
 #include "nnx/checkpoint/io/host_snapshot.h"
 #include "nnx/checkpoint/io/pending_writes.h"
 #include "nnx/framework/sharding.h"
@@ -27,9 +28,9 @@ struct SaveContext {
   const WriteOptions& options;
   int rank = 0;
   int world_size = 1;
-  /// The writer rank of each tensor of the State items ("item/path" -> rank; see
-  /// assign_writers). Empty for a single-rank save.
-  const std::map<std::string, int>& writers;
+  /// The writer of each entry every handler listed (ItemHandler::plan_writes), balanced over
+  /// the ranks. Empty for a single-rank save.
+  const WritePlan& plan;
   /// save_global only: the ranks' shard files, in rank order (rank r's is named
   /// shard_file_name(r, world_size)).
   const std::vector<H5File>* shards = nullptr;
@@ -54,8 +55,14 @@ class ItemHandler {
   /// Single-rank save: writes the item named `name` (save args `args`) into ctx.file. Returns
   /// the writes still in flight. Throws nnx::Error / nnx::IOError naming the file and item.
   virtual io::PendingWrites save(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const = 0;
-  /// Multi-rank save, every rank: this rank's share into its shard file. Default: nothing (the
-  /// item is written whole by rank 0's save_global).
+  /// Multi-rank save: the entries this item writes into the ranks' shard files, each with its
+  /// placement and bytes. The Checkpointer balances every item's kOneRank entries over the
+  /// ranks and hands the result to save_shard and save_global as ctx.plan. Called on every
+  /// rank with the same args; must list the same entries on every rank. Default: none (the item
+  /// is written whole by rank 0's save_global).
+  virtual std::vector<WriteRequest> plan_writes(const std::string& name, const ItemArgs& args) const;
+  /// Multi-rank save, every rank: this rank's share (ctx.plan.at(name, path).writes_shard(rank))
+  /// into its shard file. Default: nothing.
   virtual io::PendingWrites save_shard(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const;
   /// Multi-rank save, rank 0: the item in checkpoint.h5, over the shards. Default: save().
   virtual io::PendingWrites save_global(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const;

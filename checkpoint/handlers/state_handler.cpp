@@ -19,7 +19,7 @@ io::PendingWrites StateHandler::save(const SaveContext& ctx, const std::string& 
 io::PendingWrites StateHandler::save_shard(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const {
   State mine;
   for (const auto& [p, vs] : args.get_if<StandardSave>()->state)
-    if (int w = ctx.writers.at(name + "/" + p); w == ctx.rank || w == kEveryRank) mine.insert(p, vs);
+    if (ctx.plan.at(name, p).writes_shard(ctx.rank)) mine.insert(p, vs);
   return write_state(ctx.file, name, mine, ctx.options);
 }
 
@@ -30,7 +30,7 @@ io::PendingWrites StateHandler::save_global(const SaveContext& ctx, const std::s
     for (const auto& d : list_item((*ctx.shards)[r], name)) {
       VirtualSource& src = sources[d.path];
       src.pieces.push_back({shard_file_name(static_cast<int>(r), ctx.world_size), d.checksum, d.shape});
-      if (ctx.writers.at(name + "/" + d.path) == kEveryRank)
+      if (ctx.plan.at(name, d.path).placement == Placement::kEveryRank)
         src.dim = get_partition_spec(state.at(d.path).metadata).sharded_dim();
     }
   return write_state_virtual(ctx.file, name, state, sources, ctx.options);
@@ -63,31 +63,15 @@ ItemArgs StateHandler::snapshot(const ItemArgs& args, const std::string& name, i
   return StandardSave(std::move(copy));
 }
 
-std::map<std::string, int> assign_writers(const Composite& args, int world_size) {
-  struct E {
-    std::string key;
-    int64_t bytes;
-  };
-  std::vector<E> es;
-  std::map<std::string, int> out;
-  for (const auto& [name, a] : args.items())
-    if (auto* s = a.get_if<StandardSave>())
-      for (const auto& [path, vs] : s->state) {
-        const std::string key = name + "/" + path;
-        if (!get_partition_spec(vs.metadata).replicated()) {
-          out[key] = kEveryRank;  // each rank writes its own shard
-        } else if (vs.value.dim() == 0 || vs.value.numel() == 0) {
-          out[key] = -1;
-        } else {
-          es.push_back({key, vs.value.numel() * static_cast<int64_t>(vs.value.element_size())});
-        }
-      }
-  std::sort(es.begin(), es.end(), [](const E& a, const E& b) { return a.bytes != b.bytes ? a.bytes > b.bytes : a.key < b.key; });
-  std::vector<int64_t> load(static_cast<size_t>(world_size), 0);
-  for (const auto& e : es) {
-    int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    load[static_cast<size_t>(r)] += e.bytes;
-    out[e.key] = r;
+std::vector<WriteRequest> StateHandler::plan_writes(const std::string&, const ItemArgs& args) const {
+  std::vector<WriteRequest> out;
+  for (const auto& [path, vs] : args.get_if<StandardSave>()->state) {
+    if (!get_partition_spec(vs.metadata).replicated())
+      out.push_back({path, 0, Placement::kEveryRank});
+    else if (vs.value.dim() == 0 || vs.value.numel() == 0)
+      out.push_back({path, 0, Placement::kGlobalFile});
+    else
+      out.push_back({path, vs.value.numel() * static_cast<int64_t>(vs.value.element_size()), Placement::kOneRank});
   }
   return out;
 }

@@ -1,7 +1,6 @@
 // The "state" item kind: a State saved as HDF5 datasets (StandardSave / StandardRestore).
 #pragma once
 
-#include <map>
 #include <string>
 
 #include "nnx/checkpoint/handlers/item_handler.h"
@@ -15,7 +14,11 @@ class StateHandler : public ItemHandler {
  public:
   std::string kind() const override;
   io::PendingWrites save(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const override;
-  /// The tensors whose writer (ctx.writers) is this rank or every rank.
+  /// One entry per tensor: kEveryRank for a sharded PartitionSpec (each rank holds and writes
+  /// its shard; checkpoint.h5 stitches them into the global array), kGlobalFile for scalars and
+  /// empty tensors, else kOneRank weighed by its bytes.
+  std::vector<WriteRequest> plan_writes(const std::string& name, const ItemArgs& args) const override;
+  /// The tensors this rank writes (ctx.plan): its kOneRank ones and its shard of kEveryRank ones.
   io::PendingWrites save_shard(const SaveContext& ctx, const std::string& name, const ItemArgs& args) const override;
   /// Virtual datasets over the shards' datasets: one piece for a replicated tensor (its
   /// writer's), a piece per rank for a sharded one, stitched along its sharded dimension.
@@ -27,15 +30,5 @@ class StateHandler : public ItemHandler {
   /// Every tensor copied to host memory (io::HostSnapshot).
   ItemArgs snapshot(const ItemArgs& args, const std::string& name, io::HostSnapshot& snapshot) const override;
 };
-
-/// assign_writers' value for a sharded variable: every rank writes its own shard.
-inline constexpr int kEveryRank = -2;
-
-/// The writer rank of each StandardSave tensor ("item/path" -> rank): tensors sorted by bytes
-/// (descending, then name) go to the least-loaded rank. Scalars and empty tensors get -1: rank 0
-/// writes them straight into checkpoint.h5. Variables whose metadata holds a sharded
-/// PartitionSpec get kEveryRank: each rank holds and writes its shard, and checkpoint.h5 stitches
-/// the shards into the global array.
-std::map<std::string, int> assign_writers(const Composite& args, int world_size);
 
 }  // namespace nnx::checkpoint

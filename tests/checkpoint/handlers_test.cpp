@@ -5,8 +5,13 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "nnx/checkpoint/async_checkpointer.h"
 #include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/handlers/state_handler.h"
+#include "nnx/checkpoint/handlers/write_plan.h"
+#include "nnx/framework/sharding.h"
 #include "nnx/framework/error.h"
 #include "test_util.h"
 
@@ -103,4 +108,56 @@ TEST(ItemHandlers, RegistrationRejectsRepeatsAndBadKinds) {
   };
   EXPECT_THROW((register_item_handler<A, B>(std::make_shared<BadKind>())), Error);
   EXPECT_THROW((register_item_handler<StandardSave, B>(std::make_shared<VocabHandler>())), Error);
+}
+
+// The write plan of a multi-rank save: the State handler lists one entry per tensor, a user's
+// handler lists its own, and the balancing weighs them together.
+TEST(WritePlan, BalancesTheEntriesOfEveryItemByBytes) {
+  State s;
+  s.insert("big", {Param, at::zeros({1000}), {}});                  // 4000 bytes
+  s.insert("mid", {Param, at::zeros({500}), {}});                   // 2000 bytes
+  s.insert("step", {OptState, at::scalar_tensor(int64_t(3)), {}});  // a scalar: checkpoint.h5
+  s.insert("mu", {OptState, at::zeros({8}), Metadata{{kShardingKey, PartitionSpec::sharded(0, 1).to_string()}}});
+  const std::vector<WriteRequest> user = {{"table", 3000, Placement::kOneRank}, {"tiny", 10, Placement::kOneRank}};
+  const WritePlan plan = WritePlan::balance({{"params", StateHandler().plan_writes("params", StandardSave(s))}, {"vocab", user}}, 2);
+  // 4000 -> rank 0; 3000 -> rank 1; 2000 -> rank 1 (3000 < 4000); 10 -> rank 0 (4000 < 5000).
+  EXPECT_EQ(plan.at("params", "big").rank, 0);
+  EXPECT_EQ(plan.at("vocab", "table").rank, 1);
+  EXPECT_EQ(plan.at("params", "mid").rank, 1);
+  EXPECT_EQ(plan.at("vocab", "tiny").rank, 0);
+  EXPECT_EQ(plan.at("params", "step").placement, Placement::kGlobalFile);
+  EXPECT_FALSE(plan.at("params", "step").writes_shard(0));
+  EXPECT_EQ(plan.at("params", "mu").placement, Placement::kEveryRank);
+  EXPECT_TRUE(plan.at("params", "mu").writes_shard(0) && plan.at("params", "mu").writes_shard(1));
+  EXPECT_TRUE(plan.at("params", "mid").writes_shard(1) && !plan.at("params", "mid").writes_shard(0));
+  // The same requests give the same plan; another world size another one.
+  const WritePlan again = WritePlan::balance({{"params", StateHandler().plan_writes("params", StandardSave(s))}, {"vocab", user}}, 2);
+  EXPECT_EQ(plan.digest_text(), again.digest_text());
+  EXPECT_NE(plan.digest_text(), WritePlan::balance({{"vocab", user}}, 2).digest_text());
+  // Ties go to the lower rank, in "item/path" order.
+  const WritePlan ties = WritePlan::balance({{"a", {{"y", 5, Placement::kOneRank}, {"x", 5, Placement::kOneRank}}}}, 3);
+  EXPECT_EQ(ties.at("a", "x").rank, 0);
+  EXPECT_EQ(ties.at("a", "y").rank, 1);
+}
+
+namespace {
+// The message of the nnx::Error `f` throws ("" when it throws none).
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(WritePlan, AnUnlistedOrRepeatedEntryIsAClearError) {
+  const WritePlan plan = WritePlan::balance({{"vocab", {{"table", 3, Placement::kOneRank}}}}, 2);
+  EXPECT_NE(error_of([&] { plan.at("vocab", "words"); }).find("no writer for 'words' of item 'vocab'"), std::string::npos);
+  EXPECT_NE(error_of([&] { plan.at("params", "table"); }).find("of item 'params'"), std::string::npos);
+  const std::vector<WriteRequest> twice = {{"t", 1, Placement::kOneRank}, {"t", 2, Placement::kOneRank}};
+  EXPECT_NE(error_of([&] { WritePlan::balance({{"vocab", twice}}, 2); }).find("item 'vocab' requested the write of 't' twice"),
+            std::string::npos);
+  EXPECT_TRUE(WritePlan().empty());
 }

@@ -33,6 +33,7 @@
 #include "nnx/checkpoint/format/json_item.h"
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
+#include "nnx/checkpoint/handlers/state_handler.h"
 #include "nnx/checkpoint/io/checksum.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/verify.h"
@@ -479,13 +480,14 @@ int main(int argc, char** argv) {
     }
     if (mode == "rank1-fails" && r == 1) {
       // Break a tensor that rank 1 writes (the assignment is deterministic).
-      auto writers = checkpoint::assign_writers(checkpoint::Composite{{"params", checkpoint::StandardSave(s)}}, n);
-      for (auto& [key, w] : writers)
-        if (w == 1) {
-          auto& v = s.at(key.substr(std::string("params/").size())).value;
-          v = at::empty(v.sizes(), at::TensorOptions().device(at::kMeta));
-          break;
-        }
+      const auto plan = checkpoint::WritePlan::balance(
+          {{"params", checkpoint::StateHandler().plan_writes("params", checkpoint::StandardSave(s))}}, n);
+      std::string path;
+      for (const auto& [p, vs] : s)
+        if (path.empty() && plan.at("params", p).rank == 1) path = p;
+      FAIL_IF(22, path.empty());
+      auto& v = s.at(path).value;
+      v = at::empty(v.sizes(), at::TensorOptions().device(at::kMeta));
     }
     if (mode == "partial-save" && r == 1) {
       std::this_thread::sleep_for(std::chrono::seconds(8));  // never joins the save
