@@ -53,7 +53,7 @@ stdfs::path agree_on_tmp(Coordinator& c, const std::string& key, const stdfs::pa
       m.exists = true;
       m.error = "checkpoint '" + path.string() + "' already exists; it is never overwritten";
     } else {
-      const stdfs::path tmp = path.string() + ".tmp-" + fs::unique_suffix();
+      const stdfs::path tmp = path.string() + ".tmp-" + io::unique_suffix();
       std::error_code ec;
       stdfs::create_directories(tmp, ec);
       if (ec) m.error = "cannot create checkpoint directory '" + tmp.string() + "': " + ec.message();
@@ -75,7 +75,7 @@ struct RemoveTmpOnError {
   ~RemoveTmpOnError() {
     if (!dir.empty() && std::uncaught_exceptions() > uncaught) {
       std::error_code ec;
-      fs::remove_tree(dir, ec);
+      io::remove_tree(dir, ec);
     }
   }
 };
@@ -109,13 +109,13 @@ std::exception_ptr lead_commit(Coordinator& c, const std::string& key, const std
       auto rep = receive_report(c, key, r);
       files.insert(files.end(), rep.files.begin(), rep.files.end());
     }
-    fs::write_file_synced(tmp / kMetadataFile, steps.metadata(files).dump(2));
-    fs::fsync_path(tmp);
-    fs::rename_no_replace(tmp, path);
+    io::write_file_synced(tmp / kMetadataFile, steps.metadata(files).dump(2));
+    io::fsync_path(tmp);
+    io::rename_no_replace(tmp, path);
     return nullptr;
   } catch (...) {
     std::error_code ec;
-    fs::remove_tree(tmp, ec);
+    io::remove_tree(tmp, ec);
     return std::current_exception();
   }
 }

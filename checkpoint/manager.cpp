@@ -36,7 +36,7 @@ CheckpointManager::CheckpointManager(stdfs::path directory, CheckpointManagerOpt
   sync_.write_options.direct_io = options_.direct_io;
   if (!options_.read_only) {
     if (leader) {
-      lock_ = std::make_unique<fs::DirectoryLock>(directory_);
+      lock_ = std::make_unique<io::DirectoryLock>(directory_);
       if (options_.cleanup_tmp_directories) cleanup_leftovers();
     }
     if (options_.process_group) options_.process_group->barrier();  // nobody saves before the cleanup
@@ -92,7 +92,7 @@ void CheckpointManager::cleanup_leftovers() {
     const std::string name = e.path().filename().string();
     if (name.find(".tmp-") != std::string::npos || name.find(".deleting-") != std::string::npos) {
       std::error_code ec;
-      fs::remove_tree(e.path(), ec);
+      io::remove_tree(e.path(), ec);
     }
   }
 }
@@ -425,15 +425,15 @@ void CheckpointManager::apply_retention() {
 stdfs::path CheckpointManager::rename_away_locked(int64_t step) {
   const stdfs::path path = step_path(step);
   // Rename first: listing never shows a half-deleted step.
-  const stdfs::path gone = directory_ / (path.filename().string() + ".deleting-" + fs::unique_suffix());
-  fs::rename_no_replace(path, gone);
+  const stdfs::path gone = directory_ / (path.filename().string() + ".deleting-" + io::unique_suffix());
+  io::rename_no_replace(path, gone);
   return gone;
 }
 
 void CheckpointManager::remove_renamed(const std::vector<stdfs::path>& gone) const {
   for (const auto& g : gone) {
     std::error_code ec;
-    fs::remove_tree(g, ec);  // a leftover is removed at the next start-up
+    io::remove_tree(g, ec);  // a leftover is removed at the next start-up
   }
 }
 
@@ -469,7 +469,7 @@ stdfs::path CheckpointManager::set_aside(int64_t step) {
     NNX_CHECK(it != committed_.end() && it->step == step, "step ", step, " is not a committed step of '", directory_.string(), "'");
     if (leader()) {
       aside = directory_ / (step_path(step).filename().string() + ".unrestorable-" + std::to_string(static_cast<int64_t>(unix_seconds_now())));
-      fs::rename_no_replace(step_path(step), aside);
+      io::rename_no_replace(step_path(step), aside);
     }
     committed_.erase(it);
   }

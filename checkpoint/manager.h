@@ -23,7 +23,7 @@
 
 namespace nnx::checkpoint {
 
-namespace fs {
+namespace io {
 class DirectoryLock;
 }
 
@@ -148,7 +148,7 @@ class CheckpointManager {
   CheckpointManagerOptions options_;
   SaveDecisionPolicyPtr save_policy_;
   PreservationPolicyPtr keep_policy_;
-  std::unique_ptr<fs::DirectoryLock> lock_;
+  std::unique_ptr<io::DirectoryLock> lock_;
   std::unique_ptr<AsyncCheckpointer> async_;
   Checkpointer sync_;
   std::shared_ptr<distributed::ProcessGroup> decision_group_;  // should_save's all-reduce

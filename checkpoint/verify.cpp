@@ -28,7 +28,7 @@ VerifyReport verify(const stdfs::path& directory) {
   }
   for (auto it = meta["files"].begin(); it != meta["files"].end(); ++it) {
     const stdfs::path f = directory / it.key();
-    auto [size, sum] = fs::file_size_and_checksum(f);
+    auto [size, sum] = io::file_size_and_checksum(f);
     r.bytes_checked += size;
     const std::string want = it.value().value("checksum", "");
     if (sum != want) fail("'" + f.string() + "': file checksum " + sum + ", metadata says " + want);

@@ -452,7 +452,7 @@ struct ScratchDir {
   }
   ~ScratchDir() {
     std::error_code ec;
-    nnx::checkpoint::fs::remove_tree(path, ec);
+    nnx::checkpoint::io::remove_tree(path, ec);
   }
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;

@@ -356,8 +356,8 @@ void LocalTier::remove() {
   if (!manager_) return;
   manager_.reset();
   std::error_code ec;
-  checkpoint::fs::remove_tree(dir_, ec);
-  for (const auto& other : other_world_sizes_) checkpoint::fs::remove_tree(other, ec);  // (another rank's may race)
+  checkpoint::io::remove_tree(dir_, ec);
+  for (const auto& other : other_world_sizes_) checkpoint::io::remove_tree(other, ec);  // (another rank's may race)
   stdfs::remove(dir_.parent_path(), ec);  // the run's folder, once every rank removed its own
   if (default_directory_) stdfs::remove(dir_.parent_path().parent_path(), ec);  // nnx-local/, once empty
 }

@@ -14,7 +14,7 @@ namespace stdfs = std::filesystem;
 nlohmann::json read_metadata(const stdfs::path& directory) {
   const stdfs::path p = directory / kMetadataFile;
   NNX_CHECK(stdfs::exists(p), "'", directory.string(), "' is not a committed checkpoint (no ", kMetadataFile, ")");
-  nlohmann::json j = parse_metadata(fs::read_file(p), p.string());
+  nlohmann::json j = parse_metadata(io::read_file(p), p.string());
   for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
     const stdfs::path f = directory / it.key();
     std::error_code ec;  // a step may be deleted (retention on rank 0) while another process reads it
@@ -34,15 +34,15 @@ void verify_file_structure(const stdfs::path& file, const nlohmann::json& entry)
   const auto st = entry.find("structure");
   if (st == entry.end()) {  // written before structure checksums: the whole file
     const std::string want = entry.at("checksum").get<std::string>();
-    const std::string have = fs::file_size_and_checksum(file).second;
+    const std::string have = io::file_size_and_checksum(file).second;
     NNX_CHECK(have == want, "checkpoint file '", file.string(), "' is corrupt: checksum ", have, ", ", kMetadataFile,
               " says ", want, "; not opened");
     return;
   }
-  std::vector<fs::ByteRange> skip;
+  std::vector<io::ByteRange> skip;
   for (const auto& r : st->at("skip")) skip.push_back({r.at(0).get<int64_t>(), r.at(1).get<int64_t>()});
   const std::string want = st->at("checksum").get<std::string>();
-  const std::string have = fs::checksum_outside(file, skip).second;
+  const std::string have = io::checksum_outside(file, skip).second;
   NNX_CHECK(have == want, "checkpoint file '", file.string(), "' is corrupt: the checksum of its HDF5 structure is ",
             have, ", ", kMetadataFile, " says ", want, "; not opened");
 }

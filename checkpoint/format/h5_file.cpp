@@ -111,7 +111,7 @@ std::pair<int64_t, std::string> H5File::commit(io::PendingWrites pending) {
   check_pending(pending);
   if (!direct_ || direct_->ranges().empty()) {
     close(std::move(pending));
-    return fs::fsync_and_checksum(path_);
+    return io::fsync_and_checksum(path_);
   }
   // Closed, the file has its final size (HDF5 extends it to its end of allocation), so it can be
   // hashed while the direct writes go on.
@@ -120,24 +120,24 @@ std::pair<int64_t, std::string> H5File::commit(io::PendingWrites pending) {
   std::exception_ptr hash_error;
   if (closed) {
     try {
-      std::vector<fs::MemoryRange> ranges = direct_->ranges();
-      std::sort(ranges.begin(), ranges.end(), [](const fs::MemoryRange& a, const fs::MemoryRange& b) { return a.offset < b.offset; });
-      out = fs::file_size_and_checksum(path_, ranges);
+      std::vector<io::MemoryRange> ranges = direct_->ranges();
+      std::sort(ranges.begin(), ranges.end(), [](const io::MemoryRange& a, const io::MemoryRange& b) { return a.offset < b.offset; });
+      out = io::file_size_and_checksum(path_, ranges);
     } catch (...) {
       hash_error = std::current_exception();
     }
   }
   pending.wait();
   NNX_CHECK_IO(closed, "cannot flush and close '", path_, "' (disk full?)");
-  fs::fsync_path(path_);
+  io::fsync_path(path_);
   if (hash_error) std::rethrow_exception(hash_error);
   return out;
 }
 
 nlohmann::json H5File::structure() const {
-  std::vector<fs::ByteRange> skip = raw_extents_;
-  std::sort(skip.begin(), skip.end(), [](const fs::ByteRange& a, const fs::ByteRange& b) { return a.offset < b.offset; });
-  const auto sum = fs::checksum_outside(path_, skip).second;
+  std::vector<io::ByteRange> skip = raw_extents_;
+  std::sort(skip.begin(), skip.end(), [](const io::ByteRange& a, const io::ByteRange& b) { return a.offset < b.offset; });
+  const auto sum = io::checksum_outside(path_, skip).second;
   nlohmann::json ranges = nlohmann::json::array();
   for (const auto& r : skip) ranges.push_back({r.offset, r.size});
   return {{"checksum", sum}, {"skip", std::move(ranges)}};

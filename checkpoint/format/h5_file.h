@@ -44,7 +44,7 @@ class H5File {
   /// nnx::Error when the file has direct writes that `pending` does not hold.
   void close(io::PendingWrites pending = {});
   /// The commit protocol's end of a written file: close(pending), fsync, and its size and
-  /// "xxh3_64:<hex>" checksum (fs::file_size_and_checksum). The bytes the direct path wrote are
+  /// "xxh3_64:<hex>" checksum (io::file_size_and_checksum). The bytes the direct path wrote are
   /// hashed from their memory while those writes finish; the rest is read from the page cache.
   /// Throws nnx::IOError for a failed write or fsync (before any hash error); nnx::Error as
   /// close() for writes it was not given.
@@ -59,7 +59,7 @@ class H5File {
   /// After commit(): the file's structure checksum, {"checksum": "xxh3_64:<hex>", "skip":
   /// [[offset, size], ...]}: everything HDF5 parses (superblock, object headers, attributes,
   /// small datasets) without the raw data of large datasets, which carry checksums of their
-  /// own (fs::checksum_outside). Restores check it before HDF5 opens the file. Throws
+  /// own (io::checksum_outside). Restores check it before HDF5 opens the file. Throws
   /// nnx::Error naming the file when it cannot be read.
   nlohmann::json structure() const;
 
@@ -73,7 +73,7 @@ class H5File {
   std::string path_;
   std::shared_ptr<io::DirectWriter> direct_;  // its own descriptors: its writes may outlive id_
   bool direct_tried_ = false;
-  std::vector<fs::ByteRange> raw_extents_;  // in the order the datasets were written
+  std::vector<io::ByteRange> raw_extents_;  // in the order the datasets were written
 };
 
 }  // namespace nnx::checkpoint

@@ -30,7 +30,7 @@ void write_json(H5File& file, const std::string& item, const nlohmann::json& val
   const char* p = s.c_str();
   NNX_CHECK_IO(H5Dwrite(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p) >= 0, "cannot write ", name,
                " in '", file.path(), "'");
-  h5::write_string_attr(dset, schema::kChecksum, checksum_bytes(s.data(), s.size()), name);
+  h5::write_string_attr(dset, schema::kChecksum, io::checksum_bytes(s.data(), s.size()), name);
 }
 
 nlohmann::json read_json(const H5File& file, const std::string& item) {
@@ -52,7 +52,7 @@ nlohmann::json read_json(const H5File& file, const std::string& item) {
   std::string s = p ? p : "";
   if (p) H5free_memory(p);
   auto sum = h5::read_string_attr(dset, schema::kChecksum, name);
-  NNX_CHECK(!sum || *sum == checksum_bytes(s.data(), s.size()), "'", file.path(), "' ", name,
+  NNX_CHECK(!sum || *sum == io::checksum_bytes(s.data(), s.size()), "'", file.path(), "' ", name,
             ": checksum mismatch; the checkpoint is corrupt");
   auto j = nlohmann::json::parse(s, nullptr, false);
   NNX_CHECK(!j.is_discarded(), "'", file.path(), "' ", name, " is not valid JSON");

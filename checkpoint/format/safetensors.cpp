@@ -249,7 +249,7 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned, as the reference writer pads
   const uint64_t n = text.size();
-  const std::string tmp = path + ".tmp-" + fs::unique_suffix();
+  const std::string tmp = path + ".tmp-" + io::unique_suffix();
   {
     Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
     NNX_CHECK_IO(f.fd >= 0, "cannot create '", tmp, "': ", std::strerror(errno));
@@ -278,7 +278,7 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
     ::unlink(tmp.c_str());
     NNX_CHECK_IO(false, "cannot rename '", tmp, "' to '", path, "': ", std::strerror(err));
   }
-  if (sync) fs::fsync_path(fs::stdfs::path(path).parent_path().empty() ? "." : fs::stdfs::path(path).parent_path());  // the new name too
+  if (sync) io::fsync_path(std::filesystem::path(path).parent_path().empty() ? "." : std::filesystem::path(path).parent_path());  // the new name too
 }
 
 }  // namespace nnx::checkpoint

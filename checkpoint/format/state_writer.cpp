@@ -105,7 +105,7 @@ void ItemWriter::write(const std::string& path, const VariableState& vs) {
     checksum = direct->write(t, offset, where);
     pending_.merge(io::PendingWrites(direct));
   } else {
-    checksum = checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
+    checksum = io::checksum_bytes(nbytes ? t.data_ptr() : nullptr, nbytes);
     h5::dataset_io(true, dset, type, t, options_.max_write_bytes, where);
     // Start writing a large dataset's pages to disk now (sync_file_range only queues them),
     // so the disk works while the next tensors are copied; the commit's fsync waits for them.

@@ -7,7 +7,7 @@
 
 #include "nnx/framework/error.h"
 
-namespace nnx::checkpoint {
+namespace nnx::checkpoint::io {
 
 std::string checksum_bytes(const void* data, size_t n) { return format_checksum(XXH3_64bits_dispatch(data, n)); }
 
@@ -35,4 +35,4 @@ void StreamingChecksum::reset() { XXH3_64bits_reset(state_->s); }
 void StreamingChecksum::update(const void* data, size_t n) { XXH3_64bits_update_dispatch(state_->s, data, n); }
 std::string StreamingChecksum::hex() const { return format_checksum(XXH3_64bits_digest(state_->s)); }
 
-}  // namespace nnx::checkpoint
+}  // namespace nnx::checkpoint::io

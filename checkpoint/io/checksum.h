@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-namespace nnx::checkpoint {
+namespace nnx::checkpoint::io {
 
 /// "xxh3_64:<16 hex digits>" of `n` bytes (XXH3 with the best SIMD the CPU has; same values).
 std::string checksum_bytes(const void* data, size_t n);
@@ -35,4 +35,4 @@ class StreamingChecksum {
   std::unique_ptr<State> state_;
 };
 
-}  // namespace nnx::checkpoint
+}  // namespace nnx::checkpoint::io

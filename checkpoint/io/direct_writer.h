@@ -46,7 +46,7 @@ class DirectWriter {
   /// Skips the writes not yet started (a save that will not commit).
   void cancel() { failed_ = true; }
   /// Every byte range written, with the memory it comes from (valid until destruction).
-  const std::vector<fs::MemoryRange>& ranges() const { return ranges_; }
+  const std::vector<io::MemoryRange>& ranges() const { return ranges_; }
 
  private:
   void write_slice(const char* from, size_t len, uint64_t at, const std::string& where);
@@ -60,7 +60,7 @@ class DirectWriter {
   std::atomic<bool> failed_{false};
   StreamingChecksum hash_;
   std::vector<at::Tensor> keep_;
-  std::vector<fs::MemoryRange> ranges_;
+  std::vector<io::MemoryRange> ranges_;
   TaskGroup writers_{4};  // declared last: joined before the descriptors close and keep_ is freed
 };
 

@@ -22,7 +22,9 @@
 #include "nnx/checkpoint/io/task_group.h"
 #include "nnx/framework/error.h"
 
-namespace nnx::checkpoint::fs {
+namespace nnx::checkpoint::io {
+
+namespace stdfs = std::filesystem;
 
 void fsync_path(const stdfs::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -325,4 +327,4 @@ DirectoryLock::~DirectoryLock() {
   }
 }
 
-}  // namespace nnx::checkpoint::fs
+}  // namespace nnx::checkpoint::io

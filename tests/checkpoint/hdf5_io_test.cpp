@@ -496,7 +496,7 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
       ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
       ::close(fd);
     }
-    auto [disk_size, disk_sum] = fs::file_size_and_checksum(path);
+    auto [disk_size, disk_sum] = io::file_size_and_checksum(path);
     EXPECT_EQ(size, disk_size) << direct;
     EXPECT_EQ(sum, disk_sum) << direct;
     auto [back, rs] = read_counted(back_file, "params", s);
@@ -509,7 +509,7 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
         EXPECT_EQ(it->second, d.checksum) << d.path;
       }
       const at::Tensor t = s.at(d.path).value.contiguous();
-      EXPECT_EQ(d.checksum, checksum_bytes(t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()))) << d.path;
+      EXPECT_EQ(d.checksum, io::checksum_bytes(t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()))) << d.path;
     }
   }
   // A save that fails half-way (an abstract tensor after large ones) leaves no thread or staging
@@ -524,7 +524,7 @@ TEST(Hdf5Io, LargeDatasetsAreWrittenDirectlyAndCommitHashesWhatIsOnDisk) {
     H5File f = H5File::create((dir / "after.h5").string());
     io::PendingWrites pending = write_state(f, "params", s);
     auto [size, sum] = f.commit(std::move(pending));
-    EXPECT_EQ(fs::file_size_and_checksum(dir / "after.h5").second, sum);
+    EXPECT_EQ(io::file_size_and_checksum(dir / "after.h5").second, sum);
   }
   // python3-h5py reads the directly written bytes as the same arrays.
   if (test::run("/usr/bin/python3 -c 'import h5py'").exit_code != 0) GTEST_SKIP() << "python3-h5py is not installed";

@@ -65,7 +65,7 @@ TEST(PendingWrites, AFileIsNotClosedWithoutTheWritesItsWriteStateReturned) {
   // Closing without them would hide a failed write: refused, and nothing is lost.
   EXPECT_THROW(f.close(), Error);
   auto [size, sum] = f.commit(std::move(pending));
-  EXPECT_EQ(fs::file_size_and_checksum(dir / "a.h5").second, sum);
+  EXPECT_EQ(io::file_size_and_checksum(dir / "a.h5").second, sum);
   EXPECT_GT(size, int64_t(1) << 21);
 }
 
@@ -85,7 +85,7 @@ TEST(PendingWrites, DroppedWritesAreCancelledAndTheFileStaysUncommitted) {
   // The tensors may change now; a new file of the same state is complete and reads back.
   H5File g = H5File::create((dir / "kept.h5").string());
   auto [size, sum] = g.commit(write_state(g, "params", s));
-  EXPECT_EQ(fs::file_size_and_checksum(dir / "kept.h5").second, sum);
+  EXPECT_EQ(io::file_size_and_checksum(dir / "kept.h5").second, sum);
   H5File back = H5File::open((dir / "kept.h5").string());
   EXPECT_TRUE(read_state(back, "params", s).equal(s));
 }

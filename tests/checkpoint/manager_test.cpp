@@ -376,7 +376,7 @@ TEST(CheckpointManager, FullLoopMountedFilesystemFailsCleanly) {
   CheckpointManager m(mnt + "/ckpt", ro);
   auto v = verify(m.step_path(1));  // byte-identical: size and file checksum as committed
   EXPECT_TRUE(v.ok) << (v.problems.empty() ? "" : v.problems[0]);
-  EXPECT_EQ(fs::file_size_and_checksum(m.step_path(1) / kCheckpointFile).second, before_sum);
+  EXPECT_EQ(io::file_size_and_checksum(m.step_path(1) / kCheckpointFile).second, before_sum);
 }
 
 namespace {

@@ -217,7 +217,7 @@ std::filesystem::path save_small_step(const std::filesystem::path& dir, int64_t 
 
 bool same_bytes(const std::filesystem::path& a, const std::filesystem::path& b) {
   for (const char* f : {"checkpoint.h5", "_CHECKPOINT_METADATA"})
-    if (checkpoint::fs::read_file(a / f) != checkpoint::fs::read_file(b / f)) return false;
+    if (checkpoint::io::read_file(a / f) != checkpoint::io::read_file(b / f)) return false;
   return true;
 }
 
@@ -239,7 +239,7 @@ int step_transfers(distributed::ProcessGroup& pg, const std::filesystem::path& d
   if (r == 0) save_small_step(dir / "src", 7, 0);
   if (r == 1) {
     std::filesystem::create_directories(dir);
-    checkpoint::fs::write_file_synced(dir / "blocker", "a file where a directory would go");
+    checkpoint::io::write_file_synced(dir / "blocker", "a file where a directory would go");
   }
   pg.barrier();
   const fs::path src = dir / "src" / "7";

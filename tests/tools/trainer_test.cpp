@@ -265,7 +265,7 @@ TEST(Trainer, StructuralChangeOnResumeIsAnError) {
   std::istringstream lines(r.output);
   for (std::string line; std::getline(lines, line);) EXPECT_LE(line.size(), 300u) << line.substr(0, 400);
   // The refused resume left the run's resolved config as the checkpoints have it.
-  EXPECT_EQ(nlohmann::json::parse(nnx::checkpoint::fs::read_file(run_dir + "/config.json"))["model"]["hidden"], nlohmann::json({32}));
+  EXPECT_EQ(nlohmann::json::parse(nnx::checkpoint::io::read_file(run_dir + "/config.json"))["model"]["hidden"], nlohmann::json({32}));
   auto ok = test::run(train_cmd("tiny_synthetic.yaml", run_dir, "train.max_steps=40 optimizer.learning_rate=0.02"));
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_NE(ok.output.find("optimizer.learning_rate: 0.01 -> 0.02"), std::string::npos) << ok.output;

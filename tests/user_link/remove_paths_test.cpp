@@ -2,7 +2,7 @@
 // libtorch's, as a plain `g++ main.o -ltorch_cpu -lc10 ...` link orders them, with no LD_PRELOAD.
 // PyTorch 2.x wheels export std::filesystem functions of their own from libtorch_cpu.so; with this
 // order they win the symbol lookup, and in the 2.11 run on the GPU machine remove_all jumped to
-// address 0 (nnx-train's retention, a TempDir). The library removes trees with fs::remove_tree
+// address 0 (nnx-train's retention, a TempDir). The library removes trees with io::remove_tree
 // (nftw); this program proves every deleting path of it works under such a link.
 #include <ATen/ATen.h>
 #include <dlfcn.h>

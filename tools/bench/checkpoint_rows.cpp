@@ -114,7 +114,7 @@ void bench_save_with_retention(CheckpointBench& b) {
   std::vector<double> ours_k, raw_k, torch_k, buffered_k;
   std::error_code ec;
   auto keep1 = [&](const std::string& base, int i, std::vector<double>& out, const std::function<void(const stdfs::path&)>& save) {
-    nnx::checkpoint::fs::remove_tree(b.dir / (base + std::to_string(i - 1)), ec);
+    nnx::checkpoint::io::remove_tree(b.dir / (base + std::to_string(i - 1)), ec);
     const double t = time_once([&] { save(b.dir / (base + std::to_string(i))); });
     if (i > 0) out.push_back(t);
   };
@@ -125,7 +125,7 @@ void bench_save_with_retention(CheckpointBench& b) {
     keep1("keep-buffered", i, buffered_k, [&](const stdfs::path& p) { b.save_buffered(p); });
   }
   for (const char* base : {"keep-ours", "keep-raw", "keep-torch", "keep-buffered"})
-    nnx::checkpoint::fs::remove_tree(b.dir / (base + std::to_string(b.reps)), ec);
+    nnx::checkpoint::io::remove_tree(b.dir / (base + std::to_string(b.reps)), ec);
   b.t_ours_kept = median(ours_k);
   add_rounds("save 400 MB with retention (previous file deleted first)", ours_k, raw_k, " s", "raw write+fsync", 1.10);
   add_rounds("save 400 MB with retention vs torch::save", ours_k, torch_k, " s", "torch::save", 0.85);
@@ -182,10 +182,10 @@ struct RestoreContenders {
 void bench_restore_warm(CheckpointBench& b, RestoreContenders& r) {
   std::error_code ec;
   for (int i = 0; i < b.reps; ++i) {
-    nnx::checkpoint::fs::remove_tree(b.dir / ("buffered" + std::to_string(i)), ec);
+    nnx::checkpoint::io::remove_tree(b.dir / ("buffered" + std::to_string(i)), ec);
     if (i > 0)
       for (const std::string& f : {"ours" + std::to_string(i), "raw" + std::to_string(i), "torch" + std::to_string(i) + ".pt"})
-        nnx::checkpoint::fs::remove_tree(b.dir / f, ec);
+        nnx::checkpoint::io::remove_tree(b.dir / f, ec);
   }
   // Every contender's file leaves the page cache, and the warm-up round below reads it back in,
   // so all cached pages come from reads: a file written with O_DIRECT has none cached, and on
@@ -246,14 +246,14 @@ void bench_restore_cold(CheckpointBench& b, RestoreContenders& r) {
 // add), warm and cold, against the restore.
 void bench_structure_check(const CheckpointBench& b) {
   const auto st = read_metadata(b.dir / "ours0")["files"][kCheckpointFile]["structure"];
-  std::vector<fs::ByteRange> skip;
+  std::vector<io::ByteRange> skip;
   for (const auto& r : st["skip"]) skip.push_back({r[0].get<int64_t>(), r[1].get<int64_t>()});
   const stdfs::path f = b.dir / "ours0" / kCheckpointFile;
   std::vector<double> warm, cold;
-  for (int i = 0; i < b.reps; ++i) warm.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+  for (int i = 0; i < b.reps; ++i) warm.push_back(time_once([&] { io::checksum_outside(f, skip); }));
   for (int i = 0; i < b.reps; ++i) {
     evict_from_page_cache(f);
-    cold.push_back(time_once([&] { fs::checksum_outside(f, skip); }));
+    cold.push_back(time_once([&] { io::checksum_outside(f, skip); }));
   }
   rows.push_back({"structure check alone, 400 MB checkpoint (" + std::to_string(skip.size()) + " large datasets)",
                   "warm " + fmt(median(warm) * 1e3, " ms", 2) + ", cold " + fmt(median(cold) * 1e3, " ms", 2),
@@ -382,8 +382,8 @@ void bench_restore_after_save(const stdfs::path& dir) {
   add("restore 2.4 GB right after an async save vs after a sync save", after_async, after_sync, " s", "after sync", 1.10);
   bench_restore_big_cold(dir / "big-async", templ);
   std::error_code ec;
-  nnx::checkpoint::fs::remove_tree(dir / "big-sync", ec);
-  nnx::checkpoint::fs::remove_tree(dir / "big-async", ec);
+  nnx::checkpoint::io::remove_tree(dir / "big-sync", ec);
+  nnx::checkpoint::io::remove_tree(dir / "big-async", ec);
 }
 
 // ---- checkpoints from GPU memory: 2 GB fp32 in 20 tensors on cuda:0 ----------------------------
@@ -422,7 +422,7 @@ void bench_gpu_checkpoint(const stdfs::path& dir, int reps) {
     sync_v.push_back(time_once([&] { sync.save(dir / ("gpu-sync" + k), args); }));
     block_deferred.push_back(time_once([&] { deferred.save(dir / ("gpu-deferred" + k), args); }));
     deferred.wait_until_finished();
-    for (const char* n : {"gpu-raw", "gpu-async", "gpu-sync", "gpu-deferred"}) nnx::checkpoint::fs::remove_tree(dir / (n + k), ec);
+    for (const char* n : {"gpu-raw", "gpu-async", "gpu-sync", "gpu-deferred"}) nnx::checkpoint::io::remove_tree(dir / (n + k), ec);
   }
   add_rounds("save 2 GB from GPU memory, async save waited for", async_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);
   add_rounds("save 2 GB from GPU memory, sync Checkpointer", sync_v, raw_v, " s", "D2H copy + raw write+fsync", 1.2);

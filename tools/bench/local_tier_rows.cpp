@@ -147,7 +147,7 @@ void bench_local_replicas(int reps) {
   const stdfs::path dir = shm / ("nnx-bench-replicas-" + std::to_string(::getpid()));
   std::string out = run_capture(std::string(NNX_BIN_DIR) + "/nnx-launch --nproc 2 -- " + NNX_BIN_DIR + "/nnx-bench --replica-rank " +
                                 dir.string() + " --reps " + std::to_string(reps) + " 2>/dev/null");
-  nnx::checkpoint::fs::remove_tree(dir, ec);
+  nnx::checkpoint::io::remove_tree(dir, ec);
   const auto pos = out.find("[rank 0] ");
   std::istringstream in(pos == std::string::npos ? std::string() : out.substr(pos + 9));
   double sent = 0, step = 0, send_s = 0, save_s = 0;

@@ -53,7 +53,7 @@ BENCHMARK(BM_TorchAdamStep)->Unit(benchmark::kMillisecond);
 // XXH3 over 64 MiB (the per-dataset checksum of saves and restores).
 void BM_Checksum64MiB(benchmark::State& st) {
   at::Tensor t = at::randn({16 << 20});
-  for (auto _ : st) benchmark::DoNotOptimize(nnx::checkpoint::checksum_bytes(t.data_ptr(), 64 << 20));
+  for (auto _ : st) benchmark::DoNotOptimize(nnx::checkpoint::io::checksum_bytes(t.data_ptr(), 64 << 20));
   st.SetBytesProcessed(st.iterations() * (int64_t(64) << 20));
 }
 BENCHMARK(BM_Checksum64MiB)->Unit(benchmark::kMillisecond);

@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::error_code ec;
-  if (dir_arg.empty()) nnx::checkpoint::fs::remove_tree(dir, ec);
+  if (dir_arg.empty()) nnx::checkpoint::io::remove_tree(dir, ec);
   print_table(json_out);
   return 0;
 }

@@ -62,7 +62,7 @@ std::vector<double> nnx_train_window_seconds(const std::string& config, int step
                                              const std::string& extra, int64_t batch, int log_every, int nproc = 1) {
   std::string run_dir = (dir / ("train-" + config)).string();
   std::error_code ec;
-  nnx::checkpoint::fs::remove_tree(run_dir, ec);  // a fresh run each time, never a resume
+  nnx::checkpoint::io::remove_tree(run_dir, ec);  // a fresh run each time, never a resume
   const std::string launcher =
       nproc > 1 ? std::string(NNX_BIN_DIR) + "/nnx-launch --nproc " + std::to_string(nproc) + " -- " : std::string();
   std::string cmd = launcher + NNX_BIN_DIR + "/nnx-train --config " + NNX_SOURCE_DIR + "/configs/" + config +
@@ -354,7 +354,7 @@ void bench_save_cpu(const stdfs::path& dir, double step_ms, int every) {
     at::stack(at::_foreach_norm(ts, 2)).sum().isfinite().item<bool>();  // nnx-train's non-finite check
     const double norm = cpu_seconds() - c0;
     std::error_code ec;
-    nnx::checkpoint::fs::remove_tree(p, ec);
+    nnx::checkpoint::io::remove_tree(p, ec);
     if (i == 0) continue;
     save_cpu.push_back(save);
     copy_cpu.push_back(copy);
