@@ -7,7 +7,9 @@
 
 #include "nnx/checkpoint/emergency/checkpoint_manager.h"
 #include "nnx/checkpoint/handlers/registry.h"
+#include "nnx/checkpoint/format/directory.h"
 #include "nnx/checkpoint/manager.h"
+#include "nnx/checkpoint/verify.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/layers.h"
 #include "nnx/framework/sharding.h"

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "nnx/checkpoint/format/state_reader.h"
+#include "nnx/checkpoint/format/read_options.h"
 #include "nnx/framework/state.h"
 
 namespace nnx::checkpoint {

@@ -7,6 +7,8 @@
 #include "nnx/checkpoint/checkpoint_info.h"
 #include "nnx/checkpoint/commit.h"
 #include "nnx/checkpoint/coordinator.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/handlers/registry.h"
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"

@@ -7,11 +7,7 @@
 #include <memory>
 
 #include "nnx/checkpoint/args.h"
-#include "nnx/checkpoint/format/directory.h"
-#include "nnx/checkpoint/format/schema.h"
-#include "nnx/checkpoint/format/state_writer.h"
-#include "nnx/checkpoint/handlers/state_handler.h"
-#include "nnx/checkpoint/verify.h"
+#include "nnx/checkpoint/format/write_options.h"
 
 namespace nnx::distributed {
 class ProcessGroup;

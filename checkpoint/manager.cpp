@@ -9,6 +9,8 @@
 #include <regex>
 #include <set>
 
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"

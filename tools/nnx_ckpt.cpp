@@ -30,13 +30,17 @@
 #include <iostream>
 
 #include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/format/directory.h"
 #include "nnx/checkpoint/format/json_item.h"
+#include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/format/safetensors.h"
 #include "nnx/checkpoint/io/fs.h"
 #include "nnx/checkpoint/format/state_reader.h"
 #include "nnx/checkpoint/format/state_writer.h"
 #include "nnx/checkpoint/io/checksum.h"
 #include "nnx/checkpoint/shard_planner.h"
+#include "nnx/checkpoint/verify.h"
+#include "nnx/framework/dtype.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/error.h"
 #include "tools/cli.h"

@@ -7,25 +7,11 @@
 #include <vector>
 
 #include "nnx/checkpoint/format/h5_file.h"
+#include "nnx/checkpoint/format/write_options.h"
 #include "nnx/checkpoint/io/pending_writes.h"
 #include "nnx/framework/state.h"
 
 namespace nnx::checkpoint {
-
-/// Options of write_state.
-struct WriteOptions {
-  /// Largest single H5Dwrite, in bytes; bigger tensors are written in slabs along dim 0
-  /// (so tensors over 4 GiB never need one huge I/O call).
-  int64_t max_write_bytes = int64_t(1) << 30;
-  /// Datasets of 1 MiB or more whose tensor is contiguous CPU memory get their file space when
-  /// they are created (contiguous, 4 KiB aligned) and their bytes are written there with
-  /// O_DIRECT on 4 writer jobs (io::DirectWriter), bypassing the page cache. Temporaries (a
-  /// CUDA tensor's host copy, a view made contiguous) go through H5Dwrite, so a save never holds
-  /// a host copy of the whole state. The stored bytes and the format are the same either way.
-  /// Where the file system refuses O_DIRECT, the same bytes go through the page cache. Off:
-  /// every dataset through H5Dwrite.
-  bool direct_io = true;
-};
 
 /// Writes every tensor of `state` as a dataset /<item>/<path> with the attributes of
 /// format/schema.h: nnx_kind, dtype (logical: bfloat16 is stored as uint16, bool as uint8),

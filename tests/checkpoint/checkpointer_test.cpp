@@ -15,6 +15,9 @@
 
 #include "nnx/checkpoint/format/h5_file.h"
 #include "nnx/framework/error.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 #include "test_util.h"
 
 using namespace nnx;

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 #include "checkpoint/fixture_state.h"
 #include "test_util.h"
 #include "tools/run_util.h"

@@ -13,6 +13,9 @@
 #include "nnx/checkpoint/handlers/write_plan.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/framework/error.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 #include "test_util.h"
 
 using namespace nnx;

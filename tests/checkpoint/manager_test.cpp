@@ -14,6 +14,9 @@
 #include <thread>
 
 #include "nnx/framework/error.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 #include "test_util.h"
 
 extern char** environ;

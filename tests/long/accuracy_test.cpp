@@ -6,6 +6,9 @@
 #include <filesystem>
 
 #include "nnx/checkpoint/checkpointer.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 #include "test_util.h"
 #include "tools/run_util.h"
 

@@ -23,6 +23,9 @@
 #include "nnx/checkpoint/io/checksum.h"
 #include "nnx/checkpoint/shard_planner.h"
 #include "nnx/checkpoint/manager.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
+#include "nnx/checkpoint/verify.h"
 
 extern char** environ;
 

@@ -48,6 +48,8 @@
 
 #include "bench_common.h"
 #include "rows.h"
+#include "nnx/checkpoint/format/directory.h"
+#include "nnx/checkpoint/format/schema.h"
 
 namespace nnx::bench {
 
