@@ -70,27 +70,33 @@ std::optional<RestoredStep> CheckpointManager::restore(const Composite& args, co
 }
 
 // The local tier's newest step that every rank has (or gets from a peer's replica), when no
-// older than the persistent tier's latest: each rank restores its own state from it, or, when
-// any rank cannot, none does.
+// older than the persistent tier's latest: each rank restores its own state from it. When any
+// rank cannot (a corrupt or unreadable copy), every rank tries the next older such step, then
+// the persistent tier: an older local step is still newer than what the persistent tier holds.
 std::optional<RestoredStep> CheckpointManager::restore_local(const Composite& args) {
-  std::string failure;
-  const std::optional<int64_t> step = local_->prepare_restore(persistent_->latest_step(), failure);
-  if (!step) return std::nullopt;
-  RestoredStep r;
-  if (failure.empty()) try {
-      r.restored = local_->restore(*step, args);
-    } catch (const Error& e) {
-      failure = e.what();
+  const std::optional<int64_t> not_before = persistent_->latest_step();
+  std::optional<int64_t> below;
+  for (;;) {
+    std::string failure;
+    const std::optional<int64_t> step = local_->prepare_restore(not_before, failure, below);
+    if (!step) return std::nullopt;
+    RestoredStep r;
+    if (failure.empty()) try {
+        r.restored = local_->restore(*step, args);
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+    if (!any_rank(pg_.get(), !failure.empty())) {
+      r.step = *step;
+      r.path = local_->step_path(*step);
+      r.from_local_tier = true;
+      return r;
     }
-  if (any_rank(pg_.get(), !failure.empty())) {
     log::warn_parts("checkpoint.local: step ", *step, " does not restore on every rank",
-                    failure.empty() ? std::string() : " (here: " + failure + ")", "; resuming from the persistent tier");
-    return std::nullopt;
+                    failure.empty() ? std::string() : " (here: " + failure + ")",
+                    "; trying an older local step, then the persistent tier");
+    below = *step;
   }
-  r.step = *step;
-  r.path = local_->step_path(*step);
-  r.from_local_tier = true;
-  return r;
 }
 
 std::optional<RestoredStep> CheckpointManager::restore_persistent(const Composite& args, const RestoreOptions& options) {

@@ -251,7 +251,8 @@ int source_of(const std::vector<std::vector<std::vector<int64_t>>>& h, int r, in
 }
 }  // namespace
 
-std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_before, std::string& failure) {
+std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_before, std::string& failure,
+                                                  std::optional<int64_t> below) {
   const auto h = gather_holdings();
   const int n = static_cast<int>(h.size());
   for (const auto& rank : h)
@@ -263,6 +264,7 @@ std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_bef
   std::optional<int64_t> step;
   for (int64_t s : candidates) {  // the newest step every rank can get (own copy or a peer's)
     if (not_before && s < *not_before) break;
+    if (below && s >= *below) continue;
     bool all = true;
     for (int r = 0; r < n && all; ++r) all = source_of(h, r, s) >= 0;
     if (all) {

@@ -81,10 +81,12 @@ class LocalTier {
   void wait_for_replicas() const;
   /// A collective of every rank where configured(). Agrees on the newest step that every rank
   /// can restore from the local tier, from its own copy or from a replica a peer holds, when
-  /// there is one no older than `not_before`; a rank without its own copy then receives the
-  /// replica into its folder. Returns nullopt when there is no such step. When it returns a
-  /// step, `failure` is this rank's error in getting it ("" = none): the caller agrees on it.
-  std::optional<int64_t> prepare_restore(std::optional<int64_t> not_before, std::string& failure);
+  /// there is one no older than `not_before` and older than `below` (unset: any); a rank without
+  /// its own copy then receives the replica into its folder. Returns nullopt when there is no
+  /// such step. When it returns a step, `failure` is this rank's error in getting it ("" = none):
+  /// the caller agrees on it, and may ask again below that step.
+  std::optional<int64_t> prepare_restore(std::optional<int64_t> not_before, std::string& failure,
+                                         std::optional<int64_t> below = std::nullopt);
   /// Where `step` is (or would be) committed in this rank's folder.
   std::filesystem::path step_path(int64_t step) const { return manager_ ? manager_->step_path(step) : std::filesystem::path(); }
   /// This rank's state at `step` (checksums verified). Throws nnx::Error.

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "nnx/checkpoint/emergency/local_tier.h"
+#include "nnx/checkpoint/format/schema.h"
 #include "nnx/checkpoint/manager.h"
 #include "test_util.h"
 
@@ -67,6 +68,35 @@ TEST(EmergencyCheckpointManager, RestoresTheNewerTierAndDiscardsANewerTimeline) 
   EXPECT_FALSE(p->from_local_tier);
   EXPECT_EQ(restored_step(*p), 10);
   EXPECT_FALSE(stdfs::exists(m.local().step_path(12)));
+}
+
+// A local step that does not restore (truncated) is passed over for the next older local step,
+// which is still newer than the persistent tier's latest; the bad step goes with the discarded
+// newer timeline.
+TEST(EmergencyCheckpointManager, ACorruptNewestLocalStepFallsBackToAnOlderLocalStep) {
+  test::TempDir dir;
+  {
+    emergency::CheckpointManager m(dir / "persistent", two_tiers(dir / "local"));
+    for (int64_t step = 1; step <= 15; ++step) m.save(step, state_at(step));
+  }  // killed after step 15: local steps 12 and 14, persistent 10
+  emergency::CheckpointManager m(dir / "persistent", two_tiers(dir / "local"));
+  const stdfs::path file = m.local().step_path(14) / kCheckpointFile;
+  ASSERT_TRUE(stdfs::exists(file));
+  stdfs::resize_file(file, stdfs::file_size(file) / 2);
+  auto r = m.restore(restore_args());
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->from_local_tier);
+  EXPECT_EQ(r->step, 12);
+  EXPECT_TRUE(r->restored.state("params").at("w").value.equal(at::full({8, 8}, 12.f)));
+  EXPECT_FALSE(stdfs::exists(m.local().step_path(14)));
+  // Both local steps bad: the persistent tier's 10.
+  emergency::CheckpointManager again(dir / "persistent2", two_tiers(dir / "local2"));
+  for (int64_t step = 1; step <= 15; ++step) again.save(step, state_at(step));
+  for (int64_t s : {12, 14}) stdfs::resize_file(again.local().step_path(s) / kCheckpointFile, 100);
+  auto p = again.restore(restore_args());
+  ASSERT_TRUE(p.has_value());
+  EXPECT_FALSE(p->from_local_tier);
+  EXPECT_EQ(p->step, 10);
 }
 
 TEST(EmergencyCheckpointManager, CloseSavesTheNewestStepThePersistentTierLacksAtItsOwnNumber) {

@@ -19,5 +19,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     nnx::trainer::load_config(path, {"train.max_steps=5"});
   } catch (const nnx::Error&) {
   }
+  std::remove(path.c_str());  // nothing left in /tmp after a run (one file per process was)
   return 0;
 }
