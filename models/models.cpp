@@ -163,9 +163,6 @@ void register_models() {
 
 std::shared_ptr<Module> build_model(const std::string& type, const nlohmann::json& config, std::shared_ptr<Rngs> rngs) {
   register_models();
-  static const std::vector<std::string> kTypes = {"MLP", "CNN", "GPT"};
-  NNX_CHECK(std::find(kTypes.begin(), kTypes.end(), type) != kTypes.end(), "unknown model type '", type,
-            "' (expected MLP, CNN or GPT)");
   try {
     // Through the registry, as a checkpoint's GraphDef would rebuild it. The registry's factory
     // takes a copy of the streams (same keys and counts).

@@ -95,9 +95,9 @@ class TransformerBlock : public ModuleBase<TransformerBlock> {
 /// config() (the options as JSON), so a checkpoint's GraphDef rebuilds them without user code.
 void register_models();
 
-/// Builds MLP, CNN or GPT through ModuleRegistry from its JSON config, drawing from (a copy of)
-/// `rngs`: the model holds the streams as its child "rngs". Throws nnx::Error naming the type or
-/// the bad key.
+/// Builds a ModuleRegistry type (MLP, CNN, GPT, or one a user registered) from its JSON config,
+/// drawing from (a copy of) `rngs`: the built-in models hold the streams as their child "rngs".
+/// Throws nnx::Error naming the type (and the registered ones) or the bad key.
 std::shared_ptr<Module> build_model(const std::string& type, const nlohmann::json& config,
                                     std::shared_ptr<Rngs> rngs);
 

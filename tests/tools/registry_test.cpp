@@ -7,6 +7,7 @@
 
 #include "nnx/framework/error.h"
 #include "nnx/framework/layers.h"
+#include "nnx/framework/module_registry.h"
 #include "nnx/trainer/datasets.h"
 #include "nnx/trainer/trainer.h"
 #include "test_util.h"
@@ -57,6 +58,17 @@ void register_test_types() {
                          [](const nlohmann::json& o, const Datasets& d, const Config&, std::shared_ptr<Rngs> rngs) {
                            return std::make_shared<Linear>(d.in_features, d.num_classes, *rngs, o["bias"].get<bool>());
                          }});
+    // The built-ins' way: a ModuleRegistry type and the sizes it takes from the data, no build().
+    ModuleRegistry::add("TestBlobProbe", [](const nlohmann::json& c, Rngs& rngs) {
+      return std::make_shared<Linear>(c.at("in").get<int64_t>(), c.at("out").get<int64_t>(), rngs, c.at("bias").get<bool>());
+    });
+    ModelType probe;
+    probe.name = "test_probe";
+    probe.datasets = {"test_blobs"};
+    probe.options = [](OptionReader& m) { return nlohmann::json{{"bias", m.boolean("bias", false)}}; };
+    probe.module = "TestBlobProbe";
+    probe.from_data = {{"in", DataSize::kInFeatures}, {"out", DataSize::kNumClasses}};
+    register_model_type(probe);
     return true;
   }();
   (void)once;
@@ -75,7 +87,8 @@ TEST(Registry, RegistrationErrorsNameTheType) {
   auto build = [](const nlohmann::json&, const Datasets&, const Config&, std::shared_ptr<Rngs>) { return std::shared_ptr<Module>(); };
   EXPECT_THROW_WITH("model.type 'mlp' is already registered", register_model_type({"mlp", {}, nullptr, build}));
   EXPECT_THROW_WITH("'test_linear' is already registered", register_model_type({"test_linear", {}, nullptr, build}));
-  EXPECT_THROW_WITH("register_model_type('nobuild'): build is missing", register_model_type({"nobuild", {}, nullptr, nullptr}));
+  EXPECT_THROW_WITH("register_model_type('nobuild'): build is missing (or a ModuleRegistry type in module)",
+                    register_model_type({"nobuild", {}, nullptr, nullptr}));
   EXPECT_THROW_WITH("needs a name", register_model_type({"", {}, nullptr, build}));
   auto load = [](const nlohmann::json&, const Config&) { return Datasets(); };
   EXPECT_THROW_WITH("data.dataset 'text' is built in", register_dataset({"text", nullptr, load}));
@@ -123,4 +136,23 @@ TEST(Registry, ARegisteredModelTrainsSavesAndResumes) {
   ASSERT_EQ(train(load_config(yaml, {"train.max_steps=15"}), quiet), 0);
   EXPECT_FALSE(test::final_states((dir / "run").string()).at("params").equal(first));
   EXPECT_TRUE(std::filesystem::exists(dir / "run" / "checkpoints" / "15"));
+}
+
+// A model type given as a ModuleRegistry type and its dataset binding (how mlp, cnn and gpt are
+// registered): one registration, no build function; it trains, and its options carry the sizes.
+TEST(Registry, AModelTypeBuiltThroughTheModuleRegistryTrainsFromOneRegistration) {
+  register_test_types();
+  test::TempDir dir;
+  const std::string yaml = write_yaml(dir, "model:\n  type: test_probe\n  bias: true\ntrain:\n  max_steps: 6\n"
+                                           "  batch_size: 16\ncheckpoint:\n  save_interval_steps: 3\n  async: false\n"
+                                           "run:\n  dir: " + (dir / "run").string() + "\n");
+  RunOptions quiet;
+  quiet.quiet = true;
+  ASSERT_EQ(train(load_config(yaml), quiet), 0);
+  auto params = test::final_states((dir / "run").string()).at("params");
+  ASSERT_TRUE(params.contains("kernel") && params.contains("bias"));
+  EXPECT_EQ(params.at("kernel").value.sizes(), (std::vector<int64_t>{3, 2}));  // in_features 3, num_classes 2
+  EXPECT_EQ(model_type("test_probe").module, "TestBlobProbe");
+  ASSERT_EQ(train(load_config(yaml, {"train.max_steps=9"}), quiet), 0);
+  EXPECT_TRUE(std::filesystem::exists(dir / "run" / "checkpoints" / "9"));
 }

@@ -43,12 +43,14 @@ nlohmann::json gpt_options(OptionReader& m) {
   return o;
 }
 
-// The built-in models: their keys here, their modules built by name through ModuleRegistry
-// (run.cpp), so that parsing a config needs no libtorch.
+// The built-in models, one entry each: their keys, and the ModuleRegistry type built from them
+// and the data's sizes (run.cpp), so that parsing a config needs no libtorch.
 std::vector<ModelType> builtin_model_types() {
-  return {{"mlp", {"fashion_mnist", "synthetic"}, mlp_options, nullptr},
-          {"cnn", {"fashion_mnist"}, cnn_options, nullptr},
-          {"gpt", {"text"}, gpt_options, nullptr}};
+  return {{"mlp", {"fashion_mnist", "synthetic"}, mlp_options, nullptr, "MLP",
+           {{"in_features", DataSize::kInFeatures}, {"num_classes", DataSize::kNumClasses}}},
+          {"cnn", {"fashion_mnist"}, cnn_options, nullptr, "CNN", {{"num_classes", DataSize::kNumClasses}}},
+          {"gpt", {"text"}, gpt_options, nullptr, "GPT",
+           {{"vocab_size", DataSize::kVocabSize}, {"block_size", DataSize::kBlockSize}}}};
 }
 
 const std::vector<std::string> kBuiltinDatasets = {"fashion_mnist", "synthetic", "text"};
@@ -72,7 +74,8 @@ Registry& registry() {
 
 void register_model_type(ModelType type) {
   NNX_CHECK(!type.name.empty(), "register_model_type: the model type needs a name (model.type)");
-  NNX_CHECK(static_cast<bool>(type.build), "register_model_type('", type.name, "'): build is missing");
+  NNX_CHECK(type.build || !type.module.empty(), "register_model_type('", type.name,
+            "'): build is missing (or a ModuleRegistry type in module)");
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   for (const auto& m : r.models)

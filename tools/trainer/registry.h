@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nnx/trainer/config.h"
@@ -22,6 +23,14 @@ class Rngs;
 namespace nnx::trainer {
 
 struct Datasets;
+
+/// A size that the loaded data (or data.block_size) gives a model's options: a dataset binding.
+enum class DataSize {
+  kInFeatures,  ///< Datasets::in_features
+  kNumClasses,  ///< Datasets::num_classes
+  kVocabSize,   ///< Datasets::vocab_size
+  kBlockSize,   ///< data.block_size (the text datasets' sequence length)
+};
 
 /// A model type that nnx-train builds from `model:` in the YAML config.
 ///
@@ -39,11 +48,16 @@ struct ModelType {
   std::function<nlohmann::json(OptionReader& model)> options;
   /// Builds the module: `options` as returned above, `data` the loaded datasets (their sizes),
   /// `rngs` the run's streams "params" (seed) and "dropout" (seed + 1). Throws nnx::Error for
-  /// options that do not fit the data. Required when registering; null for the built-ins, which
-  /// nnx-train builds through ModuleRegistry (models::build_model).
+  /// options that do not fit the data. Either `build` or `module` is required.
   std::function<std::shared_ptr<Module>(const nlohmann::json& options, const Datasets& data, const Config& config,
                                         std::shared_ptr<Rngs> rngs)>
       build;
+  /// Without `build`: the ModuleRegistry type (framework/module_registry.h) nnx-train builds,
+  /// from `options` with the `from_data` keys added (the built-ins: "MLP", "CNN", "GPT").
+  std::string module;
+  /// Without `build`: option keys set from the data before `module` is built, e.g.
+  /// {"num_classes", DataSize::kNumClasses}.
+  std::vector<std::pair<std::string, DataSize>> from_data;
 };
 
 /// A dataset that nnx-train loads from `data:` in the YAML config.
@@ -58,7 +72,8 @@ struct DatasetType {
 };
 
 /// Makes `type` trainable as model.type = type.name. Throws nnx::Error when the name is empty,
-/// taken (the built-ins are mlp, cnn and gpt), or `build` is missing. Thread-safe.
+/// taken (the built-ins are mlp, cnn and gpt), or neither `build` nor `module` is given.
+/// Thread-safe.
 void register_model_type(ModelType type);
 
 /// Makes `type` loadable as data.dataset = type.name. Throws nnx::Error when the name is empty,

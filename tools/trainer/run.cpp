@@ -112,23 +112,25 @@ void Run::write_resolved_config() {
 
 // mlp, cnn, gpt through ModuleRegistry (a checkpoint's GraphDef rebuilds them alone), their
 // options completed with the data's sizes.
-static std::shared_ptr<Module> build_builtin_model(const Config& c, const Datasets& ds, std::shared_ptr<Rngs> rngs) {
-  const std::string type = c.model.type == "mlp" ? "MLP" : c.model.type == "cnn" ? "CNN" : "GPT";
+// A model type without its own build(): its ModuleRegistry type, from its options and the
+// sizes its from_data binds.
+static std::shared_ptr<Module> build_registered_module(const ModelType& type, const Config& c, const Datasets& ds,
+                                                      std::shared_ptr<Rngs> rngs) {
   nlohmann::json o = c.model.options;
-  if (type == "MLP") o["in_features"] = ds.in_features;
-  if (type != "GPT") o["num_classes"] = ds.num_classes;
-  if (type == "GPT") {
-    o["vocab_size"] = ds.vocab_size;
-    o["block_size"] = c.data.block_size;
-  }
-  return models::build_model(type, o, std::move(rngs));
+  for (const auto& [key, size] : type.from_data) switch (size) {
+      case DataSize::kInFeatures: o[key] = ds.in_features; break;
+      case DataSize::kNumClasses: o[key] = ds.num_classes; break;
+      case DataSize::kVocabSize: o[key] = ds.vocab_size; break;
+      case DataSize::kBlockSize: o[key] = c.data.block_size; break;
+    }
+  return models::build_model(type.module, o, std::move(rngs));
 }
 
 void Run::build_model(const Datasets& ds) {
   auto rngs = std::make_shared<Rngs>(std::map<std::string, uint64_t>{{"params", cfg_.seed}, {"dropout", cfg_.seed + 1}});
   const ModelType& type = model_type(cfg_.model.type);
   auto& model = state_.model;
-  model = type.build ? type.build(cfg_.model.options, ds, cfg_, rngs) : build_builtin_model(cfg_, ds, rngs);
+  model = type.build ? type.build(cfg_.model.options, ds, cfg_, rngs) : build_registered_module(type, cfg_, ds, rngs);
   NNX_CHECK(model != nullptr, "model.type '", cfg_.model.type, "': its build() gave no module");
   if (cfg_.model.dtype == ParamDType::kBFloat16) model->to(at::kBFloat16);
   model->to(device_);
