@@ -24,10 +24,13 @@ Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<
               var.kind().name(), ") is ", var.value().scalar_type(), ", not floating point");
     paths_.push_back(path);
     vars_.push_back(var);
+    const bool own_shard = mesh_.size > 1 && !get_partition_spec(var.metadata()).replicated();  // ZeRO-3
     const bool shard = mesh_.size > 1 && var.value().dim() >= 1;
-    sharded_.push_back(shard);
+    sharded_.push_back(shard || own_shard);
+    presharded_.push_back(own_shard);
     // ZeRO-1: the stages see (and size their state by) this rank's rows only.
-    params.push_back(shard ? shard_of(var.value(), PartitionSpec::sharded(0, var.value().dim()), mesh_) : var.value());
+    params.push_back(shard && !own_shard ? shard_of(var.value(), PartitionSpec::sharded(0, var.value().dim()), mesh_)
+                                         : var.value());
   }
   NNX_CHECK(!paths_.empty(), "Optimizer: no variable of the model matches ", wrt_.description());
   register_variable("step", OptState(init::zeros({}, at::kLong)));
@@ -48,7 +51,9 @@ void Optimizer::annotate_state_sharding(const std::vector<at::Tensor>& params) {
       auto it = index.find(path.substr(slash + 1));
       if (it == index.end()) continue;
       const size_t i = it->second;
-      if (sharded_[i]) {
+      if (presharded_[i]) {
+        set_partition_spec(var, get_partition_spec(vars_[i].metadata()));  // the param's own shard
+      } else if (sharded_[i]) {
         NNX_CHECK(var.value().sizes() == params[i].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
                   format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[i], "' ",
                   format_shape(params[i].sizes()));
@@ -104,7 +109,7 @@ void Optimizer::update(const State& grads) {
     NNX_CHECK(pg_ != nullptr, "Optimizer: the state is sharded over ", mesh_.size,
               " ranks (ZeRO-1); call set_process_group() before update()");
     for (size_t i = 0; i < paths_.size(); ++i) {
-      if (!sharded_[i]) continue;
+      if (!sharded_[i] || presharded_[i]) continue;  // a ZeRO-3 param is already this rank's shard
       whole.push_back(params[i]);
       auto r = shard_range(params[i].size(0), mesh_.rank, mesh_.size);
       params[i] = params[i].narrow(0, r.start, r.size);  // a view: the step writes into the param

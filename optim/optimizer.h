@@ -31,6 +31,11 @@ class Optimizer : public ModuleBase<Optimizer> {
   /// replicated state. update() then steps this rank's rows and all-gathers the params over the
   /// process group given to set_process_group(). The same constructor under eval_shape yields the
   /// sharded restore template of this rank.
+  ///
+  /// ZeRO-3 (distributed::FullyShardedModel): a selected param whose metadata already holds a
+  /// sharded PartitionSpec is this rank's shard. With state_sharding.size > 1 it is stepped as
+  /// it is (neither narrowed nor all-gathered), its state is shaped and annotated like it, and
+  /// a global-norm stage sums its squares over the ranks.
   Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<Transform>> tx,
             const Filter& wrt = Param, Mesh state_sharding = {});
   /// The process group ZeRO-1's updates reduce and all-gather over (its rank and size must be
@@ -65,6 +70,7 @@ class Optimizer : public ModuleBase<Optimizer> {
   std::vector<Variable> vars_;
   Mesh mesh_;
   std::vector<bool> sharded_;  // per selected path: state holds this rank's rows only
+  std::vector<bool> presharded_;  // per selected path: the param itself is this rank's shard (ZeRO-3)
   std::shared_ptr<distributed::ProcessGroup> pg_;
 };
 

@@ -1,0 +1,339 @@
+#include "nnx/framework/fully_shard.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdint>
+#include <set>
+
+#include "nnx/framework/distributed.h"
+#include "nnx/framework/error.h"
+#include "nnx/framework/graph.h"
+#include "nnx/framework/module.h"
+#include "nnx/framework/sharding.h"
+
+namespace nnx::distributed {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// One param: its variable (holding this rank's rows between uses) and its global shape.
+struct ShardedParam {
+  std::string path;
+  Variable var;
+  std::vector<int64_t> full_shape;
+  bool sharded = true;  // false: a 0-d param, kept whole on every rank
+};
+
+std::vector<at::Tensor> values_of(const std::vector<ShardedParam>& ps) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : ps) out.push_back(p.var.value());
+  return out;
+}
+
+// The full tensors of `ps`, gathered from every rank's rows (no graph).
+std::vector<at::Tensor> gather_full(const std::vector<ShardedParam>& ps, ProcessGroup& pg) {
+  c10::NoGradGuard no_grad;
+  std::vector<at::Tensor> full, sharded;
+  for (const auto& p : ps) {
+    const at::Tensor& shard = p.var.value();
+    if (!p.sharded) {
+      full.push_back(shard.detach().clone());
+      continue;
+    }
+    at::Tensor f = at::empty(p.full_shape, shard.options());
+    const ShardRange r = shard_range(p.full_shape[0], pg.rank(), pg.world_size());
+    if (r.size > 0) f.narrow(0, r.start, r.size).copy_(shard);
+    full.push_back(f);
+    sharded.push_back(f);
+  }
+  if (!sharded.empty()) all_gather_shards(sharded, pg);
+  return full;
+}
+
+// Each full gradient's mean over the ranks, as this rank's rows of it (the whole of a 0-d one).
+// An unused param's gradient is zero.
+std::vector<at::Tensor> reduce_to_shards(std::vector<at::Tensor> grads, const std::vector<ShardedParam>& ps,
+                                         ProcessGroup& pg) {
+  c10::NoGradGuard no_grad;
+  State all;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (!grads[i].defined()) grads[i] = at::zeros(ps[i].full_shape, ps[i].var.value().options());
+    all.insert("g" + std::to_string(i), {Param, grads[i], {}});
+  }
+  all_reduce_mean(all, pg);
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (!ps[i].sharded) {
+      out.push_back(grads[i]);
+      continue;
+    }
+    const ShardRange r = shard_range(ps[i].full_shape[0], pg.rank(), pg.world_size());
+    out.push_back(grads[i].narrow(0, r.start, r.size).clone());
+  }
+  return out;
+}
+
+// (Not named bind: argument-dependent lookup would find std::bind for these std::vector arguments.)
+void set_values(const std::vector<ShardedParam>& ps, const std::vector<at::Tensor>& values) {
+  for (size_t i = 0; i < ps.size(); ++i) const_cast<Variable&>(ps[i].var).set_value(values[i]);
+}
+
+}  // namespace
+
+class FullyShardedUnit;
+
+// What the units and the root share. Owned by FullyShardedModel and by every unit (the model
+// tree holds the units), so a graph built by forward() outlives neither; it owns no module.
+struct FullyShardedContext {
+  std::shared_ptr<ProcessGroup> pg;
+  std::vector<ShardedParam> root_params;  // gathered once per forward()
+  std::vector<Variable> rng_counts;       // every Rngs count of the model: rewound for a recompute
+
+  std::vector<at::Tensor> rng_state() const {
+    std::vector<at::Tensor> out;
+    for (const auto& v : rng_counts) out.push_back(v.value().clone());
+    return out;
+  }
+  void set_rng_state(const std::vector<at::Tensor>& s) {
+    for (size_t i = 0; i < rng_counts.size(); ++i) rng_counts[i].set_value(s[i].clone());
+  }
+};
+
+// The wrapper that takes a unit's place in its parent: the same slots (so the same paths,
+// GraphDef and state), its forward through UnitFunction.
+class FullyShardedUnit : public ModuleBase<FullyShardedUnit> {
+ public:
+  FullyShardedUnit(std::shared_ptr<Module> inner, std::vector<ShardedParam> params, std::shared_ptr<FullyShardedContext> ctx)
+      : inner_(std::move(inner)), params_(std::move(params)), ctx_(std::move(ctx)) {
+    for (const auto& s : inner_->slots()) {
+      if (s.child)
+        register_module(s.name, s.child);
+      else
+        register_variable(s.name, s.variable);
+    }
+    for (auto& [path, var] : inner_->named_variables())
+      if (var.kind().is_a(BatchStat)) stats_.push_back(var);
+  }
+  std::string type_name() const override { return inner_->type_name(); }
+  nlohmann::json config() const override { return inner_->config(); }
+  at::Tensor forward(const at::Tensor& x) override;
+
+  Module& inner() const { return *inner_; }
+  const std::vector<ShardedParam>& params() const { return params_; }
+  FullyShardedContext& context() const { return *ctx_; }
+  std::vector<at::Tensor> stats() const {
+    std::vector<at::Tensor> out;
+    for (const auto& v : stats_) out.push_back(v.value().clone());  // BatchNorm updates them in place
+    return out;
+  }
+  void set_stats(const std::vector<at::Tensor>& values) {
+    for (size_t i = 0; i < stats_.size(); ++i) stats_[i].set_value(values[i]);
+  }
+
+ private:
+  std::shared_ptr<Module> inner_;
+  std::vector<ShardedParam> params_;
+  std::shared_ptr<FullyShardedContext> ctx_;
+  std::vector<Variable> stats_;  // BatchStats: a recompute must not update them twice
+};
+
+namespace {
+
+// Forward: gather, run the unit without a graph, free. Backward: gather again, recompute with
+// the same Rngs counts, take the gradients, reduce them into the shards.
+struct UnitFunction : torch::autograd::Function<UnitFunction> {
+  static at::Tensor forward(AutogradContext* ctx, FullyShardedUnit* unit, const at::Tensor& x, at::TensorList shards) {
+    FullyShardedContext& c = unit->context();
+    ctx->saved_data["unit"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(unit));
+    ctx->saved_data["rng"] = c.rng_state();
+    ctx->save_for_backward({x});
+    set_values(unit->params(), gather_full(unit->params(), *c.pg));
+    at::Tensor out;
+    try {
+      out = unit->inner().forward(x);
+    } catch (...) {
+      set_values(unit->params(), std::vector<at::Tensor>(shards.begin(), shards.end()));
+      throw;
+    }
+    set_values(unit->params(), std::vector<at::Tensor>(shards.begin(), shards.end()));
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto* unit = reinterpret_cast<FullyShardedUnit*>(static_cast<intptr_t>(ctx->saved_data["unit"].toInt()));
+    FullyShardedContext& c = unit->context();
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    const std::vector<at::Tensor> shards = values_of(unit->params());
+    const std::vector<at::Tensor> rng_now = c.rng_state(), stats_now = unit->stats();
+    c.set_rng_state(ctx->saved_data["rng"].toTensorVector());
+    std::vector<at::Tensor> full = gather_full(unit->params(), *c.pg);
+    for (auto& f : full) f.requires_grad_(true);
+    at::Tensor xin = x.detach().requires_grad_(x.requires_grad());
+    set_values(unit->params(), full);
+    at::Tensor out;
+    try {
+      at::AutoGradMode grad(true);
+      out = unit->inner().forward(xin);
+    } catch (...) {
+      set_values(unit->params(), shards);
+      throw;
+    }
+    set_values(unit->params(), shards);
+    unit->set_stats(stats_now);
+    c.set_rng_state(rng_now);
+    variable_list inputs = full;
+    if (xin.requires_grad()) inputs.insert(inputs.begin(), xin);
+    variable_list g = torch::autograd::grad({out}, inputs, {grad_out[0]}, /*retain_graph=*/false,
+                                            /*create_graph=*/false, /*allow_unused=*/true);
+    at::Tensor gx = xin.requires_grad() ? g[0] : at::Tensor();
+    std::vector<at::Tensor> gp(g.begin() + (xin.requires_grad() ? 1 : 0), g.end());
+    variable_list result = {at::Tensor(), gx};
+    for (auto& s : reduce_to_shards(std::move(gp), unit->params(), *c.pg)) result.push_back(std::move(s));
+    return result;
+  }
+};
+
+// The root's own params: gathered for one forward(); the graph keeps the full tensors until
+// backward, which reduces their gradients into the shards.
+struct GatherFunction : torch::autograd::Function<GatherFunction> {
+  static variable_list forward(AutogradContext* ctx, FullyShardedContext* c, at::TensorList) {
+    ctx->saved_data["context"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(c));
+    return gather_full(c->root_params, *c->pg);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* c = reinterpret_cast<FullyShardedContext*>(static_cast<intptr_t>(ctx->saved_data["context"].toInt()));
+    variable_list result = {at::Tensor()};
+    for (auto& s : reduce_to_shards(std::move(grads), c->root_params, *c->pg)) result.push_back(std::move(s));
+    return result;
+  }
+};
+
+}  // namespace
+
+at::Tensor FullyShardedUnit::forward(const at::Tensor& x) {
+  inner_->train(is_training());
+  const std::vector<at::Tensor> shards = values_of(params_);
+  return UnitFunction::apply(this, x, at::TensorList(shards));  // a TensorList: each shard an input
+}
+
+namespace {
+
+bool is_container(const Module& m) {
+  const std::string t = m.type_name();
+  return t == "Sequential" || t == "ModuleList" || t == "ModuleDict";
+}
+
+bool has_param(const Module& m) {
+  for (const auto& [path, var] : m.named_variables())
+    if (var.kind().is_a(Param)) return true;
+  return false;
+}
+
+// The default units below `m` at `path` (see FullyShardOptions::units).
+void default_units(const Module& m, const std::string& path, std::vector<std::string>& out) {
+  for (const auto& s : m.slots()) {
+    if (!s.child) continue;
+    const std::string p = path.empty() ? s.name : path + "/" + s.name;
+    if (is_container(*s.child))
+      default_units(*s.child, p, out);
+    else if (s.child->type_name() != "Embedding" && has_param(*s.child))
+      out.push_back(p);
+  }
+}
+
+// The parent of the module at `path` below `root`, and its slot name; throws naming the path.
+std::pair<Module*, std::string> parent_of(Module& root, const std::string& path) {
+  NNX_CHECK(!path.empty(), "FullyShardOptions.units: an empty path (the root is never a unit)");
+  Module* node = &root;
+  std::string rest = path, name;
+  for (size_t slash; (slash = rest.find('/')) != std::string::npos; rest = rest.substr(slash + 1)) {
+    name = rest.substr(0, slash);
+    NNX_CHECK(node->has_child(name), "FullyShardOptions.units: '", path, "' names no module (no '", name, "')");
+    node = node->child_ptr(name).get();
+  }
+  NNX_CHECK(node->has_child(rest), "FullyShardOptions.units: '", path, "' names no module");
+  return {node, rest};
+}
+
+// The units' paths: given or the defaults, each naming a module with params, none overlapping.
+std::vector<std::string> checked_units(Module& root, std::vector<std::string> units) {
+  if (units.empty()) default_units(root, "", units);
+  for (size_t i = 0; i < units.size(); ++i) {
+    auto [parent, name] = parent_of(root, units[i]);
+    NNX_CHECK(has_param(*parent->child_ptr(name)), "FullyShardOptions.units: '", units[i], "' holds no param");
+    for (size_t j = 0; j < units.size(); ++j)
+      NNX_CHECK(i == j || (units[j].rfind(units[i] + "/", 0) != 0 && units[i] != units[j]),
+                "FullyShardOptions.units: '", units[j], "' overlaps '", units[i], "'");
+  }
+  return units;
+}
+
+}  // namespace
+
+FullyShardedModel::FullyShardedModel(std::shared_ptr<Module> model, std::shared_ptr<ProcessGroup> pg,
+                                     FullyShardOptions options)
+    : model_(std::move(model)), ctx_(std::make_shared<FullyShardedContext>()) {
+  NNX_CHECK(model_ != nullptr && pg != nullptr, "FullyShardedModel needs a model and a process group");
+  ctx_->pg = std::move(pg);
+  Module& root = *model_;
+  unit_paths_ = checked_units(root, options.units);  // before anything changes
+  for (auto& [path, var] : root.named_variables())
+    NNX_CHECK(!var.kind().is_a(Param) || var.value().is_floating_point(), "FullyShardedModel: param '", path,
+              "' is ", var.value().scalar_type(), ", not floating point");
+  // Every param, sharded in place: this rank's rows, annotated.
+  const Mesh mesh{ctx_->pg->rank(), ctx_->pg->world_size()};
+  std::vector<ShardedParam> all;
+  for (auto& [path, var] : root.named_variables()) {
+    if (var.kind().is_a(RngCount)) ctx_->rng_counts.push_back(var);
+    if (!var.kind().is_a(Param)) continue;
+    ShardedParam p{path, var, var.value().sizes().vec(), var.value().dim() >= 1};
+    if (p.sharded) {
+      const PartitionSpec spec = PartitionSpec::sharded(0, var.value().dim());
+      at::Tensor shard = shard_of(var.value().detach(), spec, mesh).clone();
+      var.set_value(shard.requires_grad_(true));
+      set_partition_spec(var, spec);
+    }
+    all.push_back(std::move(p));
+  }
+  // Each unit takes the params below its path; the rest stay the root's.
+  std::set<std::string> taken;
+  for (const auto& u : unit_paths_) {
+    auto [parent, name] = parent_of(root, u);
+    std::vector<ShardedParam> mine;
+    for (const auto& p : all)
+      if (p.path.rfind(u + "/", 0) == 0) {
+        mine.push_back(p);
+        taken.insert(p.path);
+      }
+    parent->rebind_child(name, std::make_shared<FullyShardedUnit>(parent->child_ptr(name), std::move(mine), ctx_));
+  }
+  for (const auto& p : all)
+    if (!taken.count(p.path)) ctx_->root_params.push_back(p);
+}
+
+FullyShardedModel::~FullyShardedModel() = default;
+
+at::Tensor FullyShardedModel::forward(const at::Tensor& x) {
+  if (ctx_->root_params.empty()) return model_->forward(x);
+  const std::vector<at::Tensor> shards = values_of(ctx_->root_params);
+  set_values(ctx_->root_params, GatherFunction::apply(ctx_.get(), at::TensorList(shards)));
+  at::Tensor out;
+  try {
+    out = model_->forward(x);
+  } catch (...) {
+    set_values(ctx_->root_params, shards);
+    throw;
+  }
+  set_values(ctx_->root_params, shards);
+  return out;
+}
+
+std::vector<std::string> FullyShardedModel::unit_paths() const { return unit_paths_; }
+
+Module& FullyShardedModel::model() const { return *model_; }
+
+}  // namespace nnx::distributed

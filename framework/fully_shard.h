@@ -1,0 +1,72 @@
+// Fully sharded data parallel (ZeRO-3, PyTorch's FSDP2 fully_shard): every rank holds its rows of
+// each param, gathers a unit's params just before the unit runs and frees them after.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nnx {
+class Module;
+}
+
+namespace nnx::distributed {
+
+class ProcessGroup;
+
+/// Options of FullyShardedModel.
+struct FullyShardOptions {
+  /// The paths of the modules whose params are gathered together (units), e.g. "blocks/0".
+  /// Empty: every direct child of the root, with Sequential / ModuleList / ModuleDict children
+  /// replaced by their elements (each GPT block, each layer of an MLP's stack), except
+  /// Embeddings (see FullyShardedModel). Units must not overlap.
+  std::vector<std::string> units;
+};
+
+struct FullyShardedContext;
+
+/// Shards `model`'s params over `pg` along dim 0, in shard_range's layout (numpy.array_split:
+/// a rank may hold 0 rows of a dim-0 extent below world_size), and marks each with
+/// PartitionSpec::sharded(0, ndim), as Flax's nnx.with_partitioning(('data', ...)) does. The
+/// params must be equal on every rank first (same seed, or broadcast_state).
+///
+/// The cycle of a unit: its forward all-gathers the unit's params into full tensors, runs the
+/// unit without recording a graph, and frees them; its backward all-gathers them again,
+/// recomputes the unit's forward with the same dropout draws (the Rngs counts are rewound) and
+/// BatchNorm statistics left as the first forward set them, and reduces the full gradients into
+/// each rank's rows (the mean over ranks, as all_reduce_mean gives data parallel). The model
+/// thus never holds more than one unit's full params, at the cost of a second forward per unit
+/// (FSDP with activation checkpointing). The params of no unit (the root's own, and
+/// Embeddings: GPT's output projection reads the tied embedding outside its forward) are
+/// gathered once per forward() and kept by the graph until backward. 0-d params stay whole,
+/// their gradient averaged over ranks by a hook.
+///
+/// Gradients land in each param's shard (.grad of Variable::value()), so grads(model) and an
+/// Optimizer built with Mesh{rank, world_size} step on shards only; checkpoints hold each
+/// rank's shard, presented as the global array (virtual datasets), restorable at any world size.
+/// The unit's modules stay in the tree at their paths; a unit is wrapped so that its parent's
+/// forward goes through the cycle above. Not for modules whose methods other than forward()
+/// read a unit's params.
+class FullyShardedModel {
+ public:
+  /// Build it after the model is on its device and equal on every rank. Throws nnx::Error naming
+  /// the path, before anything changes, when a unit path names no module, units overlap, a unit
+  /// holds no param, or a param is not floating-point.
+  FullyShardedModel(std::shared_ptr<Module> model, std::shared_ptr<ProcessGroup> pg, FullyShardOptions options = {});
+  ~FullyShardedModel();
+  /// model.forward(x): [B, ...] -> the model's output. Differentiable: backward() on a loss of
+  /// it leaves each param's shard gradient.
+  at::Tensor forward(const at::Tensor& x);
+  /// The unit paths, in the order their modules appear in the tree.
+  std::vector<std::string> unit_paths() const;
+  Module& model() const;
+
+ private:
+  std::shared_ptr<Module> model_;
+  std::shared_ptr<FullyShardedContext> ctx_;
+  std::vector<std::string> unit_paths_;
+};
+
+}  // namespace nnx::distributed
