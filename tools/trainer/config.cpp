@@ -544,7 +544,7 @@ void parse_model(Section& top, const YAML::Node& node, ModelConfig& m) {
   model.finish();
 }
 
-void parse_distributed(Section& top, DistributedConfig& d, const std::string& device) {
+void parse_distributed(Section& top, DistributedConfig& d, const std::string& device, const Config& c) {
   Section dist = top.sub("distributed");
   d.backend = dist.one_of("backend", "auto", {"auto", "gloo", "nccl"});
   if (d.backend == "nccl" && device == "cpu")
@@ -552,7 +552,14 @@ void parse_distributed(Section& top, DistributedConfig& d, const std::string& de
                  "the device is cpu (use gloo or auto)");
   d.timeout_seconds = dist.in_range<int64_t>("timeout_seconds", 300, 1, 86400);
   d.batch_stats = dist.choice("batch_stats", BatchStatsMode::kSync, kBatchStatsModes);
-  d.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 1);
+  d.zero_stage = dist.in_range<int64_t>("zero_stage", 0, 0, 3);
+  if (d.zero_stage == 2)
+    dist.fail_at(dist.raw("zero_stage"), "distributed.zero_stage", " = 2 is not built: 0 (replicated), 1 (optimizer state "
+                 "sharded) or 3 (params, gradients and optimizer state sharded)");
+  // ZeRO-3 recomputes each unit in backward, where autocast is not on: not combined yet.
+  if (d.zero_stage == 3 && (c.train.autocast != Autocast::kNone || c.model.dtype != ParamDType::kFloat32))
+    dist.fail_at(dist.raw("zero_stage"), "distributed.zero_stage", " = 3 trains float32 params without autocast only "
+                 "(model.dtype: float32, train.autocast: none)");
   d.overlap_grad_reduce = dist.get<bool>("overlap_grad_reduce", true);
   dist.finish();
 }
@@ -603,7 +610,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   parse_checkpoint(ck, c.checkpoint);
   ck.finish();
 
-  parse_distributed(top, c.distributed, c.device);
+  parse_distributed(top, c.distributed, c.device, c);
 
   top.finish();
   return c;

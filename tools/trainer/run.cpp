@@ -138,7 +138,13 @@ void Run::build_model(const Datasets& ds) {
   if (ctx_.env.world_size > 1 && model->has_child("rngs"))
     if (auto* r = dynamic_cast<Rngs*>(model->child_ptr("rngs").get()))
       r->stream("dropout")->set_salt(static_cast<uint64_t>(ctx_.env.rank) + 1);
+  state_.graphdef = graphdef(*model).to_json();  // global shapes, whatever the stage
+  // ZeRO-3: every rank built the same params from the seed; each keeps its rows of them.
+  state_.zero3 = cfg_.distributed.zero_stage == 3 && ctx_.env.world_size > 1;
+  if (state_.zero3) fsdp_ = std::make_unique<distributed::FullyShardedModel>(model, ctx_.pg);
 }
+
+at::Tensor Run::forward(const at::Tensor& x) { return fsdp_ ? fsdp_->forward(x) : state_.model->forward(x); }
 
 void Run::build_optimizer() {
   optim::AdamOptions ao;
@@ -157,9 +163,12 @@ void Run::build_optimizer() {
   // ZeRO-1: each rank keeps the optimizer state of its rows of every param.
   const distributed::Env& env = ctx_.env;
   state_.zero1 = cfg_.distributed.zero_stage == 1 && env.world_size > 1;
-  state_.optimizer = std::make_unique<optim::Optimizer>(state_.model, tx, Param, state_.zero1 ? Mesh{env.rank, env.world_size} : Mesh{});
-  if (state_.zero1) state_.optimizer->set_process_group(ctx_.pg);
-  if (ctx_.pg && cfg_.distributed.overlap_grad_reduce) reducer_ = std::make_unique<distributed::GradientReducer>(*state_.model, ctx_.pg);
+  const bool sharded = state_.zero1 || state_.zero3;  // ZeRO-3's params are shards already: stepped as they are
+  state_.optimizer = std::make_unique<optim::Optimizer>(state_.model, tx, Param, sharded ? Mesh{env.rank, env.world_size} : Mesh{});
+  if (sharded) state_.optimizer->set_process_group(ctx_.pg);
+  // ZeRO-3 reduces each unit's gradients in its backward.
+  if (ctx_.pg && cfg_.distributed.overlap_grad_reduce && !state_.zero3)
+    reducer_ = std::make_unique<distributed::GradientReducer>(*state_.model, ctx_.pg);
 }
 
 void Run::build_loader() {
@@ -188,7 +197,7 @@ std::pair<double, bool> Run::step() {
     at::Tensor logits;
     {
       compat::AutocastGuard autocast(device_.type(), autocast_dtype());
-      logits = state_.model->forward(x);
+      logits = forward(x);
     }
     auto loss = loss_fn(logits.to(at::kFloat), y);
     if (cfg_.train.grad_accum_steps > 1) loss = loss / static_cast<double>(cfg_.train.grad_accum_steps);
@@ -201,7 +210,7 @@ std::pair<double, bool> Run::step() {
   if (reducer_) reducer_->finish();
   State g = grads(*state_.model);
   if (ctx_.pg) {
-    if (!reducer_) distributed::all_reduce_mean(g, *ctx_.pg);
+    if (!reducer_ && !state_.zero3) distributed::all_reduce_mean(g, *ctx_.pg);
     std::vector<at::Tensor> v = {at::tensor({loss_value}, at::kDouble)};  // the mean loss
     ctx_.pg->all_reduce_sum(v);
     loss_value = v[0][0].item<double>() / ctx_.env.world_size;
@@ -212,6 +221,11 @@ std::pair<double, bool> Run::step() {
     std::vector<at::Tensor> gs;
     for (const auto& [p, vs] : g) gs.push_back(vs.value);
     finite = at::stack(at::_foreach_norm(gs, 2)).sum().isfinite().item<bool>();
+  }
+  if (state_.zero3) {  // each rank sees its rows only: every rank skips (or stops) alike
+    std::vector<at::Tensor> bad = {at::tensor({finite ? 0.0 : 1.0}, at::kDouble)};
+    ctx_.pg->all_reduce_max(bad);
+    finite = bad[0][0].item<double>() == 0;
   }
   if (finite) {
     state_.optimizer->update(g);
@@ -246,7 +260,7 @@ std::pair<double, double> Run::evaluate() {
     at::Tensor logits;
     {
       compat::AutocastGuard autocast(device_.type(), autocast_dtype());
-      logits = model.forward(x).to(at::kFloat);
+      logits = forward(x).to(at::kFloat);
     }
     auto flat = logits.dim() == 3 ? logits.reshape({-1, logits.size(-1)}) : logits;
     auto ty = y.reshape({-1});
@@ -267,7 +281,10 @@ std::string Run::describe() const {
      << device_.str() << ", threads " << at::get_num_threads()
      << (env.world_size > 1 ? ", world_size " + std::to_string(env.world_size) + " over " + distributed::backend_name(backend_)
                             : std::string())
-     << (state_.zero1 ? ", ZeRO-1 optimizer state " + format_bytes(state(*state_.optimizer).nbytes()) + " on this rank" : std::string());
+     << (state_.zero1 ? ", ZeRO-1 optimizer state " + format_bytes(state(*state_.optimizer).nbytes()) + " on this rank" : std::string())
+     << (state_.zero3 ? ", ZeRO-3 (" + std::to_string(fsdp_->unit_paths().size()) + " units): params and optimizer state " +
+                            format_bytes(state(model, Param).nbytes() + state(*state_.optimizer).nbytes()) + " on this rank"
+                      : std::string());
   return os.str();
 }
 
@@ -275,7 +292,8 @@ int Run::execute() {
   const bool resumed = checkpoints_->restore();
   report_->rewrite_metrics_file();  // drops records newer than the resumed step
   // Every rank starts from rank 0's state; after a local-tier restore each rank has its own.
-  if (ctx_.pg && !checkpoints_->resumed_local()) distributed::broadcast_state(*state_.model, *ctx_.pg);
+  // ZeRO-3's ranks hold different rows, each built from the seed or read from the checkpoint.
+  if (ctx_.pg && !checkpoints_->resumed_local() && !state_.zero3) distributed::broadcast_state(*state_.model, *ctx_.pg);
   const bool imported_only = checkpoints_->import_initial_state(resumed);
   // After the manager took the run's lock, the checkpoint accepted this config and an import
   // fitted the model: a refused run leaves the run's config.json alone (or writes none).

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "nnx/framework/distributed.h"
+#include "nnx/framework/fully_shard.h"
 #include "nnx/framework/gradient_reducer.h"
 #include "nnx/trainer/datasets.h"
 #include "nnx/trainer/run_checkpoints.h"
@@ -37,6 +38,7 @@ class Run {
   void build_optimizer();
   void build_loader();
   std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast
+  at::Tensor forward(const at::Tensor& x);                // the model's, through ZeRO-3's units when on
   // One optimizer step over train.grad_accum_steps micro-batches: (mean loss, finite).
   std::pair<double, bool> step();
   // Averages the BatchNorm statistics over the ranks (distributed.batch_stats: sync), a
@@ -53,6 +55,7 @@ class Run {
   Datasets ds_;
   TrainState state_;
   std::unique_ptr<distributed::GradientReducer> reducer_;  // data parallel with overlap_grad_reduce
+  std::unique_ptr<distributed::FullyShardedModel> fsdp_;   // distributed.zero_stage: 3
   std::unique_ptr<RunCheckpoints> checkpoints_;
   std::unique_ptr<RunReport> report_;
 };

@@ -55,7 +55,7 @@ void RunCheckpoints::check_same_model(int64_t at) {
   } catch (const Error&) {
     return;
   }
-  const nlohmann::json now = graphdef(*state_.model).to_json();
+  const nlohmann::json& now = state_.graphdef;
   if (saved == now) return;
   std::string list;
   try {  // the config keys behind it, where the checkpoint's config reads
@@ -144,6 +144,8 @@ bool RunCheckpoints::import_initial_state(bool resumed) {
   const Config& cfg = ctx_.cfg;
   if (ropts.init_from.empty()) return false;
   NNX_CHECK(!resumed, "'", cfg.run_dir, "' already has checkpoints; --init-from initialises fresh runs only");
+  NNX_CHECK(!state_.zero3, "--init-from with distributed.zero_stage 3 is not built: import at zero_stage 0 (or 1), "
+            "then resume the run with zero_stage 3");
   const NamedTensors named = read_named_tensors(ropts.init_from);
   const std::string source = ropts.init_from_name.empty() ? ropts.init_from : ropts.init_from_name;
   int64_t at = 0;
@@ -199,16 +201,17 @@ State RunCheckpoints::batch_stats_to_save() {
 checkpoint::Composite RunCheckpoints::checkpoint_args(int64_t at_step, const State& batch_stats, bool per_rank) {
   const TrainState& s = state_;
   auto parts = state(*s.model).split({Param, RngState, Everything()});
-  const std::map<std::string, State> states = {{"params", parts[0]},
+  const bool rows = per_rank && (s.zero1 || s.zero3);  // the local tier holds this rank's rows as plain arrays
+  const std::map<std::string, State> states = {{"params", per_rank && s.zero3 ? local_arrays(parts[0]) : parts[0]},
                                                {"batch_stats", batch_stats},
                                                {"rngs", parts[1]},
-                                               {"optimizer", per_rank && s.zero1 ? local_arrays(state(*s.optimizer)) : state(*s.optimizer)}};
+                                               {"optimizer", rows ? local_arrays(state(*s.optimizer)) : state(*s.optimizer)}};
   const std::map<std::string, nlohmann::json> json = {
       {"data", nlohmann::json{{"epoch", s.loader->epoch()}, {"index", s.loader->index()}, {"global_batch", s.global_batch}}},
       {"config", ctx_.cfg.to_json()},
       {"metrics", s.history},
       {"trainer", nlohmann::json{{"step", at_step}, {"skipped_steps", s.skipped}, {"optimizer_step", s.optimizer->step_count()}}},
-      {"graphdef", graphdef(*s.model).to_json()}};
+      {"graphdef", s.graphdef}};
   Composite args;
   for (const auto& item : kCheckpointItems)
     args.add(item.name, item.is_state ? checkpoint::ItemArgs(StandardSave(states.at(item.name)))

@@ -59,10 +59,12 @@ nlohmann::json RunReport::record_step(double loss, const std::function<std::pair
   nlohmann::json rec = {{"step", step}, {"loss", loss}, {"learning_rate", state_.optimizer->learning_rate()},
                         {"epoch", state_.loader->epoch()}, {"examples_per_sec", secs > 0 ? window_examples_ / secs : 0.0}};
   if (state_.skipped) rec["skipped_steps"] = state_.skipped;
-  if (eval_now && ctx_.lead) {
+  if (eval_now && (ctx_.lead || state_.zero3)) {  // ZeRO-3's forward is collective: every rank runs it
     auto [el, ea] = evaluate();
-    rec["eval_loss"] = el;
-    rec["eval_accuracy"] = ea;
+    if (ctx_.lead) {
+      rec["eval_loss"] = el;
+      rec["eval_accuracy"] = ea;
+    }
   }
   state_.history.push_back(rec);
   if (ctx_.lead) std::ofstream(metrics_path_, std::ios::app) << rec.dump() << "\n";

@@ -22,6 +22,10 @@ struct TrainState {
   std::unique_ptr<optim::Optimizer> optimizer;
   std::unique_ptr<data::DataLoader> loader;
   bool zero1 = false;             ///< ZeRO-1: each rank keeps the optimizer state of its rows
+  bool zero3 = false;             ///< ZeRO-3: params, gradients and optimizer state are this rank's rows
+  /// The model's GraphDef as built (global shapes, before ZeRO-3 shards the params): what
+  /// checkpoints record and a resume compares, at any stage and world size.
+  nlohmann::json graphdef;
   int64_t global_batch = 0;       ///< examples per optimizer step over all ranks
   int64_t step = 0;               ///< optimizer steps taken (also the skipped ones)
   int64_t skipped = 0;            ///< steps skipped for a non-finite loss or gradient
