@@ -45,6 +45,7 @@ void run_rows(const std::vector<std::string>& only, bool quick, const stdfs::pat
     bench_overlapped_all_reduce(reps);
   }
   if (want("manager")) { std::cerr << "checkpoint manager...\n"; bench_manager(dir); }
+  if (want("fsdp")) { std::cerr << "ZeRO-3 against ZeRO-0 (2 ranks)...\n"; bench_fsdp(quick, dir); }
   if (want("snapshot")) { std::cerr << "training with checkpoints...\n"; bench_snapshot(quick, dir, gpt_runs); }
   if (std::find(only.begin(), only.end(), "gpu") != only.end()) {
     std::cerr << "GPU training against PyTorch...\n";
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   app.add_flag("--quick", quick, "fewer repetitions and steps, no 99M-param training rows");
   app.add_option("--dir", dir_arg, "scratch directory for files (default: a new one under /tmp)");
-  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, safetensors, training, distributed, manager, snapshot, restore_after_save, local_tier, gpu (only when named)");
+  app.add_option("--only", only, "rows to run: eval_shape, optimizer, checkpoint, safetensors, training, distributed, manager, fsdp, snapshot, restore_after_save, local_tier, gpu (only when named)");
   app.add_option("--json", json_out, "also write the table as JSON");
   std::string dist_rank_dir;
   int reps_override = 0;

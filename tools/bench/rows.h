@@ -55,6 +55,10 @@ void bench_gpu_training(bool quick, const stdfs::path& dir);
 /// Examples per second of the plain libtorch contender (nnx-bench --plain-train, its own process).
 double plain_examples_per_sec(bool cnn, int steps, int threads, const std::shared_ptr<data::TensorDataset>& ds);
 
+// fsdp_rows.cpp
+/// ZeRO-3 against ZeRO-0 at 2 ranks (the 99M GPT without `quick`): peak memory and step time.
+void bench_fsdp(bool quick, const stdfs::path& dir);
+
 // distributed_rows.cpp
 /// A 2-rank step with the gradient all-reduce overlapping backward against after it.
 void bench_overlapped_all_reduce(int reps);

@@ -391,10 +391,7 @@ void bench_snapshot(bool quick, const stdfs::path& dir, int gpt_runs) {
                               {"async save every step", 1, 50, quick ? 3 : 6, quick ? 1 : 3, 1.10}, dir);
   } else
     rows.push_back({"train step CNN with checkpoints", "-", "dataset-fashion-mnist missing", "-", "", ""});
-  // char_gpt scaled to about 100 M params: 14 layers of d_model 768 (12 d^2 each) and tied
-  // embeddings over the GPL's characters: 99 M; batch 4 x 64 tokens.
-  const std::string gpt = "model.d_model=768 model.num_heads=12 model.num_layers=14 model.dropout=0 train.batch_size=4 "
-                          "data.block_size=64 eval.batch_size=4 optimizer.clip_norm=0";
+  const std::string gpt = kGpt99mOverrides;
   if (quick) {  // about 30 minutes of 99M-param training: not in --quick
     rows.push_back({"train step GPT 99M with checkpoints", "-", "skipped in --quick", "-", "", ""});
     return;

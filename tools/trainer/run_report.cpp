@@ -1,6 +1,7 @@
 #include "nnx/trainer/run_report.h"
 
 #include <ATen/Parallel.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -98,6 +99,9 @@ void RunReport::done(const checkpoint::emergency::CheckpointManager& tiers) cons
       << " skipped) in " << format_duration(total) << ", loss " << last_loss_;
   if (last.contains("eval_accuracy"))
     out << ", eval_loss " << last["eval_loss"].get<double>() << ", eval_accuracy " << last["eval_accuracy"].get<double>();
+  struct rusage ru {};
+  if (::getrusage(RUSAGE_SELF, &ru) == 0)  // ru_maxrss: the peak resident set, in KiB on Linux
+    out << "\nnnx-train: peak memory " << ru.ru_maxrss / 1024 << " MiB" << (ctx_.env.world_size > 1 ? " (rank 0)" : "");
   const auto& local = tiers.local();
   if (local.configured())
     out << "\nnnx-train: local tier" << (ctx_.env.world_size > 1 ? " (rank 0)" : "") << ": " << local.saves_written() << " of "
