@@ -531,12 +531,13 @@ TEST(ZeroOne, ShardedOptimizerStepsAsTheUnshardedOneAndSavesGlobalArrays) {
 }
 
 // ZeRO-3 (FullyShardedModel): MLP, CNN with BatchNorm and GPT with its tied embedding, fully
-// sharded at 3 and then 2 ranks, step within 1e-6 of ZeRO-0 at the same global batch for 50
+// sharded at 4, 3 and then 2 ranks, step within 1e-6 of ZeRO-0 at the same global batch for 50
 // steps; each rank saves only its rows, checkpoint.h5 holds the global arrays, and the 2-rank
-// run restores the 3-rank checkpoint into its own shards bitwise.
+// run restores the 3-rank checkpoint into its own shards bitwise. At 4 ranks the MLP's last bias
+// (3 rows) leaves rank 3 no rows of it.
 TEST(ZeroThree, FullyShardedTrainingMatchesReplicatedAndReshardsAcrossWorldSizes) {
   test::TempDir dir;
-  for (int n : {3, 2}) {
+  for (int n : {4, 3, 2}) {
     auto r = test::run(launch(n, helper() + " fsdp " + dir.path().string()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     for (const char* type : {"MLP", "CNN", "GPT"})
@@ -571,6 +572,22 @@ TEST(ZeroThree, NnxTrainShardsResumesBitExactlyAndChangesStageAndWorldSize) {
   EXPECT_EQ(at3.exit_code, 0) << at3.output;
   EXPECT_NE(at3.output.find("resumed from step 70"), std::string::npos) << at3.output;
   EXPECT_TRUE(verify(stdfs::path(b) / "checkpoints" / "80").ok);
+  // The local tier holds each rank's rows: after a SIGKILL at step 27 and rank 1's folder
+  // wiped, the run resumes from a local step no older than the persistent 20, rank 1's rows from
+  // its replica on rank 0, and ends bit-exactly where the uninterrupted run did.
+  if (!stdfs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  test::TempDir shm("/dev/shm");
+  const std::string d = (dir / "d").string(), local = (shm / "local").string();
+  const std::string lo = o + z3 + " checkpoint.local.save_interval_steps=2 checkpoint.local.async=false"
+                                  " checkpoint.local.directory=" + local;
+  EXPECT_NE(test::run(launch(2, train(d, lo + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
+  std::error_code ec;
+  stdfs::remove_all(stdfs::path(local) / "rank-1-of-2", ec);
+  auto from_local = test::run(launch(2, train(d, lo)));
+  ASSERT_EQ(from_local.exit_code, 0) << from_local.output;
+  expect_rank1_resumed_from_replica(from_local.output, from_local.output, local + "/rank-0-of-2", 20, /*prefixed=*/true);
+  auto sd = test::final_states(d);
+  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sd.at(item))) << item << ": " << s.first_difference(sd.at(item));
 }
 
 // Gloo has no bfloat16: broadcasts and all-gathers move bf16 as 2-byte words, gradient sums run
