@@ -48,7 +48,8 @@ struct FullyShardedContext;
 /// rank's shard, presented as the global array (virtual datasets), restorable at any world size.
 /// The unit's modules stay in the tree at their paths; a unit is wrapped so that its parent's
 /// forward goes through the cycle above. Not for modules whose methods other than forward()
-/// read a unit's params.
+/// read a unit's params, and not for clone() or merge() of the sharded model (a unit's copy
+/// would run the original module).
 class FullyShardedModel {
  public:
   /// Build it after the model is on its device and equal on every rank. Throws nnx::Error naming
