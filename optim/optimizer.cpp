@@ -51,16 +51,14 @@ void Optimizer::annotate_state_sharding(const std::vector<at::Tensor>& params) {
       auto it = index.find(path.substr(slash + 1));
       if (it == index.end()) continue;
       const size_t i = it->second;
-      if (presharded_[i]) {
-        set_partition_spec(var, get_partition_spec(vars_[i].metadata()));  // the param's own shard
-      } else if (sharded_[i]) {
+      if (sharded_[i] && !presharded_[i]) {
         NNX_CHECK(var.value().sizes() == params[i].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
                   format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[i], "' ",
                   format_shape(params[i].sizes()));
         set_partition_spec(var, PartitionSpec::sharded(0, var.value().dim()));
       } else if (const PartitionSpec spec = get_partition_spec(vars_[i].metadata());
                  !spec.replicated() && var.value().sizes() == params[i].sizes()) {
-        set_partition_spec(var, spec);  // a moment of a sharded param holds the same shard
+        set_partition_spec(var, spec);  // a moment of a sharded param (ZeRO-3's too) holds the same shard
       }
       break;
     }

@@ -214,7 +214,7 @@ std::pair<at::Tensor, at::Tensor> fsdp_batch(const std::string& type, int r, int
     y = (x * 5 + 1) % 11;
   } else {
     const std::vector<int64_t> shape = type == "MLP" ? std::vector<int64_t>{b, 6} : std::vector<int64_t>{b, 1, 8, 8};
-    x = at::sin(at::arange(at::zeros(shape).numel(), at::kFloat).reshape(shape) * (0.37 + 0.01 * step));
+    x = at::sin(at::arange(b * (type == "MLP" ? 6 : 64), at::kFloat).reshape(shape) * (0.37 + 0.01 * step));
     y = at::arange(b, at::kLong) % 3;
   }
   return {x.narrow(0, r * per, per), y.narrow(0, r * per, per)};

@@ -270,7 +270,7 @@ TEST(DataParallel, SigkillOfTheLauncherThenBitExactResume) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from step"), std::string::npos) << resumed.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   auto ma = test::read_jsonl(a + "/metrics.jsonl"), mb = test::read_jsonl(b + "/metrics.jsonl");
   ASSERT_EQ(ma.size(), mb.size());
   for (size_t i = 0; i < ma.size(); ++i) EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << i;
@@ -346,7 +346,7 @@ TEST(Launch, MaxRestartsRestartsEveryRankAndTheRunResumesBitExactly) {
   EXPECT_NE(r.output.find("restarting all 2 ranks (restart 1 of 1)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << r.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // A program that always fails is started 1 + R times, then its exit code is the launcher's.
   auto f = test::run(test::bin("nnx-launch") + " --nproc 2 --max-restarts 2 --grace-seconds 1 -- /bin/false");
   EXPECT_EQ(f.exit_code, 1) << f.output;
@@ -378,7 +378,7 @@ TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("[rank 0] nnx-train: resumed from step 26 (" + local + "/rank-0-of-2/26)"), std::string::npos) << r.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // Without replicas, one rank's local folder wiped (a replaced host): no common local step,
   // the persistent tier.
   const std::string c = (dir / "c").string(), no_replicas = " checkpoint.local.replicas=0";
@@ -389,7 +389,7 @@ TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("[rank 0] nnx-train: resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << p.output;
   auto sc = test::final_states(c);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+  test::expect_equal_states(sa, sc);
   // Rank 1's newest local step truncated: it cannot restore it, so neither rank uses that step
   // (nothing partial is ever used), and both resume from the next older local step, 24, still
   // newer than the persistent tier's 20.
@@ -403,7 +403,7 @@ TEST(DataParallel, LocalTierResumesBothRanksFromTheirCommonNewestLocalStep) {
   EXPECT_NE(q.output.find("checkpoint.local: step 26 does not restore on every rank"), std::string::npos) << q.output;
   EXPECT_NE(q.output.find("[rank 0] nnx-train: resumed from step 24 (" + local + "/rank-0-of-2/24)"), std::string::npos) << q.output;
   auto sd = test::final_states(d);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sd.at(item))) << item << ": " << s.first_difference(sd.at(item));
+  test::expect_equal_states(sa, sd);
 }
 
 // checkpoint.local.replicas (default 1): each rank's local steps are copied to the next rank. A
@@ -439,7 +439,7 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   // persistent tier's 20 (steps 20-36 offer replicas; the crash hook waits for the one in flight).
   expect_rank1_resumed_from_replica(r.output, r.output, local + "/rank-0-of-2", 20, /*prefixed=*/true);
   auto sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // Two adjacent ranks' folders gone: nobody holds their steps; the persistent tier.
   const std::string c = (dir / "c").string();
   ASSERT_NE(test::run(launch(2, train(c, o + " --crash-after-step 27 --crash-rank 1"))).exit_code, 0);
@@ -449,7 +449,7 @@ TEST(DataParallel, LocalTierReplicasRestoreAReplacedHostFromItsPeer) {
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(p.output.find("[rank 0] nnx-train: resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << p.output;
   auto sc = test::final_states(c);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+  test::expect_equal_states(sa, sc);
   EXPECT_FALSE(stdfs::exists(local)) << "a finished run keeps no local tier";
 }
 
@@ -493,7 +493,7 @@ TEST(ZeroOne, TheLocalTierKeepsEachRanksOptimizerRowsAndResumesBitExactly) {
   // A local step no older than the persistent tier's 40 (steps 40-56 offer replicas).
   expect_rank1_resumed_from_replica(r.output, r.output, local + "/rank-0-of-2", 40, /*prefixed=*/true);
   const auto sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
 }
 
 TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
@@ -507,7 +507,7 @@ TEST(DataParallel, TwoRankRunResumesBitExactlyAndAtOtherWorldSizes) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << resumed.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // The 2-rank checkpoint restores at 1 and 3 ranks and training continues.
   auto at1 = test::run(train(b, o + " train.max_steps=70"));
   EXPECT_EQ(at1.exit_code, 0) << at1.output;
@@ -564,7 +564,7 @@ TEST(ZeroThree, NnxTrainShardsResumesBitExactlyAndChangesStageAndWorldSize) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("[rank 0] nnx-train: resumed from step 20"), std::string::npos) << resumed.output;
   auto sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   auto at1 = test::run(train(b, o + " train.max_steps=70"));
   EXPECT_EQ(at1.exit_code, 0) << at1.output;
   EXPECT_NE(at1.output.find("resumed from step 60"), std::string::npos) << at1.output;
@@ -587,7 +587,7 @@ TEST(ZeroThree, NnxTrainShardsResumesBitExactlyAndChangesStageAndWorldSize) {
   ASSERT_EQ(from_local.exit_code, 0) << from_local.output;
   expect_rank1_resumed_from_replica(from_local.output, from_local.output, local + "/rank-0-of-2", 20, /*prefixed=*/true);
   auto sd = test::final_states(d);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sd.at(item))) << item << ": " << s.first_difference(sd.at(item));
+  test::expect_equal_states(sa, sd);
 }
 
 // Gloo has no bfloat16: broadcasts and all-gathers move bf16 as 2-byte words, gradient sums run
@@ -789,5 +789,5 @@ TEST(MultiHost, AReplacedHostResumesFromItsPeersReplicaOverTheNetwork) {
   ASSERT_EQ(r1.exit_code, 0) << r1.output;
   expect_rank1_resumed_from_replica(r0.output, r1.output, root + "/host-0/rank-0-of-2", 20, /*prefixed=*/false);
   auto sa = test::final_states(ref), sb = test::final_states(run_dir);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
 }

@@ -104,4 +104,9 @@ inline std::map<std::string, State> final_states(const std::string& run_dir) {
   return out;
 }
 
+// Every item of `a` equals (bitwise) the same item of `b`; a failure names the item and where.
+inline void expect_equal_states(const std::map<std::string, State>& a, const std::map<std::string, State>& b) {
+  for (const auto& [item, s] : a) EXPECT_TRUE(s.equal(b.at(item))) << item << ": " << s.first_difference(b.at(item));
+}
+
 }  // namespace nnx::test

@@ -134,7 +134,7 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   EXPECT_NE(resumed.output.find("local tier: 12 of 12 due saves written, 0 skipped"), std::string::npos) << resumed.output;
   EXPECT_FALSE(stdfs::exists(stdfs::path(local) / "rank-1-of-2")) << resumed.output;
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // A local tier that is gone (a replaced host): the persistent tier's step 20.
   auto killed_c = test::run(train_cmd("tiny_synthetic.yaml", c, o + " --crash-after-step 25"));
   ASSERT_EQ(killed_c.exit_code, 128 + SIGKILL) << killed_c.output;
@@ -144,7 +144,7 @@ TEST(Trainer, LocalTierResumesFromItsNewerStepAndIsRemovedWhenTheRunEnds) {
   ASSERT_EQ(from_persistent.exit_code, 0) << from_persistent.output;
   EXPECT_NE(from_persistent.output.find("resumed from step 20 (" + c + "/checkpoints/20)"), std::string::npos) << from_persistent.output;
   auto sc = test::final_states(c);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sc.at(item))) << item << ": " << s.first_difference(sc.at(item));
+  test::expect_equal_states(sa, sc);
 }
 
 // Killed after the last step's local save but before its persistent save committed (here the
@@ -174,7 +174,7 @@ TEST(Trainer, ALastStepOnlyInTheLocalTierIsSavedToThePersistentTierBeforeTheTier
   ro.read_only = true;
   EXPECT_EQ(CheckpointManager(stdfs::path(b) / "checkpoints", ro).latest_step(), std::optional<int64_t>(30));
   auto sa = test::final_states(a), sb = test::final_states(b);
-  for (const auto& [item, s] : sa) EXPECT_TRUE(s.equal(sb.at(item))) << item << ": " << s.first_difference(sb.at(item));
+  test::expect_equal_states(sa, sb);
   // A second rerun finds step 30 in the persistent tier: nothing to save.
   auto again = test::run(launch + train_cmd("tiny_synthetic.yaml", b, o));
   ASSERT_EQ(again.exit_code, 0) << again.output;
