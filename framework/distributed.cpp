@@ -28,6 +28,7 @@
 #include "nnx/framework/error.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/framework/graph.h"
+#include "nnx/framework/log.h"
 #include "nnx/framework/write_fence.h"
 
 namespace nnx::distributed {
@@ -100,9 +101,13 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<C10dGroup> pg;    // Gloo: CPU tensors, and CUDA tensors without NCCL
   c10::intrusive_ptr<C10dGroup> nccl;  // CUDA tensors on Backend::kNccl, else null
+  bool no_reduce_scatter = false;      // the backend said it has none: all-reduce instead
 
+  std::string name;                    // "" for a group from create(), new_group()'s name
   C10dGroup& for_tensor(const at::Tensor& t) const { return nccl && t.is_cuda() ? *nccl : *pg; }
   void wait(const C10dGroup& group, c10d::Work& work) const;
+  std::string absent_ranks() const;
+  mutable int failures = 0;  // absent_ranks() calls: each failure posts under keys of its own
 };
 
 namespace {
@@ -117,6 +122,59 @@ void wait_work(c10d::Work& work, bool on_nccl, std::chrono::milliseconds timeout
 
 void ProcessGroup::Impl::wait(const C10dGroup& group, c10d::Work& work) const {
   wait_work(work, &group == nccl.get(), timeout);
+}
+
+// After a collective failed on this rank: the ranks that did not fail with it within a grace of
+// at most 3 s (dead, lost, or hung outside the collective), as ", rank 1 did not ...", or "" when
+// every rank failed. Every failing rank posts its failure to the store; rank 0, which serves the
+// store, stays until the others that posted have read (a rank that finds no store names rank 0).
+std::string ProcessGroup::Impl::absent_ranks() const {
+  const int n = env.world_size, me = env.rank;
+  if (n == 1 || !store) return "";
+  using Clock = std::chrono::steady_clock;
+  const std::string base = "nnx/failure/" + name + "/" + std::to_string(failures++) + "/";
+  const auto grace = std::min(timeout, std::chrono::milliseconds(3000));
+  const auto deadline = Clock::now() + grace;
+  auto posted = [&](const std::string& what, int k) { return store->check({base + what + std::to_string(k)}); };
+  try {
+    store->set(base + "failed/" + std::to_string(me), std::vector<uint8_t>{1});
+    std::vector<int> absent;
+    do {
+      absent.clear();
+      for (int k = 0; k < n; ++k)
+        if (k != me && !posted("failed/", k)) absent.push_back(k);
+      if (absent.empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    } while (Clock::now() < deadline);
+    store->set(base + "read/" + std::to_string(me), std::vector<uint8_t>{1});
+    for (int k = 1; me == 0 && k < n && Clock::now() < deadline + grace; ++k)
+      while (posted("failed/", k) && !posted("read/", k) && Clock::now() < deadline + grace)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (absent.empty()) return "";
+    std::string list;
+    for (int k : absent) list += (list.empty() ? "" : ", ") + std::to_string(k);
+    return std::string("; rank") + (absent.size() > 1 ? "s " : " ") + list + " did not fail with it within " +
+           std::to_string(grace.count() / 1000.0).substr(0, 3) + " s: exited, lost, or hung outside the collective";
+  } catch (const std::exception&) {
+    return me == 0 ? "" : "; rank 0 (which serves the store) is unreachable: exited or lost";
+  }
+}
+
+template <class F>
+void ProcessGroup::guarded(const char* what, F&& f, bool collective) const {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    const std::string absent = collective ? impl_->absent_ranks() : "";
+    NNX_CHECK_IO(false, what, " failed on rank ", rank(), " of ", world_size(), absent.empty() ? " (a rank missing or failed within " : "",
+                 absent.empty() ? std::to_string(timeout().count() / 1000.0) + " s?)" : absent, ": ", e.what_without_backtrace());
+  } catch (const Error& e) {  // a check of ours: an IOError is a timeout, another error is no peer's
+    const std::string absent = collective && e.exit_code() == 1 ? impl_->absent_ranks() : "";
+    NNX_CHECK_IO(false, what, " failed on rank ", rank(), " of ", world_size(), absent, ": ", e.what());
+  } catch (const std::exception& e) {  // Gloo's own (libtorch 1.13 rethrows gloo::IoException)
+    const std::string absent = collective ? impl_->absent_ranks() : "";
+    NNX_CHECK_IO(false, what, " failed on rank ", rank(), " of ", world_size(), absent, ": ", e.what());
+  }
 }
 
 ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -153,17 +211,6 @@ c10::intrusive_ptr<C10dGroup> make_nccl(const c10::intrusive_ptr<c10d::Store>& s
 #endif
 }
 
-template <class F>
-void guarded(const char* what, const ProcessGroup& g, F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    NNX_CHECK_IO(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), " (a rank missing or failed within ",
-              g.timeout().count() / 1000.0, " s?): ", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    NNX_CHECK_IO(false, what, " failed on rank ", g.rank(), " of ", g.world_size(), ": ", e.what());
-  }
-}
 }  // namespace
 
 namespace {
@@ -243,9 +290,10 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const Env& env, std::chrono::
 std::shared_ptr<ProcessGroup> ProcessGroup::new_group(const std::string& name) const {
   auto impl = std::make_unique<Impl>(*impl_);
   impl->nccl.reset();
-  guarded("creating process group", *this, [&] {
+  impl->name = name;
+  guarded("creating process group", [&] {
     impl->pg = make_gloo(c10::make_intrusive<c10d::PrefixStore>("nnx/" + name, impl_->store), impl_->env, impl_->timeout);
-  });
+  }, false);
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
 
@@ -256,7 +304,7 @@ Backend ProcessGroup::backend() const { return impl_->nccl ? Backend::kNccl : Ba
 
 void ProcessGroup::all_reduce(std::vector<at::Tensor>& tensors, int op) {
   NNX_CHECK(!tensors.empty(), "all_reduce of no tensors");
-  guarded("all_reduce", *this, [&] {
+  guarded("all_reduce", [&] {
     c10d::AllreduceOptions o;
     o.reduceOp = static_cast<c10d::ReduceOp::RedOpType>(op);
     o.timeout = impl_->timeout;
@@ -267,32 +315,61 @@ void ProcessGroup::all_reduce(std::vector<at::Tensor>& tensors, int op) {
 
 void ProcessGroup::all_reduce_sum(std::vector<at::Tensor>& tensors) { all_reduce(tensors, c10d::ReduceOp::SUM); }
 
-struct PendingAllReduce::Impl {
+struct PendingWork::Impl {
   c10::intrusive_ptr<c10d::Work> work;
-  std::vector<at::Tensor> tensors;
+  std::vector<at::Tensor> inputs;
+  std::vector<std::vector<at::Tensor>> outputs;
   const ProcessGroup* group;
+  const char* what;
   bool on_nccl = false;
 };
 
-PendingAllReduce ProcessGroup::all_reduce_sum_async(const at::Tensor& tensor) {
-  PendingAllReduce p;
-  p.impl_ = std::make_shared<PendingAllReduce::Impl>();
-  p.impl_->tensors = {tensor};
+namespace {
+// Gloo has no bfloat16 (nor int16): collectives that only move bits (broadcast, allgather) send
+// bf16 as float16, whose 2-byte elements Gloo copies without arithmetic.
+at::Tensor wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
+}  // namespace
+
+PendingWork ProcessGroup::all_reduce_sum_async(const at::Tensor& tensor) {
+  PendingWork p;
+  p.impl_ = std::make_shared<PendingWork::Impl>();
+  p.impl_->inputs = {tensor};
   p.impl_->group = this;
-  guarded("all_reduce", *this, [&] {
+  p.impl_->what = "all_reduce";
+  guarded("all_reduce", [&] {
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.timeout = impl_->timeout;
     C10dGroup& group = impl_->for_tensor(tensor);
     p.impl_->on_nccl = &group == impl_->nccl.get();
-    p.impl_->work = group.allreduce(p.impl_->tensors, o);
+    p.impl_->work = group.allreduce(p.impl_->inputs, o);
   });
   return p;
 }
 
-void PendingAllReduce::wait() {
+PendingWork ProcessGroup::all_gather_async(const std::vector<at::Tensor>& outputs, const at::Tensor& input) {
+  NNX_CHECK(static_cast<int>(outputs.size()) == world_size(), "all_gather: ", outputs.size(), " outputs for ",
+            world_size(), " ranks");
+  PendingWork p;
+  p.impl_ = std::make_shared<PendingWork::Impl>();
+  p.impl_->inputs = {wire(input)};
+  p.impl_->outputs.emplace_back();
+  for (const auto& o : outputs) p.impl_->outputs[0].push_back(wire(o));
+  p.impl_->group = this;
+  p.impl_->what = "all_gather";
+  guarded("all_gather", [&] {
+    c10d::AllgatherOptions o;
+    o.timeout = impl_->timeout;
+    C10dGroup& group = impl_->for_tensor(input);
+    p.impl_->on_nccl = &group == impl_->nccl.get();
+    p.impl_->work = group.allgather(p.impl_->outputs, p.impl_->inputs, o);
+  });
+  return p;
+}
+
+void PendingWork::wait() {
   if (!impl_ || !impl_->work) return;
-  guarded("all_reduce", *impl_->group, [&] { wait_work(*impl_->work, impl_->on_nccl, impl_->group->timeout()); });
+  impl_->group->guarded(impl_->what, [&] { wait_work(*impl_->work, impl_->on_nccl, impl_->group->timeout()); });
   impl_->work.reset();
 }
 
@@ -300,7 +377,7 @@ void ProcessGroup::all_reduce_max(std::vector<at::Tensor>& tensors) { all_reduce
 
 void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
   NNX_CHECK(!tensors.empty(), "broadcast of no tensors");
-  guarded("broadcast", *this, [&] {
+  guarded("broadcast", [&] {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = impl_->timeout;
@@ -310,20 +387,47 @@ void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
 }
 
 void ProcessGroup::all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input) {
-  NNX_CHECK(static_cast<int>(outputs.size()) == world_size(), "all_gather: ", outputs.size(), " outputs for ",
-            world_size(), " ranks");
-  guarded("all_gather", *this, [&] {
-    c10d::AllgatherOptions o;
-    o.timeout = impl_->timeout;
-    std::vector<std::vector<at::Tensor>> out = {outputs};
-    std::vector<at::Tensor> in = {input};
+  all_gather_async(outputs, input).wait();
+}
+
+void ProcessGroup::reduce_scatter_sum(at::Tensor& output, at::Tensor& input) {
+  const int64_t n = output.numel();
+  NNX_CHECK(input.numel() == n * world_size() && input.is_contiguous() && output.is_contiguous() &&
+                input.scalar_type() == output.scalar_type(),
+            "reduce_scatter_sum: input of ", input.numel(), " elements for an output of ", n, " on ", world_size(),
+            " ranks (contiguous, one dtype)");
+  guarded("reduce_scatter", [&] {
     C10dGroup& group = impl_->for_tensor(input);
-    impl_->wait(group, *group.allgather(out, in, o));
+#if NNX_TORCH_VERSION_AT_LEAST(2, 0)
+    // c10d's reduce_scatter_tensor; a backend without it throws before any traffic, on every rank.
+    if (!impl_->no_reduce_scatter) {
+      c10d::ReduceScatterOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      o.timeout = impl_->timeout;
+      c10::intrusive_ptr<c10d::Work> work;
+      try {
+        work = group._reduce_scatter_base(output, input, o);
+      } catch (const c10::Error& e) {
+        if (std::string(e.what()).find("does not support") == std::string::npos) throw;
+        impl_->no_reduce_scatter = true;
+        log::debug("reduce_scatter: this backend has none; an all-reduce instead");
+      }
+      if (work) return impl_->wait(group, *work);
+    }
+#endif
+    if (!impl_->no_reduce_scatter) log::debug("reduce_scatter: libtorch 1.13's c10d has none for Gloo; an all-reduce instead");
+    impl_->no_reduce_scatter = true;
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = impl_->timeout;
+    std::vector<at::Tensor> all = {input};
+    impl_->wait(group, *group.allreduce(all, o));
+    output.copy_(all[0].narrow(0, static_cast<int64_t>(rank()) * n, n).view(output.sizes()));
   });
 }
 
 void ProcessGroup::barrier() {
-  guarded("barrier", *this, [&] {
+  guarded("barrier", [&] {
     c10d::BarrierOptions o;
     o.timeout = impl_->timeout;
     impl_->pg->barrier(o)->wait(impl_->timeout);
@@ -332,7 +436,7 @@ void ProcessGroup::barrier() {
 
 void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
   NNX_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(), "send: a contiguous CPU tensor is required");
-  guarded(("send to rank " + std::to_string(dst)).c_str(), *this, [&] {
+  guarded(("send to rank " + std::to_string(dst)).c_str(), [&] {
     std::vector<at::Tensor> t = {tensor};
     NNX_CHECK_IO(impl_->pg->send(t, dst, tag)->wait(impl_->timeout), "send to rank ", dst, " timed out");
   });
@@ -340,7 +444,7 @@ void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
 
 void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
   NNX_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(), "recv: a contiguous CPU tensor is required");
-  guarded(("recv from rank " + std::to_string(src)).c_str(), *this, [&] {
+  guarded(("recv from rank " + std::to_string(src)).c_str(), [&] {
     std::vector<at::Tensor> t = {tensor};
     NNX_CHECK_IO(impl_->pg->recv(t, src, tag)->wait(impl_->timeout), "recv from rank ", src, " timed out");
   });
@@ -348,33 +452,27 @@ void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
 
 bool ProcessGroup::store_check(const std::string& key) {
   bool set = false;
-  guarded("store check", *this, [&] { set = impl_->store->check({key}); });
+  guarded("store check", [&] { set = impl_->store->check({key}); }, false);
   return set;
 }
 
 void ProcessGroup::store_delete(const std::string& key) {
-  guarded("store delete", *this, [&] { impl_->store->deleteKey(key); });
+  guarded("store delete", [&] { impl_->store->deleteKey(key); }, false);
 }
 
 void ProcessGroup::store_set(const std::string& key, const std::string& value) {
-  guarded("store set", *this, [&] { impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
+  guarded("store set", [&] { impl_->store->set(key, std::vector<uint8_t>(value.begin(), value.end())); }, false);
 }
 
 std::string ProcessGroup::store_get(const std::string& key) {
   std::string out;
-  guarded("store get", *this, [&] {
+  guarded("store get", [&] {
     impl_->store->wait({key}, impl_->timeout);
     auto v = impl_->store->get(key);
     out.assign(v.begin(), v.end());
-  });
+  }, false);
   return out;
 }
-
-namespace {
-// Gloo has no bfloat16 (nor int16): collectives that only move bits (broadcast, allgather) send
-// bf16 as float16, whose 2-byte elements Gloo copies without arithmetic.
-at::Tensor wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
-}  // namespace
 
 void broadcast_state(Module& module, ProcessGroup& pg, int root) {
   if (pg.world_size() == 1) return;
@@ -431,58 +529,6 @@ void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes)
     if (bytes >= bucket_bytes) flush();
   }
   flush();
-}
-
-void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg) {
-  const int n = pg.world_size(), me = pg.rank();
-  if (n == 1) return;
-  c10::NoGradGuard ng;
-  std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype;
-  for (const auto& t : tensors) {
-    NNX_CHECK(t.dim() >= 1, "all_gather_shards: a 0-d tensor is replicated, not sharded");
-    by_dtype[t.scalar_type()].push_back(t);
-  }
-  prepare_write(tensors);  // the gathered rows are written into the tensors (params) in place
-  for (auto& [dtype, ts] : by_dtype) {
-    // Elements of rank k's rows in tensor i, and each rank's packed size.
-    auto rows = [&](const at::Tensor& t, int k) { return shard_range(t.size(0), k, n); };
-    auto row_numel = [](const at::Tensor& t) { return t.size(0) == 0 ? int64_t(0) : t.numel() / t.size(0); };
-    int64_t largest = 0;
-    for (int k = 0; k < n; ++k) {
-      int64_t total = 0;
-      for (const auto& t : ts) total += rows(t, k).size * row_numel(t);
-      largest = std::max(largest, total);
-    }
-    if (largest == 0) continue;
-    auto opts = ts[0].options();
-    at::Tensor mine = at::zeros({largest}, opts);
-    int64_t off = 0;
-    for (const auto& t : ts) {
-      auto r = rows(t, me);
-      const int64_t m = r.size * row_numel(t);
-      if (m) mine.narrow(0, off, m).view(t.narrow(0, r.start, r.size).sizes()).copy_(t.narrow(0, r.start, r.size));
-      off += m;
-    }
-    std::vector<at::Tensor> all, all_wire;
-    for (int k = 0; k < n; ++k) {
-      all.push_back(at::empty({largest}, opts));
-      all_wire.push_back(wire(all.back()));
-    }
-    pg.all_gather(all_wire, wire(mine));
-    for (int k = 0; k < n; ++k) {
-      if (k == me) continue;
-      off = 0;
-      for (const auto& t : ts) {
-        auto r = rows(t, k);
-        const int64_t m = r.size * row_numel(t);
-        if (m) {
-          at::Tensor dst = t.narrow(0, r.start, r.size);
-          dst.copy_(all[static_cast<size_t>(k)].narrow(0, off, m).view(dst.sizes()));
-        }
-        off += m;
-      }
-    }
-  }
 }
 
 }  // namespace nnx::distributed

@@ -51,11 +51,12 @@ Backend resolve_backend(const std::string& name, const c10::Device& device);
 
 class ProcessGroup;
 
-/// An all-reduce in flight (ProcessGroup::all_reduce_sum_async). Holds the tensor until done.
-class PendingAllReduce {
+/// A collective in flight (ProcessGroup::all_reduce_sum_async, all_gather_async). Holds its
+/// tensors until done.
+class PendingWork {
  public:
   /// Waits for it, at most the group's timeout; throws nnx::IOError naming the rank when a rank
-  /// failed or is missing, as all_reduce_sum does.
+  /// failed or is missing, as the blocking collectives do. A second wait() returns at once.
   void wait();
 
  private:
@@ -70,7 +71,9 @@ class PendingAllReduce {
 /// torch.distributed); without it a loopback MASTER_ADDR uses 127.0.0.1. NCCL reads its own
 /// NCCL_* variables.
 /// Timeouts: a Gloo collective waits at most `timeout` and a rank missing from it makes the
-/// others throw nnx::IOError within it. An NCCL collective is ordered on the CUDA stream and
+/// others throw nnx::IOError within it. A rank whose collective failed waits at most 3 s more
+/// to see which ranks fail with it, and its error names those that did not (a rank that died,
+/// was lost, or hangs outside the collective). An NCCL collective is ordered on the CUDA stream and
 /// does not block the CPU; NCCL's watchdog (c10d's) aborts one that runs past `timeout`, ending
 /// the process with c10d's error, which names the rank and the collective.
 class ProcessGroup {
@@ -97,14 +100,24 @@ class ProcessGroup {
   void all_reduce_sum(std::vector<at::Tensor>& tensors);
   /// all_reduce_sum of one tensor, started and not waited for: c10d runs it on its own threads
   /// while the caller goes on (a gradient bucket's while backward computes the next ones).
-  PendingAllReduce all_reduce_sum_async(const at::Tensor& tensor);
+  PendingWork all_reduce_sum_async(const at::Tensor& tensor);
   /// Element-wise max over ranks, in place.
   void all_reduce_max(std::vector<at::Tensor>& tensors);
   /// `root`'s tensors into every rank's tensors (same shapes), in place.
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
   /// c10d allgather: `outputs` (world_size tensors shaped like `input`) receive every rank's
-  /// `input`, in rank order.
+  /// `input`, in rank order. bfloat16 travels as float16 bits (Gloo has no bfloat16).
   void all_gather(std::vector<at::Tensor>& outputs, const at::Tensor& input);
+  /// all_gather, started and not waited for: `outputs` hold every rank's `input` once wait()
+  /// returns (ZeRO-3's prefetch of the next unit's params).
+  PendingWork all_gather_async(const std::vector<at::Tensor>& outputs, const at::Tensor& input);
+  /// c10d reduce-scatter: `input` (contiguous, world_size x output.numel() elements) is summed
+  /// over ranks and this rank's chunk of the sum (elements [rank x n, (rank+1) x n) for
+  /// n = output.numel()) lands in `output`. Where the backend has no reduce-scatter (libtorch
+  /// 1.13's Gloo), an all-reduce of `input` in place and a copy of the chunk: the same sums,
+  /// twice the traffic, so `input` holds no promised values afterwards. Float dtypes Gloo can
+  /// sum (not bfloat16).
+  void reduce_scatter_sum(at::Tensor& output, at::Tensor& input);
   /// Waits until every rank arrives (over Gloo, on the CPU).
   void barrier();
   /// c10d send of `tensor`'s bytes (CPU, contiguous; any dtype) to rank `dst`, matched by the
@@ -124,8 +137,13 @@ class ProcessGroup {
 
  private:
   struct Impl;
+  friend class PendingWork;
   explicit ProcessGroup(std::unique_ptr<Impl> impl);
   void all_reduce(std::vector<at::Tensor>& tensors, int op);  // op: c10d::ReduceOp::RedOpType
+  // Runs f(); a failure becomes nnx::IOError naming `what` and this rank, and for a collective
+  // the ranks that did not fail with it. Defined and used in distributed.cpp only.
+  template <class F>
+  void guarded(const char* what, F&& f, bool collective = true) const;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -136,12 +154,5 @@ void broadcast_state(Module& module, ProcessGroup& pg, int root = 0);
 /// Averages the gradient tensors of `grads` over ranks in place, in buckets of about
 /// `bucket_bytes` (flatten, one all-reduce per bucket, scale by 1/world_size, copy back).
 void all_reduce_mean(const State& grads, ProcessGroup& pg, int64_t bucket_bytes = 25 << 20);
-
-/// ZeRO-1's parameter all-gather. Each tensor (dim >= 1) is split along dim 0 as
-/// shard_range(size(0), rank, world_size) (framework/sharding.h); on entry each rank holds current
-/// values in its own rows, on return every rank holds every rank's rows. One allgather per dtype
-/// of a packed buffer (world_size x the largest rank's share, padded). Throws nnx::Error for a
-/// 0-d tensor or on a collective failure.
-void all_gather_shards(const std::vector<at::Tensor>& tensors, ProcessGroup& pg);
 
 }  // namespace nnx::distributed

@@ -4,13 +4,16 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <set>
 
 #include "nnx/framework/distributed.h"
 #include "nnx/framework/error.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/module.h"
+#include "nnx/framework/shard_collectives.h"
 #include "nnx/framework/sharding.h"
 
 namespace nnx::distributed {
@@ -34,46 +37,49 @@ std::vector<at::Tensor> values_of(const std::vector<ShardedParam>& ps) {
   return out;
 }
 
-// The full tensors of `ps`, gathered from every rank's rows (no graph).
-std::vector<at::Tensor> gather_full(const std::vector<ShardedParam>& ps, ProcessGroup& pg) {
+// The full tensors of `ps`, being gathered from every rank's rows: this rank's rows are in, the
+// others arrive by pending.wait().
+struct Gathering {
+  std::vector<at::Tensor> full;
+  PendingShardGather pending;
+};
+
+Gathering start_gather(const std::vector<ShardedParam>& ps, ProcessGroup& pg) {
   c10::NoGradGuard no_grad;
-  std::vector<at::Tensor> full, sharded;
+  Gathering g;
+  std::vector<at::Tensor> sharded;
   for (const auto& p : ps) {
     const at::Tensor& shard = p.var.value();
     if (!p.sharded) {
-      full.push_back(shard.detach().clone());
+      g.full.push_back(shard.detach().clone());
       continue;
     }
     at::Tensor f = at::empty(p.full_shape, shard.options());
     const ShardRange r = shard_range(p.full_shape[0], pg.rank(), pg.world_size());
     if (r.size > 0) f.narrow(0, r.start, r.size).copy_(shard);
-    full.push_back(f);
+    g.full.push_back(f);
     sharded.push_back(f);
   }
-  if (!sharded.empty()) all_gather_shards(sharded, pg);
-  return full;
+  if (!sharded.empty()) g.pending = all_gather_shards_async(sharded, pg);
+  return g;
 }
 
-// Each full gradient's mean over the ranks, as this rank's rows of it (the whole of a 0-d one).
-// An unused param's gradient is zero.
+// Each full gradient's mean over the ranks, as this rank's rows of it (reduce-scatter; the whole
+// of a 0-d one, all-reduced). An unused param's gradient is zero.
 std::vector<at::Tensor> reduce_to_shards(std::vector<at::Tensor> grads, const std::vector<ShardedParam>& ps,
                                          ProcessGroup& pg) {
   c10::NoGradGuard no_grad;
-  State all;
+  std::vector<at::Tensor> rows_of;
+  State whole;
   for (size_t i = 0; i < ps.size(); ++i) {
     if (!grads[i].defined()) grads[i] = at::zeros(ps[i].full_shape, ps[i].var.value().options());
-    all.insert("g" + std::to_string(i), {Param, grads[i], {}});
+    if (ps[i].sharded) rows_of.push_back(grads[i]);
+    else whole.insert("g" + std::to_string(i), {Param, grads[i], {}});
   }
-  all_reduce_mean(all, pg);
-  std::vector<at::Tensor> out;
-  for (size_t i = 0; i < ps.size(); ++i) {
-    if (!ps[i].sharded) {
-      out.push_back(grads[i]);
-      continue;
-    }
-    const ShardRange r = shard_range(ps[i].full_shape[0], pg.rank(), pg.world_size());
-    out.push_back(grads[i].narrow(0, r.start, r.size).clone());
-  }
+  if (!whole.empty()) all_reduce_mean(whole, pg);
+  std::vector<at::Tensor> rows = reduce_scatter_mean(rows_of, pg), out;
+  size_t next = 0;
+  for (size_t i = 0; i < ps.size(); ++i) out.push_back(ps[i].sharded ? rows[next++] : grads[i]);
   return out;
 }
 
@@ -92,6 +98,12 @@ struct FullyShardedContext {
   std::shared_ptr<ProcessGroup> pg;
   std::vector<ShardedParam> root_params;  // gathered once per forward()
   std::vector<Variable> rng_counts;       // every Rngs count of the model: rewound for a recompute
+  bool prefetch = true;
+  // The units in the order this forward ran them, and the previous forward's: the next unit to
+  // prefetch is the one that followed last time (FSDP2 records the order the same way).
+  std::vector<FullyShardedUnit*> order, last_order;
+  std::map<FullyShardedUnit*, Gathering> prefetched;  // started, not yet taken
+  GatherStats stats;
 
   std::vector<at::Tensor> rng_state() const {
     std::vector<at::Tensor> out;
@@ -100,6 +112,16 @@ struct FullyShardedContext {
   }
   void set_rng_state(const std::vector<at::Tensor>& s) {
     for (size_t i = 0; i < rng_counts.size(); ++i) rng_counts[i].set_value(s[i].clone());
+  }
+  void start_prefetch(FullyShardedUnit* u);
+  std::vector<at::Tensor> take(FullyShardedUnit* u);
+  std::vector<at::Tensor> gather_root();
+  // Params may have changed since the last pass (an optimizer step): no earlier gather is used.
+  void begin_forward() {
+    for (auto& [u, g] : prefetched) g.pending.wait();
+    prefetched.clear();
+    last_order.swap(order);
+    order.clear();
   }
 };
 
@@ -141,6 +163,34 @@ class FullyShardedUnit : public ModuleBase<FullyShardedUnit> {
   std::vector<Variable> stats_;  // BatchStats: a recompute must not update them twice
 };
 
+void FullyShardedContext::start_prefetch(FullyShardedUnit* u) {
+  if (prefetch && !prefetched.count(u)) prefetched.emplace(u, start_gather(u->params(), *pg));
+}
+
+// `u`'s full params: prefetched, or gathered now. The time until they are here is the gather
+// time this rank did not hide under compute.
+std::vector<at::Tensor> FullyShardedContext::take(FullyShardedUnit* u) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto it = prefetched.find(u);
+  const bool early = it != prefetched.end();
+  Gathering g = early ? std::move(it->second) : start_gather(u->params(), *pg);
+  if (early) prefetched.erase(it);
+  g.pending.wait();
+  stats.gathers += 1;
+  stats.prefetched += early ? 1 : 0;
+  stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return std::move(g.full);
+}
+
+std::vector<at::Tensor> FullyShardedContext::gather_root() {
+  const auto t0 = std::chrono::steady_clock::now();
+  Gathering g = start_gather(root_params, *pg);
+  g.pending.wait();
+  stats.gathers += 1;
+  stats.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return std::move(g.full);
+}
+
 namespace {
 
 // Forward: gather, run the unit without a graph, free. Backward: gather again, recompute with
@@ -151,7 +201,13 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
     ctx->saved_data["unit"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(unit));
     ctx->saved_data["rng"] = c.rng_state();
     ctx->save_for_backward({x});
-    set_values(unit->params(), gather_full(unit->params(), *c.pg));
+    const size_t pos = c.order.size();
+    c.order.push_back(unit);
+    ctx->saved_data["pos"] = static_cast<int64_t>(pos);
+    std::vector<at::Tensor> full = c.take(unit);
+    // The unit that ran after this one last time, gathered while this one computes.
+    if (pos + 1 < c.last_order.size() && c.last_order[pos] == unit) c.start_prefetch(c.last_order[pos + 1]);
+    set_values(unit->params(), full);
     at::Tensor out;
     try {
       out = unit->inner().forward(x);
@@ -170,7 +226,10 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
     const std::vector<at::Tensor> shards = values_of(unit->params());
     const std::vector<at::Tensor> rng_now = c.rng_state(), stats_now = unit->stats();
     c.set_rng_state(ctx->saved_data["rng"].toTensorVector());
-    std::vector<at::Tensor> full = gather_full(unit->params(), *c.pg);
+    std::vector<at::Tensor> full = c.take(unit);
+    // Backward runs the units in reverse: the one before this one is gathered while it computes.
+    const auto pos = static_cast<size_t>(ctx->saved_data["pos"].toInt());
+    if (pos > 0 && pos < c.order.size() && c.order[pos] == unit) c.start_prefetch(c.order[pos - 1]);
     for (auto& f : full) f.requires_grad_(true);
     at::Tensor xin = x.detach().requires_grad_(x.requires_grad());
     set_values(unit->params(), full);
@@ -202,7 +261,7 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
 struct GatherFunction : torch::autograd::Function<GatherFunction> {
   static variable_list forward(AutogradContext* ctx, FullyShardedContext* c, at::TensorList) {
     ctx->saved_data["context"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(c));
-    return gather_full(c->root_params, *c->pg);
+    return c->gather_root();
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* c = reinterpret_cast<FullyShardedContext*>(static_cast<intptr_t>(ctx->saved_data["context"].toInt()));
@@ -279,6 +338,7 @@ FullyShardedModel::FullyShardedModel(std::shared_ptr<Module> model, std::shared_
     : model_(std::move(model)), ctx_(std::make_shared<FullyShardedContext>()) {
   NNX_CHECK(model_ != nullptr && pg != nullptr, "FullyShardedModel needs a model and a process group");
   ctx_->pg = std::move(pg);
+  ctx_->prefetch = options.prefetch;
   Module& root = *model_;
   unit_paths_ = checked_units(root, options.units);  // before anything changes
   for (auto& [path, var] : root.named_variables())
@@ -318,6 +378,7 @@ FullyShardedModel::FullyShardedModel(std::shared_ptr<Module> model, std::shared_
 FullyShardedModel::~FullyShardedModel() = default;
 
 at::Tensor FullyShardedModel::forward(const at::Tensor& x) {
+  ctx_->begin_forward();
   if (ctx_->root_params.empty()) return model_->forward(x);
   const std::vector<at::Tensor> shards = values_of(ctx_->root_params);
   set_values(ctx_->root_params, GatherFunction::apply(ctx_.get(), at::TensorList(shards)));
@@ -333,6 +394,12 @@ at::Tensor FullyShardedModel::forward(const at::Tensor& x) {
 }
 
 std::vector<std::string> FullyShardedModel::unit_paths() const { return unit_paths_; }
+
+GatherStats FullyShardedModel::gather_stats() const { return ctx_->stats; }
+
+std::vector<std::string> FullyShardedModel::resolve_units(Module& model, const std::vector<std::string>& units) {
+  return checked_units(model, units);
+}
 
 Module& FullyShardedModel::model() const { return *model_; }
 

@@ -23,6 +23,17 @@ struct FullyShardOptions {
   /// replaced by their elements (each GPT block, each layer of an MLP's stack), except
   /// Embeddings (see FullyShardedModel). Units must not overlap.
   std::vector<std::string> units;
+  /// Gather the next unit's params while the current one computes (forward, in the order the
+  /// previous forward ran the units; backward, in reverse), as FSDP2 does. At most two units'
+  /// full params are held at once. false: each unit gathers when it starts (for measuring).
+  bool prefetch = true;
+};
+
+/// How long this rank waited for all-gathers (FullyShardedModel::gather_stats), cumulative.
+struct GatherStats {
+  int64_t gathers = 0;        ///< units' and the root's gathers, forward and backward
+  int64_t prefetched = 0;     ///< of those, started before the unit needed them
+  double wait_seconds = 0.0;  ///< from when a unit needed its params until they were there
 };
 
 struct FullyShardedContext;
@@ -35,13 +46,14 @@ struct FullyShardedContext;
 /// The cycle of a unit: its forward all-gathers the unit's params into full tensors, runs the
 /// unit without recording a graph, and frees them; its backward all-gathers them again,
 /// recomputes the unit's forward with the same dropout draws (the Rngs counts are rewound) and
-/// BatchNorm statistics left as the first forward set them, and reduces the full gradients into
-/// each rank's rows (the mean over ranks, as all_reduce_mean gives data parallel). The model
+/// BatchNorm statistics left as the first forward set them, and reduce-scatters the full
+/// gradients into each rank's rows (the mean over ranks, as all_reduce_mean gives data
+/// parallel). With prefetch, the next unit's all-gather is in flight while a unit computes. The model
 /// thus never holds more than one unit's full params, at the cost of a second forward per unit
 /// (FSDP with activation checkpointing). The params of no unit (the root's own, and
 /// Embeddings: GPT's output projection reads the tied embedding outside its forward) are
 /// gathered once per forward() and kept by the graph until backward. 0-d params stay whole,
-/// their gradient averaged over ranks by a hook.
+/// their gradient averaged over ranks by an all-reduce.
 ///
 /// Gradients land in each param's shard (.grad of Variable::value()), so grads(model) and an
 /// Optimizer built with Mesh{rank, world_size} step on shards only; checkpoints hold each
@@ -62,6 +74,13 @@ class FullyShardedModel {
   at::Tensor forward(const at::Tensor& x);
   /// The unit paths, in the order their modules appear in the tree.
   std::vector<std::string> unit_paths() const;
+  /// All-gather time not hidden under compute, since construction. With prefetch on against
+  /// off, the share hidden is 1 - wait_seconds(on) / wait_seconds(off) (nnx-bench --only fsdp).
+  GatherStats gather_stats() const;
+  /// The units `units` would give for `model` (FullyShardOptions::units: the defaults when
+  /// empty), checked as the constructor checks them and changing nothing: for validating a
+  /// config where no model is sharded (one rank). Throws nnx::Error naming the path.
+  static std::vector<std::string> resolve_units(Module& model, const std::vector<std::string>& units);
   Module& model() const;
 
  private:

@@ -27,7 +27,7 @@ struct GradientReducer::Shared {
   std::vector<size_t> missing;  // gradients a bucket still waits for
   size_t next_launch = 0;
   std::vector<at::Tensor> flat;
-  std::vector<PendingAllReduce> work;
+  std::vector<PendingWork> work;
   // Holding the accumulators keeps the hooks: a param's own reference to it is weak. (A
   // shared_ptr in libtorch 1.13, an intrusive_ptr in 2.x.)
   std::vector<decltype(torch::autograd::impl::grad_accumulator(std::declval<const at::Tensor&>()))> accumulators;
@@ -130,7 +130,7 @@ void GradientReducer::arm() {
   s.missing.assign(s.buckets.size(), 0);
   for (size_t b = 0; b < s.buckets.size(); ++b) s.missing[b] = s.buckets[b].size();
   s.flat.assign(s.buckets.size(), at::Tensor());
-  s.work.assign(s.buckets.size(), PendingAllReduce());
+  s.work.assign(s.buckets.size(), PendingWork());
 }
 
 void GradientReducer::finish() {

@@ -8,6 +8,7 @@
 
 #include "nnx/framework/graph.h"
 #include "nnx/framework/init.h"
+#include "nnx/framework/shard_collectives.h"
 
 namespace nnx::optim {
 

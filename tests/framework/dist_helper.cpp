@@ -46,6 +46,7 @@
 #include "nnx/framework/error.h"
 #include "nnx/framework/graph.h"
 #include "nnx/framework/layers.h"
+#include "nnx/framework/shard_collectives.h"
 #include "nnx/framework/sharding.h"
 #include "nnx/models/models.h"
 #include "nnx/optim/optimizer.h"
@@ -232,10 +233,15 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
     ao.eps = 0.1;
     return std::vector<std::shared_ptr<optim::Transform>>{optim::clip_by_global_norm(1.0), optim::adamw(ao)};
   };
-  auto whole = fsdp_model(type), sharded = fsdp_model(type);
+  auto whole = fsdp_model(type), sharded = fsdp_model(type), unprefetched = fsdp_model(type);
   distributed::FullyShardedModel fs(sharded, pg);
-  optim::Optimizer opt_whole(whole, tx()), opt_sharded(sharded, tx(), Param, Mesh{r, n});
+  distributed::FullyShardOptions no_prefetch;
+  no_prefetch.prefetch = false;
+  distributed::FullyShardedModel fs_off(unprefetched, pg, no_prefetch);
+  optim::Optimizer opt_whole(whole, tx()), opt_sharded(sharded, tx(), Param, Mesh{r, n}),
+      opt_off(unprefetched, tx(), Param, Mesh{r, n});
   opt_sharded.set_process_group(pg);
+  opt_off.set_process_group(pg);
   double loss_whole = 0, loss_sharded = 0;
   for (int step = 0; step < 50; ++step) {
     auto [x, y] = fsdp_batch(type, r, n, step);
@@ -249,6 +255,9 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
     at::Tensor lb = fsdp_loss(fs.forward(x), y);
     lb.backward();
     opt_sharded.update(grads(*sharded));
+    zero_grad(*unprefetched);
+    fsdp_loss(fs_off.forward(x), y).backward();
+    opt_off.update(grads(*unprefetched));
     std::vector<at::Tensor> both = {la.detach().reshape({1}), lb.detach().reshape({1})};
     pg->all_reduce_sum(both);  // the global batch's loss, as each rank's mean
     loss_whole = both[0].item<double>();
@@ -257,6 +266,17 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
   if (std::abs(loss_whole - loss_sharded) > 1e-6 * n) {
     std::cout << type << ": the last loss differs: " << loss_whole / n << " vs " << loss_sharded / n << std::endl;
     return 56;
+  }
+  // Prefetch changes when the gathers run, not what they carry: the same params, bitwise. Each
+  // unit but the first of a forward (from the second step, in the first step's order) and each
+  // but the last of a backward was gathered before it was needed.
+  FAIL_IF(57, !state(*unprefetched).equal(state(*sharded)));
+  const auto units = static_cast<int64_t>(fs.unit_paths().size());
+  const distributed::GatherStats on = fs.gather_stats(), off = fs_off.gather_stats();
+  if (on.prefetched != 99 * (units - 1) || off.prefetched != 0 || on.gathers != off.gathers) {
+    std::cout << type << ": " << on.prefetched << " of " << on.gathers << " gathers prefetched (" << off.prefetched
+              << " of " << off.gathers << " without prefetch), expected " << 99 * (units - 1) << std::endl;
+    return 58;
   }
   const std::string path = dir + "/" + type + "-" + std::to_string(n);
   const State mine = state(*sharded, Param);
@@ -284,6 +304,42 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
   }
   std::cout << "fsdp " << type << " ok on rank " << r << ": " << fs.unit_paths().size() << " units, " << mine.nbytes()
             << " of " << ref.nbytes() << " param bytes" << std::endl;
+  return 0;
+}
+
+// A unit that SIGKILLs its process in its forward once armed: the next unit's prefetched
+// all-gather is then in flight on every rank.
+class Tripwire : public ModuleBase<Tripwire> {
+ public:
+  explicit Tripwire(Rngs& rngs) { register_module("linear", std::make_shared<Linear>(4, 4, rngs)); }
+  std::string type_name() const override { return "Tripwire"; }
+  nlohmann::json config() const override { return nlohmann::json::object(); }
+  at::Tensor forward(const at::Tensor& x) override {
+    if (armed) ::kill(::getpid(), SIGKILL);
+    return child_ptr("linear")->forward(x);
+  }
+  static inline bool armed = false;
+};
+
+// ZeRO-3 over 3 units (linear, tripwire, linear); rank 1 dies inside the second unit at step 3.
+// The others must fail on their own (exit 1) and name rank 1. Prints each step it finished.
+int die_in_gather(const std::shared_ptr<distributed::ProcessGroup>& pg) {
+  Rngs rngs(std::map<std::string, uint64_t>{{"params", 5}});
+  auto model = std::make_shared<Sequential>();
+  model->push_back(std::make_shared<Linear>(4, 4, rngs));
+  model->push_back(std::make_shared<Tripwire>(rngs));
+  model->push_back(std::make_shared<Linear>(4, 2, rngs));
+  distributed::FullyShardedModel fs(model, pg);
+  try {
+    for (int step = 1; step <= 5; ++step) {
+      Tripwire::armed = step == 3 && pg->rank() == 1;
+      fs.forward(at::ones({2, 4})).sum().backward();
+      std::cout << "step " << step << " done on rank " << pg->rank() << std::endl;
+    }
+  } catch (const Error& e) {
+    std::cout << "failed on rank " << pg->rank() << ": " << e.what() << std::endl;
+    return e.exit_code();
+  }
   return 0;
 }
 
@@ -510,7 +566,7 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1], dir = argv[2];
   try {
     auto env = distributed::env_from_environment();
-    auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(mode == "partial-save" ? 3 : 60));
+    auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(mode == "partial-save" ? 3 : mode == "die-in-gather" ? 20 : 60));
     const int r = pg->rank(), n = pg->world_size();
     if (mode == "collectives") {
       std::vector<at::Tensor> v = {at::full({3}, static_cast<float>(r + 1))};
@@ -527,6 +583,15 @@ int main(int argc, char** argv) {
       m.register_variable("k", RngKey(at::scalar_tensor(static_cast<int64_t>(100 + r))));
       distributed::broadcast_state(m, *pg);
       FAIL_IF(13, !at::equal(m.variable("w").value(), at::zeros({4})) || m.variable("k").value().item<int64_t>() != 100);
+      // Reduce-scatter: rank k's input is (k + 1) x [0, 1, ..., 2n - 1]; each rank gets its 2 of the sum.
+      at::Tensor in = at::arange(2 * n, at::kFloat) * (r + 1), out = at::empty({2});
+      pg->reduce_scatter_sum(out, in);
+      FAIL_IF(14, !at::equal(out, at::arange(2 * r, 2 * r + 2, at::kFloat) * (n * (n + 1) / 2)));
+      // Uneven rows: a [5, 2] tensor at n ranks, rank k's rows of the mean of (k + 1) x t.
+      const at::Tensor t = at::arange(10, at::kFloat).reshape({5, 2});
+      const std::vector<at::Tensor> rows = distributed::reduce_scatter_mean({t * (r + 1)}, *pg);
+      const ShardRange mine = shard_range(5, r, n);
+      FAIL_IF(15, !at::allclose(rows[0], t.narrow(0, mine.start, mine.size) * ((n + 1) / 2.0)));
       std::cout << "collectives ok on rank " << r << "\n";
       return 0;
     }
@@ -539,6 +604,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (mode == "reducer") return reducer_check(pg);
+    if (mode == "die-in-gather") return die_in_gather(pg);
     if (mode == "replicas") {
       if (const int rc = step_transfers(*pg, std::filesystem::path(dir) / "transfers")) return rc;
       if (const int rc = peer_replicas(*pg, std::filesystem::path(dir) / "peers")) return rc;

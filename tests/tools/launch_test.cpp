@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <functional>
 #include <thread>
@@ -202,6 +203,35 @@ TEST(DataParallel, ARankThatNeverArrivesFailsTheOthersWithinTheTimeout) {
     EXPECT_GE(secs, 5.0) << r.output;   // it waited for the rank
     EXPECT_LT(secs, 11.0) << r.output;  // once: twice the timeout (12 s) is the fault this guards
   }
+}
+
+// ZeRO-3: a rank SIGKILLed inside a unit's forward, while the next unit's all-gather is in flight.
+// The others fail on their own (no launcher stops them here) within the timeout (20 s), with
+// exit code 1, and name the dead rank.
+TEST(ZeroThree, ARankThatDiesDuringAnAllGatherIsNamedByEveryOtherRank) {
+  test::TempDir dir;
+  const int port = 20000 + static_cast<int>((::getpid() + 7919) % 20000);
+  std::string script;
+  for (int k = 0; k < 3; ++k)
+    script += "(RANK=" + std::to_string(k) + " WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+              helper() + " die-in-gather " + dir.path().string() + " > " + (dir / ("out" + std::to_string(k))).string() +
+              " 2>&1; echo $? > " + (dir / ("rc" + std::to_string(k))).string() + ") & ";
+  const auto t0 = std::chrono::steady_clock::now();
+  test::run("sh -c '" + script + "wait'");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto slurp = [&](const std::string& name) {
+    std::ifstream in(dir / name);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(slurp("rc1"), "137\n") << slurp("out1");  // 128 + SIGKILL
+  for (int k : {0, 2}) {
+    const std::string out = slurp("out" + std::to_string(k));
+    EXPECT_EQ(slurp("rc" + std::to_string(k)), "1\n") << out;
+    EXPECT_NE(out.find("step 2 done on rank " + std::to_string(k)), std::string::npos) << out;
+    EXPECT_EQ(out.find("step 3 done"), std::string::npos) << out;
+    EXPECT_NE(out.find("failed on rank " + std::to_string(k) + " of 3; rank 1 did not fail with it"), std::string::npos) << out;
+  }
+  EXPECT_LT(secs, 20.0);
 }
 
 // distributed.batch_stats: local: each rank keeps its own BatchNorm statistics; a persistent save
