@@ -560,6 +560,11 @@ void parse_distributed(Section& top, DistributedConfig& d, const std::string& de
   if (d.zero_stage == 3 && (c.train.autocast != Autocast::kNone || c.model.dtype != ParamDType::kFloat32))
     dist.fail_at(dist.raw("zero_stage"), "distributed.zero_stage", " = 3 trains float32 params without autocast only "
                  "(model.dtype: float32, train.autocast: none)");
+  d.fsdp_units = dist.get<std::vector<std::string>>("fsdp_units", {});
+  if (!d.fsdp_units.empty() && d.zero_stage != 3)
+    dist.fail_at(dist.raw("fsdp_units"), "distributed.fsdp_units", " is read with zero_stage: 3 only (zero_stage is ",
+                 d.zero_stage, ")");
+  d.fsdp_prefetch = dist.get<bool>("fsdp_prefetch", true);
   d.overlap_grad_reduce = dist.get<bool>("overlap_grad_reduce", true);
   dist.finish();
 }
@@ -652,6 +657,7 @@ nlohmann::json Config::to_json() const {
                       {"snapshot", name_of(checkpoint.snapshot, kSnapshotTimings)}, {"busy_policy", name_of(checkpoint.busy_policy, kBusyPolicies)},
                       {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
       {"distributed", {{"backend", distributed.backend}, {"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", name_of(distributed.batch_stats, kBatchStatsModes)}, {"zero_stage", distributed.zero_stage},
+                       {"fsdp_units", distributed.fsdp_units}, {"fsdp_prefetch", distributed.fsdp_prefetch},
                        {"overlap_grad_reduce", distributed.overlap_grad_reduce}}},
   };
 }

@@ -147,8 +147,14 @@ struct DistributedConfig {
   int64_t timeout_seconds = 300;    ///< every collective and the rendezvous wait at most this
   BatchStatsMode batch_stats = BatchStatsMode::kSync;  ///< local: rank 0's are saved
   /// 0: every rank keeps the whole optimizer state; 1: ZeRO-1, each rank keeps (and checkpoints)
-  /// the optimizer state of its rows of every param (Rajbhandari et al., 2020).
+  /// the optimizer state of its rows of every param (Rajbhandari et al., 2020); 3: ZeRO-3,
+  /// params and gradients too (distributed::FullyShardedModel).
   int64_t zero_stage = 0;
+  /// ZeRO-3's units: paths of the modules whose params are gathered together ("blocks/0");
+  /// empty: FullyShardOptions' defaults. Checked against the model at start-up.
+  std::vector<std::string> fsdp_units;
+  /// ZeRO-3: gather the next unit's params while one computes (FullyShardOptions::prefetch).
+  bool fsdp_prefetch = true;
   /// Average gradients in buckets while backward runs (distributed::GradientReducer, as
   /// PyTorch's DDP); false: one bucketed all-reduce after backward.
   bool overlap_grad_reduce = true;

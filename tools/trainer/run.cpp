@@ -141,7 +141,20 @@ void Run::build_model(const Datasets& ds) {
   state_.graphdef = graphdef(*model).to_json();  // global shapes, whatever the stage
   // ZeRO-3: every rank built the same params from the seed; each keeps its rows of them.
   state_.zero3 = cfg_.distributed.zero_stage == 3 && ctx_.env.world_size > 1;
-  if (state_.zero3) fsdp_ = std::make_unique<distributed::FullyShardedModel>(model, ctx_.pg);
+  if (cfg_.distributed.zero_stage == 3) shard_model();
+}
+
+void Run::shard_model() {
+  distributed::FullyShardOptions o;
+  o.units = cfg_.distributed.fsdp_units;
+  o.prefetch = cfg_.distributed.fsdp_prefetch;
+  try {  // units are checked at one rank too, where nothing is sharded: the same input, the same error
+    if (state_.zero3) fsdp_ = std::make_unique<distributed::FullyShardedModel>(state_.model, ctx_.pg, o);
+    else distributed::FullyShardedModel::resolve_units(*state_.model, o.units);
+  } catch (const Error& e) {
+    if (e.exit_code() != 2) throw;  // a failed collective stays an operational failure
+    NNX_CHECK(false, cfg_.source, ": distributed.fsdp_units of model.type ", cfg_.model.type, ": ", e.what());
+  }
 }
 
 at::Tensor Run::forward(const at::Tensor& x) { return fsdp_ ? fsdp_->forward(x) : state_.model->forward(x); }
@@ -315,7 +328,8 @@ int Run::execute() {
     if (checkpoints_->save_due(rec, loss, finite)) return 0;  // preempted: saved, stopped
   }
   checkpoints_->close();  // the run finished: the persistent tier holds its last step; no local tier is kept
-  report_->done(checkpoints_->tiers());
+  const distributed::GatherStats gathers = fsdp_ ? fsdp_->gather_stats() : distributed::GatherStats{};
+  report_->done(checkpoints_->tiers(), fsdp_ ? &gathers : nullptr);
   return 0;
 }
 

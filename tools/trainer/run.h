@@ -35,6 +35,7 @@ class Run {
   void build_distributed();
   void write_resolved_config();
   void build_model(const Datasets& ds);
+  void shard_model();  // distributed.zero_stage: 3
   void build_optimizer();
   void build_loader();
   std::optional<at::ScalarType> autocast_dtype() const;  // train.autocast

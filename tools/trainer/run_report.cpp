@@ -14,6 +14,7 @@
 #include "nnx/checkpoint/emergency/local_tier.h"
 #include "nnx/checkpoint/manager.h"
 #include "nnx/framework/error.h"
+#include "nnx/framework/fully_shard.h"
 
 namespace nnx::trainer {
 
@@ -90,7 +91,7 @@ void RunReport::start(const std::string& what) {
   window_start_ = Clock::now();
 }
 
-void RunReport::done(const checkpoint::emergency::CheckpointManager& tiers) const {
+void RunReport::done(const checkpoint::emergency::CheckpointManager& tiers, const distributed::GatherStats* gathers) const {
   if (::isatty(STDERR_FILENO)) std::cerr << "\n";
   std::ostream& out = *ctx_.out;
   const double total = std::chrono::duration<double>(Clock::now() - t_start_).count();
@@ -102,6 +103,9 @@ void RunReport::done(const checkpoint::emergency::CheckpointManager& tiers) cons
   struct rusage ru {};
   if (::getrusage(RUSAGE_SELF, &ru) == 0)  // ru_maxrss: the peak resident set, in KiB on Linux
     out << "\nnnx-train: peak memory " << ru.ru_maxrss / 1024 << " MiB" << (ctx_.env.world_size > 1 ? " (rank 0)" : "");
+  if (gathers)  // ZeRO-3: what the all-gathers cost this rank (nnx-bench --only fsdp reads it)
+    out << "\nnnx-train: all-gathers (rank 0): " << gathers->gathers << ", " << gathers->prefetched << " prefetched, "
+        << gathers->wait_seconds << " s waited";
   const auto& local = tiers.local();
   if (local.configured())
     out << "\nnnx-train: local tier" << (ctx_.env.world_size > 1 ? " (rank 0)" : "") << ": " << local.saves_written() << " of "

@@ -11,6 +11,10 @@
 
 #include "nnx/trainer/train_state.h"
 
+namespace nnx::distributed {
+struct GatherStats;
+}
+
 namespace nnx::checkpoint::emergency {
 class CheckpointManager;
 }
@@ -41,7 +45,7 @@ class RunReport {
   /// The line before the first step: `what` (model, data, device, ranks) as Run describes it.
   void start(const std::string& what);
   /// The summary after the last step: steps, time, loss, the tiers' saves and where things are.
-  void done(const checkpoint::emergency::CheckpointManager& tiers) const;
+  void done(const checkpoint::emergency::CheckpointManager& tiers, const distributed::GatherStats* gathers) const;
   const std::filesystem::path& metrics_path() const { return metrics_path_; }
 
  private:
