@@ -620,6 +620,29 @@ TEST(ZeroThree, NnxTrainShardsResumesBitExactlyAndChangesStageAndWorldSize) {
   test::expect_equal_states(sa, sd);
 }
 
+// A checkpoint crosses 3 -> 2 -> 1 -> 2 ranks at zero_stage 3, 1, 0, 3: each hop resumes the last
+// one's checkpoint, takes one step at learning rate 0 (params unchanged, bitwise) and saves, so
+// the params each hop saves are the global arrays the 3-rank ZeRO-3 run saved, bitwise.
+TEST(ZeroThree, ACheckpointCrossesThreeTwoOneTwoRanksAndStagesBitwise) {
+  test::TempDir dir;
+  const std::string run = (dir / "run").string(), o = "checkpoint.save_interval_steps=1 checkpoint.async=false";
+  auto first = test::run(launch(3, train(run, o + " distributed.zero_stage=3 train.max_steps=10")));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const State saved = test::final_states(run).at("params");
+  int step = 10;
+  for (const auto& [ranks, stage] : std::vector<std::pair<int, int>>{{2, 1}, {1, 0}, {2, 3}}) {
+    ++step;
+    const std::string args = o + " optimizer.learning_rate=0 train.max_steps=" + std::to_string(step) +
+                             " distributed.zero_stage=" + std::to_string(stage);
+    auto r = test::run(ranks == 1 ? train(run, args) : launch(ranks, train(run, args)));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("resumed from step " + std::to_string(step - 1)), std::string::npos) << r.output;
+    const auto now = test::final_states(run);
+    EXPECT_TRUE(now.at("params").equal(saved)) << ranks << " ranks at zero_stage " << stage << ": "
+                                              << now.at("params").first_difference(saved);
+  }
+}
+
 // Gloo has no bfloat16: broadcasts and all-gathers move bf16 as 2-byte words, gradient sums run
 // in float32. bf16 params with fp32 master weights train at 3 ranks, ZeRO-1 or not, bitwise alike.
 TEST(ZeroOne, Bfloat16ParamsTrainAcrossRanksShardedOrNot) {
