@@ -208,13 +208,26 @@ TEST(Config, CheckpointPolicyListsParseAndBuild) {
                       "    - custom_steps: [3000]\n"
                       "    - latest_duration_seconds: 86400\n";
   auto c = load_config(f.string());
-  EXPECT_EQ(c.checkpoint.save, nlohmann::json::parse(R"([{"fixed_interval": 1000}, {"specific_steps": [50, 75]},
+  // Typed at load: each entry's kind and its parameters.
+  ASSERT_TRUE(c.checkpoint.save && c.checkpoint.keep);
+  ASSERT_EQ(c.checkpoint.save->size(), 4u);
+  ASSERT_EQ(c.checkpoint.keep->size(), 7u);
+  EXPECT_EQ(c.checkpoint.save->at(3).kind, SavePolicyKind::kContinuous);
+  EXPECT_EQ(c.checkpoint.save->at(3).minimum_interval_seconds, 60.0);
+  EXPECT_EQ(c.checkpoint.keep->at(3).kind, KeepPolicyKind::kBestN);
+  EXPECT_EQ(c.checkpoint.keep->at(3).metric, "loss");
+  // Printed (and saved with every checkpoint) normalized, as the lists were before they were typed.
+  const nlohmann::json printed = c.to_json()["checkpoint"];
+  EXPECT_EQ(printed["save"], nlohmann::json::parse(R"([{"fixed_interval": 1000}, {"specific_steps": [50, 75]},
       {"initial_save": true}, {"continuous": {"minimum_interval_steps": 10, "minimum_interval_seconds": 60.0}}])"));
-  EXPECT_EQ(c.checkpoint.keep[2], nlohmann::json::parse(
+  EXPECT_EQ(printed["keep"][2], nlohmann::json::parse(
       R"({"best_n": {"n": 2, "metric": "eval_accuracy", "mode": "max", "keep_checkpoints_without_metrics": true}})"));
-  EXPECT_EQ(c.checkpoint.keep[3], nlohmann::json::parse(
+  EXPECT_EQ(printed["keep"][3], nlohmann::json::parse(
       R"({"best_n": {"n": 1, "metric": "loss", "mode": "min", "keep_checkpoints_without_metrics": false}})"));
-  EXPECT_EQ(c.to_json()["checkpoint"]["keep"], c.checkpoint.keep);
+  EXPECT_EQ(printed["keep"], nlohmann::json::parse(R"([{"latest_n": 3}, {"every_n_steps": 4000}, {"best_n": {"n": 2,
+      "metric": "eval_accuracy", "mode": "max", "keep_checkpoints_without_metrics": true}}, {"best_n": {"n": 1,
+      "metric": "loss", "mode": "min", "keep_checkpoints_without_metrics": false}}, {"every_n_seconds": 3600.0},
+      {"custom_steps": [3000]}, {"latest_duration_seconds": 86400.0}])"));
   auto mo = manager_options(c.checkpoint);
   EXPECT_FALSE(mo.max_to_keep.has_value());
   ASSERT_TRUE(mo.preservation_policy && mo.save_decision_policy);
@@ -243,7 +256,7 @@ TEST(Config, CheckpointPolicyListsParseAndBuild) {
   // Overrides take the same lists; an error inside one names the override.
   auto o = load_config(test::source_dir() + "/configs/tiny_synthetic.yaml",
                        {"checkpoint.keep=[{latest_n: 2}, {every_n_steps: 10}]", "checkpoint.max_to_keep=null"});
-  EXPECT_EQ(o.checkpoint.keep, nlohmann::json::parse(R"([{"latest_n": 2}, {"every_n_steps": 10}])"));
+  EXPECT_EQ(o.to_json()["checkpoint"]["keep"], nlohmann::json::parse(R"([{"latest_n": 2}, {"every_n_steps": 10}])"));
   try {
     load_config(test::source_dir() + "/configs/tiny_synthetic.yaml", {"checkpoint.save=[{fixed_interval: 0}]"});
     FAIL();

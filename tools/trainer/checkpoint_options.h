@@ -8,14 +8,12 @@
 
 namespace nnx::trainer {
 
-/// A union of the save decision policies of a normalized checkpoint.save list (see
-/// CheckpointConfig::save), plus PreemptionCheckpointingPolicy: nnx-train always saves on
-/// SIGTERM/SIGINT. Throws nnx::Error for an entry load_config() would not produce.
-checkpoint::SaveDecisionPolicyPtr save_decision_policy(const nlohmann::json& save);
+/// A union of the save decision policies of a checkpoint.save list (CheckpointConfig::save),
+/// plus PreemptionCheckpointingPolicy: nnx-train always saves on SIGTERM/SIGINT.
+checkpoint::SaveDecisionPolicyPtr save_decision_policy(const std::vector<SavePolicyConfig>& save);
 
-/// A union of the preservation policies of a normalized checkpoint.keep list (see
-/// CheckpointConfig::keep). Throws nnx::Error for an entry load_config() would not produce.
-checkpoint::PreservationPolicyPtr preservation_policy(const nlohmann::json& keep);
+/// A union of the preservation policies of a checkpoint.keep list (CheckpointConfig::keep).
+checkpoint::PreservationPolicyPtr preservation_policy(const std::vector<KeepPolicyConfig>& keep);
 
 /// Options for the run's manager: policies from checkpoint.save / checkpoint.keep when set, else
 /// from save_interval_steps, max_to_keep, keep_period and best_metric (which also ranks

@@ -268,42 +268,38 @@ std::string join(const std::vector<std::string>& names) {
   return list;
 }
 
-// The value of one policy entry ({name: value}) of kind E, normalized to JSON; fails naming the
-// entry.
-template <class E>
-using PolicyValue = std::function<nlohmann::json(Section& entry, const std::string& name, E kind)>;
+// One policy entry ({name: value}) of kind E, typed (P); fails naming the entry.
+template <class E, class P>
+using PolicyValue = std::function<P(Section& entry, const std::string& name, E kind)>;
 
 // checkpoint.save or checkpoint.keep: a non-empty list of one-key mappings, each naming a kind
-// of `table` (policy_kinds.h).
-template <class E, size_t N>
-nlohmann::json policy_list(Section& ck, const std::string& key, const EnumName<E> (&table)[N], const PolicyValue<E>& value) {
+// of `table` (policy_kinds.h); nullopt when unset.
+template <class P, class E, size_t N>
+std::optional<std::vector<P>> policy_list(Section& ck, const std::string& key, const EnumName<E> (&table)[N],
+                                          const PolicyValue<E, P>& value) {
   const std::vector<std::string> kinds = names_of(table);
   YAML::Node list = ck.raw(key);
-  if (!list || list.IsNull()) return nullptr;
+  if (!list || list.IsNull()) return std::nullopt;
   const std::string dotted = ck.key_path(key);
   if (!list.IsSequence() || list.size() == 0)
     ck.fail_at(list, dotted, " must be a non-empty list of policies, e.g. [{", kinds[0], ": ...}] (kinds: ", join(kinds), ")");
-  nlohmann::json out = nlohmann::json::array();
+  std::vector<P> out;
   for (size_t i = 0; i < list.size(); ++i) {
     const YAML::Node item = list[i];
     const std::string at = dotted + "[" + std::to_string(i) + "]";
     if (!item.IsMap() || item.size() != 1 || !item.begin()->first.IsScalar())
       ck.fail_at(item, at, " must be a mapping with one key naming the policy (one of: ", join(kinds), ")");
     const std::string kind = item.begin()->first.Scalar();
-    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
-      ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'", did_you_mean(kind, kinds), "; one of: ", join(kinds));
-    }
+    const std::optional<E> k = kind_named(kind, table);
+    if (!k) ck.fail_at(item.begin()->first, at, ": unknown policy '", kind, "'", did_you_mean(kind, kinds), "; one of: ", join(kinds));
     Section entry = ck.child(item, at);
-    E k = table[0].value;
-    for (const auto& n : table)
-      if (kind == n.name) k = n.value;
-    out.push_back({{kind, value(entry, kind, k)}});
+    out.push_back(value(entry, kind, *k));
   }
   return out;
 }
 
 // A list of steps: non-empty, each >= `lo`.
-nlohmann::json step_list(Section& entry, const std::string& kind, int64_t lo) {
+std::vector<int64_t> step_list(Section& entry, const std::string& kind, int64_t lo) {
   auto steps = entry.get<std::vector<int64_t>>(kind, {});
   if (steps.empty()) entry.fail_at(entry.raw(kind), entry.key_path(kind), " must be a non-empty list of steps");
   for (auto v : steps)
@@ -312,75 +308,80 @@ nlohmann::json step_list(Section& entry, const std::string& kind, int64_t lo) {
 }
 
 // `kind: true` (the only value that means something for a policy without parameters).
-nlohmann::json must_be_true(Section& entry, const std::string& kind) {
+void must_be_true(Section& entry, const std::string& kind) {
   if (!entry.get<bool>(kind, false)) entry.fail_at(entry.raw(kind), entry.key_path(kind), " must be true (remove the entry to turn it off)");
-  return true;
 }
 
-nlohmann::json save_policy_value(Section& e, const std::string& kind, SavePolicyKind k) {
+SavePolicyConfig save_policy_value(Section& e, const std::string& kind, SavePolicyKind k) {
+  SavePolicyConfig p;
+  p.kind = k;
   switch (k) {
-    case SavePolicyKind::kFixedInterval: return e.in_range<int64_t>(kind, 0, 1, 1e12);
-    case SavePolicyKind::kSpecificSteps: return step_list(e, kind, 1);
+    case SavePolicyKind::kFixedInterval: p.interval_steps = e.in_range<int64_t>(kind, 0, 1, 1e12); return p;
+    case SavePolicyKind::kSpecificSteps: p.steps = step_list(e, kind, 1); return p;
     case SavePolicyKind::kPreemption:
-    case SavePolicyKind::kInitialSave: return must_be_true(e, kind);
+    case SavePolicyKind::kInitialSave: must_be_true(e, kind); return p;
     case SavePolicyKind::kContinuous: break;
   }
   // continuous: true, or {minimum_interval_steps, minimum_interval_seconds}
   if (e.raw(kind).IsScalar()) {
     must_be_true(e, kind);
-    return {{"minimum_interval_steps", 1}, {"minimum_interval_seconds", 0.0}};
+    return p;
   }
   Section c = e.sub(kind);
-  nlohmann::json v = {{"minimum_interval_steps", c.in_range<int64_t>("minimum_interval_steps", 1, 0, 1e12)},
-                      {"minimum_interval_seconds", c.in_range<double>("minimum_interval_seconds", 0.0, 0.0, 1e12)}};
+  p.minimum_interval_steps = c.in_range<int64_t>("minimum_interval_steps", 1, 0, 1e12);
+  p.minimum_interval_seconds = c.in_range<double>("minimum_interval_seconds", 0.0, 0.0, 1e12);
   c.finish();
-  return v;
+  return p;
 }
 
 // The metrics nnx-train's records hold, by which checkpoints can be ranked.
 const std::vector<std::string> kMetrics = {"eval_loss", "eval_accuracy", "loss"};
 
 // best_n: N, or {n, metric, mode, keep_checkpoints_without_metrics}.
-nlohmann::json best_n_value(Section& e, const std::string& kind, const std::string& default_metric) {
+void best_n_value(Section& e, const std::string& kind, const std::string& default_metric, KeepPolicyConfig& p) {
   const std::string metric0 = default_metric.empty() ? "eval_loss" : default_metric;
-  if (e.raw(kind).IsScalar())
-    return {{"n", e.in_range<int>(kind, 1, 1, 1000000)}, {"metric", metric0},
-            {"mode", metric0 == "eval_accuracy" ? "max" : "min"}, {"keep_checkpoints_without_metrics", true}};
+  if (e.raw(kind).IsScalar()) {
+    p.n = e.in_range<int>(kind, 1, 1, 1000000);
+    p.metric = metric0;
+    p.mode = metric0 == "eval_accuracy" ? "max" : "min";
+    return;
+  }
   Section b = e.sub(kind);
-  nlohmann::json v;
-  v["n"] = b.in_range<int>("n", 1, 1, 1000000);
-  v["metric"] = b.one_of("metric", metric0, kMetrics);
-  v["mode"] = b.one_of("mode", v["metric"] == "eval_accuracy" ? "max" : "min", {"min", "max"});
-  v["keep_checkpoints_without_metrics"] = b.get<bool>("keep_checkpoints_without_metrics", true);
+  p.n = b.in_range<int>("n", 1, 1, 1000000);
+  p.metric = b.one_of("metric", metric0, kMetrics);
+  p.mode = b.one_of("mode", p.metric == "eval_accuracy" ? "max" : "min", {"min", "max"});
+  p.keep_checkpoints_without_metrics = b.get<bool>("keep_checkpoints_without_metrics", true);
   b.finish();
-  return v;
 }
 
-nlohmann::json keep_policy_value(Section& e, const std::string& kind, KeepPolicyKind k, const std::string& default_metric) {
+KeepPolicyConfig keep_policy_value(Section& e, const std::string& kind, KeepPolicyKind k, const std::string& default_metric) {
+  KeepPolicyConfig p;
+  p.kind = k;
   switch (k) {
-    case KeepPolicyKind::kLatestN: return e.in_range<int>(kind, 0, 1, 1000000);
-    case KeepPolicyKind::kEveryNSteps: return e.in_range<int64_t>(kind, 0, 1, 1e12);
-    case KeepPolicyKind::kCustomSteps: return step_list(e, kind, 0);
-    case KeepPolicyKind::kBestN: return best_n_value(e, kind, default_metric);
+    case KeepPolicyKind::kLatestN: p.n = e.in_range<int>(kind, 0, 1, 1000000); return p;
+    case KeepPolicyKind::kEveryNSteps: p.n = e.in_range<int64_t>(kind, 0, 1, 1e12); return p;
+    case KeepPolicyKind::kCustomSteps: p.steps = step_list(e, kind, 0); return p;
+    case KeepPolicyKind::kBestN: best_n_value(e, kind, default_metric, p); return p;
     case KeepPolicyKind::kEveryNSeconds:
     case KeepPolicyKind::kLatestDurationSeconds: break;
   }
-  const double v = e.get<double>(kind, 0);
-  if (!(v > 0 && v <= 1e12)) e.fail_at(e.raw(kind), e.key_path(kind), " = ", v, " must be a number of seconds > 0");
-  return v;
+  p.seconds = e.get<double>(kind, 0);
+  if (!(p.seconds > 0 && p.seconds <= 1e12))
+    e.fail_at(e.raw(kind), e.key_path(kind), " = ", p.seconds, " must be a number of seconds > 0");
+  return p;
 }
 
 // checkpoint.save and checkpoint.keep; each replaces the flags it would contradict.
 void checkpoint_policies(Section& ck, CheckpointConfig& c) {
   auto given = [&](const char* key) { return ck.has(key) && !ck.raw(key).IsNull(); };
   const bool interval_set = given("save_interval_steps"), keep_flags_set = given("max_to_keep") || given("keep_period");
-  c.save = policy_list<SavePolicyKind>(ck, "save", kSavePolicyKinds, save_policy_value);
-  if (!c.save.is_null() && interval_set)
+  c.save = policy_list<SavePolicyConfig, SavePolicyKind>(ck, "save", kSavePolicyKinds, save_policy_value);
+  if (c.save && interval_set)
     ck.fail_at(ck.raw("save"), "checkpoint.save", " replaces checkpoint.save_interval_steps; set one of them (e.g. {fixed_interval: N} in the list)");
-  c.keep = policy_list<KeepPolicyKind>(ck, "keep", kKeepPolicyKinds, [&](Section& e, const std::string& kind, KeepPolicyKind k) {
+  c.keep = policy_list<KeepPolicyConfig, KeepPolicyKind>(ck, "keep", kKeepPolicyKinds, [&](Section& e, const std::string& kind, KeepPolicyKind k) {
     return keep_policy_value(e, kind, k, c.best_metric);
   });
-  if (!c.keep.is_null() && keep_flags_set)
+  if (c.keep && keep_flags_set)
     ck.fail_at(ck.raw("keep"), "checkpoint.keep", " replaces checkpoint.max_to_keep and keep_period; set one or the other (e.g. {latest_n: N} in the list; over a config that sets max_to_keep, add checkpoint.max_to_keep=null)");
 }
 
@@ -621,6 +622,43 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return c;
 }
 
+nlohmann::json to_json(const SavePolicyConfig& p) {
+  const std::string kind = name_of(p.kind, kSavePolicyKinds);
+  switch (p.kind) {
+    case SavePolicyKind::kFixedInterval: return {{kind, p.interval_steps}};
+    case SavePolicyKind::kSpecificSteps: return {{kind, p.steps}};
+    case SavePolicyKind::kPreemption:
+    case SavePolicyKind::kInitialSave: return {{kind, true}};
+    case SavePolicyKind::kContinuous: break;
+  }
+  return {{kind, {{"minimum_interval_steps", p.minimum_interval_steps}, {"minimum_interval_seconds", p.minimum_interval_seconds}}}};
+}
+
+nlohmann::json to_json(const KeepPolicyConfig& p) {
+  const std::string kind = name_of(p.kind, kKeepPolicyKinds);
+  switch (p.kind) {
+    case KeepPolicyKind::kLatestN:
+    case KeepPolicyKind::kEveryNSteps: return {{kind, p.n}};
+    case KeepPolicyKind::kCustomSteps: return {{kind, p.steps}};
+    case KeepPolicyKind::kEveryNSeconds:
+    case KeepPolicyKind::kLatestDurationSeconds: return {{kind, p.seconds}};
+    case KeepPolicyKind::kBestN: break;
+  }
+  return {{kind, {{"n", p.n}, {"metric", p.metric}, {"mode", p.mode},
+                  {"keep_checkpoints_without_metrics", p.keep_checkpoints_without_metrics}}}};
+}
+
+namespace {
+// A policy list as JSON; null when unset.
+template <class P>
+nlohmann::json policies_json(const std::optional<std::vector<P>>& list) {
+  if (!list) return nullptr;
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& p : *list) out.push_back(to_json(p));
+  return out;
+}
+}  // namespace
+
 nlohmann::json Config::to_json() const {
   return {
       {"seed", seed}, {"device", device}, {"threads", threads}, {"log_level", log_level}, {"run", {{"dir", run_dir}}},
@@ -645,9 +683,9 @@ nlohmann::json Config::to_json() const {
       {"eval", {{"every_steps", eval.every_steps}, {"batch_size", eval.batch_size}, {"max_batches", eval.max_batches}}},
       // A key that checkpoint.save or checkpoint.keep replaces prints as null, so the printed
       // config loads again (giving both is an error).
-      {"checkpoint", {{"save_interval_steps", checkpoint.save.is_null() ? nlohmann::json(checkpoint.save_interval_steps) : nlohmann::json()},
-                      {"max_to_keep", checkpoint.keep.is_null() ? nlohmann::json(checkpoint.max_to_keep) : nlohmann::json()},
-                      {"keep_period", checkpoint.keep.is_null() ? nlohmann::json(checkpoint.keep_period) : nlohmann::json()},
+      {"checkpoint", {{"save_interval_steps", !checkpoint.save ? nlohmann::json(checkpoint.save_interval_steps) : nlohmann::json()},
+                      {"max_to_keep", !checkpoint.keep ? nlohmann::json(checkpoint.max_to_keep) : nlohmann::json()},
+                      {"keep_period", !checkpoint.keep ? nlohmann::json(checkpoint.keep_period) : nlohmann::json()},
                       {"async", checkpoint.async},
                       {"best_metric", checkpoint.best_metric}, {"best_mode", checkpoint.best_mode},
                       {"fallback_to_verified", checkpoint.fallback_to_verified}, {"direct_io", checkpoint.direct_io},
@@ -655,7 +693,7 @@ nlohmann::json Config::to_json() const {
                                  {"max_to_keep", checkpoint.local.max_to_keep}, {"directory", checkpoint.local.directory},
                                  {"async", checkpoint.local.async}, {"replicas", checkpoint.local.replicas}}},
                       {"snapshot", name_of(checkpoint.snapshot, kSnapshotTimings)}, {"busy_policy", name_of(checkpoint.busy_policy, kBusyPolicies)},
-                      {"save", checkpoint.save}, {"keep", checkpoint.keep}}},
+                      {"save", policies_json(checkpoint.save)}, {"keep", policies_json(checkpoint.keep)}}},
       {"distributed", {{"backend", distributed.backend}, {"timeout_seconds", distributed.timeout_seconds}, {"batch_stats", name_of(distributed.batch_stats, kBatchStatsModes)}, {"zero_stage", distributed.zero_stage},
                        {"fsdp_units", distributed.fsdp_units}, {"fsdp_prefetch", distributed.fsdp_prefetch},
                        {"overlap_grad_reduce", distributed.overlap_grad_reduce}}},

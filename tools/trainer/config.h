@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "nnx/checkpoint/busy_policy.h"
 #include "nnx/checkpoint/io/snapshot_timing.h"
 #include "nnx/trainer/enum_names.h"
+#include "nnx/trainer/policy_kinds.h"
 
 namespace nnx::trainer {
 
@@ -127,14 +129,12 @@ struct CheckpointConfig {
   /// interval's save (never the last step's or a preemption's), or "second_buffer" (snapshot
   /// into a second host buffer set, written after the previous). checkpoint::BusyPolicy.
   checkpoint::BusyPolicy busy_policy = checkpoint::BusyPolicy::kWait;
-  /// checkpoint.save: save decision policies, a union, each one object naming its kind, e.g.
-  /// [{"fixed_interval": 1000}, {"specific_steps": [50]}] (docs/config.md); null = from
-  /// save_interval_steps.
-  nlohmann::json save;
-  /// checkpoint.keep: preservation policies, a union in the same form, e.g. [{"latest_n": 3},
-  /// {"best_n": {"n": 2, "metric": "eval_loss", "mode": "min"}}]; null = from max_to_keep,
-  /// keep_period and best_metric.
-  nlohmann::json keep;
+  /// checkpoint.save: save decision policies, a union (docs/config.md), e.g. YAML
+  /// [{fixed_interval: 1000}, {specific_steps: [50]}]; unset = from save_interval_steps.
+  std::optional<std::vector<SavePolicyConfig>> save;
+  /// checkpoint.keep: preservation policies, a union in the same form, e.g. [{latest_n: 3},
+  /// {best_n: {n: 2, metric: eval_loss}}]; unset = from max_to_keep, keep_period and best_metric.
+  std::optional<std::vector<KeepPolicyConfig>> keep;
   /// checkpoint.local: the local tier (LocalTier); off unless local.save_interval_steps > 0.
   LocalTierConfig local;
 };
