@@ -1,5 +1,5 @@
-// One nnx-train run: it builds the state and steps it; its checkpoints (RunCheckpoints) and
-// its reporting (RunReport) are parts of their own.
+// One nnx-train run: it builds the state (run_build.cpp) and steps it (run.cpp); its
+// checkpoints (RunCheckpoints) and its reporting (RunReport) are parts of their own.
 #pragma once
 
 #include <ATen/core/Tensor.h>
