@@ -101,7 +101,7 @@ struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<C10dGroup> pg;    // Gloo: CPU tensors, and CUDA tensors without NCCL
   c10::intrusive_ptr<C10dGroup> nccl;  // CUDA tensors on Backend::kNccl, else null
-  bool no_reduce_scatter = false;      // the backend said it has none: all-reduce instead
+  bool no_reduce_scatter = false;      // Gloo said it has none: all-reduce instead (NCCL has one)
 
   std::string name;                    // "" for a group from create(), new_group()'s name
   C10dGroup& for_tensor(const at::Tensor& t) const { return nccl && t.is_cuda() ? *nccl : *pg; }
@@ -147,14 +147,16 @@ std::string ProcessGroup::Impl::absent_ranks() const {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     } while (Clock::now() < deadline);
     store->set(base + "read/" + std::to_string(me), std::vector<uint8_t>{1});
-    for (int k = 1; me == 0 && k < n && Clock::now() < deadline + grace; ++k)
-      while (posted("failed/", k) && !posted("read/", k) && Clock::now() < deadline + grace)
+    // Rank 0 serves the store: it stays until every rank has read (a rank that fails later than
+    // this one still finds the store), at most two graces more.
+    for (int k = 1; me == 0 && k < n; ++k)
+      while (!posted("read/", k) && Clock::now() < deadline + 2 * grace)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (absent.empty()) return "";
     std::string list;
     for (int k : absent) list += (list.empty() ? "" : ", ") + std::to_string(k);
     return std::string("; rank") + (absent.size() > 1 ? "s " : " ") + list + " did not fail with it within " +
-           std::to_string(grace.count() / 1000.0).substr(0, 3) + " s: exited, lost, or hung outside the collective";
+           std::to_string(grace.count() / 1000.0).substr(0, 3) + " s: exited, lost, or blocked elsewhere";
   } catch (const std::exception&) {
     return me == 0 ? "" : "; rank 0 (which serves the store) is unreachable: exited or lost";
   }
@@ -400,7 +402,8 @@ void ProcessGroup::reduce_scatter_sum(at::Tensor& output, at::Tensor& input) {
     C10dGroup& group = impl_->for_tensor(input);
 #if NNX_TORCH_VERSION_AT_LEAST(2, 0)
     // c10d's reduce_scatter_tensor; a backend without it throws before any traffic, on every rank.
-    if (!impl_->no_reduce_scatter) {
+    const bool on_nccl = &group == impl_->nccl.get();
+    if (on_nccl || !impl_->no_reduce_scatter) {
       c10d::ReduceScatterOptions o;
       o.reduceOp = c10d::ReduceOp::SUM;
       o.timeout = impl_->timeout;
@@ -439,7 +442,7 @@ void ProcessGroup::send(const at::Tensor& tensor, int dst, int tag) {
   guarded(("send to rank " + std::to_string(dst)).c_str(), [&] {
     std::vector<at::Tensor> t = {tensor};
     NNX_CHECK_IO(impl_->pg->send(t, dst, tag)->wait(impl_->timeout), "send to rank ", dst, " timed out");
-  });
+  }, /*collective=*/false);  // the error names the peer; the other ranks are not part of it
 }
 
 void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
@@ -447,7 +450,7 @@ void ProcessGroup::recv(at::Tensor& tensor, int src, int tag) {
   guarded(("recv from rank " + std::to_string(src)).c_str(), [&] {
     std::vector<at::Tensor> t = {tensor};
     NNX_CHECK_IO(impl_->pg->recv(t, src, tag)->wait(impl_->timeout), "recv from rank ", src, " timed out");
-  });
+  }, /*collective=*/false);
 }
 
 bool ProcessGroup::store_check(const std::string& key) {

@@ -42,11 +42,21 @@ std::vector<at::Tensor> values_of(const std::vector<ShardedParam>& ps) {
 struct Gathering {
   std::vector<at::Tensor> full;
   PendingShardGather pending;
+  std::vector<std::pair<const void*, int64_t>> stamps;  // each shard's tensor and version when packed
 };
+
+// What a gather of `ps` started now would pack: a gather whose stamps differ carries old values
+// (an optimizer step writes shards in place, a restore replaces them).
+std::vector<std::pair<const void*, int64_t>> stamps_of(const std::vector<ShardedParam>& ps) {
+  std::vector<std::pair<const void*, int64_t>> out;
+  for (const auto& p : ps) out.emplace_back(p.var.value().unsafeGetTensorImpl(), p.var.value()._version());
+  return out;
+}
 
 Gathering start_gather(const std::vector<ShardedParam>& ps, ProcessGroup& pg) {
   c10::NoGradGuard no_grad;
   Gathering g;
+  g.stamps = stamps_of(ps);
   std::vector<at::Tensor> sharded;
   for (const auto& p : ps) {
     const at::Tensor& shard = p.var.value();
@@ -116,12 +126,18 @@ struct FullyShardedContext {
   void start_prefetch(FullyShardedUnit* u);
   std::vector<at::Tensor> take(FullyShardedUnit* u);
   std::vector<at::Tensor> gather_root();
-  // Params may have changed since the last pass (an optimizer step): no earlier gather is used.
+  size_t units = 0;  // how many there are
+  // A new forward: the order recorded so far becomes the last pass's.
+  void begin_pass() {
+    last_order.swap(order);
+    order.clear();
+  }
+  // Gathers the last pass left unused are waited for and dropped (take() also refuses a gather
+  // whose shards changed since it started).
   void begin_forward() {
     for (auto& [u, g] : prefetched) g.pending.wait();
     prefetched.clear();
-    last_order.swap(order);
-    order.clear();
+    begin_pass();
   }
 };
 
@@ -172,9 +188,18 @@ void FullyShardedContext::start_prefetch(FullyShardedUnit* u) {
 std::vector<at::Tensor> FullyShardedContext::take(FullyShardedUnit* u) {
   const auto t0 = std::chrono::steady_clock::now();
   auto it = prefetched.find(u);
-  const bool early = it != prefetched.end();
-  Gathering g = early ? std::move(it->second) : start_gather(u->params(), *pg);
-  if (early) prefetched.erase(it);
+  bool early = it != prefetched.end();
+  Gathering g;
+  if (early) {
+    g = std::move(it->second);
+    prefetched.erase(it);
+    // Every rank stepped or restored alike, so every rank drops it alike: collectives stay in step.
+    if (g.stamps != stamps_of(u->params())) {
+      g.pending.wait();
+      early = false;
+    }
+  }
+  if (!early) g = start_gather(u->params(), *pg);
   g.pending.wait();
   stats.gathers += 1;
   stats.prefetched += early ? 1 : 0;
@@ -201,6 +226,8 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
     ctx->saved_data["unit"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(unit));
     ctx->saved_data["rng"] = c.rng_state();
     ctx->save_for_backward({x});
+    // A model run without FullyShardedModel::forward() never starts a pass: bound the record.
+    if (c.order.size() >= 2 * c.units) c.begin_pass();
     const size_t pos = c.order.size();
     c.order.push_back(unit);
     ctx->saved_data["pos"] = static_cast<int64_t>(pos);
@@ -318,8 +345,12 @@ std::pair<Module*, std::string> parent_of(Module& root, const std::string& path)
   return {node, rest};
 }
 
-// The units' paths: given or the defaults, each naming a module with params, none overlapping.
+// The units' paths: given or the defaults, each naming a module with params, none overlapping;
+// every param floating-point.
 std::vector<std::string> checked_units(Module& root, std::vector<std::string> units) {
+  for (auto& [path, var] : root.named_variables())
+    NNX_CHECK(!var.kind().is_a(Param) || var.value().is_floating_point(), "FullyShardedModel: param '", path,
+              "' is ", var.value().scalar_type(), ", not floating point");
   if (units.empty()) default_units(root, "", units);
   for (size_t i = 0; i < units.size(); ++i) {
     auto [parent, name] = parent_of(root, units[i]);
@@ -341,9 +372,6 @@ FullyShardedModel::FullyShardedModel(std::shared_ptr<Module> model, std::shared_
   ctx_->prefetch = options.prefetch;
   Module& root = *model_;
   unit_paths_ = checked_units(root, options.units);  // before anything changes
-  for (auto& [path, var] : root.named_variables())
-    NNX_CHECK(!var.kind().is_a(Param) || var.value().is_floating_point(), "FullyShardedModel: param '", path,
-              "' is ", var.value().scalar_type(), ", not floating point");
   // Every param, sharded in place: this rank's rows, annotated.
   const Mesh mesh{ctx_->pg->rank(), ctx_->pg->world_size()};
   std::vector<ShardedParam> all;
@@ -373,6 +401,7 @@ FullyShardedModel::FullyShardedModel(std::shared_ptr<Module> model, std::shared_
   }
   for (const auto& p : all)
     if (!taken.count(p.path)) ctx_->root_params.push_back(p);
+  ctx_->units = unit_paths_.size();
 }
 
 FullyShardedModel::~FullyShardedModel() = default;

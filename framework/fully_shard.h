@@ -78,8 +78,9 @@ class FullyShardedModel {
   /// off, the share hidden is 1 - wait_seconds(on) / wait_seconds(off) (nnx-bench --only fsdp).
   GatherStats gather_stats() const;
   /// The units `units` would give for `model` (FullyShardOptions::units: the defaults when
-  /// empty), checked as the constructor checks them and changing nothing: for validating a
-  /// config where no model is sharded (one rank). Throws nnx::Error naming the path.
+  /// empty), checked as the constructor checks them (units and params) and changing nothing:
+  /// for validating a config where no model is sharded (one rank). Throws nnx::Error naming
+  /// the path.
   static std::vector<std::string> resolve_units(Module& model, const std::vector<std::string>& units);
   Module& model() const;
 

@@ -242,6 +242,17 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
       opt_off(unprefetched, tx(), Param, Mesh{r, n});
   opt_sharded.set_process_group(pg);
   opt_off.set_process_group(pg);
+  // The MLP's root holds no param, so its own forward() runs the units too, without
+  // FullyShardedModel::forward() starting each pass: prefetched gathers then cross optimizer
+  // steps, and must be refused as stale (their shards changed).
+  auto direct = fsdp_model(type);
+  std::unique_ptr<distributed::FullyShardedModel> fs_direct;
+  std::unique_ptr<optim::Optimizer> opt_direct;
+  if (type == "MLP") {
+    fs_direct = std::make_unique<distributed::FullyShardedModel>(direct, pg);
+    opt_direct = std::make_unique<optim::Optimizer>(direct, tx(), Param, Mesh{r, n});
+    opt_direct->set_process_group(pg);
+  }
   double loss_whole = 0, loss_sharded = 0;
   for (int step = 0; step < 50; ++step) {
     auto [x, y] = fsdp_batch(type, r, n, step);
@@ -258,6 +269,11 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
     zero_grad(*unprefetched);
     fsdp_loss(fs_off.forward(x), y).backward();
     opt_off.update(grads(*unprefetched));
+    if (opt_direct) {
+      zero_grad(*direct);
+      fsdp_loss(direct->forward(x), y).backward();
+      opt_direct->update(grads(*direct));
+    }
     std::vector<at::Tensor> both = {la.detach().reshape({1}), lb.detach().reshape({1})};
     pg->all_reduce_sum(both);  // the global batch's loss, as each rank's mean
     loss_whole = both[0].item<double>();
@@ -271,6 +287,7 @@ int fsdp(const std::shared_ptr<distributed::ProcessGroup>& pg, checkpoint::Check
   // unit but the first of a forward (from the second step, in the first step's order) and each
   // but the last of a backward was gathered before it was needed.
   FAIL_IF(57, !state(*unprefetched).equal(state(*sharded)));
+  FAIL_IF(59, opt_direct && !state(*direct).equal(state(*sharded)));
   const auto units = static_cast<int64_t>(fs.unit_paths().size());
   const distributed::GatherStats on = fs.gather_stats(), off = fs_off.gather_stats();
   if (on.prefetched != 99 * (units - 1) || off.prefetched != 0 || on.gathers != off.gathers) {

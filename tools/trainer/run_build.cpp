@@ -110,7 +110,7 @@ void Run::shard_model() {
     else distributed::FullyShardedModel::resolve_units(*state_.model, o.units);
   } catch (const Error& e) {
     if (e.exit_code() != 2) throw;  // a failed collective stays an operational failure
-    NNX_CHECK(false, cfg_.source, ": distributed.fsdp_units of model.type ", cfg_.model.type, ": ", e.what());
+    NNX_CHECK(false, cfg_.source, ": distributed.zero_stage 3 with model.type ", cfg_.model.type, ": ", e.what());
   }
 }
 
