@@ -35,23 +35,24 @@ Optimizer::Optimizer(std::shared_ptr<Module> model, std::vector<std::shared_ptr<
   }
   NNX_CHECK(!paths_.empty(), "Optimizer: no variable of the model matches ", wrt_.description());
   register_variable("step", OptState(init::zeros({}, at::kLong)));
-  for (auto& t : tx_) t->init(paths_, params, *this);
+  for (auto& t : tx_) {
+    t->param_state_.clear();  // a stage given to several optimizers registers for each
+    t->init(paths_, params, *this);
+  }
   annotate_state_sharding(params);
 }
 
-// Stages keep per-param state at "<prefix>/<param path>" (mu/..., nu/..., ema/mu/...): the state
-// of a param (the longest param path that ends the state's path) is annotated as the param is
-// (Flax propagates a param's sharding to its optimizer state), and under ZeRO-1 as this rank's
-// rows of it. State shaped like a whole ZeRO-sharded param would be saved wrongly: an error.
+// Each stage's per-param state (Transform::add_param_state) is annotated as its param is (Flax
+// propagates a param's sharding to its optimizer state), and under ZeRO-1 as this rank's rows of
+// it. Under ZeRO, state a stage registered otherwise would be saved as replicated: an error.
 void Optimizer::annotate_state_sharding(const std::vector<at::Tensor>& params) {
-  std::unordered_map<std::string, size_t> index;
-  for (size_t i = 0; i < paths_.size(); ++i) index[paths_[i]] = i;
-  for (auto& [path, var] : named_variables()) {
-    if (path == "step") continue;
-    for (size_t slash = path.find('/'); slash != std::string::npos; slash = path.find('/', slash + 1)) {
-      auto it = index.find(path.substr(slash + 1));
-      if (it == index.end()) continue;
-      const size_t i = it->second;
+  std::unordered_map<std::string, Variable> all;
+  for (auto& [path, var] : named_variables()) all.emplace(path, var);
+  std::unordered_set<std::string> of_a_param = {"step"};
+  for (const auto& t : tx_)
+    for (const auto& [path, i] : t->param_state_) {
+      of_a_param.insert(path);
+      Variable var = all.at(path);
       if (sharded_[i] && !presharded_[i]) {
         NNX_CHECK(var.value().sizes() == params[i].sizes(), "Optimizer (ZeRO-1): state '", path, "' has shape ",
                   format_shape(var.value().sizes()), ", expected the shape of this rank's shard of '", paths_[i], "' ",
@@ -61,9 +62,11 @@ void Optimizer::annotate_state_sharding(const std::vector<at::Tensor>& params) {
                  !spec.replicated() && var.value().sizes() == params[i].sizes()) {
         set_partition_spec(var, spec);  // a moment of a sharded param (ZeRO-3's too) holds the same shard
       }
-      break;
     }
-  }
+  if (mesh_.size == 1) return;
+  for (const auto& [path, var] : all)
+    NNX_CHECK(of_a_param.count(path), "Optimizer (ZeRO): state '", path, "' was not registered with "
+              "Transform::add_param_state; a stage's per-param state must be, so that it is sharded as its param");
 }
 
 void Optimizer::set_process_group(std::shared_ptr<distributed::ProcessGroup> pg) {

@@ -65,19 +65,23 @@ at::Tensor zeros_like_fp32(const at::Tensor& p, bool fp32) {
 }
 }  // namespace
 
+void Transform::add_param_state(Module& state, const std::string& path, size_t param, Variable value) {
+  insert_variable(state, path, std::move(value));
+  param_state_.emplace_back(path, param);
+}
+
 void ScaleByAdam::init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
                        Module& state) {
   for (size_t i = 0; i < paths.size(); ++i) {
     const at::Tensor& p = params[i];
     bool master = options_.master_weights && low_precision(p);
-    insert_variable(state, "mu/" + paths[i], OptState(zeros_like_fp32(p, master)));
-    insert_variable(state, "nu/" + paths[i], OptState(zeros_like_fp32(p, master)));
-    if (options_.amsgrad)
-      insert_variable(state, "nu_max/" + paths[i], OptState(zeros_like_fp32(p, master)));
+    add_param_state(state, "mu/" + paths[i], i, OptState(zeros_like_fp32(p, master)));
+    add_param_state(state, "nu/" + paths[i], i, OptState(zeros_like_fp32(p, master)));
+    if (options_.amsgrad) add_param_state(state, "nu_max/" + paths[i], i, OptState(zeros_like_fp32(p, master)));
     if (master) {
       at::Tensor m = p.is_meta() ? at::empty(p.sizes(), p.options().dtype(at::kFloat))
                                  : p.detach().to(at::kFloat).clone();
-      insert_variable(state, "master/" + paths[i], OptState(m));
+      add_param_state(state, "master/" + paths[i], i, OptState(m));
     }
   }
 }

@@ -32,12 +32,16 @@ struct UpdateContext {
   std::function<void(std::vector<at::Tensor>&)> all_reduce_sum = {};
 };
 
+class Optimizer;
+
 /// One stage of an optimizer. State lives in OptState variables registered on the optimizer
 /// under this stage's own names (e.g. "mu/<param path>"), so it is checkpointed by path.
 class Transform {
  public:
   virtual ~Transform() = default;
   /// Registers this stage's state for the selected params (abstract-aware: use init::zeros).
+  /// State of one param goes through add_param_state(); other state (a step count of the
+  /// stage's own) through insert_variable().
   virtual void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params,
                     Module& state) {}
   /// Applies the stage. Runs under no-grad. A stage that writes params or its state in place
@@ -48,6 +52,17 @@ class Transform {
   virtual nlohmann::json to_json() const = 0;
   /// The learning rate this stage applies at update `step` (0-based), for a stage that has one.
   virtual std::optional<double> learning_rate(int64_t step) const { return std::nullopt; }
+
+ protected:
+  /// In init(): registers `value` at `path` below `state` as state of param `param` (its index
+  /// in init's lists). The Optimizer annotates it as that param is sharded (Flax propagates a
+  /// param's sharding to its optimizer state); under ZeRO-1 it must be shaped like this rank's
+  /// rows of the param. Under ZeRO, state registered otherwise is an error at construction.
+  void add_param_state(Module& state, const std::string& path, size_t param, Variable value);
+
+ private:
+  friend class Optimizer;
+  std::vector<std::pair<std::string, size_t>> param_state_;  // (state path, param index), by init()
 };
 
 /// Scales all gradients by min(1, max_norm / (total_norm + 1e-6)) where total_norm is the L2

@@ -234,7 +234,7 @@ struct Ema : Transform {
     for (size_t i = 0; i < paths.size(); ++i) {
       std::vector<int64_t> shape = params[i].sizes().vec();
       if (whole && !shape.empty()) shape[0] = params[i].dim() ? shape[0] * 3 : shape[0];
-      insert_variable(state, "ema/mu/" + paths[i], OptState(at::zeros(shape)));
+      add_param_state(state, "ema/mu/" + paths[i], i, OptState(at::zeros(shape)));
     }
   }
   void apply(UpdateContext&) override {}
@@ -273,6 +273,23 @@ TEST(Optimizer, ZeroOneShardsStateRowsAndAnnotatesItEvenUnderEvalShape) {
   bad->whole = true;
   EXPECT_THROW(Optimizer(m, {bad}, Param, Mesh{0, 2}), Error);
   EXPECT_THROW(Optimizer(m, {adam()}, Param, Mesh{2, 2}), Error);
+  // Per-param state registered without add_param_state has no param to be sharded as: under
+  // ZeRO an error naming it (it would be saved as replicated); without ZeRO it is fine.
+  struct Loose : Transform {
+    void init(const std::vector<std::string>& paths, const std::vector<at::Tensor>& params, Module& state) override {
+      insert_variable(state, "loose/" + paths[0], OptState(at::zeros(params[0].sizes())));
+    }
+    void apply(UpdateContext&) override {}
+    nlohmann::json to_json() const override { return {{"type", "loose"}}; }
+  };
+  EXPECT_NO_THROW(Optimizer(m, {adam(), std::make_shared<Loose>()}));
+  try {
+    Optimizer(m, {adam(), std::make_shared<Loose>()}, Param, Mesh{0, 2});
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("state 'loose/fc1/kernel' was not registered with Transform::add_param_state"),
+              std::string::npos) << e.what();
+  }
 }
 
 // Flax's optimizer_test (sharding propagation): the state of a param annotated with a
