@@ -42,21 +42,12 @@ std::vector<at::Tensor> values_of(const std::vector<ShardedParam>& ps) {
 struct Gathering {
   std::vector<at::Tensor> full;
   PendingShardGather pending;
-  std::vector<std::pair<const void*, int64_t>> stamps;  // each shard's tensor and version when packed
+  bool in_backward = false;  // started by a unit's backward (for the unit before it)
 };
-
-// What a gather of `ps` started now would pack: a gather whose stamps differ carries old values
-// (an optimizer step writes shards in place, a restore replaces them).
-std::vector<std::pair<const void*, int64_t>> stamps_of(const std::vector<ShardedParam>& ps) {
-  std::vector<std::pair<const void*, int64_t>> out;
-  for (const auto& p : ps) out.emplace_back(p.var.value().unsafeGetTensorImpl(), p.var.value()._version());
-  return out;
-}
 
 Gathering start_gather(const std::vector<ShardedParam>& ps, ProcessGroup& pg) {
   c10::NoGradGuard no_grad;
   Gathering g;
-  g.stamps = stamps_of(ps);
   std::vector<at::Tensor> sharded;
   for (const auto& p : ps) {
     const at::Tensor& shard = p.var.value();
@@ -123,8 +114,8 @@ struct FullyShardedContext {
   void set_rng_state(const std::vector<at::Tensor>& s) {
     for (size_t i = 0; i < rng_counts.size(); ++i) rng_counts[i].set_value(s[i].clone());
   }
-  void start_prefetch(FullyShardedUnit* u);
-  std::vector<at::Tensor> take(FullyShardedUnit* u);
+  void start_prefetch(FullyShardedUnit* u, bool in_backward);
+  std::vector<at::Tensor> take(FullyShardedUnit* u, bool in_backward);
   std::vector<at::Tensor> gather_root();
   size_t units = 0;  // how many there are
   // A new forward: the order recorded so far becomes the last pass's.
@@ -132,8 +123,7 @@ struct FullyShardedContext {
     last_order.swap(order);
     order.clear();
   }
-  // Gathers the last pass left unused are waited for and dropped (take() also refuses a gather
-  // whose shards changed since it started).
+  // Gathers the last pass left unused are waited for and dropped.
   void begin_forward() {
     for (auto& [u, g] : prefetched) g.pending.wait();
     prefetched.clear();
@@ -179,24 +169,28 @@ class FullyShardedUnit : public ModuleBase<FullyShardedUnit> {
   std::vector<Variable> stats_;  // BatchStats: a recompute must not update them twice
 };
 
-void FullyShardedContext::start_prefetch(FullyShardedUnit* u) {
-  if (prefetch && !prefetched.count(u)) prefetched.emplace(u, start_gather(u->params(), *pg));
+void FullyShardedContext::start_prefetch(FullyShardedUnit* u, bool in_backward) {
+  if (!prefetch || prefetched.count(u)) return;
+  Gathering g = start_gather(u->params(), *pg);
+  g.in_backward = in_backward;
+  prefetched.emplace(u, std::move(g));
 }
 
 // `u`'s full params: prefetched, or gathered now. The time until they are here is the gather
-// time this rank did not hide under compute.
-std::vector<at::Tensor> FullyShardedContext::take(FullyShardedUnit* u) {
+// time this rank did not hide under compute. A prefetch is used only by the very next unit, in
+// the phase that started it: anything else may have crossed an optimizer step (a model run
+// without FullyShardedModel::forward() starts no pass), so it is waited for and dropped. These
+// decisions follow the program, not the data, so every rank makes the same ones.
+std::vector<at::Tensor> FullyShardedContext::take(FullyShardedUnit* u, bool in_backward) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto it = prefetched.find(u);
-  bool early = it != prefetched.end();
   Gathering g;
-  if (early) {
-    g = std::move(it->second);
-    prefetched.erase(it);
-    // Every rank stepped or restored alike, so every rank drops it alike: collectives stay in step.
-    if (g.stamps != stamps_of(u->params())) {
-      g.pending.wait();
-      early = false;
+  bool early = false;
+  for (auto it = prefetched.begin(); it != prefetched.end(); it = prefetched.erase(it)) {
+    if (it->first == u && it->second.in_backward == in_backward) {
+      g = std::move(it->second);
+      early = true;
+    } else {
+      it->second.pending.wait();
     }
   }
   if (!early) g = start_gather(u->params(), *pg);
@@ -231,9 +225,9 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
     const size_t pos = c.order.size();
     c.order.push_back(unit);
     ctx->saved_data["pos"] = static_cast<int64_t>(pos);
-    std::vector<at::Tensor> full = c.take(unit);
+    std::vector<at::Tensor> full = c.take(unit, /*in_backward=*/false);
     // The unit that ran after this one last time, gathered while this one computes.
-    if (pos + 1 < c.last_order.size() && c.last_order[pos] == unit) c.start_prefetch(c.last_order[pos + 1]);
+    if (pos + 1 < c.last_order.size() && c.last_order[pos] == unit) c.start_prefetch(c.last_order[pos + 1], false);
     set_values(unit->params(), full);
     at::Tensor out;
     try {
@@ -253,10 +247,10 @@ struct UnitFunction : torch::autograd::Function<UnitFunction> {
     const std::vector<at::Tensor> shards = values_of(unit->params());
     const std::vector<at::Tensor> rng_now = c.rng_state(), stats_now = unit->stats();
     c.set_rng_state(ctx->saved_data["rng"].toTensorVector());
-    std::vector<at::Tensor> full = c.take(unit);
+    std::vector<at::Tensor> full = c.take(unit, /*in_backward=*/true);
     // Backward runs the units in reverse: the one before this one is gathered while it computes.
     const auto pos = static_cast<size_t>(ctx->saved_data["pos"].toInt());
-    if (pos > 0 && pos < c.order.size() && c.order[pos] == unit) c.start_prefetch(c.order[pos - 1]);
+    if (pos > 0 && pos < c.order.size() && c.order[pos] == unit) c.start_prefetch(c.order[pos - 1], true);
     for (auto& f : full) f.requires_grad_(true);
     at::Tensor xin = x.detach().requires_grad_(x.requires_grad());
     set_values(unit->params(), full);

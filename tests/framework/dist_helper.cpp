@@ -22,6 +22,7 @@
 //   zero1         a ZeRO-1 optimizer (clipping, AdamW, amsgrad; uneven and 0-d params) steps as
 //                 an unsharded one; its sharded state saves, restores, and reads back global
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <signal.h>
 
 #include <filesystem>
@@ -581,6 +582,9 @@ int reducer_check(const std::shared_ptr<distributed::ProcessGroup>& pg) {
 int main(int argc, char** argv) {
   FAIL_IF(2, argc != 3);
   const std::string mode = argv[1], dir = argv[2];
+  // One intra-op thread per rank: tests start up to 4 ranks on a 2-core machine, where
+  // libtorch 2.x's OpenMP teams spinning at their barriers slowed a 21 s test past 300 s.
+  at::set_num_threads(1);
   try {
     auto env = distributed::env_from_environment();
     auto pg = distributed::ProcessGroup::create(env, std::chrono::seconds(mode == "partial-save" ? 3 : mode == "die-in-gather" ? 20 : 60));
