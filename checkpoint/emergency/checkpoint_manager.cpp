@@ -17,6 +17,17 @@ namespace stdfs = std::filesystem;
 namespace {
 
 // Whether `flag` holds on any rank (every rank calls it).
+// The message of a caught exception.
+std::string message_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "an unknown exception";
+  }
+}
+
 bool any_rank(distributed::ProcessGroup* pg, bool flag) {
   std::vector<at::Tensor> t = {at::tensor({flag ? int64_t(1) : int64_t(0)}, at::kLong)};
   if (pg) pg->all_reduce_max(t);
@@ -77,25 +88,25 @@ std::optional<RestoredStep> CheckpointManager::restore_local(const Composite& ar
   const std::optional<int64_t> not_before = persistent_->latest_step();
   std::optional<int64_t> below;
   for (;;) {
-    std::string failure;
-    const std::optional<int64_t> step = local_->prepare_restore(not_before, failure, below);
-    if (!step) return std::nullopt;
+    const std::optional<LocalTier::RestorePlan> plan = local_->prepare_restore(not_before, below);
+    if (!plan) return std::nullopt;
+    std::exception_ptr failure = plan->failure;
     RestoredStep r;
-    if (failure.empty()) try {
-        r.restored = local_->restore(*step, args);
-      } catch (const Error& e) {
-        failure = e.what();
+    if (!failure) try {
+        r.restored = local_->restore(plan->step, args);
+      } catch (const Error&) {
+        failure = std::current_exception();
       }
-    if (!any_rank(pg_.get(), !failure.empty())) {
-      r.step = *step;
-      r.path = local_->step_path(*step);
+    if (!any_rank(pg_.get(), failure != nullptr)) {
+      r.step = plan->step;
+      r.path = local_->step_path(plan->step);
       r.from_local_tier = true;
       return r;
     }
-    log::warn_parts("checkpoint.local: step ", *step, " does not restore on every rank",
-                    failure.empty() ? std::string() : " (here: " + failure + ")",
+    log::warn_parts("checkpoint.local: step ", plan->step, " does not restore on every rank",
+                    failure ? " (here: " + message_of(failure) + ")" : std::string(),
                     "; trying an older local step, then the persistent tier");
-    below = *step;
+    below = plan->step;
   }
 }
 

@@ -251,8 +251,8 @@ int source_of(const std::vector<std::vector<std::vector<int64_t>>>& h, int r, in
 }
 }  // namespace
 
-std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_before, std::string& failure,
-                                                  std::optional<int64_t> below) {
+std::optional<LocalTier::RestorePlan> LocalTier::prepare_restore(std::optional<int64_t> not_before,
+                                                                 std::optional<int64_t> below) {
   const auto h = gather_holdings();
   const int n = static_cast<int>(h.size());
   for (const auto& rank : h)
@@ -282,17 +282,18 @@ std::optional<int64_t> LocalTier::prepare_restore(std::optional<int64_t> not_bef
   // Kept (here and in the replicas of it this rank holds) until an offer every peer confirmed.
   replicated_ = last_offered_ = *step;
   if (protected_) protect();
+  RestorePlan plan{*step, nullptr};
   for (int r = 0; r < n; ++r)  // every rank walks the same transfers in the same order
     if (const int k = source_of(h, r, *step); k > 0) {
-      const std::string e = fetch_from_peer(*step, r, (r + k) % n, k);
-      if (failure.empty()) failure = e;
+      std::exception_ptr e = fetch_from_peer(*step, r, (r + k) % n, k);
+      if (!plan.failure) plan.failure = e;
     }
-  return step;
+  return plan;
 }
 
 // Rank `holder` sends its replica of rank `rank`'s `step` (slot k) to `rank`, which commits it
-// in its own folder; other ranks do nothing. Returns this rank's error ("" = none).
-std::string LocalTier::fetch_from_peer(int64_t step, int rank, int holder, int slot) {
+// in its own folder; other ranks do nothing. Returns this rank's error (null: none).
+std::exception_ptr LocalTier::fetch_from_peer(int64_t step, int rank, int holder, int slot) {
   const int me = pg_->rank(), tag = 1 + rank;
   try {
     if (me == holder) {
@@ -308,10 +309,10 @@ std::string LocalTier::fetch_from_peer(int64_t step, int rank, int holder, int s
       log::info("checkpoint.local: this rank's step " + std::to_string(step) + " came from its replica on rank " +
                 std::to_string(holder) + " (" + std::to_string(got.bytes) + " bytes)");
     }
-  } catch (const std::exception& e) {
-    return e.what();
+  } catch (const std::exception&) {
+    return std::current_exception();
   }
-  return {};
+  return nullptr;
 }
 
 checkpoint::Restored LocalTier::restore(int64_t step, const checkpoint::Composite& args) const {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <exception>
 #include <optional>
 #include <string>
 #include <vector>
@@ -79,14 +80,19 @@ class LocalTier {
   /// Waits until this rank's replica sender is idle (its last transfer committed at the peers,
   /// or failed). For nnx-train's --crash-after-step test hook.
   void wait_for_replicas() const;
+  /// A local step every rank can get (prepare_restore), and this rank's failure in getting it.
+  struct RestorePlan {
+    int64_t step = 0;
+    std::exception_ptr failure;  ///< null: this rank has the step; else its error, type kept
+  };
   /// A collective of every rank where configured(). Agrees on the newest step that every rank
   /// can restore from the local tier, from its own copy or from a replica a peer holds, when
   /// there is one no older than `not_before` and older than `below` (unset: any); a rank without
   /// its own copy then receives the replica into its folder. Returns nullopt when there is no
-  /// such step. When it returns a step, `failure` is this rank's error in getting it ("" = none):
-  /// the caller agrees on it, and may ask again below that step.
-  std::optional<int64_t> prepare_restore(std::optional<int64_t> not_before, std::string& failure,
-                                         std::optional<int64_t> below = std::nullopt);
+  /// such step. When a rank failed to get it, the caller agrees on that (any rank's failure is
+  /// every rank's) and may ask again below the step.
+  std::optional<RestorePlan> prepare_restore(std::optional<int64_t> not_before,
+                                             std::optional<int64_t> below = std::nullopt);
   /// Where `step` is (or would be) committed in this rank's folder.
   std::filesystem::path step_path(int64_t step) const { return manager_ ? manager_->step_path(step) : std::filesystem::path(); }
   /// This rank's state at `step` (checksums verified). Throws nnx::Error.
@@ -107,7 +113,7 @@ class LocalTier {
 
  private:
   std::vector<std::vector<std::vector<int64_t>>> gather_holdings() const;
-  std::string fetch_from_peer(int64_t step, int rank, int holder, int slot);
+  std::exception_ptr fetch_from_peer(int64_t step, int rank, int holder, int slot);
   void start_replicas(const LocalCheckpointOptions& cfg, int world_size);
   void find_other_world_sizes(const std::filesystem::path& root, int world_size);
   bool save_here(int64_t step, const checkpoint::Composite& args);

@@ -28,25 +28,10 @@ namespace {
 constexpr int64_t kMaxHeaderBytes = 1 << 20;
 constexpr size_t kMaxFiles = 64;
 
-// A file descriptor closed on scope exit.
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
-  Fd& operator=(Fd&& o) noexcept {
-    std::swap(fd, o.fd);
-    return *this;
-  }
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 struct OpenFile {
   std::string name;
   int64_t size = 0;
-  Fd fd;
+  checkpoint::io::UniqueFd fd;
 };
 
 // The step's files, opened now: _CHECKPOINT_METADATA last (the receiver's commit marker).
@@ -56,9 +41,9 @@ std::vector<OpenFile> open_step_files(const stdfs::path& dir) {
     if (!e.is_regular_file()) continue;
     OpenFile f;
     f.name = e.path().filename().string();
-    f.fd = Fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
-    NNX_CHECK(f.fd.fd >= 0, "cannot open '", e.path().string(), "': ", std::strerror(errno));
-    f.size = static_cast<int64_t>(::lseek(f.fd.fd, 0, SEEK_END));
+    f.fd = checkpoint::io::UniqueFd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    NNX_CHECK(f.fd.get() >= 0, "cannot open '", e.path().string(), "': ", std::strerror(errno));
+    f.size = static_cast<int64_t>(::lseek(f.fd.get(), 0, SEEK_END));
     files.push_back(std::move(f));
   }
   std::sort(files.begin(), files.end(), [](const OpenFile& a, const OpenFile& b) {
@@ -123,7 +108,7 @@ int64_t send_step(distributed::ProcessGroup& pg, const stdfs::path& step_dir, in
     for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
       const int64_t n = std::min(kTransferChunkBytes, f.size - off);
       if (read_error.empty()) try {
-          checkpoint::io::read_slices(f.fd.fd, static_cast<char*>(buf.data_ptr()), static_cast<size_t>(n),
+          checkpoint::io::read_slices(f.fd.get(), static_cast<char*>(buf.data_ptr()), static_cast<size_t>(n),
                                       static_cast<uint64_t>(off), "'" + (step_dir / f.name).string() + "'", nullptr);
         } catch (const std::exception& e) {
           read_error = e.what();
@@ -179,20 +164,20 @@ std::string recv_files(distributed::ProcessGroup& pg, int src, int tag, const st
   for (const auto& f : files) {
     const stdfs::path path = tmp / f.name;
     const bool in_memory = f.name == checkpoint::kMetadataFile;
-    Fd fd(discard || in_memory ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-    if (!discard && !in_memory && fd.fd < 0 && error.empty()) error = "cannot create '" + path.string() + "': " + std::strerror(errno);
+    checkpoint::io::UniqueFd fd(discard || in_memory ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!discard && !in_memory && fd.get() < 0 && error.empty()) error = "cannot create '" + path.string() + "': " + std::strerror(errno);
     for (int64_t off = 0; off < f.size; off += kTransferChunkBytes) {
       at::Tensor part = buf.narrow(0, 0, std::min(kTransferChunkBytes, f.size - off));
       pg.recv(part, src, tag);
       if (in_memory && !discard) metadata.append(static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()));
-      if (fd.fd >= 0 && error.empty()) try {
-          checkpoint::io::pwrite_all(fd.fd, static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()),
+      if (fd.valid() && error.empty()) try {
+          checkpoint::io::pwrite_all(fd.get(), static_cast<const char*>(part.data_ptr()), static_cast<size_t>(part.numel()),
                                      static_cast<uint64_t>(off), "'" + path.string() + "'");
         } catch (const std::exception& e) {
           error = e.what();
         }
     }
-    if (fd.fd >= 0 && error.empty() && ::fsync(fd.fd) != 0) error = "cannot fsync '" + path.string() + "': " + std::strerror(errno);
+    if (fd.valid() && error.empty() && ::fsync(fd.get()) != 0) error = "cannot fsync '" + path.string() + "': " + std::strerror(errno);
   }
   return error;
 }

@@ -26,14 +26,11 @@ void pwrite_all(int fd, const char* p, size_t n, uint64_t offset, const std::str
   }
 }
 
-DirectWriter::Fd::~Fd() {
-  if (fd >= 0) ::close(fd);
-}
 
 DirectWriter::DirectWriter(int fd) {
   const std::string self = "/proc/self/fd/" + std::to_string(fd);
-  fd_.fd = ::open(self.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd_.fd >= 0) direct_fd_.fd = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  fd_ = UniqueFd(::open(self.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd_.valid()) direct_fd_ = UniqueFd(::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
 }
 
 // The writer jobs (writers_, the last member) are joined before the descriptors close.
@@ -98,10 +95,10 @@ std::string DirectWriter::write(const at::Tensor& t, uint64_t offset, const std:
 // Writes `len` bytes at `at`: page-aligned ones with O_DIRECT (through the page cache once the
 // file system refused an O_DIRECT write with EINVAL), a tail through the page cache.
 void DirectWriter::write_slice(const char* from, size_t len, uint64_t at, const std::string& where) {
-  if (len % kPage != 0) return pwrite_all(fd_.fd, from, len, at, where);
+  if (len % kPage != 0) return pwrite_all(fd_.get(), from, len, at, where);
   for (size_t done = 0; done < len;) {
     const bool direct = !buffered_.load();
-    ssize_t r = ::pwrite(direct ? direct_fd_.fd : fd_.fd, from + done, len - done, static_cast<off_t>(at + done));
+    ssize_t r = ::pwrite(direct ? direct_fd_.get() : fd_.get(), from + done, len - done, static_cast<off_t>(at + done));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && errno == EINVAL && direct) {  // the file system refuses this O_DIRECT write
       buffered_ = true;

@@ -36,7 +36,7 @@ class DirectWriter {
   DirectWriter(const DirectWriter&) = delete;
   DirectWriter& operator=(const DirectWriter&) = delete;
   /// False when the file system refused O_DIRECT at open: nothing may be written here.
-  bool enabled() const { return direct_fd_.fd >= 0; }
+  bool enabled() const { return direct_fd_.valid(); }
   /// Writes contiguous CPU tensor `t`'s bytes at file offset `offset` (a multiple of kPage) and
   /// returns their checksum (checksum_bytes's value). Keeps `t` alive until this writer is
   /// destroyed. Waits while every staging buffer is in use. `where` names the dataset in errors.
@@ -51,11 +51,7 @@ class DirectWriter {
  private:
   void write_slice(const char* from, size_t len, uint64_t at, const std::string& where);
   void submit_write(const char* from, char* staged, size_t len, uint64_t at, const std::string& where);
-  struct Fd {
-    int fd = -1;
-    ~Fd();
-  };
-  Fd fd_, direct_fd_;
+  UniqueFd fd_, direct_fd_;
   std::atomic<bool> buffered_{false};
   std::atomic<bool> failed_{false};
   StreamingChecksum hash_;

@@ -73,22 +73,22 @@ std::string unique_suffix() {
   return os.str();
 }
 
+UniqueFd::~UniqueFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
 namespace {
-// A file opened read-only for hashing, closed on scope exit; throws nnx::Error naming it.
-struct ReadOnlyFile {
-  int fd;
-  explicit ReadOnlyFile(const stdfs::path& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-    NNX_CHECK(fd >= 0, "cannot open '", path.string(), "': ", std::strerror(errno));
-  }
-  ~ReadOnlyFile() { ::close(fd); }
-  ReadOnlyFile(const ReadOnlyFile&) = delete;
-  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
-};
+// A file opened read-only for hashing; throws nnx::Error naming it.
+UniqueFd open_read_only(const stdfs::path& path) {
+  UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  NNX_CHECK(f.valid(), "cannot open '", path.string(), "': ", std::strerror(errno));
+  return f;
+}
 }  // namespace
 
 std::pair<int64_t, std::string> file_size_and_checksum(const stdfs::path& path, const std::vector<MemoryRange>& from_memory) {
-  const ReadOnlyFile file(path);
-  const int fd = file.fd;
+  const UniqueFd file = open_read_only(path);
+  const int fd = file.get();
   StreamingChecksum st;
   std::vector<char> buf(256 << 10);
   int64_t pos = 0;
@@ -224,8 +224,8 @@ class CacheNeutralReader {
 }  // namespace
 
 std::pair<int64_t, std::string> checksum_outside(const stdfs::path& path, const std::vector<ByteRange>& skip) {
-  const ReadOnlyFile file(path);
-  const int fd = file.fd;
+  const UniqueFd file = open_read_only(path);
+  const int fd = file.get();
   struct stat sb {};
   NNX_CHECK(::fstat(fd, &sb) == 0, "cannot stat '", path.string(), "': ", std::strerror(errno));
   const int64_t size = sb.st_size;

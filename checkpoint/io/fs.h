@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nnx::checkpoint::io {
@@ -21,6 +22,26 @@ void rename_no_replace(const std::filesystem::path& from, const std::filesystem:
 void remove_tree(const std::filesystem::path& path, std::error_code& ec) noexcept;
 /// "<pid>-<random hex>": unique among concurrent writers.
 std::string unique_suffix();
+
+/// A POSIX file descriptor, closed when this goes out of scope; move-only. -1: none.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    std::swap(fd_, other.fd_);  // the old descriptor closes with `other`
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
 /// Bytes [offset, offset + size) of a file that were written from `data` (still valid in memory).
 struct MemoryRange {
   int64_t offset = 0;
